@@ -1,0 +1,58 @@
+//! Errors a user can act on. Messages never include a password or key.
+
+use tabtunnel_proto::ErrorCode;
+
+/// Everything that can go wrong in a session, in words the page shows as they are.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the relay: {0}")]
+    Transport(String),
+    /// The relay refused the session or a request (unknown target, port in use...).
+    #[error("{message}")]
+    Relay { code: ErrorCode, message: String },
+    #[error("authentication failed for user {user:?}; the server accepts: {methods}")]
+    AuthFailed { user: String, methods: String },
+    #[error("cannot use the private key: {0}")]
+    BadKey(String),
+    #[error(
+        "host key refused: the server's key {fingerprint} was not accepted, so nothing was sent to it"
+    )]
+    HostKeyRejected { fingerprint: String },
+    #[error(
+        "WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! The server's host key is {got}, but {expected} was expected{pin}. Someone may be intercepting the connection; the session was stopped before logging in."
+    )]
+    HostKeyMismatch {
+        expected: String,
+        got: String,
+        pin: &'static str,
+    },
+    #[error("invalid forward: {0}")]
+    BadSpec(#[from] crate::spec::ParseError),
+    #[error("the SSH server refused the channel to {destination}: {reason}")]
+    ChannelRefused { destination: String, reason: String },
+    #[error("SSH error: {0}")]
+    Ssh(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("the session is closed: {0}")]
+    Closed(String),
+}
+
+impl ClientError {
+    /// A stable identifier for programs (the JS API's `error.code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::Transport(_) => "transport",
+            ClientError::Relay { code, .. } => code.as_str(),
+            ClientError::AuthFailed { .. } => "auth-failed",
+            ClientError::BadKey(_) => "bad-key",
+            ClientError::HostKeyRejected { .. } => "host-key-rejected",
+            ClientError::HostKeyMismatch { .. } => "host-key-mismatch",
+            ClientError::BadSpec(_) => "bad-spec",
+            ClientError::ChannelRefused { .. } => "channel-refused",
+            ClientError::Ssh(_) => "ssh",
+            ClientError::Protocol(_) => "protocol",
+            ClientError::Closed(_) => "closed",
+        }
+    }
+}

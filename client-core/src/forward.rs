@@ -1,0 +1,347 @@
+//! A forward and its connections: each TCP client the relay accepts becomes a
+//! direct-tcpip channel through the SSH server, with EOF passed on in each direction.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use russh::ChannelMsg;
+use tabtunnel_proto::{CreditGate, Frame, RecvWindow};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::ClientError;
+use crate::session::Shared;
+use crate::spec::ForwardSpec;
+
+/// Live counters of a forward.
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    /// Connections accepted so far.
+    pub connections: AtomicU64,
+    /// Connections open now.
+    pub active: AtomicU64,
+    /// Bytes from TCP clients to the destination.
+    pub bytes_up: AtomicU64,
+    /// Bytes from the destination to TCP clients.
+    pub bytes_down: AtomicU64,
+    /// Connections the SSH server refused or could not complete.
+    pub failures: AtomicU64,
+    /// The last such failure, for the page's row.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// A snapshot of [`ForwardStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub connections: u64,
+    pub active: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+impl ForwardStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            connections: self.connections.load(Ordering::Relaxed),
+            active: self.active.load(Ordering::Relaxed),
+            bytes_up: self.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.bytes_down.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().expect("stats lock").clone(),
+        }
+    }
+}
+
+/// A forward the relay listens for.
+#[derive(Clone)]
+pub struct Forward {
+    shared: Arc<Shared>,
+    id: u32,
+    spec: Arc<ForwardSpec>,
+    listen: String,
+    stats: Arc<ForwardStats>,
+}
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forward")
+            .field("id", &self.id)
+            .field("spec", &self.spec)
+            .field("listen", &self.listen)
+            .finish()
+    }
+}
+
+impl Forward {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        id: u32,
+        spec: Arc<ForwardSpec>,
+        listen: String,
+        stats: Arc<ForwardStats>,
+    ) -> Self {
+        Self {
+            shared,
+            id,
+            spec,
+            listen,
+            stats,
+        }
+    }
+
+    /// Where TCP clients connect, on the relay host (`127.0.0.1:10080`).
+    pub fn listen(&self) -> &str {
+        &self.listen
+    }
+
+    pub fn spec(&self) -> &ForwardSpec {
+        &self.spec
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Stops listening and ends this forward's connections.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        let conns = {
+            let mut state = self.shared.state.lock().expect("state lock");
+            let Some(entry) = state.forwards.remove(&self.id) else {
+                return Ok(()); // already closed
+            };
+            entry
+                .conns
+                .iter()
+                .filter_map(|c| state.conns.remove(c))
+                .collect::<Vec<_>>()
+        };
+        for conn in conns {
+            let _ = conn.input.send(ConnInput::Close);
+        }
+        self.shared.send(Frame::Unlisten { forward: self.id }).await
+    }
+}
+
+/// What the demultiplexer passes to a connection, in wire order.
+#[derive(Debug)]
+pub(crate) enum ConnInput {
+    Data(Bytes),
+    Eof,
+    /// The relay is done with the connection (or the forward closed): stop now.
+    Close,
+}
+
+/// One accepted connection's pump between the relay and an SSH channel.
+pub(crate) struct ConnPump {
+    pub shared: Arc<Shared>,
+    pub conn: u32,
+    pub spec: Arc<ForwardSpec>,
+    pub peer: String,
+    pub stats: Arc<ForwardStats>,
+    pub recv_window: Arc<Mutex<RecvWindow>>,
+    pub send_credit: Arc<CreditGate>,
+}
+
+enum Ending {
+    /// Both directions finished, or the server closed the channel: tell the relay.
+    Orderly,
+    /// The relay closed the connection: it has forgotten it already.
+    RelayClosed,
+    Failed(String),
+}
+
+impl ConnPump {
+    pub(crate) async fn run(self, input: mpsc::UnboundedReceiver<ConnInput>) {
+        let conn = self.conn;
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        let ending = self.pump(input).await;
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let reason = match ending {
+            Ending::RelayClosed => None,
+            Ending::Orderly => Some(String::new()),
+            Ending::Failed(reason) => {
+                debug!(conn, %reason, "connection failed");
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                *self.stats.last_error.lock().expect("stats lock") = Some(reason.clone());
+                Some(reason)
+            }
+        };
+        let mut state = self.shared.state.lock().expect("state lock");
+        if let Some(entry) = state.conns.remove(&conn) {
+            if let Some(forward) = state.forwards.get_mut(&entry.forward) {
+                forward.conns.remove(&conn);
+            }
+            if let Some(reason) = reason {
+                // try_send: a full queue means the session is stalled or ending anyway,
+                // and the relay closes every connection with the session.
+                let _ = self.shared.out.try_send(Frame::Close { conn, reason });
+            }
+        }
+    }
+
+    async fn pump(&self, mut input: mpsc::UnboundedReceiver<ConnInput>) -> Ending {
+        let Some(ssh) = self.shared.ssh.get() else {
+            return Ending::Failed("the SSH session is not ready".into());
+        };
+        let (peer_host, peer_port) = split_peer(&self.peer);
+        let destination = format!("{}:{}", self.spec.host, self.spec.host_port);
+        let channel = match ssh
+            .channel_open_direct_tcpip(
+                self.spec.host.as_str(),
+                u32::from(self.spec.host_port),
+                peer_host,
+                peer_port,
+            )
+            .await
+        {
+            Ok(channel) => channel,
+            Err(err) => {
+                return Ending::Failed(
+                    ClientError::ChannelRefused {
+                        destination,
+                        reason: describe_open_failure(&err),
+                    }
+                    .to_string(),
+                );
+            }
+        };
+        let (mut reader, writer) = channel.split();
+        let grant = self
+            .recv_window
+            .lock()
+            .expect("window lock")
+            .initial_grant();
+        if self
+            .shared
+            .send(Frame::Credit {
+                conn: self.conn,
+                bytes: grant,
+            })
+            .await
+            .is_err()
+        {
+            return Ending::RelayClosed;
+        }
+
+        // relay -> SSH channel; credit returns to the relay as russh takes the bytes.
+        let to_ssh = async {
+            while let Some(item) = input.recv().await {
+                match item {
+                    ConnInput::Data(data) => {
+                        let len = data.len();
+                        if let Err(err) = writer.data_bytes(data).await {
+                            return Err(format!("SSH channel write failed: {err}"));
+                        }
+                        self.stats.bytes_up.fetch_add(len as u64, Ordering::Relaxed);
+                        let grant = self
+                            .recv_window
+                            .lock()
+                            .expect("window lock")
+                            .on_consumed(len);
+                        if let Some(bytes) = grant {
+                            let _ = self
+                                .shared
+                                .send(Frame::Credit {
+                                    conn: self.conn,
+                                    bytes,
+                                })
+                                .await;
+                        }
+                    }
+                    ConnInput::Eof => {
+                        let _ = writer.eof().await;
+                        return Ok(false);
+                    }
+                    ConnInput::Close => return Ok(true),
+                }
+            }
+            Ok(true)
+        };
+
+        // SSH channel -> relay, within the relay's credit.
+        let from_ssh = async {
+            loop {
+                match reader.wait().await {
+                    Some(ChannelMsg::Data { mut data }) => {
+                        while !data.is_empty() {
+                            let n = self.send_credit.take(data.len()).await;
+                            let chunk = data.split_to(n);
+                            if self
+                                .shared
+                                .send(Frame::Data {
+                                    conn: self.conn,
+                                    data: chunk,
+                                })
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            self.stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Some(ChannelMsg::Eof) => {
+                        if self
+                            .shared
+                            .send(Frame::Eof { conn: self.conn })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Some(ChannelMsg::Close) | None => return,
+                    Some(_) => {}
+                }
+            }
+        };
+
+        tokio::pin!(to_ssh, from_ssh);
+        let mut to_ssh_done = false;
+        let ending = loop {
+            tokio::select! {
+                biased;
+                result = &mut to_ssh, if !to_ssh_done => match result {
+                    Ok(true) => break Ending::RelayClosed,
+                    Ok(false) => to_ssh_done = true,
+                    Err(reason) => break Ending::Failed(reason),
+                },
+                () = &mut from_ssh => break Ending::Orderly,
+            }
+        };
+        let _ = writer.close().await;
+        ending
+    }
+}
+
+/// `127.0.0.1:5555` or `[::1]:5555` into originator host and port.
+fn split_peer(peer: &str) -> (String, u32) {
+    match peer.rsplit_once(':') {
+        Some((host, port)) => (
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port.parse().unwrap_or(0),
+        ),
+        None => (peer.to_owned(), 0),
+    }
+}
+
+fn describe_open_failure(err: &russh::Error) -> String {
+    use russh::ChannelOpenFailure as F;
+    match err {
+        russh::Error::ChannelOpenFailure(F::AdministrativelyProhibited) => {
+            "the SSH server does not allow forwarding to that destination (AllowTcpForwarding / PermitOpen)".into()
+        }
+        russh::Error::ChannelOpenFailure(F::ConnectFailed) => {
+            "the SSH server could not connect to it (refused or unreachable from the server)".into()
+        }
+        russh::Error::ChannelOpenFailure(F::ResourceShortage) => "the SSH server is out of resources".into(),
+        russh::Error::ChannelOpenFailure(F::UnknownChannelType) => "the SSH server does not support port forwarding".into(),
+        other => other.to_string(),
+    }
+}

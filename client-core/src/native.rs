@@ -1,0 +1,73 @@
+//! The native transport: tokio-tungstenite, for tests and native tools.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::{Sink, Stream};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::transport::TransportError;
+
+/// A WebSocket to the relay, as a [`crate::Transport`].
+#[derive(Debug)]
+pub struct NativeTransport {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl NativeTransport {
+    /// Opens `url` (`ws://host:port/ws`).
+    pub async fn connect(url: &str) -> Result<Self, TransportError> {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|err| TransportError(format!("cannot open {url}: {err}")))?;
+        Ok(Self { ws })
+    }
+}
+
+fn ws_error(err: tokio_tungstenite::tungstenite::Error) -> TransportError {
+    TransportError(err.to_string())
+}
+
+impl Stream for NativeTransport {
+    type Item = Result<Bytes, TransportError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            return match Pin::new(&mut self.ws).poll_next(cx) {
+                Poll::Ready(Some(Ok(Message::Binary(data)))) => Poll::Ready(Some(Ok(data))),
+                Poll::Ready(Some(Ok(Message::Close(_)))) | Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(Some(Ok(Message::Text(_)))) => Poll::Ready(Some(Err(TransportError(
+                    "the relay sent a text message".into(),
+                )))),
+                Poll::Ready(Some(Ok(_))) => continue, // ping, pong, raw frame
+                Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(ws_error(err)))),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
+impl Sink<Bytes> for NativeTransport {
+    type Error = TransportError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.ws).poll_ready(cx).map_err(ws_error)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<(), Self::Error> {
+        Pin::new(&mut self.ws)
+            .start_send(Message::Binary(item))
+            .map_err(ws_error)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.ws).poll_flush(cx).map_err(ws_error)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.ws).poll_close(cx).map_err(ws_error)
+    }
+}

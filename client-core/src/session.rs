@@ -1,0 +1,548 @@
+//! A session: one transport to the relay, one SSH connection through it, and the
+//! forwards opened on it. The demultiplexer never blocks on one stream, so a Credit
+//! frame is always processed even while SSH bytes wait for russh.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::{SinkExt, StreamExt};
+use russh::client;
+use tabtunnel_proto::{CONNECTION_WINDOW, CreditGate, Frame, MAX_DATA, RecvWindow, VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+use crate::forward::{self, ConnInput, Forward, ForwardStats};
+use crate::spec::{ForwardSpec, parse_forward};
+use crate::ssh::{Auth, HostKeyInfo, HostKeyPolicy, HostKeyVerdict, SshHandler, authenticate};
+use crate::transport::{Transport, TransportError};
+use crate::{ClientError, rt};
+
+/// Frames queued for the transport. Data is bounded by credit; this bounds the rest.
+const OUT_QUEUE: usize = 64;
+/// Buffer of the in-memory pipe between the demultiplexer and russh.
+const SSH_PIPE: usize = 256 * 1024;
+
+/// What `connect` needs besides the transport.
+#[derive(Debug)]
+pub struct ConnectOptions {
+    /// The relay's name for the SSH server.
+    pub target: String,
+    pub username: String,
+    pub auth: Auth,
+    pub host_key: HostKeyPolicy,
+}
+
+/// A live session. Cheap to clone; the session ends when `close` is called or the
+/// relay or SSH server goes away.
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+    host_key: HostKeyInfo,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("host_key", &self.host_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by the session's handles and its background tasks.
+pub(crate) struct Shared {
+    pub(crate) out: mpsc::Sender<Frame>,
+    pub(crate) state: Mutex<MuxState>,
+    /// Set once authentication succeeded; Accept frames need it to open channels.
+    pub(crate) ssh: OnceLock<client::Handle<SshHandler>>,
+    closed: watch::Receiver<Option<String>>,
+}
+
+#[derive(Default)]
+pub(crate) struct MuxState {
+    next_forward: u32,
+    pending: HashMap<u32, PendingListen>,
+    pub(crate) forwards: HashMap<u32, ForwardEntry>,
+    pub(crate) conns: HashMap<u32, ConnEntry>,
+    /// Highest connection id the relay has opened; ids are never reused.
+    last_conn: u32,
+}
+
+struct PendingListen {
+    spec: Arc<ForwardSpec>,
+    reply: oneshot::Sender<Result<String, ClientError>>,
+}
+
+pub(crate) struct ForwardEntry {
+    pub(crate) spec: Arc<ForwardSpec>,
+    pub(crate) stats: Arc<ForwardStats>,
+    pub(crate) conns: HashSet<u32>,
+}
+
+pub(crate) struct ConnEntry {
+    pub(crate) forward: u32,
+    /// Unbounded, yet bounded in bytes: Data is checked against `recv_window` first.
+    pub(crate) input: mpsc::UnboundedSender<ConnInput>,
+    pub(crate) recv_window: Arc<Mutex<RecvWindow>>,
+    pub(crate) send_credit: Arc<CreditGate>,
+}
+
+impl Shared {
+    pub(crate) async fn send(&self, frame: Frame) -> Result<(), ClientError> {
+        self.out.send(frame).await.map_err(|_| self.closed_error())
+    }
+
+    pub(crate) fn closed_error(&self) -> ClientError {
+        let reason = self.closed.borrow().clone();
+        ClientError::Closed(reason.unwrap_or_else(|| "the connection to the relay ended".into()))
+    }
+}
+
+/// Opens a session: Hello to the relay, SSH handshake with host-key check, then
+/// authentication. On success the session is ready for `forward`.
+pub async fn connect<T: Transport>(
+    transport: T,
+    options: ConnectOptions,
+) -> Result<Session, ClientError> {
+    let (sink, mut stream) = transport.split();
+    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    rt::spawn(write_loop(sink, out_rx));
+
+    let hello = Frame::Hello {
+        version: VERSION,
+        target: options.target.clone(),
+    };
+    out_tx
+        .send(hello)
+        .await
+        .map_err(|_| ClientError::Transport("the relay closed the connection".into()))?;
+    let pinned = match next_frame(&mut stream).await? {
+        Some(Frame::Welcome {
+            version,
+            pinned_host_keys,
+        }) if version == VERSION => pinned_host_keys,
+        Some(Frame::Welcome { version, .. }) => {
+            return Err(ClientError::Protocol(format!(
+                "the relay speaks protocol version {version}, this page {VERSION}: reload the page"
+            )));
+        }
+        Some(Frame::Error { code, message }) => return Err(ClientError::Relay { code, message }),
+        Some(other) => {
+            return Err(ClientError::Protocol(format!(
+                "expected Welcome, got {}",
+                other.name()
+            )));
+        }
+        None => {
+            return Err(ClientError::Transport(
+                "the relay closed the connection before answering".into(),
+            ));
+        }
+    };
+
+    // Stream 0 <-> an in-memory pipe that russh reads and writes like a socket.
+    let (russh_side, mux_side) = tokio::io::duplex(SSH_PIPE);
+    let (pipe_read, pipe_write) = tokio::io::split(mux_side);
+    let (ssh_in_tx, ssh_in_rx) = mpsc::unbounded_channel();
+    rt::spawn(ssh_outbound(pipe_read, out_tx.clone()));
+    rt::spawn(ssh_inbound(pipe_write, ssh_in_rx));
+
+    let (closed_tx, closed_rx) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        out: out_tx,
+        state: Mutex::new(MuxState {
+            next_forward: 1,
+            ..MuxState::default()
+        }),
+        ssh: OnceLock::new(),
+        closed: closed_rx,
+    });
+    rt::spawn(demux(stream, shared.clone(), ssh_in_tx, closed_tx));
+
+    let HostKeyPolicy { expected, ask, .. } = options.host_key;
+    let handler = SshHandler::new(HostKeyPolicy {
+        pinned,
+        expected,
+        ask,
+    });
+    let verdict = handler.verdict.clone();
+    let mut handle = client::connect_stream(Arc::new(ssh_config()), russh_side, handler)
+        .await
+        .map_err(|err| match verdict.lock().expect("verdict lock").clone() {
+            Some(HostKeyVerdict::Refused(refusal)) => refusal,
+            _ if shared.closed.borrow().is_some() => shared.closed_error(),
+            _ => ClientError::Ssh(format!("the SSH handshake failed: {err}")),
+        })?;
+    let host_key = match verdict.lock().expect("verdict lock").clone() {
+        Some(HostKeyVerdict::Accepted(info)) => info,
+        _ => {
+            return Err(ClientError::Ssh(
+                "the server's host key was never checked".into(),
+            ));
+        }
+    };
+    authenticate(&mut handle, &options.username, &options.auth)
+        .await
+        .map_err(|err| match err {
+            ClientError::Ssh(_) if shared.closed.borrow().is_some() => shared.closed_error(),
+            other => other,
+        })?;
+    let _ = shared.ssh.set(handle);
+    Ok(Session { shared, host_key })
+}
+
+/// russh settings for the tab. No keepalive or inactivity timers: russh drives those
+/// with tokio timers, which do not exist in the browser.
+fn ssh_config() -> client::Config {
+    let mut config = client::Config::default();
+    // chacha20-poly1305 first: about 4x faster than AES-GCM in wasm (no AES instructions).
+    let mut ciphers = vec![russh::cipher::CHACHA20_POLY1305];
+    ciphers.extend(
+        config
+            .preferred
+            .cipher
+            .iter()
+            .filter(|c| **c != russh::cipher::CHACHA20_POLY1305),
+    );
+    config.preferred.cipher = ciphers.into();
+    // Each channel queues at most this many messages (each up to a 32 KiB packet), which
+    // bounds what a slow TCP client can make the tab hold.
+    config.channel_buffer_size = 32;
+    config
+}
+
+impl Session {
+    /// The server's host-key fingerprint (`SHA256:...`), as accepted.
+    pub fn host_key(&self) -> &HostKeyInfo {
+        &self.host_key
+    }
+
+    /// Opens a local forward like `ssh -L spec`: the relay listens, and each TCP client
+    /// that connects is carried through a direct-tcpip channel to the destination.
+    pub async fn forward(&self, spec: &str) -> Result<Forward, ClientError> {
+        let spec = Arc::new(parse_forward(spec)?);
+        let (reply, answer) = oneshot::channel();
+        let id = {
+            let mut state = self.shared.state.lock().expect("state lock");
+            let id = state.next_forward;
+            state.next_forward = id
+                .checked_add(1)
+                .ok_or_else(|| ClientError::Protocol("forward ids exhausted".into()))?;
+            state.pending.insert(
+                id,
+                PendingListen {
+                    spec: spec.clone(),
+                    reply,
+                },
+            );
+            id
+        };
+        let listen = Frame::Listen {
+            forward: id,
+            bind: spec.bind.clone(),
+            port: spec.port,
+        };
+        self.shared.send(listen).await?;
+        let address = answer.await.map_err(|_| self.shared.closed_error())??;
+        let stats = self
+            .shared
+            .state
+            .lock()
+            .expect("state lock")
+            .forwards
+            .get(&id)
+            .map(|f| f.stats.clone());
+        let stats = stats.ok_or_else(|| self.shared.closed_error())?;
+        Ok(Forward::new(self.shared.clone(), id, spec, address, stats))
+    }
+
+    /// Why the session ended, once it has; `None` while it is live.
+    pub fn closed_reason(&self) -> Option<String> {
+        self.shared.closed.borrow().clone()
+    }
+
+    /// Waits until the session ends and returns why.
+    pub async fn closed(&self) -> String {
+        let mut closed = self.shared.closed.clone();
+        loop {
+            if let Some(reason) = closed.borrow_and_update().clone() {
+                return reason;
+            }
+            if closed.changed().await.is_err() {
+                return "the session ended".into();
+            }
+        }
+    }
+
+    /// Ends the session: the relay then closes every listener and connection of it.
+    pub async fn close(&self) {
+        if let Some(ssh) = self.shared.ssh.get() {
+            let _ = ssh
+                .disconnect(russh::Disconnect::ByApplication, "closed by the user", "en")
+                .await;
+        }
+        // The writer closes the WebSocket when it reaches this marker.
+        let _ = self.shared.out.send(close_marker()).await;
+        self.closed().await;
+    }
+}
+
+async fn next_frame<S>(stream: &mut S) -> Result<Option<Frame>, ClientError>
+where
+    S: futures::Stream<Item = Result<Bytes, TransportError>> + Unpin,
+{
+    match stream.next().await {
+        None => Ok(None),
+        Some(Err(err)) => Err(ClientError::Transport(err.0)),
+        Some(Ok(message)) => tabtunnel_proto::decode(message)
+            .map(Some)
+            .map_err(|err| ClientError::Protocol(format!("malformed frame from the relay: {err}"))),
+    }
+}
+
+/// Frames -> transport, flushing once per batch of ready frames.
+async fn write_loop<S>(mut sink: S, mut rx: mpsc::Receiver<Frame>)
+where
+    S: futures::Sink<Bytes, Error = TransportError> + Unpin,
+{
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            if is_close_marker(&frame) {
+                let _ = sink.close().await;
+                return;
+            }
+            if sink
+                .feed(tabtunnel_proto::encode_to_bytes(&frame))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// `Session::close` asks the writer to close the transport with this frame, which is
+/// never sent: the relay never opens connection `u32::MAX`.
+fn close_marker() -> Frame {
+    Frame::Close {
+        conn: u32::MAX,
+        reason: String::new(),
+    }
+}
+
+fn is_close_marker(frame: &Frame) -> bool {
+    matches!(frame, Frame::Close { conn: u32::MAX, .. })
+}
+
+/// russh -> relay: SSH bytes as Ssh frames.
+async fn ssh_outbound(
+    mut pipe: tokio::io::ReadHalf<tokio::io::DuplexStream>,
+    out: mpsc::Sender<Frame>,
+) {
+    let mut buf = vec![0u8; MAX_DATA];
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0
+            || out
+                .send(Frame::Ssh(Bytes::copy_from_slice(&buf[..n])))
+                .await
+                .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// relay -> russh. Fed by an unbounded queue so the demultiplexer never waits on russh;
+/// what can arrive is bounded by the SSH channel windows russh grants.
+async fn ssh_inbound(
+    mut pipe: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) {
+    while let Some(data) = rx.recv().await {
+        if pipe.write_all(&data).await.is_err() {
+            return;
+        }
+    }
+    let _ = pipe.shutdown().await;
+}
+
+/// Reads frames from the relay and routes them until the transport ends.
+async fn demux<S>(
+    mut stream: S,
+    shared: Arc<Shared>,
+    ssh_in: mpsc::UnboundedSender<Bytes>,
+    closed: watch::Sender<Option<String>>,
+) where
+    S: futures::Stream<Item = Result<Bytes, TransportError>> + Unpin,
+{
+    let reason = loop {
+        let frame = match next_frame(&mut stream).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break "the relay closed the connection".to_owned(),
+            Err(err) => break err.to_string(),
+        };
+        if let Err(err) = route(&shared, &ssh_in, frame) {
+            break err.to_string();
+        }
+    };
+    debug!("session ends: {reason}");
+    let _ = closed.send(Some(reason));
+    drop(ssh_in);
+    // Fail pending requests and stop every connection.
+    let mut state = shared.state.lock().expect("state lock");
+    state.pending.clear();
+    for (_, conn) in state.conns.drain() {
+        let _ = conn.input.send(ConnInput::Close);
+    }
+}
+
+/// Handles one frame without waiting, so no stream can hold up another.
+fn route(
+    shared: &Arc<Shared>,
+    ssh_in: &mpsc::UnboundedSender<Bytes>,
+    frame: Frame,
+) -> Result<(), ClientError> {
+    let mut state = shared.state.lock().expect("state lock");
+    match frame {
+        Frame::Ssh(data) => {
+            let _ = ssh_in.send(data);
+        }
+        Frame::Listening { forward, address } => {
+            if let Some(pending) = state.pending.remove(&forward) {
+                let stats = Arc::new(ForwardStats::default());
+                state.forwards.insert(
+                    forward,
+                    ForwardEntry {
+                        spec: pending.spec,
+                        stats,
+                        conns: HashSet::new(),
+                    },
+                );
+                if pending.reply.send(Ok(address)).is_err() {
+                    // The caller gave up waiting; do not leave a listener behind.
+                    state.forwards.remove(&forward);
+                    let _ = shared.out.try_send(Frame::Unlisten { forward });
+                }
+            }
+        }
+        Frame::ListenFailed {
+            forward,
+            code,
+            message,
+        } => {
+            if let Some(pending) = state.pending.remove(&forward) {
+                let _ = pending
+                    .reply
+                    .send(Err(ClientError::Relay { code, message }));
+            }
+        }
+        Frame::Accept {
+            conn,
+            forward,
+            peer,
+        } => {
+            if conn <= state.last_conn {
+                return Err(ClientError::Protocol(format!(
+                    "the relay reused connection id {conn}"
+                )));
+            }
+            state.last_conn = conn;
+            let Some(entry) = state.forwards.get_mut(&forward) else {
+                // Closed while the relay accepted; the relay forgets it on Unlisten.
+                return Ok(());
+            };
+            entry.conns.insert(conn);
+            let (input, input_rx) = mpsc::unbounded_channel();
+            let recv_window = Arc::new(Mutex::new(RecvWindow::new(CONNECTION_WINDOW)));
+            let send_credit = Arc::new(CreditGate::default());
+            let spec = entry.spec.clone();
+            let stats = entry.stats.clone();
+            state.conns.insert(
+                conn,
+                ConnEntry {
+                    forward,
+                    input,
+                    recv_window: recv_window.clone(),
+                    send_credit: send_credit.clone(),
+                },
+            );
+            let pump = forward::ConnPump {
+                shared: shared.clone(),
+                conn,
+                spec,
+                peer,
+                stats,
+                recv_window,
+                send_credit,
+            };
+            rt::spawn(pump.run(input_rx));
+        }
+        Frame::Data { conn, data } => {
+            if let Some(entry) = known_conn(&state, conn, "Data")? {
+                entry
+                    .recv_window
+                    .lock()
+                    .expect("window lock")
+                    .on_data(data.len())
+                    .map_err(|err| ClientError::Protocol(format!("connection {conn}: {err}")))?;
+                let _ = entry.input.send(ConnInput::Data(data));
+            }
+        }
+        Frame::Credit { conn, bytes } => {
+            if let Some(entry) = known_conn(&state, conn, "Credit")? {
+                entry
+                    .send_credit
+                    .grant(bytes)
+                    .map_err(|err| ClientError::Protocol(format!("connection {conn}: {err}")))?;
+            }
+        }
+        Frame::Eof { conn } => {
+            if let Some(entry) = known_conn(&state, conn, "Eof")? {
+                let _ = entry.input.send(ConnInput::Eof);
+            }
+        }
+        Frame::Close { conn, reason } => {
+            known_conn(&state, conn, "Close")?;
+            if let Some(entry) = state.conns.remove(&conn) {
+                debug!(conn, %reason, "relay closed connection");
+                if let Some(forward) = state.forwards.get_mut(&entry.forward) {
+                    forward.conns.remove(&conn);
+                }
+                let _ = entry.input.send(ConnInput::Close);
+            }
+        }
+        Frame::Error { code, message } => return Err(ClientError::Relay { code, message }),
+        other => {
+            return Err(ClientError::Protocol(format!(
+                "the relay sent a {} frame, which only the tab may send",
+                other.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The live connection `conn`; `None` if it already ended (frames cross on the wire);
+/// an error if the relay never opened it.
+fn known_conn<'a>(
+    state: &'a MuxState,
+    conn: u32,
+    frame: &str,
+) -> Result<Option<&'a ConnEntry>, ClientError> {
+    match state.conns.get(&conn) {
+        Some(entry) => Ok(Some(entry)),
+        None if conn <= state.last_conn => Ok(None),
+        None => Err(ClientError::Protocol(format!(
+            "{frame} for connection {conn}, which the relay never opened"
+        ))),
+    }
+}

@@ -1,0 +1,363 @@
+//! Parsing what users type: `ssh -L` forward specs and whole `ssh` command lines.
+
+use std::fmt;
+
+/// A local forward as `ssh -L [bind_address:]port:host:hostport` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardSpec {
+    /// Where the relay listens; empty means the default (loopback). `*` means all.
+    pub bind: String,
+    /// Port the relay listens on; 0 asks for any free port in the relay's range.
+    pub port: u16,
+    /// Destination host, as the SSH server resolves it (IPv6 without brackets).
+    pub host: String,
+    /// Destination port.
+    pub host_port: u16,
+}
+
+/// Why a spec or command line could not be understood; the message says how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+fn err<T>(message: impl Into<String>) -> Result<T, ParseError> {
+    Err(ParseError(message.into()))
+}
+
+impl fmt::Display for ForwardSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bracket = |h: &str| {
+            if h.contains(':') {
+                format!("[{h}]")
+            } else {
+                h.to_owned()
+            }
+        };
+        if !self.bind.is_empty() {
+            write!(f, "{}:", bracket(&self.bind))?;
+        }
+        write!(
+            f,
+            "{}:{}:{}",
+            self.port,
+            bracket(&self.host),
+            self.host_port
+        )
+    }
+}
+
+impl std::str::FromStr for ForwardSpec {
+    type Err = ParseError;
+
+    fn from_str(spec: &str) -> Result<Self, ParseError> {
+        parse_forward(spec)
+    }
+}
+
+const SPEC_HELP: &str =
+    "write it as [bind_address:]port:host:hostport, e.g. 1100:mail.example.com:110";
+
+/// Parses `[bind_address:]port:host:hostport`. IPv6 addresses go in brackets.
+pub fn parse_forward(spec: &str) -> Result<ForwardSpec, ParseError> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return err(format!("the forward is empty; {SPEC_HELP}"));
+    }
+    let parts = split_colons(spec)
+        .ok_or_else(|| ParseError(format!("{spec:?} has an unclosed '['; {SPEC_HELP}")))?;
+    let (bind, port, host, host_port) = match parts.as_slice() {
+        [port, host, host_port] => ("", *port, *host, *host_port),
+        [bind, port, host, host_port] => (*bind, *port, *host, *host_port),
+        _ => {
+            return err(format!(
+                "{spec:?} has {} parts separated by ':'; {SPEC_HELP} (IPv6 addresses go in [brackets])",
+                parts.len()
+            ));
+        }
+    };
+    let port = parse_port(port, "listen port", true)?;
+    let host_port = parse_port(host_port, "destination port", false)?;
+    let host = unbracket(host);
+    if host.is_empty() {
+        return err(format!("{spec:?} has no destination host; {SPEC_HELP}"));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return err(format!(
+            "destination host {host:?} contains spaces or control characters"
+        ));
+    }
+    let bind = unbracket(bind);
+    if bind.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return err(format!(
+            "bind address {bind:?} contains spaces or control characters"
+        ));
+    }
+    Ok(ForwardSpec {
+        bind: bind.to_owned(),
+        port,
+        host: host.to_owned(),
+        host_port,
+    })
+}
+
+/// Splits on ':' outside brackets; `None` if a bracket is left open.
+fn split_colons(spec: &str) -> Option<Vec<&str>> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0u32, 0usize);
+    for (i, c) in spec.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.checked_sub(1)?,
+            ':' if depth == 0 => {
+                parts.push(&spec[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    (depth == 0).then(|| {
+        parts.push(&spec[start..]);
+        parts
+    })
+}
+
+fn unbracket(s: &str) -> &str {
+    s.strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s)
+}
+
+fn parse_port(text: &str, what: &str, zero_ok: bool) -> Result<u16, ParseError> {
+    match text.parse::<u16>() {
+        Ok(0) if !zero_ok => err(format!("the {what} must be 1-65535, not 0")),
+        Ok(port) => Ok(port),
+        Err(_) if text.is_empty() => err(format!("the {what} is missing; {SPEC_HELP}")),
+        Err(_) => err(format!(
+            "the {what} {text:?} is not a number from {}-65535",
+            u16::from(!zero_ok)
+        )),
+    }
+}
+
+/// What a pasted `ssh ...` command line asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SshCommand {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    /// Every `-L` spec, validated, in order.
+    pub forwards: Vec<String>,
+    /// Options and words tabtunnel does not use, as typed, so the page can say so.
+    pub ignored: Vec<String>,
+}
+
+/// ssh options that take an argument (from ssh(1)).
+const OPTIONS_WITH_ARG: &str = "BbcDEeFIiJLlmOoPpQRSWw";
+/// ssh options that take none.
+const FLAGS: &str = "46AaCfGgKkMNnqsTtVvXxYy";
+
+/// Parses `ssh [options] [user@]host [command]`, as a user would paste it. The leading
+/// `ssh` is optional. `-L`, `-p`, `-l` and the destination are used; the rest is listed
+/// in `ignored`.
+pub fn parse_ssh_command(line: &str) -> Result<SshCommand, ParseError> {
+    let words = shell_words::split(line)
+        .map_err(|_| ParseError("the command has an unclosed quote".into()))?;
+    let mut words = words.into_iter().peekable();
+    if words
+        .peek()
+        .is_some_and(|w| w == "ssh" || w.ends_with("/ssh"))
+    {
+        words.next();
+    }
+    let mut cmd = SshCommand::default();
+    let mut destination = None;
+    while let Some(word) = words.next() {
+        if destination.is_some() {
+            cmd.ignored.push(word); // the remote command
+            continue;
+        }
+        let Some(flags) = word.strip_prefix('-').filter(|f| !f.is_empty()) else {
+            destination = Some(word);
+            continue;
+        };
+        if flags == "-" {
+            continue; // "--" ends options
+        }
+        for (i, flag) in flags.char_indices() {
+            if OPTIONS_WITH_ARG.contains(flag) {
+                let rest = &flags[i + flag.len_utf8()..];
+                let arg = if rest.is_empty() {
+                    words
+                        .next()
+                        .ok_or_else(|| ParseError(format!("option -{flag} needs a value")))?
+                } else {
+                    rest.to_owned()
+                };
+                match flag {
+                    'L' => {
+                        parse_forward(&arg).map_err(|e| ParseError(format!("-L {arg}: {e}")))?;
+                        cmd.forwards.push(arg);
+                    }
+                    'p' => cmd.port = Some(parse_port(&arg, "SSH port", false)?),
+                    'l' => cmd.user = Some(arg),
+                    _ => cmd.ignored.push(format!("-{flag} {arg}")),
+                }
+                break;
+            } else if FLAGS.contains(flag) {
+                cmd.ignored.push(format!("-{flag}"));
+            } else {
+                return err(format!("-{flag} is not an ssh option"));
+            }
+        }
+    }
+    let Some(destination) = destination else {
+        return err("the command names no host; it should end with [user@]host");
+    };
+    let destination = destination.strip_prefix("ssh://").unwrap_or(&destination);
+    let (user, host_port) = match destination.rsplit_once('@') {
+        Some((user, rest)) => (Some(user.to_owned()), rest),
+        None => (None, destination),
+    };
+    let (host, port) = split_host_port(host_port);
+    if let Some(port) = port {
+        cmd.port = Some(parse_port(port, "SSH port", false)?);
+    }
+    if host.is_empty() {
+        return err("the command names no host; it should end with [user@]host");
+    }
+    cmd.host = unbracket(host).to_owned();
+    if user.is_some() {
+        cmd.user = user;
+    }
+    Ok(cmd)
+}
+
+/// `host`, `host:port` (ssh:// form) or `[v6]:port`.
+fn split_host_port(text: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = text.strip_prefix('[')
+        && let Some((host, tail)) = rest.split_once(']')
+    {
+        return (host, tail.strip_prefix(':'));
+    }
+    match text.split_once(':') {
+        Some((host, port)) if !port.contains(':') => (host, Some(port)),
+        _ => (text, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(bind: &str, port: u16, host: &str, host_port: u16) -> ForwardSpec {
+        ForwardSpec {
+            bind: bind.into(),
+            port,
+            host: host.into(),
+            host_port,
+        }
+    }
+
+    #[test]
+    fn forward_specs_like_ssh() {
+        assert_eq!(
+            parse_forward("1100:mail.example.com:110"),
+            Ok(spec("", 1100, "mail.example.com", 110))
+        );
+        assert_eq!(
+            parse_forward("127.0.0.1:10080:mail:110"),
+            Ok(spec("127.0.0.1", 10080, "mail", 110))
+        );
+        assert_eq!(parse_forward("*:0:db:5432"), Ok(spec("*", 0, "db", 5432)));
+        assert_eq!(
+            parse_forward("[::1]:8080:[::1]:80"),
+            Ok(spec("::1", 8080, "::1", 80))
+        );
+        assert_eq!(
+            parse_forward(" 8080:[2001:db8::1]:80 "),
+            Ok(spec("", 8080, "2001:db8::1", 80))
+        );
+        assert_eq!(
+            spec("::1", 8080, "::1", 80).to_string(),
+            "[::1]:8080:[::1]:80"
+        );
+    }
+
+    #[test]
+    fn bad_forward_specs_say_how_to_fix_them() {
+        let e = parse_forward("1100:mail").unwrap_err().0;
+        assert!(
+            e.contains("2 parts") && e.contains("[bind_address:]port:host:hostport"),
+            "{e}"
+        );
+        let e = parse_forward("x:mail:110").unwrap_err().0;
+        assert!(e.contains("listen port \"x\""), "{e}");
+        let e = parse_forward("1100:mail:0").unwrap_err().0;
+        assert!(e.contains("destination port must be 1-65535"), "{e}");
+        let e = parse_forward("1100:mail:70000").unwrap_err().0;
+        assert!(e.contains("70000"), "{e}");
+        let e = parse_forward("[::1:8080:a:1").unwrap_err().0;
+        assert!(e.contains("unclosed '['"), "{e}");
+        assert!(parse_forward("").is_err());
+        assert!(parse_forward("1:[]:2").is_err());
+    }
+
+    #[test]
+    fn pasted_commands_fill_the_form() {
+        let cmd =
+            parse_ssh_command("ssh -N -p 2222 -L 1100:mail:110 -L8080:localhost:80 alice@host")
+                .unwrap();
+        assert_eq!(cmd.user.as_deref(), Some("alice"));
+        assert_eq!(cmd.host, "host");
+        assert_eq!(cmd.port, Some(2222));
+        assert_eq!(cmd.forwards, vec!["1100:mail:110", "8080:localhost:80"]);
+        assert_eq!(cmd.ignored, vec!["-N"]);
+
+        let cmd =
+            parse_ssh_command("-NfL 1100:mail:110 -i ~/.ssh/id other.example.com uptime").unwrap();
+        assert_eq!(cmd.user, None);
+        assert_eq!(cmd.host, "other.example.com");
+        assert_eq!(cmd.forwards, vec!["1100:mail:110"]);
+        assert_eq!(cmd.ignored, vec!["-N", "-f", "-i ~/.ssh/id", "uptime"]);
+
+        let cmd = parse_ssh_command("ssh ssh://bob@[::1]:2200").unwrap();
+        assert_eq!(
+            (cmd.user.as_deref(), cmd.host.as_str(), cmd.port),
+            (Some("bob"), "::1", Some(2200))
+        );
+    }
+
+    #[test]
+    fn bad_commands_get_clear_errors() {
+        assert!(
+            parse_ssh_command("ssh -L")
+                .unwrap_err()
+                .0
+                .contains("-L needs a value")
+        );
+        assert!(
+            parse_ssh_command("ssh -L 1:2 host")
+                .unwrap_err()
+                .0
+                .starts_with("-L 1:2:")
+        );
+        assert!(
+            parse_ssh_command("ssh -N")
+                .unwrap_err()
+                .0
+                .contains("no host")
+        );
+        assert!(
+            parse_ssh_command("ssh -Z host")
+                .unwrap_err()
+                .0
+                .contains("-Z is not an ssh option")
+        );
+        assert!(
+            parse_ssh_command("ssh 'host")
+                .unwrap_err()
+                .0
+                .contains("unclosed quote")
+        );
+    }
+}

@@ -1,0 +1,25 @@
+# Every recipe is a thin alias for `cargo xtask <name>`; the xtask is the source of truth.
+
+# List the recipes.
+default:
+    @just --list
+
+# Install what is missing (wasm target, apt packages, e2e user, wasm-bindgen-cli).
+setup:
+    cargo xtask setup
+
+# Build the wasm client into web/pkg.
+wasm:
+    cargo xtask wasm
+
+# Build the wasm client and run the relay in demo mode (e.g. `just demo --listen 0.0.0.0:8080`).
+demo *ARGS:
+    cargo xtask demo {{ARGS}}
+
+# Setup, wasm, fmt, clippy and the whole test suite.
+test:
+    cargo xtask test
+
+# What CI runs (same as `test`).
+ci:
+    cargo xtask ci

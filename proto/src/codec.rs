@@ -1,0 +1,350 @@
+//! Encoding and decoding of frames. One WebSocket message holds exactly one frame, so
+//! `decode` parses a whole buffer and never waits for more bytes.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::frame::{ErrorCode, Frame};
+use crate::{HEADER_LEN, MAX_DATA, MAX_FRAME, MAX_TEXT, STREAM_SESSION};
+
+/// Why a buffer is not a valid frame. Each variant says enough to find the sender's bug.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame of {len} bytes is shorter than the {HEADER_LEN}-byte header")]
+    TooShort { len: usize },
+    #[error("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLong { len: usize },
+    #[error("unknown frame kind {kind}")]
+    UnknownKind { kind: u8 },
+    #[error("{frame} frame is truncated: its {field} is missing")]
+    Truncated {
+        frame: &'static str,
+        field: &'static str,
+    },
+    #[error("{frame} frame has {extra} unexpected trailing bytes")]
+    TrailingBytes { frame: &'static str, extra: usize },
+    #[error("{frame} frame's {field} is not valid UTF-8")]
+    BadUtf8 {
+        frame: &'static str,
+        field: &'static str,
+    },
+    #[error("{frame} frame's {field} is {len} bytes, over the {MAX_TEXT}-byte limit")]
+    TextTooLong {
+        frame: &'static str,
+        field: &'static str,
+        len: usize,
+    },
+    #[error("{frame} frame must use stream 0, not {stream}")]
+    NonZeroStream { frame: &'static str, stream: u32 },
+    #[error("{frame} frame may not use stream 0")]
+    ZeroStream { frame: &'static str },
+}
+
+/// Appends the encoding of `frame` to `out`.
+///
+/// # Panics
+/// If a payload or text field is larger than the protocol allows: senders chunk data
+/// to [`MAX_DATA`] and build text from bounded inputs, so this is a bug in the caller.
+pub fn encode(frame: &Frame, out: &mut BytesMut) {
+    let stream = match frame {
+        Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Error { .. } | Frame::Ssh(_) => {
+            STREAM_SESSION
+        }
+        Frame::Listen { forward, .. }
+        | Frame::Listening { forward, .. }
+        | Frame::ListenFailed { forward, .. }
+        | Frame::Unlisten { forward } => *forward,
+        Frame::Accept { conn, .. }
+        | Frame::Data { conn, .. }
+        | Frame::Credit { conn, .. }
+        | Frame::Eof { conn }
+        | Frame::Close { conn, .. } => *conn,
+    };
+    out.reserve(HEADER_LEN + payload_len_hint(frame));
+    out.put_u8(frame.kind());
+    out.put_u32(stream);
+    match frame {
+        Frame::Hello { version, target } => {
+            out.put_u16(*version);
+            put_text(out, target);
+        }
+        Frame::Welcome {
+            version,
+            pinned_host_keys,
+        } => {
+            out.put_u16(*version);
+            assert!(
+                pinned_host_keys.len() <= u16::MAX as usize,
+                "too many pinned keys"
+            );
+            out.put_u16(pinned_host_keys.len() as u16);
+            for key in pinned_host_keys {
+                assert!(key.len() <= MAX_TEXT, "pinned key longer than MAX_TEXT");
+                out.put_u16(key.len() as u16);
+                out.put_slice(key.as_bytes());
+            }
+        }
+        Frame::Error { code, message } | Frame::ListenFailed { code, message, .. } => {
+            out.put_u16(code.to_u16());
+            put_text(out, message);
+        }
+        Frame::Ssh(data) | Frame::Data { data, .. } => {
+            assert!(
+                data.len() <= MAX_DATA,
+                "payload of {} bytes over MAX_DATA",
+                data.len()
+            );
+            out.put_slice(data);
+        }
+        Frame::Listen { bind, port, .. } => {
+            out.put_u16(*port);
+            put_text(out, bind);
+        }
+        Frame::Listening { address, .. } => put_text(out, address),
+        Frame::Unlisten { .. } | Frame::Eof { .. } => {}
+        Frame::Accept { forward, peer, .. } => {
+            out.put_u32(*forward);
+            put_text(out, peer);
+        }
+        Frame::Credit { bytes, .. } => out.put_u32(*bytes),
+        Frame::Close { reason, .. } => put_text(out, reason),
+    }
+}
+
+/// Encodes `frame` into a fresh buffer, ready to be one WebSocket message.
+pub fn encode_to_bytes(frame: &Frame) -> Bytes {
+    let mut out = BytesMut::new();
+    encode(frame, &mut out);
+    out.freeze()
+}
+
+fn payload_len_hint(frame: &Frame) -> usize {
+    match frame {
+        Frame::Ssh(data) | Frame::Data { data, .. } => data.len(),
+        _ => 32,
+    }
+}
+
+/// Text fields run to the end of the frame; their length is implied.
+fn put_text(out: &mut BytesMut, text: &str) {
+    assert!(
+        text.len() <= MAX_TEXT,
+        "text field of {} bytes over MAX_TEXT",
+        text.len()
+    );
+    out.put_slice(text.as_bytes());
+}
+
+/// Decodes one whole WebSocket message. Data and Ssh payloads share `message`'s memory.
+pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
+    let len = message.len();
+    if len < HEADER_LEN {
+        return Err(DecodeError::TooShort { len });
+    }
+    if len > MAX_FRAME {
+        return Err(DecodeError::TooLong { len });
+    }
+    let mut buf = message;
+    let kind = buf.get_u8();
+    let stream = buf.get_u32();
+    let mut r = Reader {
+        buf,
+        frame: kind_name(kind).ok_or(DecodeError::UnknownKind { kind })?,
+    };
+    let frame = match kind {
+        1 => {
+            r.session(stream)?;
+            let version = r.u16("version")?;
+            Frame::Hello {
+                version,
+                target: r.rest_text("target")?,
+            }
+        }
+        2 => {
+            r.session(stream)?;
+            let version = r.u16("version")?;
+            let count = r.u16("key count")?;
+            let mut pinned_host_keys = Vec::with_capacity(usize::from(count).min(64));
+            for _ in 0..count {
+                let key_len = usize::from(r.u16("key length")?);
+                pinned_host_keys.push(r.text(key_len, "pinned key")?);
+            }
+            r.end()?;
+            Frame::Welcome {
+                version,
+                pinned_host_keys,
+            }
+        }
+        3 => {
+            r.session(stream)?;
+            let code = ErrorCode::from_u16(r.u16("code")?);
+            Frame::Error {
+                code,
+                message: r.rest_text("message")?,
+            }
+        }
+        4 => {
+            r.session(stream)?;
+            Frame::Ssh(r.buf)
+        }
+        5 => {
+            let forward = r.stream(stream)?;
+            let port = r.u16("port")?;
+            Frame::Listen {
+                forward,
+                port,
+                bind: r.rest_text("bind address")?,
+            }
+        }
+        6 => {
+            let forward = r.stream(stream)?;
+            Frame::Listening {
+                forward,
+                address: r.rest_text("address")?,
+            }
+        }
+        7 => {
+            let forward = r.stream(stream)?;
+            let code = ErrorCode::from_u16(r.u16("code")?);
+            Frame::ListenFailed {
+                forward,
+                code,
+                message: r.rest_text("message")?,
+            }
+        }
+        8 => {
+            let forward = r.stream(stream)?;
+            r.end()?;
+            Frame::Unlisten { forward }
+        }
+        9 => {
+            let conn = r.stream(stream)?;
+            let forward = r.u32("forward id")?;
+            Frame::Accept {
+                conn,
+                forward,
+                peer: r.rest_text("peer address")?,
+            }
+        }
+        10 => {
+            let conn = r.stream(stream)?;
+            Frame::Data { conn, data: r.buf }
+        }
+        11 => {
+            let conn = r.stream(stream)?;
+            let bytes = r.u32("credit")?;
+            r.end()?;
+            Frame::Credit { conn, bytes }
+        }
+        12 => {
+            let conn = r.stream(stream)?;
+            r.end()?;
+            Frame::Eof { conn }
+        }
+        13 => {
+            let conn = r.stream(stream)?;
+            Frame::Close {
+                conn,
+                reason: r.rest_text("reason")?,
+            }
+        }
+        _ => unreachable!("kind_name accepted kind {kind}"),
+    };
+    Ok(frame)
+}
+
+fn kind_name(kind: u8) -> Option<&'static str> {
+    Some(match kind {
+        1 => "Hello",
+        2 => "Welcome",
+        3 => "Error",
+        4 => "Ssh",
+        5 => "Listen",
+        6 => "Listening",
+        7 => "ListenFailed",
+        8 => "Unlisten",
+        9 => "Accept",
+        10 => "Data",
+        11 => "Credit",
+        12 => "Eof",
+        13 => "Close",
+        _ => return None,
+    })
+}
+
+/// Cursor over a frame's payload that names the frame and field in every error.
+struct Reader {
+    buf: Bytes,
+    frame: &'static str,
+}
+
+impl Reader {
+    fn session(&self, stream: u32) -> Result<(), DecodeError> {
+        if stream == STREAM_SESSION {
+            Ok(())
+        } else {
+            Err(DecodeError::NonZeroStream {
+                frame: self.frame,
+                stream,
+            })
+        }
+    }
+
+    fn stream(&self, stream: u32) -> Result<u32, DecodeError> {
+        if stream == STREAM_SESSION {
+            Err(DecodeError::ZeroStream { frame: self.frame })
+        } else {
+            Ok(stream)
+        }
+    }
+
+    fn need(&self, n: usize, field: &'static str) -> Result<(), DecodeError> {
+        if self.buf.remaining() < n {
+            Err(DecodeError::Truncated {
+                frame: self.frame,
+                field,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+        self.need(2, field)?;
+        Ok(self.buf.get_u16())
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        self.need(4, field)?;
+        Ok(self.buf.get_u32())
+    }
+
+    fn text(&mut self, len: usize, field: &'static str) -> Result<String, DecodeError> {
+        if len > MAX_TEXT {
+            return Err(DecodeError::TextTooLong {
+                frame: self.frame,
+                field,
+                len,
+            });
+        }
+        self.need(len, field)?;
+        let raw = self.buf.split_to(len);
+        String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::BadUtf8 {
+            frame: self.frame,
+            field,
+        })
+    }
+
+    fn rest_text(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        self.text(self.buf.remaining(), field)
+    }
+
+    fn end(&self) -> Result<(), DecodeError> {
+        match self.buf.remaining() {
+            0 => Ok(()),
+            extra => Err(DecodeError::TrailingBytes {
+                frame: self.frame,
+                extra,
+            }),
+        }
+    }
+}

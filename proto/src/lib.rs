@@ -1,0 +1,62 @@
+//! The wire format between a browser tab and the tabtunnel relay.
+//!
+//! One WebSocket carries one session. Every binary WebSocket message is exactly one
+//! frame, so a frame needs no length prefix:
+//!
+//! ```text
+//! [kind: u8][stream: u32 big-endian][payload ...]
+//! ```
+//!
+//! | kind | name          | direction    | stream     | payload                                   |
+//! |------|---------------|--------------|------------|-------------------------------------------|
+//! | 1    | Hello         | tab → relay  | 0          | version u16, target name (UTF-8)          |
+//! | 2    | Welcome       | relay → tab  | 0          | version u16, pinned host-key fingerprints |
+//! | 3    | Error         | relay → tab  | 0          | code u16, message (UTF-8); session ends   |
+//! | 4    | Ssh           | both         | 0          | SSH transport bytes (ciphertext)          |
+//! | 5    | Listen        | tab → relay  | forward id | port u16, bind address (UTF-8)            |
+//! | 6    | Listening     | relay → tab  | forward id | bound socket address (UTF-8)              |
+//! | 7    | ListenFailed  | relay → tab  | forward id | code u16, message (UTF-8)                 |
+//! | 8    | Unlisten      | tab → relay  | forward id | empty                                     |
+//! | 9    | Accept        | relay → tab  | conn id    | forward id u32, peer address (UTF-8)      |
+//! | 10   | Data          | both         | conn id    | bytes, at most [`MAX_DATA`]               |
+//! | 11   | Credit        | both         | conn id    | u32: more bytes the sender may now send   |
+//! | 12   | Eof           | both         | conn id    | empty: no more Data in this direction     |
+//! | 13   | Close         | both         | conn id    | reason (UTF-8), empty when orderly        |
+//!
+//! Forward ids are chosen by the tab, connection ids by the relay; the frame kind says
+//! which space a stream number belongs to. Data for a connection may only be sent
+//! within the credit its receiver granted (see [`credit`]); that is what keeps every
+//! hop's memory bounded, since a browser cannot pause a WebSocket.
+//!
+//! This crate knows nothing of tokio, axum, russh or web-sys: it builds for wasm32 and
+//! native alike, and both sides of the wire use it.
+
+pub mod codec;
+pub mod credit;
+pub mod frame;
+
+pub use codec::{DecodeError, decode, encode, encode_to_bytes};
+pub use credit::{CreditError, CreditGate, RecvWindow, SendCredit};
+pub use frame::{ErrorCode, Frame};
+
+/// Protocol version sent in Hello and Welcome. A relay refuses any other version.
+pub const VERSION: u16 = 1;
+
+/// Size of the frame header: kind (1 byte) and stream (4 bytes).
+pub const HEADER_LEN: usize = 5;
+
+/// Largest Data or Ssh payload a sender may put in one frame.
+pub const MAX_DATA: usize = 64 * 1024;
+
+/// Largest frame either side accepts; anything larger is a protocol error.
+pub const MAX_FRAME: usize = HEADER_LEN + MAX_DATA;
+
+/// Largest text field (target names, addresses, reasons) in bytes.
+pub const MAX_TEXT: usize = 1024;
+
+/// Stream number of session-level frames (Hello, Welcome, Error, Ssh).
+pub const STREAM_SESSION: u32 = 0;
+
+/// Credit each receiver grants per connection when it opens: bytes in flight per
+/// direction per connection never exceed this.
+pub const CONNECTION_WINDOW: u32 = 256 * 1024;

@@ -1,0 +1,184 @@
+use bytes::Bytes;
+use tabtunnel_proto::{
+    DecodeError, ErrorCode, Frame, MAX_DATA, MAX_FRAME, decode, encode_to_bytes,
+};
+
+fn every_variant() -> Vec<Frame> {
+    vec![
+        Frame::Hello {
+            version: 1,
+            target: "demo".into(),
+        },
+        Frame::Hello {
+            version: 7,
+            target: String::new(),
+        },
+        Frame::Welcome {
+            version: 1,
+            pinned_host_keys: vec![],
+        },
+        Frame::Welcome {
+            version: 1,
+            pinned_host_keys: vec!["SHA256:abc".into(), "SHA256:dé".into()],
+        },
+        Frame::Error {
+            code: ErrorCode::UnknownTarget,
+            message: "no target \"x\"".into(),
+        },
+        Frame::Error {
+            code: ErrorCode::Unknown(999),
+            message: String::new(),
+        },
+        Frame::Ssh(Bytes::from_static(b"SSH-2.0-x\r\n")),
+        Frame::Ssh(Bytes::from(vec![0xAB; MAX_DATA])),
+        Frame::Listen {
+            forward: 1,
+            bind: "127.0.0.1".into(),
+            port: 10080,
+        },
+        Frame::Listen {
+            forward: u32::MAX,
+            bind: "::1".into(),
+            port: 0,
+        },
+        Frame::Listening {
+            forward: 3,
+            address: "[::1]:10001".into(),
+        },
+        Frame::ListenFailed {
+            forward: 3,
+            code: ErrorCode::PortInUse,
+            message: "busy".into(),
+        },
+        Frame::Unlisten { forward: 3 },
+        Frame::Accept {
+            conn: 9,
+            forward: 3,
+            peer: "127.0.0.1:5555".into(),
+        },
+        Frame::Data {
+            conn: 9,
+            data: Bytes::new(),
+        },
+        Frame::Data {
+            conn: 9,
+            data: Bytes::from(vec![1u8; MAX_DATA]),
+        },
+        Frame::Credit {
+            conn: 9,
+            bytes: u32::MAX,
+        },
+        Frame::Eof { conn: 9 },
+        Frame::Close {
+            conn: 9,
+            reason: String::new(),
+        },
+        Frame::Close {
+            conn: 9,
+            reason: "connection reset".into(),
+        },
+    ]
+}
+
+#[test]
+fn every_variant_round_trips() {
+    for frame in every_variant() {
+        let wire = encode_to_bytes(&frame);
+        assert_eq!(decode(wire).as_ref(), Ok(&frame), "{frame:?}");
+    }
+}
+
+#[test]
+fn every_truncation_is_an_error_or_a_shorter_valid_frame() {
+    // A prefix of a frame must never panic; for fixed-size frames it must be an error.
+    for frame in every_variant() {
+        let wire = encode_to_bytes(&frame);
+        for cut in 0..wire.len() {
+            let _ = decode(wire.slice(..cut));
+        }
+    }
+    let credit = encode_to_bytes(&Frame::Credit { conn: 1, bytes: 5 });
+    assert_eq!(
+        decode(credit.slice(..7)),
+        Err(DecodeError::Truncated {
+            frame: "Credit",
+            field: "credit"
+        })
+    );
+}
+
+#[test]
+fn malformed_inputs_get_clear_errors() {
+    assert_eq!(
+        decode(Bytes::from_static(&[4, 0, 0])),
+        Err(DecodeError::TooShort { len: 3 })
+    );
+    assert_eq!(
+        decode(Bytes::from_static(&[200, 0, 0, 0, 0])),
+        Err(DecodeError::UnknownKind { kind: 200 })
+    );
+    let too_long = Bytes::from(vec![10u8; MAX_FRAME + 1]);
+    let err = decode(too_long).unwrap_err();
+    assert_eq!(err, DecodeError::TooLong { len: MAX_FRAME + 1 });
+    assert!(err.to_string().contains("exceeds"), "{err}");
+
+    // Data on stream 0, Ssh on a connection stream.
+    assert_eq!(
+        decode(Bytes::from_static(&[10, 0, 0, 0, 0, 1])),
+        Err(DecodeError::ZeroStream { frame: "Data" })
+    );
+    assert_eq!(
+        decode(Bytes::from_static(&[4, 0, 0, 0, 1, 1])),
+        Err(DecodeError::NonZeroStream {
+            frame: "Ssh",
+            stream: 1
+        })
+    );
+    // Invalid UTF-8 in a target name.
+    let err = decode(Bytes::from_static(&[1, 0, 0, 0, 0, 0, 1, 0xff, 0xfe])).unwrap_err();
+    assert_eq!(
+        err,
+        DecodeError::BadUtf8 {
+            frame: "Hello",
+            field: "target"
+        }
+    );
+    assert_eq!(err.to_string(), "Hello frame's target is not valid UTF-8");
+    // Trailing bytes after a fixed-size frame.
+    assert_eq!(
+        decode(Bytes::from_static(&[12, 0, 0, 0, 1, 9])),
+        Err(DecodeError::TrailingBytes {
+            frame: "Eof",
+            extra: 1
+        })
+    );
+    // A Welcome that promises more keys than it carries.
+    assert_eq!(
+        decode(Bytes::from_static(&[2, 0, 0, 0, 0, 0, 1, 0, 2, 0, 1, b'a'])),
+        Err(DecodeError::Truncated {
+            frame: "Welcome",
+            field: "key length"
+        })
+    );
+}
+
+#[test]
+fn data_payload_shares_the_message_buffer() {
+    let wire = encode_to_bytes(&Frame::Data {
+        conn: 1,
+        data: Bytes::from(vec![7u8; 1000]),
+    });
+    let start = wire.as_ptr() as usize;
+    let Ok(Frame::Data { data, .. }) = decode(wire) else {
+        panic!("not data")
+    };
+    assert_eq!(data.as_ptr() as usize, start + tabtunnel_proto::HEADER_LEN);
+}
+
+#[test]
+fn error_codes_round_trip_and_unknown_codes_survive() {
+    for n in 0..=20u16 {
+        assert_eq!(ErrorCode::from_u16(n).to_u16(), n);
+    }
+    assert_eq!(ErrorCode::PortInUse.as_str(), "port-in-use");
+}

@@ -1,0 +1,328 @@
+//! The operator's policy: which SSH targets exist, which ports and bind addresses a
+//! forward may use. Deny by default: no target is reachable unless named here.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration problem, reported at start with the key and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// One SSH server the relay may connect tabs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `host:port` of the SSH server, as the relay host resolves it.
+    pub address: String,
+    /// Host-key fingerprints (`SHA256:...`) the tab must see; empty: the user decides.
+    pub pinned_host_keys: Vec<String>,
+}
+
+/// The validated policy every session is checked against.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub targets: BTreeMap<String, Target>,
+    /// Ports forwards may listen on.
+    pub forward_ports: RangeInclusive<u16>,
+    /// Non-loopback addresses forwards may bind to (loopback is always allowed).
+    /// `0.0.0.0` or `::` here allows the wildcard bind (`*`), like sshd's GatewayPorts.
+    pub allowed_binds: Vec<IpAddr>,
+    /// Whether ports below 1024 may be used (needs CAP_NET_BIND_SERVICE).
+    pub allow_privileged_ports: bool,
+    /// Folder served at `/`: the page and its `pkg/` wasm bundle.
+    pub web_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            targets: BTreeMap::new(),
+            forward_ports: 10000..=10999,
+            allowed_binds: Vec::new(),
+            allow_privileged_ports: false,
+            web_dir: PathBuf::from("web"),
+        }
+    }
+}
+
+/// The TOML file's shape; every key is documented in `relay.example.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    targets: BTreeMap<String, FileTarget>,
+    forward_ports: Option<String>,
+    #[serde(default)]
+    allowed_binds: Vec<String>,
+    allow_privileged_ports: Option<bool>,
+    web_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTarget {
+    address: String,
+    #[serde(default)]
+    pinned_host_keys: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|err| match err {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            ConfigError::Invalid { key, reason } => ConfigError::Invalid {
+                key: format!("{}: {key}", path.display()),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text (the same rules as a file).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            source: Box::new(source),
+        })?;
+        let mut config = Config::default();
+        for (name, target) in file.targets {
+            let key = format!("targets.{name}");
+            for fp in &target.pinned_host_keys {
+                validate_fingerprint(fp)
+                    .map_err(|reason| invalid(format!("{key}.pinned_host_keys"), reason))?;
+            }
+            config.add_target(&name, &target.address, &key)?;
+            if let Some(t) = config.targets.get_mut(&name) {
+                t.pinned_host_keys = target.pinned_host_keys;
+            }
+        }
+        if let Some(range) = file.forward_ports {
+            config.forward_ports =
+                parse_port_range(&range).map_err(|r| invalid("forward_ports", r))?;
+        }
+        for bind in file.allowed_binds {
+            let ip = parse_bind(&bind).map_err(|r| invalid("allowed_binds", r))?;
+            config.allowed_binds.push(ip);
+        }
+        if let Some(allow) = file.allow_privileged_ports {
+            config.allow_privileged_ports = allow;
+        }
+        if let Some(dir) = file.web_dir {
+            config.web_dir = dir;
+        }
+        Ok(config)
+    }
+
+    /// Adds a target named `name` at `address` (`host:port`); `key` names where it came
+    /// from in errors (a flag or a config key).
+    pub fn add_target(&mut self, name: &str, address: &str, key: &str) -> Result<(), ConfigError> {
+        validate_target_name(name).map_err(|r| invalid(key, r))?;
+        validate_host_port(address).map_err(|r| invalid(key, r))?;
+        self.targets.insert(
+            name.to_owned(),
+            Target {
+                address: address.to_owned(),
+                pinned_host_keys: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Checks rules that span keys; call after flags have been applied.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let (lo, hi) = (*self.forward_ports.start(), *self.forward_ports.end());
+        if lo == 0 {
+            return Err(invalid(
+                "forward_ports",
+                "port 0 is not a port; start the range at 1 or above",
+            ));
+        }
+        if lo < 1024 && !self.allow_privileged_ports {
+            return Err(invalid(
+                "forward_ports",
+                format!(
+                    "range {lo}-{hi} includes ports below 1024, which need root-level privilege \
+                     (CAP_NET_BIND_SERVICE); start it at 1024 or set allow_privileged_ports"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a forward may bind `ip`.
+    pub fn bind_allowed(&self, ip: IpAddr) -> bool {
+        ip.is_loopback()
+            || self.allowed_binds.iter().any(|allowed| {
+                *allowed == ip || (allowed.is_unspecified() && allowed.is_ipv4() == ip.is_ipv4())
+            })
+    }
+}
+
+/// Parses `A-B` (or a single port) into an inclusive range.
+pub fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let port = |s: &str| {
+        s.trim().parse::<u16>().map_err(|_| {
+            format!("{s:?} is not a port number (1-65535); expected a range like 10000-10999")
+        })
+    };
+    let (lo, hi) = match text.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => {
+            let p = port(text)?;
+            (p, p)
+        }
+    };
+    if lo > hi {
+        return Err(format!(
+            "range {lo}-{hi} is empty; write the lower port first"
+        ));
+    }
+    Ok(lo..=hi)
+}
+
+/// Parses an operator's bind address: an IP, or `*` for every IPv4 address.
+pub fn parse_bind(text: &str) -> Result<IpAddr, String> {
+    if text == "*" {
+        return Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    }
+    text.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| {
+            format!("{text:?} is not an IP address (examples: 0.0.0.0, 192.0.2.7, ::1, *)")
+        })
+}
+
+fn validate_target_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "target name {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+fn validate_host_port(address: &str) -> Result<(), String> {
+    let err = || {
+        format!("target address {address:?} must be HOST:PORT, e.g. ssh.example.com:22 or [::1]:22")
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(err)?;
+    let port: u16 = port.parse().map_err(|_| err())?;
+    if host.is_empty() || port == 0 {
+        return Err(err());
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(err());
+    }
+    Ok(())
+}
+
+fn validate_fingerprint(fp: &str) -> Result<(), String> {
+    if fp.starts_with("SHA256:") && fp.len() > 7 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{fp:?} is not a fingerprint; write it as `ssh-keygen -lf` prints it, e.g. SHA256:abc..."
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses() {
+        let config = Config::from_toml(
+            r#"
+            forward_ports = "20000-20010"
+            allowed_binds = ["0.0.0.0"]
+            [targets.lab]
+            address = "10.0.0.5:2222"
+            pinned_host_keys = ["SHA256:abcdef"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.forward_ports, 20000..=20010);
+        assert_eq!(config.targets["lab"].address, "10.0.0.5:2222");
+        assert_eq!(
+            config.targets["lab"].pinned_host_keys,
+            vec!["SHA256:abcdef"]
+        );
+        assert!(config.bind_allowed("192.0.2.1".parse().unwrap()));
+        assert!(!config.bind_allowed("::2".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_input_names_the_key_and_the_fix() {
+        let err = Config::from_toml("forward_ports = \"9-3\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("forward_ports") && err.contains("lower port first"),
+            "{err}"
+        );
+        let err = Config::from_toml("[targets.x]\naddress = \"nohost\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("targets.x") && err.contains("HOST:PORT"),
+            "{err}"
+        );
+        let err = Config::from_toml("colour = 1").unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+        let mut config = Config {
+            forward_ports: 80..=90,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
+        config.allow_privileged_ports = true;
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn only_loopback_binds_by_default() {
+        let config = Config::default();
+        assert!(config.bind_allowed("127.0.0.1".parse().unwrap()));
+        assert!(config.bind_allowed("::1".parse().unwrap()));
+        assert!(!config.bind_allowed("0.0.0.0".parse().unwrap()));
+    }
+}

@@ -1,0 +1,172 @@
+//! One accepted TCP connection of a forward: TCP bytes go to the tab within the credit
+//! the tab granted; the tab's bytes go to TCP, and credit flows back as they are written.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tabtunnel_proto::{CreditGate, Frame, MAX_DATA, RecvWindow};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{Instrument, debug, debug_span};
+
+use crate::session::{Event, Outgoing};
+
+/// What the session loop passes to a connection, in wire order.
+#[derive(Debug)]
+pub(crate) enum ToTcp {
+    Data(Bytes),
+    Eof,
+    /// The tab is done with the connection: write what is queued, then close.
+    Close,
+}
+
+/// The session loop's view of a live connection.
+#[derive(Debug)]
+pub(crate) struct ConnHandle {
+    pub forward: u32,
+    /// Unbounded, yet bounded in bytes: the session checks each Data against
+    /// `recv_window` before queueing it, so at most one window is queued.
+    pub to_tcp: mpsc::UnboundedSender<ToTcp>,
+    pub recv_window: Arc<Mutex<RecvWindow>>,
+    pub send_credit: Arc<CreditGate>,
+    pub task: AbortHandle,
+}
+
+/// Starts the connection's task in the session's set.
+pub(crate) fn spawn(
+    tasks: &mut JoinSet<()>,
+    conn: u32,
+    forward: u32,
+    stream: TcpStream,
+    window: RecvWindow,
+    out: mpsc::Sender<Outgoing>,
+    events: mpsc::Sender<Event>,
+) -> ConnHandle {
+    let (to_tcp, input) = mpsc::unbounded_channel();
+    let recv_window = Arc::new(Mutex::new(window));
+    let send_credit = Arc::new(CreditGate::default());
+    let span = debug_span!("conn", conn, forward);
+    let task = tasks.spawn(
+        run(
+            conn,
+            stream,
+            input,
+            recv_window.clone(),
+            send_credit.clone(),
+            out,
+            events,
+        )
+        .instrument(span),
+    );
+    ConnHandle {
+        forward,
+        to_tcp,
+        recv_window,
+        send_credit,
+        task,
+    }
+}
+
+enum Downstream {
+    /// The tab sent Eof; the TCP write half is shut down.
+    Eof,
+    /// The tab sent Close; queued bytes were written and the socket is done.
+    TabClosed,
+}
+
+async fn run(
+    conn: u32,
+    stream: TcpStream,
+    mut input: mpsc::UnboundedReceiver<ToTcp>,
+    recv_window: Arc<Mutex<RecvWindow>>,
+    send_credit: Arc<CreditGate>,
+    out: mpsc::Sender<Outgoing>,
+    events: mpsc::Sender<Event>,
+) {
+    let (mut tcp_read, mut tcp_write) = stream.into_split();
+    let send = |frame: Frame| out.send(Outgoing::Frame(frame));
+
+    // TCP client -> tab, within credit.
+    let upstream = async {
+        let mut buf = vec![0u8; MAX_DATA];
+        loop {
+            // Read only what the tab can take, so nothing waits here for credit.
+            let allowed = send_credit.available().await.min(MAX_DATA as u64) as usize;
+            let n = tcp_read.read(&mut buf[..allowed]).await?;
+            if n == 0 {
+                send(Frame::Eof { conn }).await.map_err(|_| gone())?;
+                return Ok::<_, std::io::Error>(());
+            }
+            send_credit.consume(n);
+            let data = Bytes::copy_from_slice(&buf[..n]);
+            send(Frame::Data { conn, data }).await.map_err(|_| gone())?;
+        }
+    };
+
+    // Tab -> TCP client, returning credit as bytes are written.
+    let downstream = async {
+        while let Some(item) = input.recv().await {
+            match item {
+                ToTcp::Data(data) => {
+                    tcp_write.write_all(&data).await?;
+                    let grant = recv_window
+                        .lock()
+                        .expect("window lock")
+                        .on_consumed(data.len());
+                    if let Some(bytes) = grant {
+                        send(Frame::Credit { conn, bytes })
+                            .await
+                            .map_err(|_| gone())?;
+                    }
+                }
+                ToTcp::Eof => {
+                    tcp_write.shutdown().await?;
+                    return Ok(Downstream::Eof);
+                }
+                ToTcp::Close => {
+                    let _ = tcp_write.shutdown().await;
+                    return Ok(Downstream::TabClosed);
+                }
+            }
+        }
+        Err(gone()) // the session dropped us
+    };
+
+    tokio::pin!(upstream, downstream);
+    let (mut up_done, mut down_done) = (false, false);
+    let close_reason = loop {
+        tokio::select! {
+            result = &mut upstream, if !up_done => match result {
+                Ok(()) => up_done = true,
+                Err(err) => break Some(describe(&err)),
+            },
+            result = &mut downstream, if !down_done => match result {
+                Ok(Downstream::Eof) => down_done = true,
+                Ok(Downstream::TabClosed) => break None,
+                Err(err) => break Some(describe(&err)),
+            },
+        }
+        if up_done && down_done {
+            break Some(String::new());
+        }
+    };
+    if let Some(reason) = close_reason {
+        debug!(%reason, "connection ends");
+        let _ = send(Frame::Close { conn, reason }).await;
+    }
+    let _ = events.send(Event::ConnectionDone { conn }).await;
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::other("session ended")
+}
+
+fn describe(err: &std::io::Error) -> String {
+    match err.kind() {
+        std::io::ErrorKind::ConnectionReset => "the TCP client reset the connection".into(),
+        std::io::ErrorKind::BrokenPipe => "the TCP client stopped reading".into(),
+        _ => format!("TCP connection failed: {err}"),
+    }
+}

@@ -1,0 +1,89 @@
+//! The tabtunnel relay: serves the page and its wasm bundle, carries each tab's SSH bytes
+//! to an SSH server its operator configured, and opens forward listeners for live
+//! sessions. See `docs/ARCHITECTURE.md` for the whole picture.
+
+pub mod config;
+mod connection;
+pub mod demo;
+pub mod listen;
+mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use tabtunnel_proto::MAX_FRAME;
+use tokio::net::TcpListener;
+use tower_http::services::ServeDir;
+
+pub use config::Config;
+
+/// What every request handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    config: Arc<Config>,
+    next_session: Arc<AtomicU64>,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config: Arc::new(config),
+            next_session: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+/// The relay's HTTP routes: `/ws` (sessions), `/api/targets`, and the page at `/`.
+pub fn app(state: AppState) -> Router {
+    let static_files = ServeDir::new(&state.config.web_dir).append_index_html_on_directories(true);
+    Router::new()
+        .route("/ws", get(websocket))
+        .route("/api/targets", get(targets))
+        .fallback_service(static_files)
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Target names only: never addresses or anything else of the operator's config.
+async fn targets(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let targets: Vec<_> = state
+        .config
+        .targets
+        .keys()
+        .map(|name| serde_json::json!({ "name": name }))
+        .collect();
+    Json(serde_json::json!({ "targets": targets }))
+}
+
+async fn websocket(
+    upgrade: WebSocketUpgrade,
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let id = state.next_session.fetch_add(1, Ordering::Relaxed);
+    let config = state.config.clone();
+    upgrade
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| session::run(socket, config, peer, id))
+}

@@ -1,0 +1,126 @@
+//! The `relay` binary: flags, logging, config, then `tabtunnel_relay::run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tabtunnel_relay::config::{parse_bind, parse_port_range};
+use tabtunnel_relay::demo::DemoServer;
+use tabtunnel_relay::{AppState, Config};
+use tracing_subscriber::EnvFilter;
+
+/// Relay for tabtunnel: SSH port forwards started from a browser tab.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address the page and WebSocket are served on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// An SSH server tabs may reach, as NAME=HOST:PORT (repeatable; adds to the config file's).
+    #[arg(long = "target", value_name = "NAME=HOST:PORT")]
+    targets: Vec<String>,
+    /// Ports forwards may listen on, as LOW-HIGH.
+    #[arg(long, value_name = "LOW-HIGH")]
+    forward_ports: Option<String>,
+    /// Also allow forwards to bind this non-loopback address (repeatable; `*` for all IPv4).
+    #[arg(long = "allow-bind", value_name = "ADDR")]
+    allow_binds: Vec<String>,
+    /// Allow forward ports below 1024 (the relay then needs CAP_NET_BIND_SERVICE).
+    #[arg(long)]
+    allow_privileged_ports: bool,
+    /// Start the embedded demo SSH server and register it as target `demo`.
+    #[arg(long)]
+    demo: bool,
+    /// Read settings from this TOML file (see relay.example.toml); flags add to it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Folder with the page and its `pkg/` wasm bundle.
+    #[arg(long, value_name = "DIR")]
+    web_dir: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    for spec in &args.targets {
+        let (name, address) = spec.split_once('=').with_context(|| {
+            format!("--target {spec:?}: write it as NAME=HOST:PORT, e.g. lab=10.0.0.5:22")
+        })?;
+        config.add_target(name, address, &format!("--target {spec}"))?;
+    }
+    if let Some(range) = &args.forward_ports {
+        config.forward_ports =
+            parse_port_range(range).map_err(|r| anyhow::anyhow!("--forward-ports: {r}"))?;
+    }
+    for bind in &args.allow_binds {
+        config
+            .allowed_binds
+            .push(parse_bind(bind).map_err(|r| anyhow::anyhow!("--allow-bind: {r}"))?);
+    }
+    config.allow_privileged_ports |= args.allow_privileged_ports;
+    if let Some(dir) = args.web_dir {
+        config.web_dir = dir;
+    }
+    let _demo = if args.demo {
+        let demo = DemoServer::start()
+            .await
+            .context("starting the demo SSH server")?;
+        config.add_target("demo", &demo.ssh_addr.to_string(), "--demo")?;
+        println!("{}", demo.banner());
+        Some(demo)
+    } else {
+        None
+    };
+    config.validate()?;
+    if config.targets.is_empty() {
+        anyhow::bail!(
+            "no SSH targets: add --target NAME=HOST:PORT, a [targets] table in --config, or --demo"
+        );
+    }
+    if !config.web_dir.join("pkg").join("client_wasm.js").exists() {
+        tracing::warn!(
+            "{} has no pkg/client_wasm.js: the page will not load; build it with `cargo xtask wasm`",
+            config.web_dir.display()
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    println!(
+        "tabtunnel relay: open http://{}/ in a browser",
+        listener.local_addr()?
+    );
+    tabtunnel_relay::run(listener, AppState::new(config), shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,582 @@
+//! One task per WebSocket: the Hello handshake, the SSH byte pipe to the target, and
+//! the forwards the tab asked for. Everything a session starts lives in its `JoinSet`,
+//! so when the WebSocket ends, its listeners and connections end with it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use futures::stream::SplitStream;
+use futures::{SinkExt, StreamExt};
+use tabtunnel_proto::{
+    CONNECTION_WINDOW, ErrorCode, Frame, RecvWindow, VERSION, decode, encode_to_bytes,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::Config;
+use crate::connection::{self, ConnHandle, ToTcp};
+use crate::listen;
+
+/// How long a tab has to send its Hello after the WebSocket opens.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the relay tries to reach a target's SSH server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames queued for the WebSocket writer. Data frames are bounded by credit anyway;
+/// this keeps the rest (Ssh, control) from piling up when the tab is slow.
+const OUT_QUEUE: usize = 64;
+/// Ssh frames queued for the SSH server's socket.
+const SSH_QUEUE: usize = 16;
+
+/// Something to send to the tab.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Frame(Frame),
+    /// Close the WebSocket with this code and reason; nothing is sent after it.
+    Close(u16, String),
+}
+
+/// Events from a session's own tasks to its loop.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Accepted {
+        forward: u32,
+        stream: TcpStream,
+        peer: SocketAddr,
+    },
+    ConnectionDone {
+        conn: u32,
+    },
+    SshClosed(Option<std::io::Error>),
+}
+
+/// Why a session ended badly: sent to the tab as an Error frame, then a close code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct SessionError {
+    code: ErrorCode,
+    message: String,
+}
+
+impl SessionError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn protocol(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Protocol, message)
+    }
+
+    /// RFC 6455 close codes: 1002 protocol error, 1008 policy, 1011 server trouble.
+    fn close_code(&self) -> u16 {
+        match self.code {
+            ErrorCode::Protocol | ErrorCode::Version => 1002,
+            ErrorCode::UnknownTarget | ErrorCode::Limit => 1008,
+            _ => 1011,
+        }
+    }
+}
+
+/// Serves one tab's WebSocket until it closes.
+pub async fn run(socket: WebSocket, config: Arc<Config>, peer: SocketAddr, id: u64) {
+    let span = info_span!("session", id, %peer, target = tracing::field::Empty);
+    async move {
+        let (ws_tx, ws_rx) = socket.split();
+        let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+        let writer = tokio::spawn(write_loop(ws_tx, out_rx).in_current_span());
+        let result = Session::start(ws_rx, out_tx.clone(), config).await;
+        let result = match result {
+            Ok(session) => session.serve().await,
+            Err(err) => Err(err),
+        };
+        let close = match result {
+            Ok(reason) => {
+                info!("session ended: {reason}");
+                Outgoing::Close(1000, reason.into())
+            }
+            Err(err) => {
+                info!(code = err.code.as_str(), "session failed: {}", err.message);
+                let close = Outgoing::Close(err.close_code(), err.message.clone());
+                let _ = out_tx
+                    .send(Outgoing::Frame(Frame::Error {
+                        code: err.code,
+                        message: err.message,
+                    }))
+                    .await;
+                close
+            }
+        };
+        let _ = out_tx.send(close).await;
+        drop(out_tx);
+        // The tab may have gone; do not wait on a dead socket forever.
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Sends queued frames, batching what is ready into one flush.
+async fn write_loop(
+    mut ws: futures::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut batched = 0;
+        while let Some(item) = next.take() {
+            match item {
+                Outgoing::Frame(frame) => {
+                    if ws
+                        .feed(Message::Binary(encode_to_bytes(&frame)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Outgoing::Close(code, reason) => {
+                    let reason = truncate_reason(reason);
+                    let frame = CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    };
+                    let _ = ws.send(Message::Close(Some(frame))).await;
+                    return;
+                }
+            }
+            batched += 1;
+            if batched < 64 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if ws.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A WebSocket close reason is at most 123 bytes; cut at a character boundary.
+fn truncate_reason(mut reason: String) -> String {
+    if reason.len() > 123 {
+        let mut end = 120;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push_str("...");
+    }
+    reason
+}
+
+struct Session {
+    ws_rx: SplitStream<WebSocket>,
+    out: mpsc::Sender<Outgoing>,
+    config: Arc<Config>,
+    ssh_tx: mpsc::Sender<Bytes>,
+    events_tx: mpsc::Sender<Event>,
+    events_rx: mpsc::Receiver<Event>,
+    forwards: HashMap<u32, ForwardEntry>,
+    conns: HashMap<u32, ConnHandle>,
+    next_conn: u32,
+    /// Every task of the session; dropping the set aborts them all.
+    tasks: JoinSet<()>,
+}
+
+struct ForwardEntry {
+    listener: AbortHandle,
+    conns: HashSet<u32>,
+}
+
+impl Session {
+    /// Reads the Hello, reaches the target and answers Welcome.
+    async fn start(
+        mut ws_rx: SplitStream<WebSocket>,
+        out: mpsc::Sender<Outgoing>,
+        config: Arc<Config>,
+    ) -> Result<Self, SessionError> {
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut ws_rx))
+            .await
+            .map_err(|_| {
+                SessionError::protocol("no Hello within 10 s of opening the WebSocket")
+            })??;
+        let Some(hello) = hello else {
+            return Err(SessionError::protocol(
+                "the WebSocket closed before the Hello",
+            ));
+        };
+        let Frame::Hello { version, target } = hello else {
+            return Err(SessionError::protocol(format!(
+                "expected Hello first, got {}",
+                hello.name()
+            )));
+        };
+        if version != VERSION {
+            return Err(SessionError::new(
+                ErrorCode::Version,
+                format!(
+                    "the page speaks protocol version {version}, this relay speaks {VERSION}: reload the page"
+                ),
+            ));
+        }
+        tracing::Span::current().record("target", target.as_str());
+        let Some(entry) = config.targets.get(&target) else {
+            let known: Vec<&str> = config.targets.keys().map(String::as_str).collect();
+            return Err(SessionError::new(
+                ErrorCode::UnknownTarget,
+                format!(
+                    "unknown target {target:?}; this relay offers: {}",
+                    known.join(", ")
+                ),
+            ));
+        };
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&entry.address))
+            .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                warn!(address = %entry.address, "cannot reach SSH server: {err}");
+                return Err(SessionError::new(
+                    ErrorCode::TargetUnreachable,
+                    format!(
+                        "the relay cannot reach the SSH server of target {target:?} ({err}); ask the relay's operator"
+                    ),
+                ));
+            }
+            Err(_) => {
+                warn!(address = %entry.address, "SSH server connect timed out");
+                return Err(SessionError::new(
+                    ErrorCode::TargetUnreachable,
+                    format!(
+                        "the SSH server of target {target:?} did not answer within 10 s; ask the relay's operator"
+                    ),
+                ));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        info!(address = %entry.address, "connected to SSH server");
+        let welcome = Frame::Welcome {
+            version: VERSION,
+            pinned_host_keys: entry.pinned_host_keys.clone(),
+        };
+        out.send(Outgoing::Frame(welcome))
+            .await
+            .map_err(|_| gone())?;
+
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let (ssh_tx, ssh_rx) = mpsc::channel(SSH_QUEUE);
+        let mut tasks = JoinSet::new();
+        let (ssh_read, ssh_write) = stream.into_split();
+        tasks.spawn(pump_from_ssh(ssh_read, out.clone(), events_tx.clone()).in_current_span());
+        tasks.spawn(pump_to_ssh(ssh_write, ssh_rx).in_current_span());
+        Ok(Self {
+            ws_rx,
+            out,
+            config,
+            ssh_tx,
+            events_tx,
+            events_rx,
+            forwards: HashMap::new(),
+            conns: HashMap::new(),
+            next_conn: 1,
+            tasks,
+        })
+    }
+
+    /// The session's loop; returns the reason for an orderly end.
+    async fn serve(mut self) -> Result<&'static str, SessionError> {
+        loop {
+            tokio::select! {
+                frame = next_frame(&mut self.ws_rx) => match frame? {
+                    Some(frame) => self.on_frame(frame).await?,
+                    None => return Ok("the tab closed the WebSocket"),
+                },
+                Some(event) = self.events_rx.recv() => {
+                    if let Some(end) = self.on_event(event).await? {
+                        return Ok(end);
+                    }
+                }
+                // Reap finished tasks so the set does not grow with closed connections.
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+            }
+        }
+    }
+
+    async fn send(&self, frame: Frame) -> Result<(), SessionError> {
+        self.out
+            .send(Outgoing::Frame(frame))
+            .await
+            .map_err(|_| gone())
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), SessionError> {
+        match frame {
+            Frame::Ssh(data) => {
+                // A closed SSH socket is reported by the reader as SshClosed.
+                let _ = self.ssh_tx.send(data).await;
+            }
+            Frame::Listen {
+                forward,
+                bind,
+                port,
+            } => self.listen(forward, &bind, port).await?,
+            Frame::Unlisten { forward } => {
+                if let Some(entry) = self.forwards.remove(&forward) {
+                    entry.listener.abort();
+                    for conn in entry.conns {
+                        if let Some(handle) = self.conns.remove(&conn) {
+                            handle.task.abort();
+                        }
+                    }
+                    info!(forward, "forward closed by the tab");
+                }
+            }
+            Frame::Data { conn, data } => {
+                if let Some(handle) = self.conn(conn, "Data")? {
+                    handle
+                        .recv_window
+                        .lock()
+                        .expect("window lock")
+                        .on_data(data.len())
+                        .map_err(|err| {
+                            SessionError::protocol(format!("connection {conn}: {err}"))
+                        })?;
+                    let _ = handle.to_tcp.send(ToTcp::Data(data));
+                }
+            }
+            Frame::Credit { conn, bytes } => {
+                if let Some(handle) = self.conn(conn, "Credit")? {
+                    handle.send_credit.grant(bytes).map_err(|err| {
+                        SessionError::protocol(format!("connection {conn}: {err}"))
+                    })?;
+                }
+            }
+            Frame::Eof { conn } => {
+                if let Some(handle) = self.conn(conn, "Eof")? {
+                    let _ = handle.to_tcp.send(ToTcp::Eof);
+                }
+            }
+            Frame::Close { conn, reason } => {
+                self.conn(conn, "Close")?;
+                if let Some(handle) = self.conns.remove(&conn) {
+                    debug!(conn, %reason, "tab closed connection");
+                    if let Some(entry) = self.forwards.get_mut(&handle.forward) {
+                        entry.conns.remove(&conn);
+                    }
+                    let _ = handle.to_tcp.send(ToTcp::Close);
+                }
+            }
+            other => {
+                return Err(SessionError::protocol(format!(
+                    "the tab sent a {} frame, which only the relay may send",
+                    other.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The live connection `conn`, `None` if it has already ended (frames may cross a
+    /// Close on the wire), or an error if the relay never opened it.
+    fn conn(&self, conn: u32, frame: &str) -> Result<Option<&ConnHandle>, SessionError> {
+        match self.conns.get(&conn) {
+            Some(handle) => Ok(Some(handle)),
+            None if conn < self.next_conn => Ok(None),
+            None => Err(SessionError::protocol(format!(
+                "{frame} frame for connection {conn}, which the relay never opened"
+            ))),
+        }
+    }
+
+    async fn listen(&mut self, forward: u32, bind: &str, port: u16) -> Result<(), SessionError> {
+        if self.forwards.contains_key(&forward) {
+            let message = format!("forward id {forward} is already listening");
+            return self
+                .send(Frame::ListenFailed {
+                    forward,
+                    code: ErrorCode::DuplicateForward,
+                    message,
+                })
+                .await;
+        }
+        match listen::bind(&self.config, bind, port).await {
+            Ok(listener) => {
+                let address = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| format!("{bind}:{port}"));
+                info!(forward, %address, "listening");
+                let events = self.events_tx.clone();
+                let listener = self
+                    .tasks
+                    .spawn(listen::accept_loop(forward, listener, events).in_current_span());
+                self.forwards.insert(
+                    forward,
+                    ForwardEntry {
+                        listener,
+                        conns: HashSet::new(),
+                    },
+                );
+                self.send(Frame::Listening { forward, address }).await
+            }
+            Err(refusal) => {
+                info!(
+                    forward,
+                    code = refusal.code.as_str(),
+                    "listen refused: {}",
+                    refusal.message
+                );
+                self.send(Frame::ListenFailed {
+                    forward,
+                    code: refusal.code,
+                    message: refusal.message,
+                })
+                .await
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: Event) -> Result<Option<&'static str>, SessionError> {
+        match event {
+            Event::Accepted {
+                forward,
+                stream,
+                peer,
+            } => {
+                let Some(entry) = self.forwards.get_mut(&forward) else {
+                    return Ok(None); // the forward closed while this connection waited
+                };
+                let conn = self.next_conn;
+                let Some(next) = self.next_conn.checked_add(1) else {
+                    warn!("connection ids exhausted; refusing {peer}");
+                    return Ok(None);
+                };
+                self.next_conn = next;
+                entry.conns.insert(conn);
+                debug!(conn, forward, %peer, "accepted");
+                self.send(Frame::Accept {
+                    conn,
+                    forward,
+                    peer: peer.to_string(),
+                })
+                .await?;
+                let window = RecvWindow::new(CONNECTION_WINDOW);
+                self.send(Frame::Credit {
+                    conn,
+                    bytes: window.initial_grant(),
+                })
+                .await?;
+                let handle = connection::spawn(
+                    &mut self.tasks,
+                    conn,
+                    forward,
+                    stream,
+                    window,
+                    self.out.clone(),
+                    self.events_tx.clone(),
+                );
+                self.conns.insert(conn, handle);
+            }
+            Event::ConnectionDone { conn } => {
+                if let Some(handle) = self.conns.remove(&conn)
+                    && let Some(entry) = self.forwards.get_mut(&handle.forward)
+                {
+                    entry.conns.remove(&conn);
+                }
+            }
+            Event::SshClosed(None) => return Ok(Some("the SSH server closed the connection")),
+            Event::SshClosed(Some(err)) => {
+                return Err(SessionError::new(
+                    ErrorCode::TargetUnreachable,
+                    format!("the connection to the SSH server failed: {err}"),
+                ));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn gone() -> SessionError {
+    SessionError::new(ErrorCode::Internal, "the WebSocket writer stopped")
+}
+
+/// The next frame from the tab; `None` when the WebSocket has closed.
+async fn next_frame(ws: &mut SplitStream<WebSocket>) -> Result<Option<Frame>, SessionError> {
+    loop {
+        let message = match ws.next().await {
+            None => return Ok(None),
+            Some(Err(err)) => {
+                debug!("WebSocket read failed: {err}");
+                return Ok(None);
+            }
+            Some(Ok(message)) => message,
+        };
+        match message {
+            Message::Binary(bytes) => {
+                return decode(bytes)
+                    .map(Some)
+                    .map_err(|err| SessionError::protocol(format!("malformed frame: {err}")));
+            }
+            Message::Close(_) => return Ok(None),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Text(_) => {
+                return Err(SessionError::protocol(
+                    "text message on a binary protocol; reload the page",
+                ));
+            }
+        }
+    }
+}
+
+/// SSH server -> tab.
+async fn pump_from_ssh(
+    mut ssh: tokio::net::tcp::OwnedReadHalf,
+    out: mpsc::Sender<Outgoing>,
+    events: mpsc::Sender<Event>,
+) {
+    let mut buf = vec![0u8; tabtunnel_proto::MAX_DATA];
+    let end = loop {
+        match ssh.read(&mut buf).await {
+            Ok(0) => break None,
+            Ok(n) => {
+                let frame = Frame::Ssh(Bytes::copy_from_slice(&buf[..n]));
+                if out.send(Outgoing::Frame(frame)).await.is_err() {
+                    return;
+                }
+            }
+            Err(err) => break Some(err),
+        }
+    };
+    let _ = events.send(Event::SshClosed(end)).await;
+}
+
+/// Tab -> SSH server.
+async fn pump_to_ssh(mut ssh: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(data) = rx.recv().await {
+        if ssh.write_all(&data).await.is_err() {
+            return; // the reader half reports the failure
+        }
+    }
+    let _ = ssh.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate_reason;
+
+    #[test]
+    fn close_reasons_fit_the_websocket_limit() {
+        let long = "é".repeat(200);
+        let cut = truncate_reason(long);
+        assert!(cut.len() <= 123 && cut.ends_with("..."));
+        assert_eq!(truncate_reason("short".into()), "short");
+    }
+}

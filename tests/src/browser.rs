@@ -1,0 +1,1 @@
+//! Headless Chromium through chromedriver (filled in with the browser tests).

@@ -1,0 +1,66 @@
+//! Test harness: real components only. `Sshd` runs OpenSSH's sshd on a free loopback
+//! port, `Relay` runs the relay in-process, `services` are TCP destinations, and
+//! `Browser` drives headless Chromium through chromedriver. Everything started here is
+//! stopped on drop.
+
+pub mod browser;
+pub mod relay;
+pub mod services;
+pub mod sshd;
+
+use std::time::{Duration, Instant};
+
+/// The system user the password tests log in as; `cargo xtask setup` creates it.
+pub const TEST_USER: &str = "tabtunnel-e2e";
+/// Its password, set by `cargo xtask setup`.
+pub const TEST_PASSWORD: &str = "tabtunnel-e2e-password";
+
+/// Polls `check` every few milliseconds until it returns `Some` or `deadline` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if start.elapsed() > deadline {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Logs to the test's output when RUST_LOG is set.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so transfers are not all-zero.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(data))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

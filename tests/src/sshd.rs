@@ -1,0 +1,218 @@
+//! OpenSSH's sshd, started for one test on a free loopback port with its own config,
+//! host key and client key in a temporary folder, and killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{TEST_PASSWORD, TEST_USER};
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+/// A running sshd.
+#[derive(Debug)]
+pub struct Sshd {
+    child: Child,
+    pub port: u16,
+    /// `SHA256:...` of its host key, from `ssh-keygen -lf`.
+    pub host_key_fingerprint: String,
+    /// An ed25519 private key (OpenSSH format) that sshd accepts for [`Sshd::user`].
+    pub client_key: String,
+    pub user: &'static str,
+    pub password: &'static str,
+    dir: tempfile::TempDir,
+}
+
+/// Extra `sshd_config` lines for a test (e.g. `AllowTcpForwarding no`).
+#[derive(Debug, Default, Clone)]
+pub struct SshdOptions {
+    pub extra_config: Vec<String>,
+}
+
+impl Sshd {
+    pub async fn start() -> Result<Self> {
+        Self::start_with(SshdOptions::default()).await
+    }
+
+    pub async fn start_with(options: SshdOptions) -> Result<Self> {
+        if !Path::new(SSHD).exists() {
+            bail!("{SSHD} is missing: install openssh-server (run `cargo xtask setup`)");
+        }
+        let user_exists = Command::new("id")
+            .arg(TEST_USER)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !user_exists.success() {
+            bail!(
+                "the test user {TEST_USER} does not exist: run `cargo xtask setup` (as root) to create it"
+            );
+        }
+        std::fs::create_dir_all("/run/sshd")
+            .context("sshd needs /run/sshd: run `cargo xtask setup` as root")?;
+        let dir = tempfile::Builder::new()
+            .prefix("tabtunnel-sshd-")
+            .tempdir()?;
+        // sshd reads authorized_keys as the logged-in user, so the folder must be readable.
+        set_mode(dir.path(), 0o755)?;
+        let host_key = dir.path().join("host_ed25519");
+        let client_key = dir.path().join("client_ed25519");
+        keygen(&host_key)?;
+        keygen(&client_key)?;
+        let authorized = dir.path().join("authorized_keys");
+        std::fs::copy(client_key.with_extension("pub"), &authorized)?;
+        set_mode(&authorized, 0o644)?;
+        let host_key_fingerprint = fingerprint(&host_key.with_extension("pub"))?;
+
+        // Pick a free port, then let sshd bind it; retry if another process took it.
+        for _attempt in 0..5 {
+            let port = free_port()?;
+            let config = dir.path().join("sshd_config");
+            let mut text = format!(
+                "ListenAddress 127.0.0.1:{port}\n\
+                 HostKey {host_key}\n\
+                 PidFile none\n\
+                 UsePAM no\n\
+                 StrictModes no\n\
+                 AuthorizedKeysFile {authorized}\n\
+                 PasswordAuthentication yes\n\
+                 KbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\n\
+                 PermitRootLogin no\n\
+                 AllowUsers {TEST_USER}\n\
+                 LogLevel VERBOSE\n",
+                host_key = host_key.display(),
+                authorized = authorized.display(),
+            );
+            for line in &options.extra_config {
+                text.push_str(line);
+                text.push('\n');
+            }
+            // Defaults last: sshd takes the first value it reads for a keyword.
+            text.push_str("AllowTcpForwarding yes\n");
+            std::fs::write(&config, text)?;
+            let log = std::fs::File::create(dir.path().join("sshd.log"))?;
+            let mut child = Command::new(SSHD)
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("starting sshd")?;
+            let ready = wait_until_listening(&mut child, port).await;
+            match ready {
+                Ok(true) => {
+                    return Ok(Self {
+                        child,
+                        port,
+                        host_key_fingerprint,
+                        client_key: std::fs::read_to_string(&client_key)?,
+                        user: TEST_USER,
+                        password: TEST_PASSWORD,
+                        dir,
+                    });
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log =
+                        std::fs::read_to_string(dir.path().join("sshd.log")).unwrap_or_default();
+                    if !log.contains("Address already in use") {
+                        bail!("sshd did not start:\n{log}");
+                    }
+                }
+            }
+        }
+        bail!("sshd found no free port after 5 attempts")
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Everything sshd logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls until sshd accepts TCP on `port` (true) or exits (false), for at most 10 s.
+async fn wait_until_listening(child: &mut Child, port: u16) -> Result<bool> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("sshd did not listen on port {port} within 10 s")
+}
+
+fn keygen(path: &Path) -> Result<()> {
+    let status = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "tabtunnel-test",
+            "-f",
+        ])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .context("running ssh-keygen (install openssh-client)")?;
+    if !status.success() {
+        bail!("ssh-keygen failed for {}", path.display());
+    }
+    Ok(())
+}
+
+/// The `SHA256:...` field of `ssh-keygen -lf`.
+pub fn fingerprint(public_key: &Path) -> Result<String> {
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(public_key)
+        .output()?;
+    let text = String::from_utf8(out.stdout)?;
+    text.split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
+        .with_context(|| format!("unexpected ssh-keygen -lf output: {text:?}"))
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -1,0 +1,63 @@
+//! Project automation: `cargo xtask <setup|wasm|demo|test|ci>`.
+
+mod cmd;
+mod e2e;
+mod setup;
+mod tasks;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "tabtunnel project tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what is missing: wasm32 target, Debian packages, /run/sshd, the e2e test
+    /// user and wasm-bindgen-cli (exactly the Cargo.lock version).
+    Setup,
+    /// Build the wasm client into web/pkg (sets up only the wasm pieces).
+    Wasm,
+    /// Build the wasm client, then run the relay in demo mode.
+    Demo {
+        /// Address the relay listens on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Setup, wasm, fmt check, clippy (native and wasm32) and all tests, with timings.
+    Test,
+    /// What CI runs: the same as `test`.
+    Ci,
+}
+
+fn repo_root() -> Result<PathBuf> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask's manifest directory has no parent")
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = repo_root()?;
+    match cli.task {
+        Task::Setup => {
+            let wasm_bindgen = setup::all(&root)?;
+            println!("setup complete (wasm-bindgen: {})", wasm_bindgen.display());
+            Ok(())
+        }
+        Task::Wasm => tasks::wasm(&root),
+        Task::Demo { listen } => tasks::demo(&root, &listen),
+        Task::Test | Task::Ci => tasks::test(&root),
+    }
+}

@@ -1,0 +1,202 @@
+//! `wasm`, `demo` and `test`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd::Cmd;
+use crate::setup::{self, WASM_TARGET};
+
+/// The cargo target directory: `CARGO_TARGET_DIR` (made absolute) or `<repo>/target`.
+fn target_dir(root: &Path) -> Result<PathBuf> {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                Ok(dir)
+            } else {
+                Ok(std::env::current_dir()
+                    .context("current directory")?
+                    .join(dir))
+            }
+        }
+        None => Ok(root.join("target")),
+    }
+}
+
+fn cargo(root: &Path) -> Result<Cmd> {
+    let mut cmd = Cmd::new("cargo").current_dir(root);
+    // Relative CARGO_TARGET_DIR is resolved against our cwd; pass it on absolute so that the
+    // children (which run in the repo root) use the same directory.
+    if std::env::var_os("CARGO_TARGET_DIR").is_some_and(|v| !v.is_empty()) {
+        cmd = cmd.env("CARGO_TARGET_DIR", target_dir(root)?);
+    }
+    Ok(cmd)
+}
+
+/// `cargo xtask wasm`: wasm setup, then build and bind the client.
+pub fn wasm(root: &Path) -> Result<()> {
+    let wasm_bindgen = setup::wasm_only(root)?;
+    build_wasm(root)?;
+    bind_wasm(root, &wasm_bindgen)
+}
+
+pub fn build_wasm(root: &Path) -> Result<()> {
+    cargo(root)?
+        .args([
+            "build",
+            "-p",
+            "client-wasm",
+            "--target",
+            WASM_TARGET,
+            "--release",
+        ])
+        .run()
+}
+
+pub fn bind_wasm(root: &Path, wasm_bindgen: &Path) -> Result<()> {
+    let input = target_dir(root)?
+        .join(WASM_TARGET)
+        .join("release/client_wasm.wasm");
+    if !input.is_file() {
+        bail!(
+            "{} does not exist; did the client-wasm build succeed?",
+            input.display()
+        );
+    }
+    Cmd::new(wasm_bindgen)
+        .args(["--target", "web", "--no-typescript", "--out-dir", "web/pkg"])
+        .arg(&input)
+        .current_dir(root)
+        .run()?;
+    let out = root.join("web/pkg/client_wasm_bg.wasm");
+    let size = std::fs::metadata(&out)
+        .with_context(|| format!("{} was not written", out.display()))?
+        .len();
+    println!("{}: {:.1} KiB", out.display(), size as f64 / 1024.0);
+    Ok(())
+}
+
+/// `cargo xtask demo`: build the client, then become the relay in demo mode.
+pub fn demo(root: &Path, listen: &str) -> Result<()> {
+    wasm(root)?;
+    cargo(root)?
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "tabtunnel-relay",
+            "--bin",
+            "relay",
+            "--",
+        ])
+        .args(["--listen", listen, "--demo", "--web-dir", "web"])
+        .exec()?;
+    Ok(())
+}
+
+/// Step names and wall times for the final summary.
+#[derive(Debug, Default)]
+struct Steps {
+    done: Vec<(&'static str, Duration, bool)>,
+}
+
+impl Steps {
+    fn run(&mut self, name: &'static str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        println!("\n==> step `{name}`");
+        let start = Instant::now();
+        let result = f();
+        let took = start.elapsed();
+        self.done.push((name, took, result.is_ok()));
+        match &result {
+            Ok(()) => println!("<== step `{name}` ok in {}", secs(took)),
+            Err(_) => println!("<== step `{name}` FAILED after {}", secs(took)),
+        }
+        result.with_context(|| format!("step `{name}` failed"))
+    }
+
+    fn summary(&self, total: Duration) {
+        let width = self
+            .done
+            .iter()
+            .map(|(n, ..)| n.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
+        println!("\n{:<width$}  {:>9}  result", "step", "time");
+        println!("{}", "-".repeat(width + 19));
+        for (name, took, ok) in &self.done {
+            println!(
+                "{name:<width$}  {:>9}  {}",
+                secs(*took),
+                if *ok { "ok" } else { "FAILED" }
+            );
+        }
+        println!("{}", "-".repeat(width + 19));
+        println!("{:<width$}  {:>9}", "total", secs(total));
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// `cargo xtask test` (and `ci`): setup, wasm, fmt, clippy, tests.
+pub fn test(root: &Path) -> Result<()> {
+    let start = Instant::now();
+    let mut steps = Steps::default();
+    let result = test_steps(root, &mut steps);
+    steps.summary(start.elapsed());
+    result
+}
+
+fn test_steps(root: &Path, steps: &mut Steps) -> Result<()> {
+    let mut wasm_bindgen = PathBuf::new();
+    steps.run("setup", || {
+        wasm_bindgen = setup::all(root)?;
+        Ok(())
+    })?;
+    steps.run("wasm build", || build_wasm(root))?;
+    steps.run("wasm-bindgen", || bind_wasm(root, &wasm_bindgen))?;
+    steps.run("fmt", || {
+        cargo(root)?.args(["fmt", "--all", "--check"]).run()
+    })?;
+    steps.run("clippy", || {
+        cargo(root)?
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .run()
+    })?;
+    steps.run("clippy wasm32", || {
+        cargo(root)?
+            .args([
+                "clippy",
+                "-p",
+                "client-wasm",
+                "--target",
+                WASM_TARGET,
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .run()
+    })?;
+    steps.run("test", || {
+        let mut cmd = cargo(root)?.env("TABTUNNEL_WEB_DIR", root.join("web"));
+        if is_ci() {
+            cmd = cmd.env("TABTUNNEL_REQUIRE_ALL", "1");
+        }
+        cmd.args(["test", "--workspace", "--no-fail-fast"]).run()
+    })
+}
