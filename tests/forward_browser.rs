@@ -1,1 +1,409 @@
+//! The real page in headless Chromium: the wasm client over a browser WebSocket, through
+//! the relay, to a real sshd (and to the relay binary's --demo server). Proves the glue.
 
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use fantoccini::Locator;
+use serde_json::json;
+use tabtunnel_e2e::browser::Browser;
+use tabtunnel_e2e::relay::{Relay, web_dir};
+use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
+use tabtunnel_e2e::sshd::Sshd;
+use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+/// One browser at a time: they share two cores, and the throughput figure means more
+/// when nothing else runs.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn require_bundle() -> Result<()> {
+    let bundle = web_dir().join("pkg/client_wasm.js");
+    anyhow::ensure!(
+        bundle.exists(),
+        "{} is missing: build it with `cargo xtask wasm`",
+        bundle.display()
+    );
+    Ok(())
+}
+
+async fn open_page(relay: &Relay) -> Result<Browser> {
+    require_bundle()?;
+    let browser = Browser::start().await?;
+    browser.client.goto(&relay.http_url()).await?;
+    Ok(browser)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_login_and_16_mib_each_way_through_the_page() -> Result<()> {
+    const SIZE: usize = 16 << 20;
+    let _one = ONE_BROWSER.lock().await;
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let mut bulk = BulkServer::start(SIZE, 5).await?;
+    let browser = open_page(&relay).await?;
+
+    let opened = browser
+        .run_js(
+            r#"
+            const [user, key, fingerprint, spec] = args;
+            const session = await m.connect({ target: "sshd", username: user, privateKey: key, hostKey: fingerprint });
+            const fwd = await session.forward(spec);
+            window.__session = session;
+            window.__fwd = fwd;
+            return { listen: fwd.listen, fingerprint: session.hostKeyFingerprint };
+            "#,
+            vec![
+                json!(sshd.user),
+                json!(sshd.client_key),
+                json!(sshd.host_key_fingerprint),
+                json!(format!("0:127.0.0.1:{}", bulk.addr.port())),
+            ],
+        )
+        .await?;
+    assert_eq!(opened["fingerprint"], json!(sshd.host_key_fingerprint));
+    let listen = opened["listen"]
+        .as_str()
+        .context("listen address")?
+        .to_owned();
+    assert!(listen.starts_with("127.0.0.1:"), "{listen}");
+
+    let upload = pattern(21, SIZE);
+    let started = Instant::now();
+    let received = exchange(&listen, &upload).await?;
+    let elapsed = started.elapsed();
+    let report = bulk.report().await.context("bulk report")?;
+    assert_eq!(report.received, SIZE);
+    assert_eq!(
+        report.received_sha256,
+        sha256_hex(&upload),
+        "upload through the tab arrived intact"
+    );
+    assert_eq!(received.len(), SIZE);
+    assert_eq!(
+        sha256_hex(&received),
+        bulk.sent_sha256,
+        "download through the tab arrived intact"
+    );
+    let mib_s = (2 * SIZE) as f64 / (1 << 20) as f64 / elapsed.as_secs_f64();
+    eprintln!(
+        "browser: 16 MiB each way (concurrently) in {elapsed:.2?}: {mib_s:.1} MiB/s combined"
+    );
+
+    let stats = browser
+        .run_js("return window.__fwd.stats();", vec![])
+        .await?;
+    assert_eq!(stats["connections"], json!(1));
+    assert_eq!(stats["bytesUp"], json!(SIZE));
+    assert_eq!(stats["bytesDown"], json!(SIZE));
+    browser
+        .run_js("await window.__session.close();", vec![])
+        .await?;
+    wait_for(
+        "the forward's port to be free",
+        Duration::from_secs(5),
+        || async { std::net::TcpListener::bind(&listen).ok() },
+    )
+    .await?;
+    browser.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_login_with_host_key_callback_and_clear_errors() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let echo = EchoServer::start("127.0.0.1").await?;
+    let browser = open_page(&relay).await?;
+
+    let opened = browser
+        .run_js(
+            r#"
+            const [user, password, spec] = args;
+            const seen = [];
+            const session = await m.connect({
+                target: "sshd", username: user, password,
+                onHostKey: async (fingerprint, algorithm) => { seen.push([fingerprint, algorithm]); return true; },
+            });
+            const fwd = await session.forward(spec);
+            window.__fwd = fwd;
+            return { listen: fwd.listen, seen, fingerprint: session.hostKeyFingerprint };
+            "#,
+            vec![json!(sshd.user), json!(sshd.password), json!(format!("0:127.0.0.1:{}", echo.addr.port()))],
+        )
+        .await?;
+    assert_eq!(
+        opened["seen"],
+        json!([[sshd.host_key_fingerprint, "ssh-ed25519"]])
+    );
+    let listen = opened["listen"].as_str().context("listen")?;
+    assert_eq!(
+        exchange(listen, b"through the tab").await?,
+        b"through the tab"
+    );
+
+    // Failures reject with an Error whose message says what to do.
+    let refusals = browser
+        .run_js(
+            r#"
+            const [user, password] = args;
+            const out = {};
+            const attempt = async (name, f) => { try { await f(); out[name] = "no error"; } catch (e) { out[name] = [e.code, e.message]; } };
+            await attempt("wrongPassword", () => m.connect({ target: "sshd", username: user, password: "nope", onHostKey: () => true }));
+            await attempt("refusedKey", () => m.connect({ target: "sshd", username: user, password, onHostKey: () => false }));
+            await attempt("unknownTarget", () => m.connect({ target: "nowhere", username: user, password }));
+            const session = await m.connect({ target: "sshd", username: user, password, onHostKey: () => true });
+            await attempt("outOfRange", () => session.forward("8080:127.0.0.1:22"));
+            await attempt("badSpec", () => session.forward("8080:nohostport"));
+            const first = await session.forward("0:127.0.0.1:22");
+            await attempt("inUse", () => session.forward(first.listen.split(":")[1] + ":127.0.0.1:22"));
+            return out;
+            "#,
+            vec![json!(sshd.user), json!(sshd.password)],
+        )
+        .await?;
+    let check = |name: &str, code: &str, words: &str| {
+        let got = &refusals[name];
+        assert_eq!(got[0], json!(code), "{name}: {got}");
+        let message = got[1].as_str().unwrap_or_default();
+        assert!(
+            message.contains(words),
+            "{name}: {message:?} lacks {words:?}"
+        );
+    };
+    check(
+        "wrongPassword",
+        "auth-failed",
+        "the server accepts: publickey, password",
+    );
+    check(
+        "refusedKey",
+        "host-key-rejected",
+        &sshd.host_key_fingerprint,
+    );
+    check("unknownTarget", "unknown-target", "this relay offers: sshd");
+    check(
+        "outOfRange",
+        "port-not-allowed",
+        "outside this relay's forward range",
+    );
+    check("badSpec", "bad-spec", "[bind_address:]port:host:hostport");
+    check("inUse", "port-in-use", "already in use");
+    browser.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_fills_the_form_and_clicks() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let echo = EchoServer::start("127.0.0.1").await?;
+    let browser = open_page(&relay).await?;
+    let c = &browser.client;
+
+    // The target list comes from /api/targets.
+    let target = c
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#target option[value='sshd']"))
+        .await?;
+    target.click().await?;
+    c.find(Locator::Id("username"))
+        .await?
+        .send_keys(sshd.user)
+        .await?;
+    c.find(Locator::Id("auth-password")).await?.click().await?;
+    c.find(Locator::Id("password"))
+        .await?
+        .send_keys(sshd.password)
+        .await?;
+    c.find(Locator::Id("connect")).await?.click().await?;
+
+    // First use: the page shows the fingerprint and asks.
+    let fingerprint = c
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Id("hostkey-fingerprint"))
+        .await?;
+    wait_for("the host-key dialog", Duration::from_secs(30), || async {
+        let text = fingerprint.text().await.ok()?;
+        text.contains(&sshd.host_key_fingerprint).then_some(())
+    })
+    .await?;
+    c.find(Locator::Id("hostkey-accept")).await?.click().await?;
+    let status = c.find(Locator::Id("status")).await?;
+    wait_for(
+        "the status to say connected",
+        Duration::from_secs(30),
+        || async {
+            status
+                .text()
+                .await
+                .ok()?
+                .to_lowercase()
+                .contains("connected as")
+                .then_some(())
+        },
+    )
+    .await?;
+    let remembered = browser
+        .run_js(
+            "return localStorage.getItem('tabtunnel.knownHosts');",
+            vec![],
+        )
+        .await?;
+    assert!(
+        remembered
+            .as_str()
+            .unwrap_or_default()
+            .contains(&sshd.host_key_fingerprint),
+        "{remembered}"
+    );
+
+    // Add a forward in ssh -L syntax and read its row.
+    let spec = format!("0:127.0.0.1:{}", echo.addr.port());
+    c.find(Locator::Id("forward-spec"))
+        .await?
+        .send_keys(&spec)
+        .await?;
+    c.find(Locator::Id("add-forward")).await?.click().await?;
+    let listen = wait_for("the forward's row", Duration::from_secs(30), || async {
+        let text = c
+            .find(Locator::Css(".forward-row .listen"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.starts_with("127.0.0.1:").then_some(text)
+    })
+    .await?;
+    let mut stream = tokio::net::TcpStream::connect(&listen).await?;
+    stream.write_all(b"clicked through").await?;
+    stream.shutdown().await?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await?;
+    assert_eq!(reply, b"clicked through");
+    let stats = c.find(Locator::Css(".forward-row .stats")).await?;
+    wait_for("the row's counters", Duration::from_secs(10), || async {
+        let text = stats.text().await.ok()?;
+        (text.contains("15 B") || text.contains('1')).then_some(())
+    })
+    .await?;
+
+    // Disconnect closes the listener.
+    c.find(Locator::Id("connect")).await?.click().await?;
+    wait_for(
+        "the forward's port to be free",
+        Duration::from_secs(10),
+        || async { std::net::TcpListener::bind(&listen).ok() },
+    )
+    .await?;
+    browser.stop().await;
+    Ok(())
+}
+
+/// The relay binary, as `cargo test --workspace` builds it next to this test.
+fn relay_binary() -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test binary folder")?;
+    let relay = dir.join("relay");
+    anyhow::ensure!(
+        relay.exists(),
+        "{} is missing: run `cargo build -p tabtunnel-relay`",
+        relay.display()
+    );
+    Ok(relay)
+}
+
+/// Kills the child on drop.
+struct ChildGuard(tokio::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_demo_mode_works_end_to_end_in_the_browser() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    require_bundle()?;
+    let mut child = tokio::process::Command::new(relay_binary()?)
+        .args([
+            "--demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--forward-ports",
+            "20000-29999",
+            "--web-dir",
+        ])
+        .arg(web_dir())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("relay stdout")?;
+    let _guard = ChildGuard(child);
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let (mut url, mut password, mut forward) = (None, None, None);
+    let read = async {
+        while let Some(line) = lines.next_line().await? {
+            let field = |name: &str| {
+                line.trim()
+                    .strip_prefix(name)
+                    .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+            };
+            if let Some(value) = field("password:") {
+                password = Some(value);
+            }
+            if let Some(value) = field("try forward:") {
+                forward = Some(value);
+            }
+            if let Some(rest) = line.strip_prefix("tabtunnel relay: open ") {
+                url = rest.split_whitespace().next().map(str::to_owned);
+                break;
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await??;
+    let (url, password, forward) = (
+        url.context("relay printed no URL")?,
+        password.context("demo banner has no password")?,
+        forward.context("demo banner has no suggested forward")?,
+    );
+
+    let browser = Browser::start().await?;
+    browser.client.goto(&url).await?;
+    let opened = browser
+        .run_js(
+            r#"
+            const [password, spec] = args;
+            const session = await m.connect({ target: "demo", username: "demo", password, onHostKey: () => true });
+            const fwd = await session.forward(spec);
+            window.__session = session;
+            return fwd.listen;
+            "#,
+            vec![json!(password), json!(forward)],
+        )
+        .await?;
+    let listen = opened.as_str().context("listen")?;
+    let page = exchange(listen, b"GET / HTTP/1.0\r\nHost: demo\r\n\r\n").await?;
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.starts_with("HTTP/1."), "{page}");
+    assert!(page.contains("tabtunnel demo service"), "{page}");
+    browser.stop().await;
+    Ok(())
+}

@@ -1,1 +1,303 @@
+//! tabtunnel's JS API (`/pkg/client_wasm.js`): thin glue from the page to the portable
+//! client in `tabtunnel-client`. No protocol logic lives here.
+//!
+//! ```js
+//! import init, { connect } from "/pkg/client_wasm.js";
+//! await init();
+//! const session = await connect({ target, username, password | privateKey, passphrase,
+//!                                 hostKey, onHostKey, onClose, relay });
+//! const fwd = await session.forward("127.0.0.1:10080:mail.example.com:110");
+//! fwd.listen; fwd.stats(); await fwd.close(); await session.close();
+//! ```
 
+mod websocket;
+
+use futures::FutureExt;
+use js_sys::{Array, Function, Object, Promise, Reflect};
+use send_wrapper::SendWrapper;
+use tabtunnel_client::{
+    Auth, ClientError, ConnectOptions, HostKeyCallback, HostKeyInfo, HostKeyPolicy,
+};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+
+use crate::websocket::WebSocketTransport;
+
+#[wasm_bindgen(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// Opens a session through the relay; see the crate documentation for `options`.
+#[wasm_bindgen]
+pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
+    let target = required_string(&options, "target")?;
+    let username = required_string(&options, "username")?;
+    let auth = match (
+        optional_string(&options, "password")?,
+        optional_string(&options, "privateKey")?,
+    ) {
+        (Some(password), None) => Auth::Password(password),
+        (None, Some(pem)) => Auth::PrivateKey {
+            pem,
+            passphrase: optional_string(&options, "passphrase")?.filter(|p| !p.is_empty()),
+        },
+        (Some(_), Some(_)) => {
+            return Err(error(
+                "bad-options",
+                "give either password or privateKey, not both",
+            ));
+        }
+        (None, None) => return Err(error("bad-options", "give a password or a privateKey")),
+    };
+    let expected = optional_string(&options, "hostKey")?.filter(|k| !k.is_empty());
+    let ask = optional_function(&options, "onHostKey")?.map(host_key_prompt);
+    let on_close = optional_function(&options, "onClose")?;
+    let url = relay_url(optional_string(&options, "relay")?)?;
+
+    let transport = WebSocketTransport::connect(&url)
+        .await
+        .map_err(|e| error("transport", &e.0))?;
+    let options = ConnectOptions {
+        target,
+        username,
+        auth,
+        host_key: HostKeyPolicy {
+            pinned: Vec::new(),
+            expected,
+            ask,
+        },
+    };
+    let session = tabtunnel_client::connect(transport, options)
+        .await
+        .map_err(to_js)?;
+    if let Some(on_close) = on_close {
+        let watched = session.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let reason = watched.closed().await;
+            let _ = on_close.call1(&JsValue::NULL, &JsValue::from_str(&reason));
+        });
+    }
+    Ok(Session { inner: session })
+}
+
+/// Asks the page's `onHostKey(fingerprint, algorithm)`; a truthy answer (or a Promise
+/// of one) accepts the key.
+fn host_key_prompt(callback: Function) -> HostKeyCallback {
+    let callback = SendWrapper::new(callback);
+    Box::new(move |info: HostKeyInfo| {
+        let answer = SendWrapper::new(async move {
+            let result = callback.call2(
+                &JsValue::NULL,
+                &JsValue::from_str(&info.fingerprint),
+                &JsValue::from_str(&info.algorithm),
+            );
+            match result {
+                Ok(value) => JsFuture::from(Promise::resolve(&value))
+                    .await
+                    .map(|v| v.is_truthy())
+                    .unwrap_or(false),
+                Err(_) => false,
+            }
+        });
+        answer.boxed()
+    })
+}
+
+/// `ws(s)://` of the given relay or of the page's own origin, with the `/ws` path.
+fn relay_url(relay: Option<String>) -> Result<String, JsValue> {
+    let base = match relay.filter(|r| !r.is_empty()) {
+        Some(relay) => relay,
+        None => {
+            let location = web_sys::window()
+                .ok_or_else(|| error("bad-options", "no window: pass `relay`"))?
+                .location();
+            let protocol = if location.protocol()? == "https:" {
+                "wss:"
+            } else {
+                "ws:"
+            };
+            format!("{protocol}//{}", location.host()?)
+        }
+    };
+    let base = base.trim_end_matches('/');
+    let base = if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else {
+        base.to_owned()
+    };
+    if !(base.starts_with("ws://") || base.starts_with("wss://")) {
+        return Err(error(
+            "bad-options",
+            &format!("relay {base:?} must start with ws://, wss://, http:// or https://"),
+        ));
+    }
+    Ok(if base.ends_with("/ws") {
+        base
+    } else {
+        format!("{base}/ws")
+    })
+}
+
+/// A live SSH session through the relay.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct Session {
+    inner: tabtunnel_client::Session,
+}
+
+#[wasm_bindgen]
+impl Session {
+    /// The server's host-key fingerprint, `SHA256:...` as `ssh-keygen -lf` prints it.
+    #[wasm_bindgen(getter, js_name = hostKeyFingerprint)]
+    pub fn host_key_fingerprint(&self) -> String {
+        self.inner.host_key().fingerprint.clone()
+    }
+
+    /// The server's host-key algorithm, e.g. `ssh-ed25519`.
+    #[wasm_bindgen(getter, js_name = hostKeyAlgorithm)]
+    pub fn host_key_algorithm(&self) -> String {
+        self.inner.host_key().algorithm.clone()
+    }
+
+    /// Opens a forward in `ssh -L` syntax: `[bind:]port:host:hostport`.
+    pub async fn forward(&self, spec: String) -> Result<Forward, JsValue> {
+        let inner = self.inner.forward(&spec).await.map_err(to_js)?;
+        Ok(Forward { inner, spec })
+    }
+
+    /// Why the session ended, or `undefined` while it is live.
+    #[wasm_bindgen(getter, js_name = closedReason)]
+    pub fn closed_reason(&self) -> Option<String> {
+        self.inner.closed_reason()
+    }
+
+    /// Ends the session; the relay closes all its forwards.
+    pub async fn close(&self) {
+        self.inner.close().await;
+    }
+}
+
+/// A forward the relay listens for.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct Forward {
+    inner: tabtunnel_client::Forward,
+    spec: String,
+}
+
+#[wasm_bindgen]
+impl Forward {
+    /// The address TCP clients connect to, on the relay host.
+    #[wasm_bindgen(getter)]
+    pub fn listen(&self) -> String {
+        self.inner.listen().to_owned()
+    }
+
+    /// The spec as given.
+    #[wasm_bindgen(getter)]
+    pub fn spec(&self) -> String {
+        self.spec.clone()
+    }
+
+    /// `{ connections, active, bytesUp, bytesDown, failures, lastError }`.
+    pub fn stats(&self) -> Result<Object, JsValue> {
+        let s = self.inner.stats();
+        let out = Object::new();
+        set(&out, "connections", s.connections as f64)?;
+        set(&out, "active", s.active as f64)?;
+        set(&out, "bytesUp", s.bytes_up as f64)?;
+        set(&out, "bytesDown", s.bytes_down as f64)?;
+        set(&out, "failures", s.failures as f64)?;
+        Reflect::set(
+            &out,
+            &"lastError".into(),
+            &s.last_error.map(JsValue::from).unwrap_or(JsValue::NULL),
+        )?;
+        Ok(out)
+    }
+
+    /// Stops listening and ends the forward's connections.
+    pub async fn close(&self) -> Result<(), JsValue> {
+        self.inner.close().await.map_err(to_js)
+    }
+}
+
+/// Parses `[bind:]port:host:hostport` into `{ bind, port, host, hostPort }`.
+#[wasm_bindgen(js_name = parseForwardSpec)]
+pub fn parse_forward_spec(spec: &str) -> Result<Object, JsValue> {
+    let spec = tabtunnel_client::parse_forward(spec).map_err(|e| error("bad-spec", &e.0))?;
+    let out = Object::new();
+    Reflect::set(&out, &"bind".into(), &spec.bind.into())?;
+    set(&out, "port", f64::from(spec.port))?;
+    Reflect::set(&out, &"host".into(), &spec.host.into())?;
+    set(&out, "hostPort", f64::from(spec.host_port))?;
+    Ok(out)
+}
+
+/// Parses a pasted `ssh ...` line into `{ user, host, port, forwards, ignored }`.
+#[wasm_bindgen(js_name = parseSshCommand)]
+pub fn parse_ssh_command(line: &str) -> Result<Object, JsValue> {
+    let cmd = tabtunnel_client::parse_ssh_command(line).map_err(|e| error("bad-command", &e.0))?;
+    let out = Object::new();
+    Reflect::set(
+        &out,
+        &"user".into(),
+        &cmd.user.map(JsValue::from).unwrap_or(JsValue::UNDEFINED),
+    )?;
+    Reflect::set(&out, &"host".into(), &cmd.host.into())?;
+    let port = cmd
+        .port
+        .map(|p| JsValue::from(f64::from(p)))
+        .unwrap_or(JsValue::UNDEFINED);
+    Reflect::set(&out, &"port".into(), &port)?;
+    let strings = |items: Vec<String>| items.into_iter().map(JsValue::from).collect::<Array>();
+    Reflect::set(&out, &"forwards".into(), &strings(cmd.forwards))?;
+    Reflect::set(&out, &"ignored".into(), &strings(cmd.ignored))?;
+    Ok(out)
+}
+
+fn set(target: &Object, key: &str, value: f64) -> Result<(), JsValue> {
+    Reflect::set(target, &key.into(), &value.into()).map(|_| ())
+}
+
+/// A JS `Error` with the message as the user should read it and a stable `code`.
+fn error(code: &str, message: &str) -> JsValue {
+    let err = js_sys::Error::new(message);
+    let _ = Reflect::set(&err, &"code".into(), &code.into());
+    err.into()
+}
+
+fn to_js(err: ClientError) -> JsValue {
+    error(err.code(), &err.to_string())
+}
+
+fn optional_string(options: &JsValue, key: &str) -> Result<Option<String>, JsValue> {
+    let value = Reflect::get(options, &key.into())?;
+    if value.is_undefined() || value.is_null() {
+        return Ok(None);
+    }
+    value
+        .as_string()
+        .map(Some)
+        .ok_or_else(|| error("bad-options", &format!("`{key}` must be a string")))
+}
+
+fn required_string(options: &JsValue, key: &str) -> Result<String, JsValue> {
+    optional_string(options, key)?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| error("bad-options", &format!("`{key}` is required")))
+}
+
+fn optional_function(options: &JsValue, key: &str) -> Result<Option<Function>, JsValue> {
+    let value = Reflect::get(options, &key.into())?;
+    if value.is_undefined() || value.is_null() {
+        return Ok(None);
+    }
+    value
+        .dyn_into::<Function>()
+        .map(Some)
+        .map_err(|_| error("bad-options", &format!("`{key}` must be a function")))
+}
