@@ -292,10 +292,47 @@ async fn a_person_fills_the_form_and_clicks() -> Result<()> {
     assert_eq!(reply, b"clicked through");
     let stats = c.find(Locator::Css(".forward-row .stats")).await?;
     wait_for("the row's counters", Duration::from_secs(10), || async {
-        let text = stats.text().await.ok()?;
-        (text.contains("15 B") || text.contains('1')).then_some(())
+        let text = stats.attr("data-text").await.ok()??;
+        (text == "connections 1 · active 0 · up 15 B · down 15 B").then_some(())
     })
     .await?;
+
+    // A destination nobody listens on: the connection fails, the row says why.
+    let closed_port = tabtunnel_e2e::sshd::free_port()?;
+    let spec = format!("0:127.0.0.1:{closed_port}");
+    let spec_input = c.find(Locator::Id("forward-spec")).await?;
+    spec_input.clear().await?;
+    spec_input.send_keys(&spec).await?;
+    c.find(Locator::Id("add-forward")).await?.click().await?;
+    let row = format!(".forward-row[data-spec='{spec}']");
+    let failing = wait_for("the second row", Duration::from_secs(30), || async {
+        let text = c
+            .find(Locator::Css(&format!("{row} .listen")))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.starts_with("127.0.0.1:").then_some(text)
+    })
+    .await?;
+    let mut doomed = tokio::net::TcpStream::connect(&failing).await?;
+    let mut buf = [0u8; 8];
+    let ended = tokio::time::timeout(Duration::from_secs(10), doomed.read(&mut buf)).await?;
+    assert!(
+        matches!(ended, Ok(0) | Err(_)),
+        "the TCP client is closed at once: {ended:?}"
+    );
+    let why = wait_for("the row's error", Duration::from_secs(10), || async {
+        c.find(Locator::Css(&format!("{row} .last-error")))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    })
+    .await?;
+    assert!(why.contains("could not connect"), "{why}");
 
     // Disconnect closes the listener.
     c.find(Locator::Id("connect")).await?.click().await?;

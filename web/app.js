@@ -732,15 +732,28 @@ function renderStats(entry, st) {
   const a = Number(st?.active) || 0;
   const up = formatBytes(st?.bytesUp);
   const down = formatBytes(st?.bytesDown);
-  const text = `connections ${c} · active ${a} · up ${up} · down ${down}`;
+  const failures = Number(st?.failures) || 0;
+  const lastError = st?.lastError || "";
+  let text = `connections ${c} · active ${a} · up ${up} · down ${down}`;
+  if (failures > 0) text += ` · failed ${failures}: ${lastError}`;
   if (entry.statsEl.dataset.text === text) return;
   entry.statsEl.dataset.text = text;
-  entry.statsEl.replaceChildren(
+  const parts = [
     stat("connections", String(c)),
     stat("active", String(a)),
     stat("bytes up", up),
     stat("bytes down", down),
-  );
+  ];
+  if (failures > 0) {
+    parts.push(stat("failed", String(failures)));
+    // Why connections fail (e.g. the SSH server forbids the destination) belongs on the row.
+    const why = document.createElement("div");
+    why.className = "last-error";
+    why.setAttribute("role", "status");
+    why.textContent = lastError;
+    parts.push(why);
+  }
+  entry.statsEl.replaceChildren(...parts);
 }
 
 function stat(label, value) {

@@ -319,6 +319,16 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("relay.example.toml");
+        let config = Config::from_file(&path).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.targets.len(), 2);
+        assert_eq!(config.targets["bastion"].address, "10.0.0.5:2222");
+        assert_eq!(config.targets["lab"].pinned_host_keys.len(), 1);
+    }
+
+    #[test]
     fn only_loopback_binds_by_default() {
         let config = Config::default();
         assert!(config.bind_allowed("127.0.0.1".parse().unwrap()));
