@@ -334,7 +334,7 @@ async fn unknown_target_wrong_password_and_wrong_host_key_fail_clearly() -> Resu
     opts.host_key.expected = None;
     let err = connect(transport, opts).await.unwrap_err();
     assert!(
-        matches!(err, ClientError::HostKeyRejected { .. }),
+        matches!(err, ClientError::HostKeyUnknown { .. }),
         "unknown keys are refused by default: {err:?}"
     );
     Ok(())
@@ -396,5 +396,277 @@ async fn a_malformed_frame_ends_only_that_session() -> Result<()> {
     // The well-behaved session did not notice.
     assert_eq!(exchange(fwd.listen(), b"unaffected").await?, b"unaffected");
     assert!(s.session.closed_reason().is_none());
+    Ok(())
+}
+
+/// A destination that writes `len` bytes as fast as it can and reads nothing.
+async fn firehose(len: usize) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![0x5au8; 64 * 1024];
+                let mut sent = 0;
+                while sent < len && stream.write_all(&chunk).await.is_ok() {
+                    sent += chunk.len();
+                }
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+#[tokio::test]
+async fn a_half_closed_then_reset_client_does_not_freeze_the_session() -> Result<()> {
+    let s = setup().await?;
+    let (hose, _hose_task) = firehose(64 << 20).await?;
+    let echo = EchoServer::start("127.0.0.1").await?;
+    let flood = s.session.forward(&format!("0:{hose}")).await?;
+    let fine = s
+        .session
+        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
+        .await?;
+
+    // Half-close, then stop reading: the tab's side now waits for credit.
+    let stuck = tokio::net::TcpStream::connect(flood.listen()).await?;
+    let (reader, mut writer) = stuck.into_split();
+    writer.shutdown().await?;
+    wait_for(
+        "the first window to reach the stuck client",
+        Duration::from_secs(20),
+        || async {
+            (flood.stats().bytes_down >= u64::from(tabtunnel_proto::CONNECTION_WINDOW))
+                .then_some(())
+        },
+    )
+    .await?;
+    // Now reset it: the relay sends Close with a reason, which must reach the pump.
+    let stuck = reader.reunite(writer)?;
+    stuck.set_zero_linger()?;
+    drop(stuck);
+
+    wait_for(
+        "the reset connection to end in the tab",
+        Duration::from_secs(20),
+        || async { (flood.stats().active == 0).then_some(()) },
+    )
+    .await?;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(20),
+        exchange(fine.listen(), b"still moving"),
+    )
+    .await??;
+    assert_eq!(
+        reply, b"still moving",
+        "another forward of the session still works"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_relay_drops_the_tcp_client_once_the_destination_is_done() -> Result<()> {
+    let s = setup().await?;
+    // A destination that closes as soon as it accepts.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let _closer = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let fwd = s.session.forward(&format!("0:{addr}")).await?;
+    let mut client = tokio::net::TcpStream::connect(fwd.listen()).await?;
+    let mut buf = [0u8; 16];
+    // The destination's EOF arrives; our own write side stays open.
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf)).await??,
+        0
+    );
+    // The tab then closes the connection, and the relay must close its socket: writes
+    // start failing instead of vanishing into a connection nobody serves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.write_all(b"x").await.is_ok() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the relay kept the TCP connection open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// A raw WebSocket session that speaks the protocol by hand, to send what a good tab never would.
+struct RogueTab {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl RogueTab {
+    async fn open(relay: &Relay, target: &str) -> Result<Self> {
+        let (ws, _) = tokio_tungstenite::connect_async(relay.ws_url()).await?;
+        let mut tab = Self { ws };
+        tab.send(tabtunnel_proto::Frame::Hello {
+            version: tabtunnel_proto::VERSION,
+            target: target.into(),
+        })
+        .await?;
+        Ok(tab)
+    }
+
+    async fn send(&mut self, frame: tabtunnel_proto::Frame) -> Result<()> {
+        let bytes = tabtunnel_proto::encode_to_bytes(&frame);
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Binary(bytes))
+            .await?;
+        Ok(())
+    }
+
+    /// The next frame that is not SSH bytes; `None` when the relay closed.
+    async fn next(&mut self) -> Result<Option<tabtunnel_proto::Frame>> {
+        use tokio_tungstenite::tungstenite::Message;
+        while let Some(message) =
+            tokio::time::timeout(Duration::from_secs(10), self.ws.next()).await?
+        {
+            if let Message::Binary(data) = message? {
+                match tabtunnel_proto::decode(data)? {
+                    tabtunnel_proto::Frame::Ssh(_) => continue,
+                    frame => return Ok(Some(frame)),
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Opens a forward and one TCP connection to it; returns the connection's id.
+    async fn accepted_connection(&mut self) -> Result<(u32, tokio::net::TcpStream)> {
+        use tabtunnel_proto::Frame;
+        self.send(Frame::Listen {
+            forward: 1,
+            bind: String::new(),
+            port: 0,
+        })
+        .await?;
+        let address = loop {
+            match self.next().await? {
+                Some(Frame::Listening { address, .. }) => break address,
+                Some(_) => continue,
+                None => anyhow::bail!("relay closed before Listening"),
+            }
+        };
+        let stream = tokio::net::TcpStream::connect(&address).await?;
+        loop {
+            match self.next().await? {
+                Some(Frame::Accept { conn, .. }) => return Ok((conn, stream)),
+                Some(_) => continue,
+                None => anyhow::bail!("relay closed before Accept"),
+            }
+        }
+    }
+
+    /// Waits for the relay's Error frame.
+    async fn error(&mut self) -> Result<(ErrorCode, String)> {
+        while let Some(frame) = self.next().await? {
+            if let tabtunnel_proto::Frame::Error { code, message } = frame {
+                return Ok((code, message));
+            }
+        }
+        anyhow::bail!("the relay closed without an Error frame")
+    }
+}
+
+#[tokio::test]
+async fn frames_that_would_queue_without_credit_end_the_session() -> Result<()> {
+    let s = setup().await?;
+    use tabtunnel_proto::Frame;
+
+    let mut rogue = RogueTab::open(&s.relay, "sshd").await?;
+    let (conn, _tcp) = rogue.accepted_connection().await?;
+    rogue
+        .send(Frame::Data {
+            conn,
+            data: bytes::Bytes::new(),
+        })
+        .await?;
+    let (code, message) = rogue.error().await?;
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(message.contains("Data frame with no bytes"), "{message}");
+
+    let mut rogue = RogueTab::open(&s.relay, "sshd").await?;
+    let (conn, _tcp) = rogue.accepted_connection().await?;
+    rogue.send(Frame::Eof { conn }).await?;
+    rogue.send(Frame::Eof { conn }).await?;
+    let (code, message) = rogue.error().await?;
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(message.contains("a second Eof"), "{message}");
+
+    // A target name far over the text limit gets an answer, not a dead session writer.
+    let mut rogue = RogueTab::open(&s.relay, &"x".repeat(5000)).await?;
+    let (code, message) = rogue.error().await?;
+    assert_eq!(code, ErrorCode::UnknownTarget);
+    assert!(message.starts_with("unknown target"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn operator_pins_narrow_the_check_and_never_replace_it() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let relay_with_pin = |pin: String| {
+        let mut config = tabtunnel_relay::Config {
+            forward_ports: tabtunnel_e2e::relay::TEST_FORWARD_PORTS,
+            ..Default::default()
+        };
+        config.add_target("sshd", &sshd.address(), "test").unwrap();
+        config.targets.get_mut("sshd").unwrap().pinned_host_keys = vec![pin];
+        Relay::start_with(config)
+    };
+    let attempt = |relay: &Relay,
+                   expected: Option<String>,
+                   ask: Option<tabtunnel_client::HostKeyCallback>| {
+        let mut opts = options(&sshd, Auth::Password(sshd.password.into()));
+        opts.host_key = HostKeyPolicy {
+            pinned: vec![],
+            expected,
+            ask,
+        };
+        let url = relay.ws_url();
+        async move { connect(NativeTransport::connect(&url).await?, opts).await }
+    };
+
+    let good = relay_with_pin(sshd.host_key_fingerprint.clone()).await?;
+    // Pinned and matching, nothing else given: accepted without asking.
+    let session = attempt(&good, None, None).await?;
+    assert!(session.host_key().pinned);
+    // Pinned and matching, but the tab expects another key: the tab's check still applies.
+    let err = attempt(&good, Some("SHA256:somethingelse".into()), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::HostKeyMismatch { .. }),
+        "{err:?}"
+    );
+    // The callback still decides, and learns the key is pinned.
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let ask: tabtunnel_client::HostKeyCallback = Box::new(move |info| {
+        let _ = seen_tx.send(info.pinned);
+        Box::pin(async { false })
+    });
+    let err = attempt(&good, None, Some(ask)).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::HostKeyRejected { .. }),
+        "{err:?}"
+    );
+    assert!(seen_rx.recv()?, "onHostKey was told the key is pinned");
+
+    let wrong = relay_with_pin("SHA256:notthiskeyatall".into()).await?;
+    let err = attempt(&wrong, Some(sshd.host_key_fingerprint.clone()), None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("pinned by the relay's operator"),
+        "{err}"
+    );
     Ok(())
 }

@@ -410,7 +410,7 @@ async function connect() {
   setStatus(`connecting to ${target} as ${username}…`, "connecting");
   updateControls();
 
-  options.onHostKey = async (fingerprint, algorithm) => {
+  options.onHostKey = async (fingerprint, algorithm, pinned) => {
     fingerprint = String(fingerprint);
     algorithm = algorithm == null ? "" : String(algorithm);
     a.asked = true;
@@ -421,6 +421,12 @@ async function connect() {
       if (known.fingerprint === fingerprint) return true;
       a.mismatch = { known, offered: { fingerprint, algorithm } };
       return false;
+    }
+    if (pinned) {
+      // The relay's operator pinned this key and it matched: nothing to ask. A key
+      // remembered earlier still wins above, so a relay cannot swap keys silently.
+      rememberHost(target, fingerprint, algorithm);
+      return true;
     }
     const ok = await askHostKey(target, fingerprint, algorithm);
     if (a.cancelled) return false;

@@ -5,7 +5,9 @@ use tabtunnel_proto::ErrorCode;
 /// Everything that can go wrong in a session, in words the page shows as they are.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the relay: {0}")]
+    /// The WebSocket to the relay failed; the text says how (it names the relay's URL
+    /// when opening failed).
+    #[error("{0}")]
     Transport(String),
     /// The relay refused the session or a request (unknown target, port in use...).
     #[error("{message}")]
@@ -18,6 +20,10 @@ pub enum ClientError {
         "host key refused: the server's key {fingerprint} was not accepted, so nothing was sent to it"
     )]
     HostKeyRejected { fingerprint: String },
+    #[error(
+        "the server's host key {fingerprint} is not known, so nothing was sent to it; pass its fingerprint as hostKey, or an onHostKey callback that asks the user"
+    )]
+    HostKeyUnknown { fingerprint: String },
     #[error(
         "WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! The server's host key is {got}, but {expected} was expected{pin}. Someone may be intercepting the connection; the session was stopped before logging in."
     )]
@@ -47,6 +53,7 @@ impl ClientError {
             ClientError::AuthFailed { .. } => "auth-failed",
             ClientError::BadKey(_) => "bad-key",
             ClientError::HostKeyRejected { .. } => "host-key-rejected",
+            ClientError::HostKeyUnknown { .. } => "host-key-unknown",
             ClientError::HostKeyMismatch { .. } => "host-key-mismatch",
             ClientError::BadSpec(_) => "bad-spec",
             ClientError::ChannelRefused { .. } => "channel-refused",

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use futures::channel::oneshot;
 use russh::ChannelMsg;
 use tabtunnel_proto::{CreditGate, Frame, RecvWindow};
 use tokio::sync::mpsc;
@@ -118,9 +119,8 @@ impl Forward {
                 .filter_map(|c| state.conns.remove(c))
                 .collect::<Vec<_>>()
         };
-        for conn in conns {
-            let _ = conn.input.send(ConnInput::Close);
-        }
+        // Dropping the entries drops their abort guards: each pump stops now.
+        drop(conns);
         self.shared.send(Frame::Unlisten { forward: self.id }).await
     }
 }
@@ -130,8 +130,9 @@ impl Forward {
 pub(crate) enum ConnInput {
     Data(Bytes),
     Eof,
-    /// The relay is done with the connection (or the forward closed): stop now.
-    Close,
+    /// The relay closed the connection in order: finish what is queued, then stop.
+    /// Carries the connection's abort guard, so it fires only once this is processed.
+    Close(oneshot::Sender<()>),
 }
 
 /// One accepted connection's pump between the relay and an SSH channel.
@@ -154,11 +155,17 @@ enum Ending {
 }
 
 impl ConnPump {
-    pub(crate) async fn run(self, input: mpsc::UnboundedReceiver<ConnInput>) {
+    /// Runs until the connection ends. `abort` resolves when the session drops the
+    /// connection's entry: the relay aborted it, or its forward or session closed.
+    pub(crate) async fn run(
+        self,
+        input: mpsc::UnboundedReceiver<ConnInput>,
+        abort: oneshot::Receiver<()>,
+    ) {
         let conn = self.conn;
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
-        let ending = self.pump(input).await;
+        let ending = self.pump(input, abort).await;
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
         let reason = match ending {
             Ending::RelayClosed => None,
@@ -170,20 +177,30 @@ impl ConnPump {
                 Some(reason)
             }
         };
-        let mut state = self.shared.state.lock().expect("state lock");
-        if let Some(entry) = state.conns.remove(&conn) {
-            if let Some(forward) = state.forwards.get_mut(&entry.forward) {
-                forward.conns.remove(&conn);
+        // Forget the id first, so frames still on the wire are ignored; then tell the
+        // relay, unless it already forgot the connection (it closed it, or Unlisten).
+        let still_known = {
+            let mut state = self.shared.state.lock().expect("state lock");
+            match state.conns.remove(&conn) {
+                Some(entry) => {
+                    if let Some(forward) = state.forwards.get_mut(&entry.forward) {
+                        forward.conns.remove(&conn);
+                    }
+                    true
+                }
+                None => false,
             }
-            if let Some(reason) = reason {
-                // try_send: a full queue means the session is stalled or ending anyway,
-                // and the relay closes every connection with the session.
-                let _ = self.shared.out.try_send(Frame::Close { conn, reason });
-            }
+        };
+        if let (true, Some(reason)) = (still_known, reason) {
+            let _ = self.shared.send(Frame::Close { conn, reason }).await;
         }
     }
 
-    async fn pump(&self, mut input: mpsc::UnboundedReceiver<ConnInput>) -> Ending {
+    async fn pump(
+        &self,
+        mut input: mpsc::UnboundedReceiver<ConnInput>,
+        mut abort: oneshot::Receiver<()>,
+    ) -> Ending {
         let Some(ssh) = self.shared.ssh.get() else {
             return Ending::Failed("the SSH session is not ready".into());
         };
@@ -252,14 +269,15 @@ impl ConnPump {
                                 .await;
                         }
                     }
+                    // Keep reading after Eof: a Close may follow while the other
+                    // direction still runs.
                     ConnInput::Eof => {
                         let _ = writer.eof().await;
-                        return Ok(false);
                     }
-                    ConnInput::Close => return Ok(true),
+                    ConnInput::Close(_guard) => return Ok(()),
                 }
             }
-            Ok(true)
+            Ok(())
         };
 
         // SSH channel -> relay, within the relay's credit.
@@ -301,17 +319,14 @@ impl ConnPump {
         };
 
         tokio::pin!(to_ssh, from_ssh);
-        let mut to_ssh_done = false;
-        let ending = loop {
-            tokio::select! {
-                biased;
-                result = &mut to_ssh, if !to_ssh_done => match result {
-                    Ok(true) => break Ending::RelayClosed,
-                    Ok(false) => to_ssh_done = true,
-                    Err(reason) => break Ending::Failed(reason),
-                },
-                () = &mut from_ssh => break Ending::Orderly,
-            }
+        let ending = tokio::select! {
+            biased;
+            result = &mut to_ssh => match result {
+                Ok(()) => Ending::RelayClosed,
+                Err(reason) => Ending::Failed(reason),
+            },
+            _ = &mut abort => Ending::RelayClosed,
+            () = &mut from_ssh => Ending::Orderly,
         };
         let _ = writer.close().await;
         ending

@@ -22,13 +22,13 @@ impl NativeTransport {
     pub async fn connect(url: &str) -> Result<Self, TransportError> {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
-            .map_err(|err| TransportError(format!("cannot open {url}: {err}")))?;
+            .map_err(|err| TransportError(format!("cannot reach the relay at {url}: {err}")))?;
         Ok(Self { ws })
     }
 }
 
 fn ws_error(err: tokio_tungstenite::tungstenite::Error) -> TransportError {
-    TransportError(err.to_string())
+    TransportError(format!("the connection to the relay failed: {err}"))
 }
 
 impl Stream for NativeTransport {
@@ -38,6 +38,10 @@ impl Stream for NativeTransport {
         loop {
             return match Pin::new(&mut self.ws).poll_next(cx) {
                 Poll::Ready(Some(Ok(Message::Binary(data)))) => Poll::Ready(Some(Ok(data))),
+                // The relay says why it ended the session in the close reason.
+                Poll::Ready(Some(Ok(Message::Close(Some(frame))))) if !frame.reason.is_empty() => {
+                    Poll::Ready(Some(Err(TransportError(frame.reason.to_string()))))
+                }
                 Poll::Ready(Some(Ok(Message::Close(_)))) | Poll::Ready(None) => Poll::Ready(None),
                 Poll::Ready(Some(Ok(Message::Text(_)))) => Poll::Ready(Some(Err(TransportError(
                     "the relay sent a text message".into(),

@@ -87,6 +87,10 @@ pub(crate) struct ConnEntry {
     pub(crate) input: mpsc::UnboundedSender<ConnInput>,
     pub(crate) recv_window: Arc<Mutex<RecvWindow>>,
     pub(crate) send_credit: Arc<CreditGate>,
+    /// Dropping this stops the connection's pump at once, wherever it waits.
+    pub(crate) abort: oneshot::Sender<()>,
+    /// The relay sent Eof: any later Data or Eof is a protocol error.
+    pub(crate) eof_received: bool,
 }
 
 impl Shared {
@@ -400,9 +404,7 @@ async fn demux<S>(
     // Fail pending requests and stop every connection.
     let mut state = shared.state.lock().expect("state lock");
     state.pending.clear();
-    for (_, conn) in state.conns.drain() {
-        let _ = conn.input.send(ConnInput::Close);
-    }
+    state.conns.clear(); // drops every abort guard
 }
 
 /// Handles one frame without waiting, so no stream can hold up another.
@@ -464,6 +466,7 @@ fn route(
             let (input, input_rx) = mpsc::unbounded_channel();
             let recv_window = Arc::new(Mutex::new(RecvWindow::new(CONNECTION_WINDOW)));
             let send_credit = Arc::new(CreditGate::default());
+            let (abort, abort_rx) = oneshot::channel();
             let spec = entry.spec.clone();
             let stats = entry.stats.clone();
             state.conns.insert(
@@ -473,6 +476,8 @@ fn route(
                     input,
                     recv_window: recv_window.clone(),
                     send_credit: send_credit.clone(),
+                    abort,
+                    eof_received: false,
                 },
             );
             let pump = forward::ConnPump {
@@ -484,10 +489,20 @@ fn route(
                 recv_window,
                 send_credit,
             };
-            rt::spawn(pump.run(input_rx));
+            rt::spawn(pump.run(input_rx, abort_rx));
         }
         Frame::Data { conn, data } => {
             if let Some(entry) = known_conn(&state, conn, "Data")? {
+                if data.is_empty() || entry.eof_received {
+                    return Err(ClientError::Protocol(format!(
+                        "connection {conn}: Data frame {}",
+                        if data.is_empty() {
+                            "with no bytes"
+                        } else {
+                            "after Eof"
+                        }
+                    )));
+                }
                 entry
                     .recv_window
                     .lock()
@@ -506,7 +521,14 @@ fn route(
             }
         }
         Frame::Eof { conn } => {
-            if let Some(entry) = known_conn(&state, conn, "Eof")? {
+            known_conn(&state, conn, "Eof")?;
+            if let Some(entry) = state.conns.get_mut(&conn) {
+                if entry.eof_received {
+                    return Err(ClientError::Protocol(format!(
+                        "connection {conn}: a second Eof"
+                    )));
+                }
+                entry.eof_received = true;
                 let _ = entry.input.send(ConnInput::Eof);
             }
         }
@@ -517,7 +539,11 @@ fn route(
                 if let Some(forward) = state.forwards.get_mut(&entry.forward) {
                     forward.conns.remove(&conn);
                 }
-                let _ = entry.input.send(ConnInput::Close);
+                if reason.is_empty() {
+                    // Orderly: bytes queued before the Close still reach the channel.
+                    let _ = entry.input.send(ConnInput::Close(entry.abort));
+                }
+                // Otherwise dropping the entry aborts the pump now.
             }
         }
         Frame::Error { code, message } => return Err(ClientError::Relay { code, message }),

@@ -54,6 +54,9 @@ impl std::str::FromStr for ForwardSpec {
     }
 }
 
+/// Longest host name DNS allows.
+const MAX_HOST: usize = 253;
+
 const SPEC_HELP: &str =
     "write it as [bind_address:]port:host:hostport, e.g. 1100:mail.example.com:110";
 
@@ -86,7 +89,19 @@ pub fn parse_forward(spec: &str) -> Result<ForwardSpec, ParseError> {
             "destination host {host:?} contains spaces or control characters"
         ));
     }
+    if host.len() > MAX_HOST {
+        return err(format!(
+            "the destination host is {} characters; a host name has at most {MAX_HOST}",
+            host.len()
+        ));
+    }
     let bind = unbracket(bind);
+    if bind.len() > MAX_HOST {
+        return err(format!(
+            "the bind address is {} characters; an address has at most {MAX_HOST}",
+            bind.len()
+        ));
+    }
     if bind.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return err(format!(
             "bind address {bind:?} contains spaces or control characters"
@@ -299,6 +314,10 @@ mod tests {
         let e = parse_forward("[::1:8080:a:1").unwrap_err().0;
         assert!(e.contains("unclosed '['"), "{e}");
         assert!(parse_forward("").is_err());
+        let e = parse_forward(&format!("1:{}:2", "a".repeat(300)))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("at most 253"), "{e}");
         assert!(parse_forward("1:[]:2").is_err());
     }
 

@@ -15,6 +15,8 @@ pub struct HostKeyInfo {
     pub fingerprint: String,
     /// The key's algorithm, e.g. `ssh-ed25519`.
     pub algorithm: String,
+    /// The relay's operator pinned this key for the target (and it matched).
+    pub pinned: bool,
 }
 
 /// Asks the user (or a test) whether to trust a host key seen for the first time.
@@ -60,32 +62,21 @@ impl SshHandler {
         }
     }
 
-    async fn judge(&mut self, info: HostKeyInfo) -> HostKeyVerdict {
+    /// Operator pins narrow what is acceptable; they never replace the tab's own check
+    /// (a relay that could choose the pins must not be able to vouch for its own key).
+    /// russh calls this once, at the first key exchange; re-keys run inside the
+    /// encryption that exchange set up.
+    async fn judge(&mut self, mut info: HostKeyInfo) -> HostKeyVerdict {
         let fingerprint = info.fingerprint.clone();
-        // A key re-exchange must present the key already accepted.
-        if let Some(HostKeyVerdict::Accepted(first)) =
-            self.verdict.lock().expect("verdict lock").clone()
-        {
-            return if first.fingerprint == fingerprint {
-                HostKeyVerdict::Accepted(info)
-            } else {
-                HostKeyVerdict::Refused(ClientError::HostKeyMismatch {
-                    expected: first.fingerprint,
-                    got: fingerprint,
-                    pin: " (the key changed during the session)",
-                })
-            };
-        }
         if !self.policy.pinned.is_empty() {
-            return if self.policy.pinned.contains(&fingerprint) {
-                HostKeyVerdict::Accepted(info)
-            } else {
-                HostKeyVerdict::Refused(ClientError::HostKeyMismatch {
+            if !self.policy.pinned.contains(&fingerprint) {
+                return HostKeyVerdict::Refused(ClientError::HostKeyMismatch {
                     expected: self.policy.pinned.join(" or "),
                     got: fingerprint,
                     pin: " (pinned by the relay's operator)",
-                })
-            };
+                });
+            }
+            info.pinned = true;
         }
         if let Some(expected) = &self.policy.expected {
             return if *expected == fingerprint {
@@ -98,14 +89,16 @@ impl SshHandler {
                 })
             };
         }
-        let accepted = match self.policy.ask.take() {
-            Some(ask) => ask(info.clone()).await,
-            None => false,
+        let answer = match self.policy.ask.take() {
+            Some(ask) => Some(ask(info.clone()).await),
+            None => None,
         };
-        if accepted {
-            HostKeyVerdict::Accepted(info)
-        } else {
-            HostKeyVerdict::Refused(ClientError::HostKeyRejected { fingerprint })
+        match answer {
+            Some(true) => HostKeyVerdict::Accepted(info),
+            Some(false) => HostKeyVerdict::Refused(ClientError::HostKeyRejected { fingerprint }),
+            // With no way to ask, only an operator pin makes a key known.
+            None if info.pinned => HostKeyVerdict::Accepted(info),
+            None => HostKeyVerdict::Refused(ClientError::HostKeyUnknown { fingerprint }),
         }
     }
 }
@@ -128,6 +121,7 @@ impl client::Handler for SshHandler {
         let info = HostKeyInfo {
             fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
             algorithm: key.algorithm().as_str().to_owned(),
+            pinned: false,
         };
         let verdict = self.judge(info).await;
         let accepted = matches!(verdict, HostKeyVerdict::Accepted(_));

@@ -30,3 +30,9 @@ impl<T> Transport for T where
         + 'static
 {
 }
+
+impl From<TransportError> for crate::ClientError {
+    fn from(err: TransportError) -> Self {
+        crate::ClientError::Transport(err.0)
+    }
+}

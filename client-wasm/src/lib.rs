@@ -81,16 +81,17 @@ pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
     Ok(Session { inner: session })
 }
 
-/// Asks the page's `onHostKey(fingerprint, algorithm)`; a truthy answer (or a Promise
-/// of one) accepts the key.
+/// Asks the page's `onHostKey(fingerprint, algorithm, pinned)`; a truthy answer (or a
+/// Promise of one) accepts the key. `pinned` says the relay's operator pinned this key.
 fn host_key_prompt(callback: Function) -> HostKeyCallback {
     let callback = SendWrapper::new(callback);
     Box::new(move |info: HostKeyInfo| {
         let answer = SendWrapper::new(async move {
-            let result = callback.call2(
+            let result = callback.call3(
                 &JsValue::NULL,
                 &JsValue::from_str(&info.fingerprint),
                 &JsValue::from_str(&info.algorithm),
+                &JsValue::from_bool(info.pinned),
             );
             match result {
                 Ok(value) => JsFuture::from(Promise::resolve(&value))

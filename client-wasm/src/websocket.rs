@@ -2,8 +2,10 @@
 //! reads, so incoming messages queue here (the protocol's credit bounds them); sends
 //! wait while the socket's `bufferedAmount` is above a high-water mark.
 
+use std::cell::RefCell;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
@@ -31,6 +33,9 @@ struct Inner {
     ws: WebSocket,
     incoming: mpsc::UnboundedReceiver<Result<Bytes, TransportError>>,
     drain_timer: Option<TimeoutFuture>,
+    /// The sender waiting for `bufferedAmount` to drain. Incoming messages wake it
+    /// too: browsers throttle timers in background tabs, not network events.
+    drain_waker: Rc<RefCell<Option<Waker>>>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
 }
@@ -43,9 +48,14 @@ impl WebSocketTransport {
         ws.set_binary_type(BinaryType::Arraybuffer);
 
         let (tx, incoming) = mpsc::unbounded();
+        let drain_waker: Rc<RefCell<Option<Waker>>> = Rc::default();
         let on_message = {
             let tx = tx.clone();
+            let drain_waker = drain_waker.clone();
             Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+                if let Some(waker) = drain_waker.borrow_mut().take() {
+                    waker.wake();
+                }
                 let item = match event.data().dyn_into::<js_sys::ArrayBuffer>() {
                     Ok(buffer) => Ok(Bytes::from(js_sys::Uint8Array::new(&buffer).to_vec())),
                     Err(_) => Err(TransportError("the relay sent a text message".into())),
@@ -54,19 +64,17 @@ impl WebSocketTransport {
             })
         };
         let (opened_tx, opened) = oneshot::channel::<Result<(), TransportError>>();
-        let opened_tx = std::rc::Rc::new(std::cell::RefCell::new(Some(opened_tx)));
+        let opened_tx = Rc::new(RefCell::new(Some(opened_tx)));
         let on_close = {
             let opened_tx = opened_tx.clone();
             Closure::<dyn FnMut(CloseEvent)>::new(move |event: CloseEvent| {
                 let reason = describe_close(&event);
                 if let Some(waiting) = opened_tx.borrow_mut().take() {
-                    let _ = waiting.send(Err(TransportError(format!(
-                        "cannot reach the relay at {}: {reason}",
-                        event.type_()
-                    ))));
+                    let _ = waiting.send(Err(TransportError(reason)));
                     return;
                 }
-                if event.code() != 1000 {
+                // An abnormal close, or the relay saying why it ended the session.
+                if event.code() != 1000 || !event.reason().is_empty() {
                     let _ = tx.unbounded_send(Err(TransportError(reason)));
                 }
                 tx.close_channel();
@@ -97,6 +105,7 @@ impl WebSocketTransport {
                 ws,
                 incoming,
                 drain_timer: None,
+                drain_waker,
                 _on_message: on_message,
                 _on_close: on_close,
             }),
@@ -106,6 +115,7 @@ impl WebSocketTransport {
 
 fn describe_close(event: &CloseEvent) -> String {
     match (event.code(), event.reason()) {
+        (1000, reason) if !reason.is_empty() => reason,
         (1000, _) => "the relay closed the connection".into(),
         (1006, _) => "the connection to the relay was lost (network error or relay down)".into(),
         (code, reason) if reason.is_empty() => {
@@ -154,6 +164,7 @@ impl Sink<Bytes> for WebSocketTransport {
                 inner.drain_timer = None;
                 return Poll::Ready(Ok(()));
             }
+            *inner.drain_waker.borrow_mut() = Some(cx.waker().clone());
             let timer = inner
                 .drain_timer
                 .get_or_insert_with(|| TimeoutFuture::new(DRAIN_POLL_MS));

@@ -4,7 +4,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::frame::{ErrorCode, Frame};
-use crate::{HEADER_LEN, MAX_DATA, MAX_FRAME, MAX_TEXT, STREAM_SESSION};
+use crate::{HEADER_LEN, MAX_DATA, MAX_FRAME, MAX_PINNED_KEYS, MAX_TEXT, STREAM_SESSION};
 
 /// Why a buffer is not a valid frame. Each variant says enough to find the sender's bug.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,9 +41,12 @@ pub enum DecodeError {
 
 /// Appends the encoding of `frame` to `out`.
 ///
+/// Text fields longer than [`MAX_TEXT`] are cut at a character boundary (they may quote
+/// what a peer sent, so their length is not always ours to choose).
+///
 /// # Panics
-/// If a payload or text field is larger than the protocol allows: senders chunk data
-/// to [`MAX_DATA`] and build text from bounded inputs, so this is a bug in the caller.
+/// If a Data or Ssh payload is larger than [`MAX_DATA`]: senders chunk data, so this is
+/// a bug in the caller.
 pub fn encode(frame: &Frame, out: &mut BytesMut) {
     let stream = match frame {
         Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Error { .. } | Frame::Ssh(_) => {
@@ -72,13 +75,10 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             pinned_host_keys,
         } => {
             out.put_u16(*version);
-            assert!(
-                pinned_host_keys.len() <= u16::MAX as usize,
-                "too many pinned keys"
-            );
-            out.put_u16(pinned_host_keys.len() as u16);
-            for key in pinned_host_keys {
-                assert!(key.len() <= MAX_TEXT, "pinned key longer than MAX_TEXT");
+            let keys = &pinned_host_keys[..pinned_host_keys.len().min(MAX_PINNED_KEYS)];
+            out.put_u16(keys.len() as u16);
+            for key in keys {
+                let key = truncate(key);
                 out.put_u16(key.len() as u16);
                 out.put_slice(key.as_bytes());
             }
@@ -126,12 +126,19 @@ fn payload_len_hint(frame: &Frame) -> usize {
 
 /// Text fields run to the end of the frame; their length is implied.
 fn put_text(out: &mut BytesMut, text: &str) {
-    assert!(
-        text.len() <= MAX_TEXT,
-        "text field of {} bytes over MAX_TEXT",
-        text.len()
-    );
-    out.put_slice(text.as_bytes());
+    out.put_slice(truncate(text).as_bytes());
+}
+
+/// `text` cut to at most [`MAX_TEXT`] bytes at a character boundary.
+pub fn truncate(text: &str) -> &str {
+    if text.len() <= MAX_TEXT {
+        return text;
+    }
+    let mut end = MAX_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Decodes one whole WebSocket message. Data and Ssh payloads share `message`'s memory.

@@ -182,3 +182,29 @@ fn error_codes_round_trip_and_unknown_codes_survive() {
     }
     assert_eq!(ErrorCode::PortInUse.as_str(), "port-in-use");
 }
+
+#[test]
+fn overlong_text_is_cut_at_a_character_boundary_not_a_panic() {
+    let long = "é".repeat(tabtunnel_proto::MAX_TEXT); // 2 bytes per character
+    let wire = encode_to_bytes(&Frame::Error {
+        code: ErrorCode::UnknownTarget,
+        message: long.clone(),
+    });
+    let Ok(Frame::Error { message, .. }) = decode(wire) else {
+        panic!("not an Error frame")
+    };
+    assert_eq!(message.len(), tabtunnel_proto::MAX_TEXT);
+    assert!(long.starts_with(&message));
+    let keys = vec!["SHA256:x".to_owned(); 100];
+    let wire = encode_to_bytes(&Frame::Welcome {
+        version: 1,
+        pinned_host_keys: keys,
+    });
+    let Ok(Frame::Welcome {
+        pinned_host_keys, ..
+    }) = decode(wire)
+    else {
+        panic!("not a Welcome")
+    };
+    assert_eq!(pinned_host_keys.len(), tabtunnel_proto::MAX_PINNED_KEYS);
+}

@@ -18,7 +18,8 @@ use crate::session::{Event, Outgoing};
 pub(crate) enum ToTcp {
     Data(Bytes),
     Eof,
-    /// The tab is done with the connection: write what is queued, then close.
+    /// The tab closed the connection in order: write what is queued, then close.
+    /// (A Close with a reason aborts the task instead.)
     Close,
 }
 
@@ -32,6 +33,8 @@ pub(crate) struct ConnHandle {
     pub recv_window: Arc<Mutex<RecvWindow>>,
     pub send_credit: Arc<CreditGate>,
     pub task: AbortHandle,
+    /// The tab sent Eof: any later Data or Eof is a protocol error.
+    pub eof_received: bool,
 }
 
 /// Starts the connection's task in the session's set.
@@ -66,14 +69,8 @@ pub(crate) fn spawn(
         recv_window,
         send_credit,
         task,
+        eof_received: false,
     }
-}
-
-enum Downstream {
-    /// The tab sent Eof; the TCP write half is shut down.
-    Eof,
-    /// The tab sent Close; queued bytes were written and the socket is done.
-    TabClosed,
 }
 
 async fn run(
@@ -105,8 +102,11 @@ async fn run(
         }
     };
 
-    // Tab -> TCP client, returning credit as bytes are written.
+    // Tab -> TCP client, returning credit as bytes are written. It keeps reading after
+    // the tab's Eof, so a later Close is seen; the Eof itself is signalled separately.
+    let (eof_tx, mut eof_rx) = tokio::sync::oneshot::channel::<()>();
     let downstream = async {
+        let mut eof_tx = Some(eof_tx);
         while let Some(item) = input.recv().await {
             match item {
                 ToTcp::Data(data) => {
@@ -123,11 +123,14 @@ async fn run(
                 }
                 ToTcp::Eof => {
                     tcp_write.shutdown().await?;
-                    return Ok(Downstream::Eof);
+                    if let Some(eof) = eof_tx.take() {
+                        let _ = eof.send(());
+                    }
                 }
                 ToTcp::Close => {
+                    // An orderly close: what was queued before it has been written.
                     let _ = tcp_write.shutdown().await;
-                    return Ok(Downstream::TabClosed);
+                    return Ok(());
                 }
             }
         }
@@ -142,11 +145,11 @@ async fn run(
                 Ok(()) => up_done = true,
                 Err(err) => break Some(describe(&err)),
             },
-            result = &mut downstream, if !down_done => match result {
-                Ok(Downstream::Eof) => down_done = true,
-                Ok(Downstream::TabClosed) => break None,
+            result = &mut downstream => match result {
+                Ok(()) => break None, // the tab closed it and forgot it
                 Err(err) => break Some(describe(&err)),
             },
+            _ = &mut eof_rx, if !down_done => down_done = true,
         }
         if up_done && down_done {
             break Some(String::new());

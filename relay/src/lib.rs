@@ -20,6 +20,8 @@ use axum::response::Response;
 use axum::routing::get;
 use tabtunnel_proto::MAX_FRAME;
 use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
 
 pub use config::Config;
@@ -42,7 +44,10 @@ impl AppState {
 
 /// The relay's HTTP routes: `/ws` (sessions), `/api/targets`, and the page at `/`.
 pub fn app(state: AppState) -> Router {
-    let static_files = ServeDir::new(&state.config.web_dir).append_index_html_on_directories(true);
+    // Compressed when the browser accepts it: the wasm bundle shrinks about threefold.
+    let static_files = ServiceBuilder::new()
+        .layer(CompressionLayer::new())
+        .service(ServeDir::new(&state.config.web_dir).append_index_html_on_directories(true));
     Router::new()
         .route("/ws", get(websocket))
         .route("/api/targets", get(targets))
@@ -86,4 +91,72 @@ async fn websocket(
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
         .on_upgrade(move |socket| session::run(socket, config, peer, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn state_with_web_dir(dir: &std::path::Path) -> AppState {
+        let mut config = Config {
+            web_dir: dir.to_owned(),
+            ..Config::default()
+        };
+        config.add_target("lab", "10.1.2.3:2222", "test").unwrap();
+        AppState::new(config)
+    }
+
+    #[tokio::test]
+    async fn targets_lists_names_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let response = app(state_with_web_dir(dir.path()))
+            .oneshot(Request::get("/api/targets").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"targets":[{"name":"lab"}]}"#);
+    }
+
+    #[tokio::test]
+    async fn the_bundle_is_served_compressed_as_wasm() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pkg")).unwrap();
+        std::fs::write(
+            dir.path().join("pkg/client_wasm_bg.wasm"),
+            vec![0u8; 100_000],
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("index.html"),
+            "<!doctype html><title>t</title>",
+        )
+        .unwrap();
+        let app = app(state_with_web_dir(dir.path()));
+        let request = Request::get("/pkg/client_wasm_bg.wasm")
+            .header(header::ACCEPT_ENCODING, "gzip")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/wasm");
+        assert_eq!(response.headers()[header::CONTENT_ENCODING], "gzip");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            body.len() < 10_000,
+            "100 kB of zeros compress: {} bytes",
+            body.len()
+        );
+
+        let index = app
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(index.status(), StatusCode::OK);
+    }
 }

@@ -341,6 +341,17 @@ impl Session {
             }
             Frame::Data { conn, data } => {
                 if let Some(handle) = self.conn(conn, "Data")? {
+                    // Empty or post-Eof Data would queue without spending credit.
+                    if data.is_empty() || handle.eof_received {
+                        return Err(SessionError::protocol(format!(
+                            "connection {conn}: Data frame {}",
+                            if data.is_empty() {
+                                "with no bytes"
+                            } else {
+                                "after Eof"
+                            }
+                        )));
+                    }
                     handle
                         .recv_window
                         .lock()
@@ -360,7 +371,14 @@ impl Session {
                 }
             }
             Frame::Eof { conn } => {
-                if let Some(handle) = self.conn(conn, "Eof")? {
+                self.conn(conn, "Eof")?;
+                if let Some(handle) = self.conns.get_mut(&conn) {
+                    if handle.eof_received {
+                        return Err(SessionError::protocol(format!(
+                            "connection {conn}: a second Eof"
+                        )));
+                    }
+                    handle.eof_received = true;
                     let _ = handle.to_tcp.send(ToTcp::Eof);
                 }
             }
@@ -371,7 +389,12 @@ impl Session {
                     if let Some(entry) = self.forwards.get_mut(&handle.forward) {
                         entry.conns.remove(&conn);
                     }
-                    let _ = handle.to_tcp.send(ToTcp::Close);
+                    if reason.is_empty() {
+                        // Orderly: bytes queued before the Close are still written.
+                        let _ = handle.to_tcp.send(ToTcp::Close);
+                    } else {
+                        handle.task.abort();
+                    }
                 }
             }
             other => {

@@ -3,7 +3,8 @@
 //! `cargo xtask setup` creates it (`useradd --system --no-create-home --shell
 //! /usr/sbin/nologin`) and (re)sets its password with `chpasswd`.
 
-/// Login name of the end-to-end test account.
+/// Login name of the end-to-end test account (the tests read the same values from
+/// `tests/src/lib.rs`; change both together).
 pub const E2E_USER: &str = "tabtunnel-e2e";
 
 /// Password of the end-to-end test account (test-only; the account has no shell).

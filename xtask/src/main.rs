@@ -36,6 +36,9 @@ enum Task {
     },
     /// Setup, wasm, fmt check, clippy (native and wasm32) and all tests, with timings.
     Test,
+    /// Throughput of a forward (native client, browser tab, and OpenSSH ssh -L as the
+    /// reference) and the wasm bundle's size, as a table. BENCH_MIB sets the size (64).
+    Bench,
     /// What CI runs: the same as `test`.
     Ci,
 }
@@ -59,5 +62,6 @@ fn main() -> Result<()> {
         Task::Wasm => tasks::wasm(&root),
         Task::Demo { listen } => tasks::demo(&root, &listen),
         Task::Test | Task::Ci => tasks::test(&root),
+        Task::Bench => tasks::bench(&root),
     }
 }

@@ -96,6 +96,17 @@ pub fn demo(root: &Path, listen: &str) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench`: everything the benchmark needs, then the release-built bench,
+/// which prints its table.
+pub fn bench(root: &Path) -> Result<()> {
+    setup::all(root)?;
+    wasm(root)?;
+    cargo(root)?
+        .args(["run", "--release", "-p", "tabtunnel-e2e", "--bin", "bench"])
+        .env("TABTUNNEL_WEB_DIR", root.join("web"))
+        .run()
+}
+
 /// Step names and wall times for the final summary.
 #[derive(Debug, Default)]
 struct Steps {
