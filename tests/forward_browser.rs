@@ -11,7 +11,7 @@ use tabtunnel_e2e::browser::Browser;
 use tabtunnel_e2e::relay::{Relay, web_dir};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
-use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for};
+use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for, wait_until_port_free};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// One browser at a time: they share two cores, and the throughput figure means more
@@ -28,22 +28,24 @@ fn require_bundle() -> Result<()> {
     Ok(())
 }
 
-async fn open_page(relay: &Relay) -> Result<Browser> {
+/// The browser's turn, a real sshd, the relay with target "sshd", and the relay's page
+/// loaded in Chromium. Keep the relay and the guard alive for the whole test.
+async fn page() -> Result<(Browser, Sshd, Relay, tokio::sync::MutexGuard<'static, ()>)> {
+    let one = ONE_BROWSER.lock().await;
+    init_logging();
     require_bundle()?;
+    let sshd = Sshd::start().await?;
+    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
     let browser = Browser::start().await?;
     browser.client.goto(&relay.http_url()).await?;
-    Ok(browser)
+    Ok((browser, sshd, relay, one))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_login_and_16_mib_each_way_through_the_page() -> Result<()> {
     const SIZE: usize = 16 << 20;
-    let _one = ONE_BROWSER.lock().await;
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let (browser, sshd, _relay, _one) = page().await?;
     let mut bulk = BulkServer::start(SIZE, 5).await?;
-    let browser = open_page(&relay).await?;
 
     let opened = browser
         .run_js(
@@ -101,24 +103,15 @@ async fn key_login_and_16_mib_each_way_through_the_page() -> Result<()> {
     browser
         .run_js("await window.__session.close();", vec![])
         .await?;
-    wait_for(
-        "the forward's port to be free",
-        Duration::from_secs(5),
-        || async { std::net::TcpListener::bind(&listen).ok() },
-    )
-    .await?;
+    wait_until_port_free(&listen).await?;
     browser.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_login_with_host_key_callback_and_clear_errors() -> Result<()> {
-    let _one = ONE_BROWSER.lock().await;
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let (browser, sshd, _relay, _one) = page().await?;
     let echo = EchoServer::start("127.0.0.1").await?;
-    let browser = open_page(&relay).await?;
 
     let opened = browser
         .run_js(
@@ -199,12 +192,8 @@ async fn password_login_with_host_key_callback_and_clear_errors() -> Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_fills_the_form_and_clicks() -> Result<()> {
-    let _one = ONE_BROWSER.lock().await;
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let (browser, sshd, _relay, _one) = page().await?;
     let echo = EchoServer::start("127.0.0.1").await?;
-    let browser = open_page(&relay).await?;
     let c = &browser.client;
 
     // The target list comes from /api/targets.
@@ -336,12 +325,7 @@ async fn a_person_fills_the_form_and_clicks() -> Result<()> {
 
     // Disconnect closes the listener.
     c.find(Locator::Id("connect")).await?.click().await?;
-    wait_for(
-        "the forward's port to be free",
-        Duration::from_secs(10),
-        || async { std::net::TcpListener::bind(&listen).ok() },
-    )
-    .await?;
+    wait_until_port_free(&listen).await?;
     browser.stop().await;
     Ok(())
 }

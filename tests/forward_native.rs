@@ -12,7 +12,7 @@ use tabtunnel_client::{
 use tabtunnel_e2e::relay::Relay;
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
-use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for};
+use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for, wait_until_port_free};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Everything a test needs: sshd, a relay with target "sshd", and a logged-in session.
@@ -32,6 +32,15 @@ async fn setup() -> Result<Setup> {
         relay,
         session,
     })
+}
+
+/// An echo server and a forward to it.
+async fn echo_forward(session: &Session) -> Result<(EchoServer, tabtunnel_client::Forward)> {
+    let echo = EchoServer::start("127.0.0.1").await?;
+    let fwd = session
+        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
+        .await?;
+    Ok((echo, fwd))
 }
 
 fn options(sshd: &Sshd, auth: Auth) -> ConnectOptions {
@@ -104,10 +113,7 @@ async fn logs_in_with_an_ed25519_key() -> Result<()> {
     let session = open(&relay, &sshd, auth).await?;
     assert_eq!(session.host_key().fingerprint, sshd.host_key_fingerprint);
     assert_eq!(session.host_key().algorithm, "ssh-ed25519");
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
     assert_eq!(
         exchange(fwd.listen(), b"hello through a key").await?,
         b"hello through a key"
@@ -118,11 +124,7 @@ async fn logs_in_with_an_ed25519_key() -> Result<()> {
 #[tokio::test]
 async fn fifty_concurrent_connections() -> Result<()> {
     let s = setup().await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = s
-        .session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&s.session).await?;
     let listen = fwd.listen().to_owned();
     let clients: Vec<_> = (0..50u64)
         .map(|i| {
@@ -157,11 +159,7 @@ async fn fifty_concurrent_connections() -> Result<()> {
 #[tokio::test]
 async fn half_close_still_delivers_the_whole_reply() -> Result<()> {
     let s = setup().await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = s
-        .session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&s.session).await?;
     let mut stream = tokio::net::TcpStream::connect(fwd.listen()).await?;
     let request = pattern(3, 300_000);
     stream.write_all(&request).await?;
@@ -176,22 +174,13 @@ async fn half_close_still_delivers_the_whole_reply() -> Result<()> {
 #[tokio::test]
 async fn listener_closes_with_the_session_and_the_port_is_free_again() -> Result<()> {
     let s = setup().await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = s
-        .session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&s.session).await?;
     let listen = fwd.listen().to_owned();
     assert_eq!(exchange(&listen, b"ping").await?, b"ping");
     // A connection is open while the session ends: it must not keep the port.
     let _open = tokio::net::TcpStream::connect(&listen).await?;
     s.session.close().await;
-    wait_for(
-        "the forward's port to be free",
-        Duration::from_secs(5),
-        || async { std::net::TcpListener::bind(&listen).ok() },
-    )
-    .await?;
+    wait_until_port_free(&listen).await?;
     Ok(())
 }
 
@@ -204,12 +193,7 @@ async fn closing_a_forward_frees_its_port_and_keeps_the_session() -> Result<()> 
     let second = s.session.forward(&spec).await?;
     let listen = first.listen().to_owned();
     first.close().await?;
-    wait_for(
-        "the closed forward's port to be free",
-        Duration::from_secs(5),
-        || async { std::net::TcpListener::bind(&listen).ok() },
-    )
-    .await?;
+    wait_until_port_free(&listen).await?;
     assert_eq!(
         exchange(second.listen(), b"still here").await?,
         b"still here"
@@ -272,11 +256,7 @@ async fn relay_refusals_reach_the_client_with_clear_messages() -> Result<()> {
     let err = s.session.forward("1100:mail").await.unwrap_err();
     assert!(matches!(err, ClientError::BadSpec(_)), "{err:?}");
     // The session still works after all that.
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let ok = s
-        .session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, ok) = echo_forward(&s.session).await?;
     assert_eq!(exchange(ok.listen(), b"fine").await?, b"fine");
     Ok(())
 }
@@ -365,11 +345,7 @@ async fn a_refused_destination_closes_the_tcp_client_at_once_and_counts_a_failur
 #[tokio::test]
 async fn a_malformed_frame_ends_only_that_session() -> Result<()> {
     let s = setup().await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = s
-        .session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&s.session).await?;
 
     let (mut rogue, _) = tokio_tungstenite::connect_async(s.relay.ws_url()).await?;
     use tokio_tungstenite::tungstenite::Message;

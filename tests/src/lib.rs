@@ -34,6 +34,16 @@ where
     }
 }
 
+/// Waits until nothing listens on `addr` any more (it can be bound again).
+pub async fn wait_until_port_free(addr: &str) -> anyhow::Result<()> {
+    wait_for(
+        &format!("{addr} to be free"),
+        Duration::from_secs(10),
+        || async { std::net::TcpListener::bind(addr).ok().map(drop) },
+    )
+    .await
+}
+
 /// Logs to the test's output when RUST_LOG is set.
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
