@@ -262,17 +262,7 @@ async fn a_person_fills_the_form_and_clicks() -> Result<()> {
         .send_keys(&spec)
         .await?;
     c.find(Locator::Id("add-forward")).await?.click().await?;
-    let listen = wait_for("the forward's row", Duration::from_secs(30), || async {
-        let text = c
-            .find(Locator::Css(".forward-row .listen"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.starts_with("127.0.0.1:").then_some(text)
-    })
-    .await?;
+    let listen = row_listen_address(c, ".forward-row").await?;
     let mut stream = tokio::net::TcpStream::connect(&listen).await?;
     stream.write_all(b"clicked through").await?;
     stream.shutdown().await?;
@@ -294,17 +284,7 @@ async fn a_person_fills_the_form_and_clicks() -> Result<()> {
     spec_input.send_keys(&spec).await?;
     c.find(Locator::Id("add-forward")).await?.click().await?;
     let row = format!(".forward-row[data-spec='{spec}']");
-    let failing = wait_for("the second row", Duration::from_secs(30), || async {
-        let text = c
-            .find(Locator::Css(&format!("{row} .listen")))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.starts_with("127.0.0.1:").then_some(text)
-    })
-    .await?;
+    let failing = row_listen_address(c, &row).await?;
     let mut doomed = tokio::net::TcpStream::connect(&failing).await?;
     let mut buf = [0u8; 8];
     let ended = tokio::time::timeout(Duration::from_secs(10), doomed.read(&mut buf)).await?;
@@ -328,6 +308,22 @@ async fn a_person_fills_the_form_and_clicks() -> Result<()> {
     wait_until_port_free(&listen).await?;
     browser.stop().await;
     Ok(())
+}
+
+/// Waits for the forward row matching `row` (a CSS selector) to show its listen address.
+async fn row_listen_address(c: &fantoccini::Client, row: &str) -> Result<String> {
+    let selector = format!("{row} .listen");
+    wait_for("the forward's row", Duration::from_secs(30), || async {
+        let text = c
+            .find(Locator::Css(&selector))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.starts_with("127.0.0.1:").then_some(text)
+    })
+    .await
 }
 
 /// The relay binary, as `cargo test --workspace` builds it next to this test.
