@@ -310,6 +310,62 @@ async fn a_person_fills_the_form_and_clicks() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pasted_ssh_command_fills_the_form_and_its_forwards_open_on_connect() -> Result<()> {
+    let (browser, sshd, _relay, _one) = page().await?;
+    let echo = EchoServer::start("127.0.0.1").await?;
+    let c = &browser.client;
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#target option[value='sshd']"))
+        .await?;
+
+    let spec = format!("0:127.0.0.1:{}", echo.addr.port());
+    let command = format!("ssh -N -p 2222 -L {spec} {}@sshd", sshd.user);
+    c.find(Locator::Id("paste-command"))
+        .await?
+        .send_keys(&command)
+        .await?;
+    c.find(Locator::Id("paste-fill")).await?.click().await?;
+    let result = c.find(Locator::Id("paste-result")).await?;
+    let said = wait_for("the paste result", Duration::from_secs(20), || async {
+        let text = result.text().await.ok()?;
+        text.contains("queued").then_some(text)
+    })
+    .await?;
+    assert!(said.contains("ignored: -N"), "{said}");
+    assert!(
+        said.contains("-p 2222: the port is fixed by the relay's target config"),
+        "{said}"
+    );
+    let username = c.find(Locator::Id("username")).await?.prop("value").await?;
+    assert_eq!(username.as_deref(), Some(sshd.user));
+    let target = c.find(Locator::Id("target")).await?.prop("value").await?;
+    assert_eq!(target.as_deref(), Some("sshd"));
+
+    // Log in with a key this time (pasted into the textarea), accepting the host key.
+    c.find(Locator::Id("auth-key")).await?.click().await?;
+    browser
+        .run_js(
+            "document.getElementById('private-key').value = args[0];",
+            vec![json!(sshd.client_key)],
+        )
+        .await?;
+    c.find(Locator::Id("connect")).await?.click().await?;
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(
+            "#hostkey-dialog:not([hidden]) #hostkey-accept",
+        ))
+        .await?
+        .click()
+        .await?;
+    let listen = row_listen_address(c, &format!(".forward-row[data-spec='{spec}']")).await?;
+    assert_eq!(exchange(&listen, b"pasted").await?, b"pasted");
+    browser.stop().await;
+    Ok(())
+}
+
 /// Waits for the forward row matching `row` (a CSS selector) to show its listen address.
 async fn row_listen_address(c: &fantoccini::Client, row: &str) -> Result<String> {
     let selector = format!("{row} .listen");
