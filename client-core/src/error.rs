@@ -17,6 +17,10 @@ pub enum ClientError {
     #[error("cannot use the private key: {0}")]
     BadKey(String),
     #[error(
+        "the passphrase of the private key is wrong; type it again (it is the one given when the key was made, e.g. by ssh-keygen)"
+    )]
+    WrongPassphrase,
+    #[error(
         "host key refused: the server's key {fingerprint} was not accepted, so nothing was sent to it"
     )]
     HostKeyRejected { fingerprint: String },
@@ -52,6 +56,7 @@ impl ClientError {
             ClientError::Relay { code, .. } => code.as_str(),
             ClientError::AuthFailed { .. } => "auth-failed",
             ClientError::BadKey(_) => "bad-key",
+            ClientError::WrongPassphrase => "wrong-passphrase",
             ClientError::HostKeyRejected { .. } => "host-key-rejected",
             ClientError::HostKeyUnknown { .. } => "host-key-unknown",
             ClientError::HostKeyMismatch { .. } => "host-key-mismatch",

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::ClientError;
-use crate::session::Shared;
+use crate::session::{Owner, Shared};
 use crate::spec::ForwardSpec;
 
 /// Live counters of a forward.
@@ -59,7 +59,7 @@ impl ForwardStats {
 /// A forward the relay listens for.
 #[derive(Clone)]
 pub struct Forward {
-    shared: Arc<Shared>,
+    owner: Arc<Owner>,
     id: u32,
     spec: Arc<ForwardSpec>,
     listen: String,
@@ -78,14 +78,14 @@ impl std::fmt::Debug for Forward {
 
 impl Forward {
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        owner: Arc<Owner>,
         id: u32,
         spec: Arc<ForwardSpec>,
         listen: String,
         stats: Arc<ForwardStats>,
     ) -> Self {
         Self {
-            shared,
+            owner,
             id,
             spec,
             listen,
@@ -109,7 +109,7 @@ impl Forward {
     /// Stops listening and ends this forward's connections.
     pub async fn close(&self) -> Result<(), ClientError> {
         let conns = {
-            let mut state = self.shared.state.lock().expect("state lock");
+            let mut state = self.owner.shared.state.lock().expect("state lock");
             let Some(entry) = state.forwards.remove(&self.id) else {
                 return Ok(()); // already closed
             };
@@ -121,7 +121,10 @@ impl Forward {
         };
         // Dropping the entries drops their abort guards: each pump stops now.
         drop(conns);
-        self.shared.send(Frame::Unlisten { forward: self.id }).await
+        self.owner
+            .shared
+            .send(Frame::Unlisten { forward: self.id })
+            .await
     }
 }
 

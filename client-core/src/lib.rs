@@ -10,6 +10,7 @@
 
 mod error;
 mod forward;
+mod keys;
 mod rt;
 mod session;
 pub mod spec;

@@ -11,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use russh::client;
 use tabtunnel_proto::{CONNECTION_WINDOW, CreditGate, Frame, MAX_DATA, RecvWindow, VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::debug;
 
 use crate::forward::{self, ConnInput, Forward, ForwardStats};
@@ -39,7 +39,7 @@ pub struct ConnectOptions {
 /// relay or SSH server goes away.
 #[derive(Clone)]
 pub struct Session {
-    shared: Arc<Shared>,
+    owner: Arc<Owner>,
     host_key: HostKeyInfo,
 }
 
@@ -51,6 +51,19 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// Held by the user's handles only (sessions and forwards), never by background tasks:
+/// when the last handle goes, or `connect` fails, the transport closes. Without it the
+/// tasks would keep each other, the WebSocket and the relay's session alive forever.
+pub(crate) struct Owner {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.shutdown.notify_one();
+    }
+}
+
 /// State shared by the session's handles and its background tasks.
 pub(crate) struct Shared {
     pub(crate) out: mpsc::Sender<Frame>,
@@ -58,6 +71,8 @@ pub(crate) struct Shared {
     /// Set once authentication succeeded; Accept frames need it to open channels.
     pub(crate) ssh: OnceLock<client::Handle<SshHandler>>,
     closed: watch::Receiver<Option<String>>,
+    /// Tells the writer to close the transport.
+    shutdown: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -112,7 +127,8 @@ pub async fn connect<T: Transport>(
 ) -> Result<Session, ClientError> {
     let (sink, mut stream) = transport.split();
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-    rt::spawn(write_loop(sink, out_rx));
+    let shutdown = Arc::new(Notify::new());
+    rt::spawn(write_loop(sink, out_rx, shutdown.clone()));
 
     let hello = Frame::Hello {
         version: VERSION,
@@ -162,6 +178,11 @@ pub async fn connect<T: Transport>(
         }),
         ssh: OnceLock::new(),
         closed: closed_rx,
+        shutdown,
+    });
+    // From here on, any early return drops the owner and so closes the transport.
+    let owner = Arc::new(Owner {
+        shared: shared.clone(),
     });
     rt::spawn(demux(stream, shared.clone(), ssh_in_tx, closed_tx));
 
@@ -194,7 +215,7 @@ pub async fn connect<T: Transport>(
             other => other,
         })?;
     let _ = shared.ssh.set(handle);
-    Ok(Session { shared, host_key })
+    Ok(Session { owner, host_key })
 }
 
 /// russh settings for the tab. No keepalive or inactivity timers: russh drives those
@@ -218,6 +239,10 @@ fn ssh_config() -> client::Config {
 }
 
 impl Session {
+    fn shared(&self) -> &Arc<Shared> {
+        &self.owner.shared
+    }
+
     /// The server's host-key fingerprint (`SHA256:...`), as accepted.
     pub fn host_key(&self) -> &HostKeyInfo {
         &self.host_key
@@ -229,7 +254,7 @@ impl Session {
         let spec = Arc::new(parse_forward(spec)?);
         let (reply, answer) = oneshot::channel();
         let id = {
-            let mut state = self.shared.state.lock().expect("state lock");
+            let mut state = self.shared().state.lock().expect("state lock");
             let id = state.next_forward;
             state.next_forward = id
                 .checked_add(1)
@@ -248,28 +273,28 @@ impl Session {
             bind: spec.bind.clone(),
             port: spec.port,
         };
-        self.shared.send(listen).await?;
-        let address = answer.await.map_err(|_| self.shared.closed_error())??;
+        self.shared().send(listen).await?;
+        let address = answer.await.map_err(|_| self.shared().closed_error())??;
         let stats = self
-            .shared
+            .shared()
             .state
             .lock()
             .expect("state lock")
             .forwards
             .get(&id)
             .map(|f| f.stats.clone());
-        let stats = stats.ok_or_else(|| self.shared.closed_error())?;
-        Ok(Forward::new(self.shared.clone(), id, spec, address, stats))
+        let stats = stats.ok_or_else(|| self.shared().closed_error())?;
+        Ok(Forward::new(self.owner.clone(), id, spec, address, stats))
     }
 
     /// Why the session ended, once it has; `None` while it is live.
     pub fn closed_reason(&self) -> Option<String> {
-        self.shared.closed.borrow().clone()
+        self.shared().closed.borrow().clone()
     }
 
     /// Waits until the session ends and returns why.
     pub async fn closed(&self) -> String {
-        let mut closed = self.shared.closed.clone();
+        let mut closed = self.shared().closed.clone();
         loop {
             if let Some(reason) = closed.borrow_and_update().clone() {
                 return reason;
@@ -282,13 +307,13 @@ impl Session {
 
     /// Ends the session: the relay then closes every listener and connection of it.
     pub async fn close(&self) {
-        if let Some(ssh) = self.shared.ssh.get() {
+        if let Some(ssh) = self.shared().ssh.get() {
             let _ = ssh
                 .disconnect(russh::Disconnect::ByApplication, "closed by the user", "en")
                 .await;
         }
         // The writer closes the WebSocket when it reaches this marker.
-        let _ = self.shared.out.send(close_marker()).await;
+        self.shared().shutdown.notify_one();
         self.closed().await;
     }
 }
@@ -306,18 +331,24 @@ where
     }
 }
 
-/// Frames -> transport, flushing once per batch of ready frames.
-async fn write_loop<S>(mut sink: S, mut rx: mpsc::Receiver<Frame>)
+/// Frames -> transport, flushing once per batch of ready frames, until `shutdown` is
+/// notified (the session was closed or abandoned) or the queue ends; then it closes the
+/// transport, which ends the relay's session and everything it holds.
+async fn write_loop<S>(mut sink: S, mut rx: mpsc::Receiver<Frame>, shutdown: Arc<Notify>)
 where
     S: futures::Sink<Bytes, Error = TransportError> + Unpin,
 {
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = shutdown.notified() => break,
+            frame = rx.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+        };
         let mut next = Some(first);
         while let Some(frame) = next.take() {
-            if is_close_marker(&frame) {
-                let _ = sink.close().await;
-                return;
-            }
             if sink
                 .feed(tabtunnel_proto::encode_to_bytes(&frame))
                 .await
@@ -332,19 +363,6 @@ where
         }
     }
     let _ = sink.close().await;
-}
-
-/// `Session::close` asks the writer to close the transport with this frame, which is
-/// never sent: the relay never opens connection `u32::MAX`.
-fn close_marker() -> Frame {
-    Frame::Close {
-        conn: u32::MAX,
-        reason: String::new(),
-    }
-}
-
-fn is_close_marker(frame: &Frame) -> bool {
-    matches!(frame, Frame::Close { conn: u32::MAX, .. })
 }
 
 /// russh -> relay: SSH bytes as Ssh frames.

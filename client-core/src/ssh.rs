@@ -158,8 +158,7 @@ pub(crate) async fn authenticate(
     let result = match auth {
         Auth::Password(password) => handle.authenticate_password(user, password.as_str()).await,
         Auth::PrivateKey { pem, passphrase } => {
-            let key = russh::keys::decode_secret_key(pem, passphrase.as_deref())
-                .map_err(|err| key_error(err, passphrase.is_some()))?;
+            let key = crate::keys::decode(pem, passphrase.as_deref())?;
             let hash = if key.algorithm().is_rsa() {
                 handle
                     .best_supported_rsa_hash()
@@ -194,22 +193,6 @@ pub(crate) async fn authenticate(
                 methods,
             })
         }
-    }
-}
-
-fn key_error(err: russh::keys::Error, had_passphrase: bool) -> ClientError {
-    use russh::keys::Error as E;
-    match err {
-        E::KeyIsEncrypted => ClientError::BadKey("the key is encrypted: enter its passphrase".into()),
-        E::UnsupportedKeyType { key_type_string, .. } => {
-            ClientError::BadKey(format!("key type {key_type_string} is not supported"))
-        }
-        _ if had_passphrase => ClientError::BadKey(
-            "it could not be decrypted: the passphrase may be wrong, or the file is not a private key".into(),
-        ),
-        other => ClientError::BadKey(format!(
-            "it is not an OpenSSH or PEM private key ({other}); paste the whole file, BEGIN and END lines included"
-        )),
     }
 }
 

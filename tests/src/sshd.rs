@@ -134,6 +134,20 @@ impl Sshd {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// TCP connections sshd has open now (established, on its port), from /proc/net/tcp.
+    pub fn open_connections(&self) -> usize {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let port = format!(":{:04X}", self.port);
+        table
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 3 && fields[1].ends_with(&port) && fields[3] == "01"
+            })
+            .count()
+    }
+
     /// Everything sshd logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
@@ -141,6 +155,55 @@ impl Sshd {
 
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_owned()
+    }
+
+    /// Makes a client key with `ssh-keygen` (`kind` and `bits` as its -t and -b, `format`
+    /// as its -m: "" for OpenSSH's own, "PEM" or "PKCS8"), lets sshd accept it, and
+    /// returns the private key file's text.
+    pub fn new_client_key(
+        &self,
+        kind: &str,
+        bits: Option<u32>,
+        format: &str,
+        passphrase: &str,
+    ) -> Result<String> {
+        let name = format!(
+            "key-{kind}-{}-{format}-{}",
+            bits.unwrap_or(0),
+            passphrase.len()
+        );
+        let path = self.dir.path().join(name);
+        let mut cmd = Command::new("ssh-keygen");
+        cmd.args([
+            "-q",
+            "-t",
+            kind,
+            "-N",
+            passphrase,
+            "-C",
+            "tabtunnel-test",
+            "-f",
+        ])
+        .arg(&path);
+        if let Some(bits) = bits {
+            cmd.args(["-b", &bits.to_string()]);
+        }
+        if !format.is_empty() {
+            cmd.args(["-m", format]);
+        }
+        let status = cmd
+            .stdin(Stdio::null())
+            .status()
+            .context("running ssh-keygen")?;
+        if !status.success() {
+            bail!("ssh-keygen -t {kind} -m {format:?} failed");
+        }
+        let public = std::fs::read_to_string(path.with_extension("pub"))?;
+        let authorized = self.dir.path().join("authorized_keys");
+        let mut keys = std::fs::read_to_string(&authorized)?;
+        keys.push_str(&public);
+        std::fs::write(&authorized, keys)?;
+        Ok(std::fs::read_to_string(&path)?)
     }
 }
 
