@@ -4,18 +4,26 @@
 use anyhow::Result;
 use std::time::Duration;
 use tabtunnel_client::native::NativeTransport;
-use tabtunnel_client::{Auth, ClientError, ConnectOptions, HostKeyPolicy, Session, connect};
+use tabtunnel_client::{
+    Auth, ClientError, ConnectOptions, Credentials, HostKeyPolicy, PromptCallback, PromptRequest,
+    Session, connect,
+};
+use tabtunnel_relay::demo::{DemoOptions, DemoServer};
 
 use tabtunnel_e2e::relay::Relay;
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, wait_for};
 
-async fn login(relay: &Relay, sshd: &Sshd, auth: Auth) -> Result<Session, ClientError> {
+async fn login(
+    relay: &Relay,
+    sshd: &Sshd,
+    auth: impl Into<Credentials>,
+) -> Result<Session, ClientError> {
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
     let options = ConnectOptions {
         target: "sshd".into(),
         username: sshd.user.into(),
-        auth,
+        auth: auth.into(),
         host_key: HostKeyPolicy {
             pinned: vec![],
             expected: Some(sshd.host_key_fingerprint.clone()),
@@ -126,4 +134,165 @@ async fn failed_logins_and_dropped_sessions_leave_no_connection_behind() -> Resu
     assert_eq!(sshd.open_connections(), 1);
     drop(session); // no close(): dropping the last handle must end it too
     assert_no_connection_left(&sshd).await
+}
+
+#[tokio::test]
+async fn several_required_methods_are_all_used_and_a_missing_one_is_named() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start_with(tabtunnel_e2e::sshd::SshdOptions {
+        extra_config: vec!["AuthenticationMethods publickey,password".into()],
+    })
+    .await?;
+    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let key = Auth::PrivateKey {
+        pem: sshd.client_key.clone(),
+        passphrase: None,
+    };
+
+    let both = Credentials {
+        password: Some(sshd.password.into()),
+        private_key: Some(key.clone()),
+        prompt: None,
+    };
+    let session = login(&relay, &sshd, both).await?;
+    session.close().await;
+
+    let err = login(&relay, &sshd, key).await.unwrap_err();
+    assert!(matches!(err, ClientError::AuthFailed { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("accepted publickey but also requires password"),
+        "{message}"
+    );
+    assert_no_connection_left(&sshd).await
+}
+
+/// A relay with the embedded russh server as target "demo", asking keyboard-interactive
+/// questions: the password, then a code.
+async fn demo_with_second_factor() -> Result<(DemoServer, Relay)> {
+    let demo = DemoServer::start_with(DemoOptions {
+        second_factor: Some("4242".into()),
+        ..DemoOptions::default()
+    })
+    .await?;
+    let relay = Relay::start(&[("demo", &demo.ssh_addr.to_string())]).await?;
+    Ok((demo, relay))
+}
+
+async fn demo_login(
+    relay: &Relay,
+    demo: &DemoServer,
+    credentials: Credentials,
+) -> Result<Session, ClientError> {
+    let transport = NativeTransport::connect(&relay.ws_url()).await?;
+    let options = ConnectOptions {
+        target: "demo".into(),
+        username: demo.username.clone(),
+        auth: credentials,
+        host_key: HostKeyPolicy {
+            pinned: vec![],
+            expected: Some(demo.host_key_fingerprint.clone()),
+            ask: None,
+        },
+    };
+    connect(transport, options).await
+}
+
+/// Answers every round with `answers` and records what was asked.
+fn answering(
+    answers: Option<Vec<&'static str>>,
+) -> (PromptCallback, std::sync::mpsc::Receiver<PromptRequest>) {
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    let callback: PromptCallback = Box::new(move |request| {
+        let _ = seen_tx.send(request);
+        let answers = answers
+            .clone()
+            .map(|a| a.into_iter().map(String::from).collect());
+        Box::pin(async move { answers })
+    });
+    (callback, seen)
+}
+
+#[tokio::test]
+async fn keyboard_interactive_prompts_are_answered_through_the_callback() -> Result<()> {
+    init_logging();
+    let (demo, relay) = demo_with_second_factor().await?;
+    let password: &'static str = Box::leak(demo.password.clone().into_boxed_str());
+
+    let (prompt, seen) = answering(Some(vec![password, "4242"]));
+    let session = demo_login(
+        &relay,
+        &demo,
+        Credentials {
+            prompt: Some(prompt),
+            ..Credentials::default()
+        },
+    )
+    .await?;
+    let asked = seen.recv()?;
+    assert_eq!(asked.name, "tabtunnel demo");
+    assert_eq!(asked.instructions, "Log in to the demo SSH server.");
+    let fields: Vec<(&str, bool)> = asked
+        .prompts
+        .iter()
+        .map(|p| (p.prompt.as_str(), p.echo))
+        .collect();
+    assert_eq!(
+        fields,
+        [("Password: ", false), ("Verification code: ", true)]
+    );
+    session.close().await;
+
+    let (prompt, _seen) = answering(Some(vec![password, "0000"]));
+    let err = demo_login(
+        &relay,
+        &demo,
+        Credentials {
+            prompt: Some(prompt),
+            ..Credentials::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the server accepts: keyboard-interactive"),
+        "{err}"
+    );
+
+    let (prompt, _seen) = answering(None);
+    let err = demo_login(
+        &relay,
+        &demo,
+        Credentials {
+            prompt: Some(prompt),
+            ..Credentials::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ClientError::AuthCancelled), "{err:?}");
+
+    // A password alone cannot answer two questions; the error says what was asked.
+    let err = demo_login(&relay, &demo, Auth::Password(password.into()).into())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("no onPrompt was given") && message.contains("Verification code:"),
+        "{message}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_single_hidden_prompt_is_answered_with_the_password() -> Result<()> {
+    init_logging();
+    // The default demo offers keyboard-interactive ("Password:") before password, as
+    // PAM-backed servers do; a password alone must get through it.
+    let demo = DemoServer::start().await?;
+    let relay = Relay::start(&[("demo", &demo.ssh_addr.to_string())]).await?;
+    let session = demo_login(&relay, &demo, Auth::Password(demo.password.clone()).into()).await?;
+    session.close().await;
+    Ok(())
 }

@@ -12,6 +12,7 @@ use tabtunnel_e2e::relay::{Relay, web_dir};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for, wait_until_port_free};
+use tabtunnel_relay::demo::{DemoOptions, DemoServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// One browser at a time: they share two cores, and the throughput figure means more
@@ -362,6 +363,87 @@ async fn a_pasted_ssh_command_fills_the_form_and_its_forwards_open_on_connect() 
         .await?;
     let listen = row_listen_address(c, &format!(".forward-row[data-spec='{spec}']")).await?;
     assert_eq!(exchange(&listen, b"pasted").await?, b"pasted");
+    browser.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyboard_interactive_questions_are_asked_in_the_page() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    init_logging();
+    require_bundle()?;
+    let demo = DemoServer::start_with(DemoOptions {
+        second_factor: Some("4242".into()),
+        ..DemoOptions::default()
+    })
+    .await?;
+    let relay = Relay::start(&[("demo", &demo.ssh_addr.to_string())]).await?;
+    let browser = Browser::start().await?;
+    browser.client.goto(&relay.http_url()).await?;
+    let c = &browser.client;
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#target option[value='demo']"))
+        .await?
+        .click()
+        .await?;
+    c.find(Locator::Id("username"))
+        .await?
+        .send_keys("demo")
+        .await?;
+    c.find(Locator::Id("connect")).await?.click().await?; // no password: the server will ask
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(
+            "#hostkey-dialog:not([hidden]) #hostkey-accept",
+        ))
+        .await?
+        .click()
+        .await?;
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("#prompt-dialog:not([hidden]) #prompt-input-1"))
+        .await?;
+    let title = c.find(Locator::Id("prompt-title")).await?.text().await?;
+    assert_eq!(title, "demo: tabtunnel demo");
+    let labels = c
+        .find_all(Locator::Css("#prompt-fields .prompt-label"))
+        .await?;
+    let mut texts = Vec::new();
+    for label in &labels {
+        texts.push(label.text().await?);
+    }
+    assert_eq!(texts, ["Password:", "Verification code:"]);
+    let password = c.find(Locator::Id("prompt-input-0")).await?;
+    let code = c.find(Locator::Id("prompt-input-1")).await?;
+    assert_eq!(
+        password.attr("type").await?.as_deref(),
+        Some("password"),
+        "hidden answer"
+    );
+    assert_eq!(
+        code.attr("type").await?.as_deref(),
+        Some("text"),
+        "echoed answer"
+    );
+    password.send_keys(&demo.password).await?;
+    code.send_keys("4242").await?;
+    c.find(Locator::Id("prompt-submit")).await?.click().await?;
+    let status = c.find(Locator::Id("status")).await?;
+    wait_for(
+        "the status to say connected",
+        Duration::from_secs(30),
+        || async {
+            status
+                .text()
+                .await
+                .ok()?
+                .to_lowercase()
+                .contains("connected as")
+                .then_some(())
+        },
+    )
+    .await?;
     browser.stop().await;
     Ok(())
 }

@@ -47,7 +47,7 @@ fn options(sshd: &Sshd, auth: Auth) -> ConnectOptions {
     ConnectOptions {
         target: "sshd".into(),
         username: sshd.user.into(),
-        auth,
+        auth: auth.into(),
         host_key: HostKeyPolicy {
             pinned: vec![],
             expected: Some(sshd.host_key_fingerprint.clone()),

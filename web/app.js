@@ -313,6 +313,59 @@ function closeHostKeyDialog(answer) {
   if (resolve) resolve(answer);
 }
 
+// Keyboard-interactive questions (and a password the server wants but was not given).
+let promptResolve = null;
+
+function askPrompts(target, request) {
+  if (promptResolve) closePromptDialog(null);
+  const title = $("prompt-title");
+  title.textContent = request.name ? `${target}: ${request.name}` : `${target} asks`;
+  $("prompt-instructions").textContent = request.instructions || "";
+  const fields = $("prompt-fields");
+  fields.replaceChildren();
+  request.prompts.forEach((p, i) => {
+    const label = document.createElement("label");
+    label.className = "prompt-label";
+    label.textContent = p.prompt;
+    const input = document.createElement("input");
+    input.className = "prompt-input";
+    input.type = p.echo ? "text" : "password";
+    input.autocomplete = "off";
+    input.id = `prompt-input-${i}`;
+    label.htmlFor = input.id;
+    fields.append(label, input);
+  });
+  $("prompt-dialog").hidden = false;
+  document.body.classList.add("modal-open");
+  const first = fields.querySelector("input");
+  (first || $("prompt-submit")).focus();
+  return new Promise((resolve) => {
+    promptResolve = resolve;
+  });
+}
+
+function closePromptDialog(answers) {
+  const resolve = promptResolve;
+  promptResolve = null;
+  $("prompt-dialog").hidden = true;
+  $("prompt-fields").replaceChildren(); // answers do not linger in the page
+  document.body.classList.remove("modal-open");
+  if (resolve) resolve(answers);
+}
+
+$("prompt-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const answers = Array.from(document.querySelectorAll("#prompt-fields .prompt-input")).map((i) => i.value);
+  closePromptDialog(answers);
+});
+$("prompt-cancel").addEventListener("click", () => closePromptDialog(null));
+$("prompt-dialog").addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape") {
+    ev.preventDefault();
+    closePromptDialog(null);
+  }
+});
+
 el.hostkeyAccept.addEventListener("click", () => closeHostKeyDialog(true));
 el.hostkeyReject.addEventListener("click", () => closeHostKeyDialog(false));
 el.hostkeyDialog.addEventListener("keydown", (ev) => {
@@ -386,12 +439,8 @@ async function connect() {
     }
     options.privateKey = `${key}\n`;
     if (el.passphrase.value !== "") options.passphrase = el.passphrase.value;
-  } else {
-    if (el.password.value === "") {
-      showError(el.sessionError, "Enter a password.");
-      el.password.focus();
-      return;
-    }
+  } else if (el.password.value !== "") {
+    // Empty is fine: the server's questions (password, codes) are then asked in a dialog.
     options.password = el.password.value;
   }
 
@@ -437,6 +486,7 @@ async function connect() {
     rememberHost(target, fingerprint, algorithm);
     return true;
   };
+  options.onPrompt = (request) => (a.cancelled ? null : askPrompts(target, request));
   options.onClose = (reason) => onSessionClosed(a, reason);
 
   let s = null;
@@ -552,6 +602,7 @@ function cancelConnect() {
   a.cancelled = true;
   attempt = null;
   if (dialogResolve) closeHostKeyDialog(false);
+  if (promptResolve) closePromptDialog(null);
   state = "disconnected";
   setStatus("disconnected (cancelled)", "disconnected");
   updateControls();

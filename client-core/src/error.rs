@@ -12,8 +12,19 @@ pub enum ClientError {
     /// The relay refused the session or a request (unknown target, port in use...).
     #[error("{message}")]
     Relay { code: ErrorCode, message: String },
-    #[error("authentication failed for user {user:?}; the server accepts: {methods}")]
-    AuthFailed { user: String, methods: String },
+    /// `methods`: what the server still accepts; `accepted`: methods that succeeded
+    /// partially (the server wants more); `note`: why a method could not be used.
+    #[error("{}", describe_auth_failure(user, methods, accepted, note))]
+    AuthFailed {
+        user: String,
+        methods: String,
+        accepted: String,
+        note: String,
+    },
+    #[error("authentication was cancelled: the server's questions were not answered")]
+    AuthCancelled,
+    #[error("no credentials: give a password, a private key, or an onPrompt callback")]
+    NoCredentials,
     #[error("cannot use the private key: {0}")]
     BadKey(String),
     #[error(
@@ -55,6 +66,8 @@ impl ClientError {
             ClientError::Transport(_) => "transport",
             ClientError::Relay { code, .. } => code.as_str(),
             ClientError::AuthFailed { .. } => "auth-failed",
+            ClientError::AuthCancelled => "auth-cancelled",
+            ClientError::NoCredentials => "no-credentials",
             ClientError::BadKey(_) => "bad-key",
             ClientError::WrongPassphrase => "wrong-passphrase",
             ClientError::HostKeyRejected { .. } => "host-key-rejected",
@@ -67,4 +80,20 @@ impl ClientError {
             ClientError::Closed(_) => "closed",
         }
     }
+}
+
+fn describe_auth_failure(user: &str, methods: &str, accepted: &str, note: &str) -> String {
+    let mut text = if accepted.is_empty() {
+        format!("authentication failed for user {user:?}; the server accepts: {methods}")
+    } else {
+        format!(
+            "authentication failed for user {user:?}: the server accepted {accepted} but also requires {methods}; give that too"
+        )
+    };
+    if !note.is_empty() {
+        text.push_str(" (");
+        text.push_str(note);
+        text.push(')');
+    }
+    text
 }

@@ -24,6 +24,9 @@ pub use error::ClientError;
 pub use forward::{Forward, StatsSnapshot};
 pub use session::{ConnectOptions, Session, connect};
 pub use spec::{ForwardSpec, SshCommand, parse_forward, parse_ssh_command};
-pub use ssh::{Auth, HostKeyCallback, HostKeyInfo, HostKeyPolicy};
+pub use ssh::{
+    Auth, Credentials, HostKeyCallback, HostKeyInfo, HostKeyPolicy, PromptCallback, PromptField,
+    PromptRequest,
+};
 pub use tabtunnel_proto::ErrorCode;
 pub use transport::{Transport, TransportError};

@@ -16,7 +16,9 @@ use tracing::debug;
 
 use crate::forward::{self, ConnInput, Forward, ForwardStats};
 use crate::spec::{ForwardSpec, parse_forward};
-use crate::ssh::{Auth, HostKeyInfo, HostKeyPolicy, HostKeyVerdict, SshHandler, authenticate};
+use crate::ssh::{
+    Credentials, HostKeyInfo, HostKeyPolicy, HostKeyVerdict, SshHandler, authenticate,
+};
 use crate::transport::{Transport, TransportError};
 use crate::{ClientError, rt};
 
@@ -31,7 +33,7 @@ pub struct ConnectOptions {
     /// The relay's name for the SSH server.
     pub target: String,
     pub username: String,
-    pub auth: Auth,
+    pub auth: Credentials,
     pub host_key: HostKeyPolicy,
 }
 
@@ -208,7 +210,7 @@ pub async fn connect<T: Transport>(
             ));
         }
     };
-    authenticate(&mut handle, &options.username, &options.auth)
+    authenticate(&mut handle, &options.username, options.auth)
         .await
         .map_err(|err| match err {
             ClientError::Ssh(_) if shared.closed.borrow().is_some() => shared.closed_error(),

@@ -130,11 +130,11 @@ impl client::Handler for SshHandler {
     }
 }
 
-/// How the user proves who they are. Lives only in memory; never logged.
+/// One way to prove who the user is; see [`Credentials`] for several at once.
 #[derive(Clone)]
 pub enum Auth {
     Password(String),
-    /// An OpenSSH or PEM private key, and its passphrase if it is encrypted.
+    /// An OpenSSH, PEM or PKCS#8 private key, and its passphrase if it is encrypted.
     PrivateKey {
         pem: String,
         passphrase: Option<String>,
@@ -150,50 +150,318 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+/// The questions of one keyboard-interactive round, as the server sent them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptRequest {
+    pub name: String,
+    pub instructions: String,
+    pub prompts: Vec<PromptField>,
+}
+
+/// One question; `echo` says whether the answer may be shown while typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptField {
+    pub prompt: String,
+    pub echo: bool,
+}
+
+/// Answers a keyboard-interactive round, one answer per prompt; `None` cancels.
+pub type PromptCallback =
+    Box<dyn FnMut(PromptRequest) -> BoxFuture<'static, Option<Vec<String>>> + Send>;
+
+/// What the user can prove. Any combination: the client offers what the server asks
+/// for, in OpenSSH's order (publickey, keyboard-interactive, password), and goes on
+/// while the server reports partial success (`AuthenticationMethods a,b`). Lives only
+/// in memory; never logged.
+#[derive(Default)]
+pub struct Credentials {
+    pub password: Option<String>,
+    pub private_key: Option<Auth>,
+    /// Answers keyboard-interactive questions. Without it, a single hidden prompt is
+    /// answered with the password, as a PAM "Password:" prompt expects.
+    pub prompt: Option<PromptCallback>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "private_key",
+                &self.private_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("prompt", &self.prompt.is_some())
+            .finish()
+    }
+}
+
+impl From<Auth> for Credentials {
+    fn from(auth: Auth) -> Self {
+        match auth {
+            Auth::Password(password) => Credentials {
+                password: Some(password),
+                ..Credentials::default()
+            },
+            key @ Auth::PrivateKey { .. } => Credentials {
+                private_key: Some(key),
+                ..Credentials::default()
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    PublicKey,
+    KeyboardInteractive,
+    Password,
+}
+
+impl Method {
+    /// The method's name in SSH (and in the server's list of methods).
+    fn name(self) -> &'static str {
+        match self {
+            Method::PublicKey => "publickey",
+            Method::KeyboardInteractive => "keyboard-interactive",
+            Method::Password => "password",
+        }
+    }
+}
+
+/// How one method attempt ended.
+enum Outcome {
+    Success,
+    Failure {
+        remaining: Vec<String>,
+        partial: bool,
+    },
+}
+
+fn method_names(set: &russh::MethodSet) -> Vec<String> {
+    set.iter().map(|m| String::from(<&str>::from(m))).collect()
+}
+
 pub(crate) async fn authenticate(
     handle: &mut client::Handle<SshHandler>,
     user: &str,
-    auth: &Auth,
+    credentials: Credentials,
 ) -> Result<(), ClientError> {
-    let result = match auth {
-        Auth::Password(password) => handle.authenticate_password(user, password.as_str()).await,
-        Auth::PrivateKey { pem, passphrase } => {
-            let key = crate::keys::decode(pem, passphrase.as_deref())?;
-            let hash = if key.algorithm().is_rsa() {
-                handle
-                    .best_supported_rsa_hash()
-                    .await
-                    .map_err(ssh_error)?
-                    .flatten()
-            } else {
-                None
-            };
-            handle
-                .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
-                .await
+    let Credentials {
+        password,
+        private_key,
+        mut prompt,
+    } = credentials;
+    let key = match private_key {
+        Some(Auth::PrivateKey { pem, passphrase }) => {
+            Some(Arc::new(crate::keys::decode(&pem, passphrase.as_deref())?))
         }
+        Some(Auth::Password(_)) | None => None,
+    };
+    let mut have = Vec::new();
+    if key.is_some() {
+        have.push(Method::PublicKey);
     }
-    .map_err(ssh_error)?;
-    match result {
-        client::AuthResult::Success => Ok(()),
-        client::AuthResult::Failure {
-            remaining_methods, ..
-        } => {
-            let methods: Vec<String> = remaining_methods
-                .iter()
-                .map(|m| String::from(<&str>::from(m)))
-                .collect();
-            let methods = if methods.is_empty() {
-                "none".to_owned()
-            } else {
-                methods.join(", ")
-            };
-            Err(ClientError::AuthFailed {
+    if prompt.is_some() || password.is_some() {
+        have.push(Method::KeyboardInteractive);
+    }
+    if password.is_some() || prompt.is_some() {
+        // Without a password, ask for one when the server wants it, as ssh does.
+        have.push(Method::Password);
+    }
+    if have.is_empty() {
+        return Err(ClientError::NoCredentials);
+    }
+    let mut offered: Option<Vec<String>> = None;
+    let (mut done, mut failed) = (Vec::new(), Vec::new());
+    let mut note = None;
+    loop {
+        let next = have.iter().copied().find(|m| {
+            !done.contains(m)
+                && !failed.contains(m)
+                && offered
+                    .as_ref()
+                    .is_none_or(|o| o.iter().any(|name| name == m.name()))
+        });
+        let Some(method) = next else {
+            return Err(ClientError::AuthFailed {
                 user: user.to_owned(),
-                methods,
-            })
+                methods: offered.map(|o| o.join(", ")).unwrap_or_default(),
+                accepted: done
+                    .iter()
+                    .map(|m: &Method| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                note: note.unwrap_or_default(),
+            });
+        };
+        let outcome = match method {
+            Method::PublicKey => {
+                let key = key.clone().expect("publickey is tried only with a key");
+                let hash = if key.algorithm().is_rsa() {
+                    handle
+                        .best_supported_rsa_hash()
+                        .await
+                        .map_err(ssh_error)?
+                        .flatten()
+                } else {
+                    None
+                };
+                let result = handle
+                    .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash))
+                    .await
+                    .map_err(ssh_error)?;
+                outcome_of(result)
+            }
+            Method::Password => {
+                let password = match &password {
+                    Some(password) => password.clone(),
+                    None => ask_password(&mut prompt, user).await?,
+                };
+                outcome_of(
+                    handle
+                        .authenticate_password(user, password)
+                        .await
+                        .map_err(ssh_error)?,
+                )
+            }
+            Method::KeyboardInteractive => {
+                keyboard_interactive(handle, user, &mut prompt, password.as_deref(), &mut note)
+                    .await?
+            }
+        };
+        match outcome {
+            Outcome::Success => return Ok(()),
+            Outcome::Failure { remaining, partial } => {
+                if partial {
+                    done.push(method);
+                } else {
+                    failed.push(method);
+                }
+                offered = Some(remaining);
+            }
         }
     }
+}
+
+/// Asks the prompt callback for the password, as `ssh` asks "user's password:".
+async fn ask_password(
+    prompt: &mut Option<PromptCallback>,
+    user: &str,
+) -> Result<String, ClientError> {
+    let ask = prompt.as_mut().ok_or(ClientError::NoCredentials)?;
+    let request = PromptRequest {
+        name: "password".into(),
+        instructions: String::new(),
+        prompts: vec![PromptField {
+            prompt: format!("{user}'s password: "),
+            echo: false,
+        }],
+    };
+    match ask(request).await {
+        Some(mut answers) if answers.len() == 1 => Ok(answers.remove(0)),
+        Some(_) => Err(ClientError::Ssh(
+            "onPrompt must give one answer per prompt".into(),
+        )),
+        None => Err(ClientError::AuthCancelled),
+    }
+}
+
+fn outcome_of(result: client::AuthResult) -> Outcome {
+    match result {
+        client::AuthResult::Success => Outcome::Success,
+        client::AuthResult::Failure {
+            remaining_methods,
+            partial_success,
+        } => Outcome::Failure {
+            remaining: method_names(&remaining_methods),
+            partial: partial_success,
+        },
+    }
+}
+
+/// Runs keyboard-interactive rounds until the server decides.
+async fn keyboard_interactive(
+    handle: &mut client::Handle<SshHandler>,
+    user: &str,
+    prompt: &mut Option<PromptCallback>,
+    password: Option<&str>,
+    note: &mut Option<String>,
+) -> Result<Outcome, ClientError> {
+    use client::KeyboardInteractiveAuthResponse as R;
+    let mut response = handle
+        .authenticate_keyboard_interactive_start(user, None)
+        .await
+        .map_err(ssh_error)?;
+    // A server may ask any number of rounds; a bound keeps a broken one from looping.
+    for _round in 0..16 {
+        let (name, instructions, prompts) = match response {
+            R::Success => return Ok(Outcome::Success),
+            R::Failure {
+                remaining_methods,
+                partial_success,
+            } => {
+                return Ok(Outcome::Failure {
+                    remaining: method_names(&remaining_methods),
+                    partial: partial_success,
+                });
+            }
+            R::InfoRequest {
+                name,
+                instructions,
+                prompts,
+            } => (name, instructions, prompts),
+        };
+        let fields: Vec<PromptField> = prompts
+            .into_iter()
+            .map(|p| PromptField {
+                prompt: p.prompt,
+                echo: p.echo,
+            })
+            .collect();
+        let answers = if fields.is_empty() {
+            Vec::new()
+        } else if let Some(ask) = prompt.as_mut() {
+            let count = fields.len();
+            match ask(PromptRequest {
+                name,
+                instructions,
+                prompts: fields,
+            })
+            .await
+            {
+                Some(answers) if answers.len() == count => answers,
+                Some(answers) => {
+                    return Err(ClientError::Ssh(format!(
+                        "onPrompt gave {} answers to {count} prompts; give one per prompt",
+                        answers.len()
+                    )));
+                }
+                None => return Err(ClientError::AuthCancelled),
+            }
+        } else if let (Some(password), [field]) = (password, fields.as_slice())
+            && !field.echo
+        {
+            vec![password.to_owned()]
+        } else {
+            *note = Some(format!(
+                "the server asked {} keyboard-interactive question(s) ({}), and no onPrompt was given to answer them",
+                fields.len(),
+                fields
+                    .iter()
+                    .map(|f| f.prompt.trim())
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ));
+            vec![String::new(); fields.len()]
+        };
+        response = handle
+            .authenticate_keyboard_interactive_respond(answers)
+            .await
+            .map_err(ssh_error)?;
+    }
+    Err(ClientError::Ssh(
+        "the server asked more than 16 rounds of keyboard-interactive questions".into(),
+    ))
 }
 
 pub(crate) fn ssh_error(err: russh::Error) -> ClientError {

@@ -16,7 +16,8 @@ use futures::FutureExt;
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use send_wrapper::SendWrapper;
 use tabtunnel_client::{
-    Auth, ClientError, ConnectOptions, HostKeyCallback, HostKeyInfo, HostKeyPolicy,
+    Auth, ClientError, ConnectOptions, Credentials, HostKeyCallback, HostKeyInfo, HostKeyPolicy,
+    PromptCallback, PromptRequest,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -33,22 +34,12 @@ fn start() {
 pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
     let target = required_string(&options, "target")?;
     let username = required_string(&options, "username")?;
-    let auth = match (
-        optional_string(&options, "password")?,
-        optional_string(&options, "privateKey")?,
-    ) {
-        (Some(password), None) => Auth::Password(password),
-        (None, Some(pem)) => Auth::PrivateKey {
-            pem,
-            passphrase: optional_string(&options, "passphrase")?.filter(|p| !p.is_empty()),
-        },
-        (Some(_), Some(_)) => {
-            return Err(error(
-                "bad-options",
-                "give either password or privateKey, not both",
-            ));
-        }
-        (None, None) => return Err(error("bad-options", "give a password or a privateKey")),
+    let private_key = optional_string(&options, "privateKey")?.filter(|k| !k.trim().is_empty());
+    let passphrase = optional_string(&options, "passphrase")?.filter(|p| !p.is_empty());
+    let auth = Credentials {
+        password: optional_string(&options, "password")?.filter(|p| !p.is_empty()),
+        private_key: private_key.map(|pem| Auth::PrivateKey { pem, passphrase }),
+        prompt: optional_function(&options, "onPrompt")?.map(prompt_callback),
     };
     let expected = optional_string(&options, "hostKey")?.filter(|k| !k.is_empty());
     let ask = optional_function(&options, "onHostKey")?.map(host_key_prompt);
@@ -100,6 +91,48 @@ fn host_key_prompt(callback: Function) -> HostKeyCallback {
                     .unwrap_or(false),
                 Err(_) => false,
             }
+        });
+        answer.boxed()
+    })
+}
+
+/// Asks the page's `onPrompt({ name, instructions, prompts: [{ prompt, echo }] })`, which
+/// answers with an array of strings, one per prompt (or a Promise of one); `null` or
+/// `undefined` cancels the login.
+fn prompt_callback(callback: Function) -> PromptCallback {
+    let callback = SendWrapper::new(callback);
+    Box::new(move |request: PromptRequest| {
+        let callback = SendWrapper::new((*callback).clone());
+        let answer = SendWrapper::new(async move {
+            let prompts: Array = request
+                .prompts
+                .iter()
+                .map(|field| {
+                    let item = Object::new();
+                    let _ = Reflect::set(&item, &"prompt".into(), &field.prompt.as_str().into());
+                    let _ = Reflect::set(&item, &"echo".into(), &field.echo.into());
+                    JsValue::from(item)
+                })
+                .collect();
+            let arg = Object::new();
+            let _ = Reflect::set(&arg, &"name".into(), &request.name.as_str().into());
+            let _ = Reflect::set(
+                &arg,
+                &"instructions".into(),
+                &request.instructions.as_str().into(),
+            );
+            let _ = Reflect::set(&arg, &"prompts".into(), &prompts);
+            let value = callback.call1(&JsValue::NULL, &arg).ok()?;
+            let answers = JsFuture::from(Promise::resolve(&value)).await.ok()?;
+            if answers.is_null() || answers.is_undefined() {
+                return None;
+            }
+            Some(
+                Array::from(&answers)
+                    .iter()
+                    .map(|a| a.as_string().unwrap_or_default())
+                    .collect(),
+            )
         });
         answer.boxed()
     })

@@ -30,6 +30,9 @@ use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
 use russh::server::{
     Auth, ChannelOpenHandle, Config, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
 };
+use std::borrow::Cow;
+
+use russh::server::Response;
 use russh::{Channel, ChannelOpenFailure, MethodKind, MethodSet};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -57,6 +60,9 @@ through your browser tab's SSH connection to the relay's embedded demo SSH serve
 pub struct DemoOptions {
     /// Public keys accepted for the user `demo` (in addition to the password).
     pub authorized_keys: Vec<PublicKey>,
+    /// When set, the server accepts keyboard-interactive only, and asks for the password
+    /// and then for this code, the way a second factor does (tests use it).
+    pub second_factor: Option<String>,
 }
 
 /// A running demo SSH server and its demo HTTP service, both on 127.0.0.1.
@@ -129,20 +135,21 @@ impl DemoServer {
             .to_string();
         let password = Alphanumeric.sample_string(&mut rand::rng(), PASSWORD_LEN);
 
+        let shared = Arc::new(Shared {
+            password: password.clone(),
+            authorized_keys: options.authorized_keys,
+            second_factor: options.second_factor,
+            http_addr,
+            shutdown: shutdown.clone(),
+        });
+
         let config = Arc::new(Config {
-            methods: offered_methods(),
+            methods: shared.offered_methods(),
             // OpenSSH clients probe with "none" first: do not delay that probe.
             auth_rejection_time_initial: Some(std::time::Duration::ZERO),
             keys: vec![host_key],
             nodelay: true,
             ..Config::default()
-        });
-
-        let shared = Arc::new(Shared {
-            password: password.clone(),
-            authorized_keys: options.authorized_keys,
-            http_addr,
-            shutdown: shutdown.clone(),
         });
 
         let app = Router::new().route("/", get(demo_page)).fallback(demo_page);
@@ -231,14 +238,38 @@ async fn http_accept_loop(mut listener: TcpListener, app: Router, shutdown: Canc
 }
 
 /// The authentication methods the demo offers.
-fn offered_methods() -> MethodSet {
-    MethodSet::from(&[MethodKind::Password, MethodKind::PublicKey][..])
+impl Shared {
+    /// What the server offers: password, public key and keyboard-interactive (a
+    /// "Password:" prompt), or keyboard-interactive alone with a second factor.
+    fn offered_methods(&self) -> MethodSet {
+        if self.second_factor.is_some() {
+            MethodSet::from(&[MethodKind::KeyboardInteractive][..])
+        } else {
+            MethodSet::from(
+                &[
+                    MethodKind::PublicKey,
+                    MethodKind::KeyboardInteractive,
+                    MethodKind::Password,
+                ][..],
+            )
+        }
+    }
+
+    fn reject(&self) -> Auth {
+        // Keep offering every method so a mistyped answer can be retried (russh
+        // drops a method from the offer after a plain rejection).
+        Auth::Reject {
+            proceed_with_methods: Some(self.offered_methods()),
+            partial_success: false,
+        }
+    }
 }
 
 /// State shared by all connections of one demo server.
 struct Shared {
     password: String,
     authorized_keys: Vec<PublicKey>,
+    second_factor: Option<String>,
     http_addr: SocketAddr,
     shutdown: CancellationToken,
 }
@@ -299,17 +330,48 @@ impl russh::server::Handler for DemoHandler {
     type Error = russh::Error;
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        if self.shared.password_matches(user, password) {
+        if self.shared.second_factor.is_none() && self.shared.password_matches(user, password) {
             debug!(peer = %self.peer, user, "demo SSH: password accepted");
             Ok(Auth::Accept)
         } else {
             debug!(peer = %self.peer, user, "demo SSH: password rejected");
-            // Keep offering both methods so a mistyped password can be retried
-            // (russh drops `password` from the offer after a plain rejection).
-            Ok(Auth::Reject {
-                proceed_with_methods: Some(offered_methods()),
-                partial_success: false,
-            })
+            Ok(self.shared.reject())
+        }
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let Some(mut answers) = response else {
+            let mut prompts = vec![(Cow::Borrowed("Password: "), false)];
+            if self.shared.second_factor.is_some() {
+                prompts.push((Cow::Borrowed("Verification code: "), true));
+            }
+            return Ok(Auth::Partial {
+                name: Cow::Borrowed("tabtunnel demo"),
+                instructions: Cow::Borrowed("Log in to the demo SSH server."),
+                prompts: Cow::Owned(prompts),
+            });
+        };
+        let password = answers
+            .next()
+            .map(|a| String::from_utf8_lossy(&a).into_owned())
+            .unwrap_or_default();
+        let code_ok = match &self.shared.second_factor {
+            Some(code) => answers
+                .next()
+                .is_some_and(|a| bool::from(a.as_ref().ct_eq(code.as_bytes()))),
+            None => true,
+        };
+        if self.shared.password_matches(user, &password) && code_ok {
+            debug!(peer = %self.peer, user, "demo SSH: keyboard-interactive accepted");
+            Ok(Auth::Accept)
+        } else {
+            debug!(peer = %self.peer, user, "demo SSH: keyboard-interactive rejected");
+            Ok(self.shared.reject())
         }
     }
 
@@ -318,7 +380,9 @@ impl russh::server::Handler for DemoHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.shared.is_authorized_key(user, offer.public_key) {
+        if self.shared.second_factor.is_none()
+            && self.shared.is_authorized_key(user, offer.public_key)
+        {
             Ok(Auth::Accept)
         } else {
             Ok(Auth::reject())

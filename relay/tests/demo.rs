@@ -226,6 +226,7 @@ async fn public_key_auth_accepts_only_authorized_keys() {
         let stranger = PrivateKey::random(&mut rng, Algorithm::Ed25519).expect("key");
         let demo = DemoServer::start_with(DemoOptions {
             authorized_keys: vec![authorized.public_key().clone()],
+            ..DemoOptions::default()
         })
         .await
         .expect("start the demo");

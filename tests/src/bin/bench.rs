@@ -48,7 +48,8 @@ async fn main() -> Result<()> {
         auth: Auth::PrivateKey {
             pem: sshd.client_key.clone(),
             passphrase: None,
-        },
+        }
+        .into(),
         host_key: HostKeyPolicy {
             pinned: vec![],
             expected: Some(sshd.host_key_fingerprint.clone()),
