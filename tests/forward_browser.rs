@@ -10,7 +10,7 @@ use serde_json::json;
 use tabtunnel_e2e::browser::Browser;
 use tabtunnel_e2e::relay::{Relay, web_dir};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
-use tabtunnel_e2e::sshd::Sshd;
+use tabtunnel_e2e::sshd::{Sshd, SshdOptions};
 use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for, wait_until_port_free};
 use tabtunnel_relay::demo::{DemoOptions, DemoServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -32,10 +32,17 @@ fn require_bundle() -> Result<()> {
 /// The browser's turn, a real sshd, the relay with target "sshd", and the relay's page
 /// loaded in Chromium. Keep the relay and the guard alive for the whole test.
 async fn page() -> Result<(Browser, Sshd, Relay, tokio::sync::MutexGuard<'static, ()>)> {
+    page_with(SshdOptions::default()).await
+}
+
+/// [`page`] with sshd configured for the test's case.
+async fn page_with(
+    options: SshdOptions,
+) -> Result<(Browser, Sshd, Relay, tokio::sync::MutexGuard<'static, ()>)> {
     let one = ONE_BROWSER.lock().await;
     init_logging();
     require_bundle()?;
-    let sshd = Sshd::start().await?;
+    let sshd = Sshd::start_with(options).await?;
     let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
     let browser = Browser::start().await?;
     browser.client.goto(&relay.http_url()).await?;
@@ -444,6 +451,108 @@ async fn keyboard_interactive_questions_are_asked_in_the_page() -> Result<()> {
         },
     )
     .await?;
+    browser.stop().await;
+    Ok(())
+}
+
+/// Logs in through the form with the password, accepting the host key when asked.
+async fn log_in_with_password(
+    c: &fantoccini::Client,
+    target: &str,
+    user: &str,
+    password: &str,
+) -> Result<()> {
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(&format!("#target option[value='{target}']")))
+        .await?
+        .click()
+        .await?;
+    c.find(Locator::Id("username"))
+        .await?
+        .send_keys(user)
+        .await?;
+    c.find(Locator::Id("password"))
+        .await?
+        .send_keys(password)
+        .await?;
+    c.find(Locator::Id("connect")).await?.click().await?;
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(
+            "#hostkey-dialog:not([hidden]) #hostkey-accept",
+        ))
+        .await?
+        .click()
+        .await?;
+    let status = c.find(Locator::Id("status")).await?;
+    wait_for(
+        "the status to say connected",
+        Duration::from_secs(30),
+        || async {
+            status
+                .text()
+                .await
+                .ok()?
+                .to_lowercase()
+                .contains("connected as")
+                .then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_forbids_forwarding_is_named_in_the_page() -> Result<()> {
+    let options = SshdOptions {
+        extra_config: vec!["AllowTcpForwarding no".into()],
+    };
+    let (browser, sshd, _relay, _one) = page_with(options).await?;
+    let echo = EchoServer::start("127.0.0.1").await?;
+    let c = &browser.client;
+    log_in_with_password(c, "sshd", sshd.user, sshd.password).await?;
+
+    let spec = format!("0:127.0.0.1:{}", echo.addr.port());
+    c.find(Locator::Id("forward-spec"))
+        .await?
+        .send_keys(&spec)
+        .await?;
+    c.find(Locator::Id("add-forward")).await?.click().await?;
+    let row = format!(".forward-row[data-spec='{spec}']");
+    let listen = row_listen_address(c, &row).await?;
+    let mut client = tokio::net::TcpStream::connect(&listen).await?;
+    let mut buf = [0u8; 8];
+    let ended = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf)).await?;
+    assert!(matches!(ended, Ok(0) | Err(_)), "closed at once: {ended:?}");
+    let why = wait_for("the row's error", Duration::from_secs(10), || async {
+        c.find(Locator::Css(&format!("{row} .last-error")))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    })
+    .await?;
+    assert!(
+        why.contains("the SSH server does not allow forwarding to that destination"),
+        "{why}"
+    );
+
+    // With the check box ticked, adding the forward itself fails with the same words.
+    c.find(Locator::Id("forward-check")).await?.click().await?;
+    let other = format!("0:127.0.0.1:{}", echo.addr.port() ^ 1);
+    let input = c.find(Locator::Id("forward-spec")).await?;
+    input.clear().await?;
+    input.send_keys(&other).await?;
+    c.find(Locator::Id("add-forward")).await?.click().await?;
+    let error = c.find(Locator::Id("forward-error")).await?;
+    let shown = wait_for("the form's error", Duration::from_secs(10), || async {
+        let text = error.text().await.ok()?;
+        text.contains("does not allow forwarding").then_some(text)
+    })
+    .await?;
+    assert!(shown.contains("refused the channel"), "{shown}");
     browser.stop().await;
     Ok(())
 }

@@ -709,7 +709,7 @@ async function addForward(spec) {
   }
   let fwd;
   try {
-    fwd = await s.forward(spec);
+    fwd = await s.forward(spec, { check: document.getElementById("forward-check").checked });
   } catch (err) {
     showError(el.forwardError, messageOf(err));
     return false;

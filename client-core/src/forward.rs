@@ -349,7 +349,7 @@ fn split_peer(peer: &str) -> (String, u32) {
     }
 }
 
-fn describe_open_failure(err: &russh::Error) -> String {
+pub(crate) fn describe_open_failure(err: &russh::Error) -> String {
     use russh::ChannelOpenFailure as F;
     match err {
         russh::Error::ChannelOpenFailure(F::AdministrativelyProhibited) => {

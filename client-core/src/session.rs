@@ -37,6 +37,15 @@ pub struct ConnectOptions {
     pub host_key: HostKeyPolicy,
 }
 
+/// Options of one forward.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOptions {
+    /// Open one test channel to the destination before listening, and fail the forward
+    /// if the SSH server refuses it or cannot connect (like ssh's ExitOnForwardFailure,
+    /// for the destination). The destination sees one connection open and close.
+    pub check_destination: bool,
+}
+
 /// A live session. Cheap to clone; the session ends when `close` is called or the
 /// relay or SSH server goes away.
 #[derive(Clone)]
@@ -253,7 +262,19 @@ impl Session {
     /// Opens a local forward like `ssh -L spec`: the relay listens, and each TCP client
     /// that connects is carried through a direct-tcpip channel to the destination.
     pub async fn forward(&self, spec: &str) -> Result<Forward, ClientError> {
+        self.forward_with(spec, ForwardOptions::default()).await
+    }
+
+    /// [`Session::forward`] with options.
+    pub async fn forward_with(
+        &self,
+        spec: &str,
+        options: ForwardOptions,
+    ) -> Result<Forward, ClientError> {
         let spec = Arc::new(parse_forward(spec)?);
+        if options.check_destination {
+            self.check_destination(&spec).await?;
+        }
         let (reply, answer) = oneshot::channel();
         let id = {
             let mut state = self.shared().state.lock().expect("state lock");
@@ -287,6 +308,30 @@ impl Session {
             .map(|f| f.stats.clone());
         let stats = stats.ok_or_else(|| self.shared().closed_error())?;
         Ok(Forward::new(self.owner.clone(), id, spec, address, stats))
+    }
+
+    /// Opens and closes one channel to the spec's destination, so a destination the
+    /// SSH server refuses or cannot reach fails the forward now, not its first client.
+    async fn check_destination(&self, spec: &ForwardSpec) -> Result<(), ClientError> {
+        let ssh = self
+            .shared()
+            .ssh
+            .get()
+            .ok_or_else(|| self.shared().closed_error())?;
+        let channel = ssh
+            .channel_open_direct_tcpip(
+                spec.host.as_str(),
+                u32::from(spec.host_port),
+                "127.0.0.1",
+                0,
+            )
+            .await
+            .map_err(|err| ClientError::ChannelRefused {
+                destination: format!("{}:{}", spec.host, spec.host_port),
+                reason: crate::forward::describe_open_failure(&err),
+            })?;
+        let _ = channel.close().await;
+        Ok(())
     }
 
     /// Why the session ended, once it has; `None` while it is live.

@@ -196,9 +196,22 @@ impl Session {
         self.inner.host_key().algorithm.clone()
     }
 
-    /// Opens a forward in `ssh -L` syntax: `[bind:]port:host:hostport`.
-    pub async fn forward(&self, spec: String) -> Result<Forward, JsValue> {
-        let inner = self.inner.forward(&spec).await.map_err(to_js)?;
+    /// Opens a forward in `ssh -L` syntax: `[bind:]port:host:hostport`. Options:
+    /// `{ check: true }` first opens one test channel to the destination and fails
+    /// the forward at once if the SSH server refuses it or cannot connect.
+    pub async fn forward(&self, spec: String, options: Option<Object>) -> Result<Forward, JsValue> {
+        let check = match &options {
+            Some(options) => Reflect::get(options, &"check".into())?.is_truthy(),
+            None => false,
+        };
+        let options = tabtunnel_client::ForwardOptions {
+            check_destination: check,
+        };
+        let inner = self
+            .inner
+            .forward_with(&spec, options)
+            .await
+            .map_err(to_js)?;
         Ok(Forward { inner, spec })
     }
 

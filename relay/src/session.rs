@@ -194,6 +194,8 @@ struct Session {
 struct ForwardEntry {
     listener: AbortHandle,
     conns: HashSet<u32>,
+    /// Where it listens, to name a clash with the session's own forwards.
+    address: Option<SocketAddr>,
 }
 
 impl Session {
@@ -430,12 +432,29 @@ impl Session {
                 })
                 .await;
         }
+        if port != 0
+            && let Ok(ip) = listen::parse_bind_address(bind)
+            && let Some(taken) = self.forwards.values().filter_map(|f| f.address).find(|a| {
+                a.port() == port && (a.ip() == ip || a.ip().is_unspecified() || ip.is_unspecified())
+            })
+        {
+            let message = format!(
+                "this session already forwards {taken}; remove that forward first, or pick another port (0 for any free one)"
+            );
+            return self
+                .send(Frame::ListenFailed {
+                    forward,
+                    code: ErrorCode::DuplicateForward,
+                    message,
+                })
+                .await;
+        }
         match listen::bind(&self.config, bind, port).await {
             Ok(listener) => {
-                let address = listener
-                    .local_addr()
+                let bound = listener.local_addr().ok();
+                let address = bound
                     .map(|a| a.to_string())
-                    .unwrap_or_else(|_| format!("{bind}:{port}"));
+                    .unwrap_or_else(|| format!("{bind}:{port}"));
                 info!(forward, %address, "listening");
                 let events = self.events_tx.clone();
                 let listener = self
@@ -446,6 +465,7 @@ impl Session {
                     ForwardEntry {
                         listener,
                         conns: HashSet::new(),
+                        address: bound,
                     },
                 );
                 self.send(Frame::Listening { forward, address }).await
