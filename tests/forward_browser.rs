@@ -147,11 +147,15 @@ async fn password_login_with_host_key_callback_and_clear_errors() -> Result<()> 
         b"through the tab"
     );
 
+    // A port in the relay's range that another process holds.
+    let taken = tabtunnel_e2e::relay::occupy_forward_port()?;
+    let taken_port = taken.local_addr()?.port();
+
     // Failures reject with an Error whose message says what to do.
     let refusals = browser
         .run_js(
             r#"
-            const [user, password] = args;
+            const [user, password, takenPort] = args;
             const out = {};
             const attempt = async (name, f) => { try { await f(); out[name] = "no error"; } catch (e) { out[name] = [e.code, e.message]; } };
             await attempt("wrongPassword", () => m.connect({ target: "sshd", username: user, password: "nope", onHostKey: () => true }));
@@ -160,11 +164,12 @@ async fn password_login_with_host_key_callback_and_clear_errors() -> Result<()> 
             const session = await m.connect({ target: "sshd", username: user, password, onHostKey: () => true });
             await attempt("outOfRange", () => session.forward("8080:127.0.0.1:22"));
             await attempt("badSpec", () => session.forward("8080:nohostport"));
+            await attempt("inUse", () => session.forward(takenPort + ":127.0.0.1:22"));
             const first = await session.forward("0:127.0.0.1:22");
-            await attempt("inUse", () => session.forward(first.listen.split(":")[1] + ":127.0.0.1:22"));
+            await attempt("sameSession", () => session.forward(first.listen.split(":")[1] + ":127.0.0.1:22"));
             return out;
             "#,
-            vec![json!(sshd.user), json!(sshd.password)],
+            vec![json!(sshd.user), json!(sshd.password), json!(taken_port)],
         )
         .await?;
     let check = |name: &str, code: &str, words: &str| {
@@ -193,7 +198,12 @@ async fn password_login_with_host_key_callback_and_clear_errors() -> Result<()> 
         "outside this relay's forward range",
     );
     check("badSpec", "bad-spec", "[bind_address:]port:host:hostport");
-    check("inUse", "port-in-use", "already in use");
+    check("inUse", "port-in-use", "already in use on the relay host");
+    check(
+        "sameSession",
+        "duplicate-forward",
+        "this session already forwards",
+    );
     browser.stop().await;
     Ok(())
 }

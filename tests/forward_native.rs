@@ -224,11 +224,9 @@ async fn relay_refusals_reach_the_client_with_clear_messages() -> Result<()> {
     // Privileged.
     let err = s.session.forward("80:127.0.0.1:22").await.unwrap_err();
     assert!(err.to_string().contains("CAP_NET_BIND_SERVICE"), "{err}");
-    // In use.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let _ = taken;
-    let first = s.session.forward("0:127.0.0.1:22").await?;
-    let port = first.listen().rsplit_once(':').unwrap().1.to_owned();
+    // In use by another process on the relay host.
+    let taken = tabtunnel_e2e::relay::occupy_forward_port()?;
+    let port = taken.local_addr()?.port();
     let err = s
         .session
         .forward(&format!("{port}:127.0.0.1:22"))

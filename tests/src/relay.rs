@@ -12,6 +12,15 @@ use tokio::task::JoinHandle;
 /// connections of other tests never hold them.
 pub const TEST_FORWARD_PORTS: std::ops::RangeInclusive<u16> = 20000..=29999;
 
+/// Holds a port inside [`TEST_FORWARD_PORTS`], as another process on the relay host
+/// would; the port stays taken while the listener lives.
+pub fn occupy_forward_port() -> Result<std::net::TcpListener> {
+    TEST_FORWARD_PORTS
+        .clone()
+        .find_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .ok_or_else(|| anyhow::anyhow!("no free port in {TEST_FORWARD_PORTS:?}"))
+}
+
 #[derive(Debug)]
 pub struct Relay {
     pub addr: SocketAddr,
