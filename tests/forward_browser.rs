@@ -8,46 +8,15 @@ use anyhow::{Context, Result};
 use fantoccini::Locator;
 use serde_json::json;
 use tabtunnel_e2e::browser::Browser;
+use tabtunnel_e2e::page::{
+    ONE_BROWSER, log_in_with_password, page, page_with, require_bundle, row_listen_address,
+};
 use tabtunnel_e2e::relay::{Relay, web_dir};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
-use tabtunnel_e2e::sshd::{Sshd, SshdOptions};
+use tabtunnel_e2e::sshd::SshdOptions;
 use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for, wait_until_port_free};
 use tabtunnel_relay::demo::{DemoOptions, DemoServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-
-/// One browser at a time: they share two cores, and the throughput figure means more
-/// when nothing else runs.
-static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn require_bundle() -> Result<()> {
-    let bundle = web_dir().join("pkg/client_wasm.js");
-    anyhow::ensure!(
-        bundle.exists(),
-        "{} is missing: build it with `cargo xtask wasm`",
-        bundle.display()
-    );
-    Ok(())
-}
-
-/// The browser's turn, a real sshd, the relay with target "sshd", and the relay's page
-/// loaded in Chromium. Keep the relay and the guard alive for the whole test.
-async fn page() -> Result<(Browser, Sshd, Relay, tokio::sync::MutexGuard<'static, ()>)> {
-    page_with(SshdOptions::default()).await
-}
-
-/// [`page`] with sshd configured for the test's case.
-async fn page_with(
-    options: SshdOptions,
-) -> Result<(Browser, Sshd, Relay, tokio::sync::MutexGuard<'static, ()>)> {
-    let one = ONE_BROWSER.lock().await;
-    init_logging();
-    require_bundle()?;
-    let sshd = Sshd::start_with(options).await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
-    let browser = Browser::start().await?;
-    browser.client.goto(&relay.http_url()).await?;
-    Ok((browser, sshd, relay, one))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_login_and_16_mib_each_way_through_the_page() -> Result<()> {
@@ -465,54 +434,6 @@ async fn keyboard_interactive_questions_are_asked_in_the_page() -> Result<()> {
     Ok(())
 }
 
-/// Logs in through the form with the password, accepting the host key when asked.
-async fn log_in_with_password(
-    c: &fantoccini::Client,
-    target: &str,
-    user: &str,
-    password: &str,
-) -> Result<()> {
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(&format!("#target option[value='{target}']")))
-        .await?
-        .click()
-        .await?;
-    c.find(Locator::Id("username"))
-        .await?
-        .send_keys(user)
-        .await?;
-    c.find(Locator::Id("password"))
-        .await?
-        .send_keys(password)
-        .await?;
-    c.find(Locator::Id("connect")).await?.click().await?;
-    c.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css(
-            "#hostkey-dialog:not([hidden]) #hostkey-accept",
-        ))
-        .await?
-        .click()
-        .await?;
-    let status = c.find(Locator::Id("status")).await?;
-    wait_for(
-        "the status to say connected",
-        Duration::from_secs(30),
-        || async {
-            status
-                .text()
-                .await
-                .ok()?
-                .to_lowercase()
-                .contains("connected as")
-                .then_some(())
-        },
-    )
-    .await?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_forbids_forwarding_is_named_in_the_page() -> Result<()> {
     let options = SshdOptions {
@@ -565,22 +486,6 @@ async fn a_server_that_forbids_forwarding_is_named_in_the_page() -> Result<()> {
     assert!(shown.contains("refused the channel"), "{shown}");
     browser.stop().await;
     Ok(())
-}
-
-/// Waits for the forward row matching `row` (a CSS selector) to show its listen address.
-async fn row_listen_address(c: &fantoccini::Client, row: &str) -> Result<String> {
-    let selector = format!("{row} .listen");
-    wait_for("the forward's row", Duration::from_secs(30), || async {
-        let text = c
-            .find(Locator::Css(&selector))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.starts_with("127.0.0.1:").then_some(text)
-    })
-    .await
 }
 
 /// The relay binary, as `cargo test --workspace` builds it next to this test.

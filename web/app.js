@@ -167,8 +167,10 @@ function authMethod() {
 // Known hosts (localStorage)
 // ---------------------------------------------------------------------------
 
-function knownHostId(target) {
-  return `${relayOrigin()}|${target}`;
+// Like OpenSSH's known_hosts: one key per relay, target and key type. A server that
+// offers another type is a new key to confirm, not a changed one.
+function knownHostId(target, algorithm) {
+  return `${relayOrigin()}|${target}|${algorithm}`;
 }
 
 function loadKnownHosts() {
@@ -191,20 +193,20 @@ function saveKnownHosts(obj) {
   }
 }
 
-function getKnownHost(target) {
-  const entry = loadKnownHosts()[knownHostId(target)];
+function getKnownHost(target, algorithm) {
+  const entry = loadKnownHosts()[knownHostId(target, algorithm)];
   return entry && typeof entry.fingerprint === "string" ? entry : null;
 }
 
 function rememberHost(target, fingerprint, algorithm) {
   const all = loadKnownHosts();
-  all[knownHostId(target)] = { fingerprint, algorithm, added: new Date().toISOString() };
+  all[knownHostId(target, algorithm)] = { fingerprint, algorithm, added: new Date().toISOString() };
   return saveKnownHosts(all);
 }
 
-function forgetHost(target) {
+function forgetHost(target, algorithm) {
   const all = loadKnownHosts();
-  delete all[knownHostId(target)];
+  delete all[knownHostId(target, algorithm)];
   saveKnownHosts(all);
 }
 
@@ -389,6 +391,7 @@ function showMismatch(target, known, offered) {
   el.mismatchOldAlg.textContent = known.algorithm ? ` (${known.algorithm})` : "";
   el.mismatchNewAlg.textContent = offered.algorithm ? ` (${offered.algorithm})` : "";
   el.mismatch.dataset.target = target;
+  el.mismatch.dataset.algorithm = known.algorithm || "";
   el.mismatch.hidden = false;
   el.mismatch.scrollIntoView({ block: "nearest" });
 }
@@ -396,12 +399,13 @@ function showMismatch(target, known, offered) {
 function hideMismatch() {
   el.mismatch.hidden = true;
   delete el.mismatch.dataset.target;
+  delete el.mismatch.dataset.algorithm;
 }
 
 el.hostkeyForget.addEventListener("click", () => {
   const target = el.mismatch.dataset.target;
   if (!target) return;
-  forgetHost(target);
+  forgetHost(target, el.mismatch.dataset.algorithm || "");
   hideMismatch();
   showError(el.sessionError, "");
   setStatus(`disconnected (old host key for ${target} forgotten; connect again to check the new key)`, "disconnected");
@@ -465,7 +469,7 @@ async function connect() {
     a.asked = true;
     a.hostKey = { fingerprint, algorithm };
     if (a.cancelled) return false;
-    const known = getKnownHost(target);
+    const known = getKnownHost(target, algorithm);
     if (known) {
       if (known.fingerprint === fingerprint) return true;
       a.mismatch = { known, offered: { fingerprint, algorithm } };
@@ -529,12 +533,13 @@ async function connect() {
   // Belt and braces: if the module never asked us about the key, check it now.
   const fp = s.hostKeyFingerprint ? String(s.hostKeyFingerprint) : (a.hostKey?.fingerprint ?? "");
   if (!a.asked && fp) {
-    const known = getKnownHost(target);
+    const algorithm = s.hostKeyAlgorithm ? String(s.hostKeyAlgorithm) : "";
+    const known = getKnownHost(target, algorithm);
     if (known && known.fingerprint !== fp) {
       attempt = null;
       state = "disconnected";
       s.close().catch(() => {});
-      showMismatch(target, known, { fingerprint: fp, algorithm: "" });
+      showMismatch(target, known, { fingerprint: fp, algorithm });
       showError(el.sessionError, `Not connected: the host key of ${target} has changed (see the warning below).`);
       setStatus("disconnected (host key mismatch)", "error");
       updateControls();

@@ -4,6 +4,7 @@
 //! stopped on drop.
 
 pub mod browser;
+pub mod page;
 pub mod relay;
 pub mod services;
 pub mod sshd;

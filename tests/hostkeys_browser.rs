@@ -1,0 +1,226 @@
+//! Host keys in the page, as OpenSSH users expect them: asked on first use and
+//! remembered per relay, target and key type; a changed key blocked with both
+//! fingerprints until the user forgets the old one; operator pins asking nothing.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use fantoccini::{Client, Locator};
+use serde_json::json;
+use tabtunnel_e2e::browser::Browser;
+use tabtunnel_e2e::page::{ONE_BROWSER, log_in_with_password, page, require_bundle};
+use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
+use tabtunnel_e2e::sshd::Sshd;
+use tabtunnel_e2e::{init_logging, wait_for};
+
+async fn status(c: &Client) -> Result<String> {
+    Ok(c.find(Locator::Id("status")).await?.text().await?)
+}
+
+/// Clicks Connect and waits until the page is connected, asserting it never asked.
+async fn connect_without_questions(c: &Client) -> Result<()> {
+    c.find(Locator::Id("connect")).await?.click().await?;
+    wait_for(
+        "the status to say connected",
+        Duration::from_secs(30),
+        || async {
+            status(c)
+                .await
+                .ok()?
+                .to_lowercase()
+                .contains("connected as")
+                .then_some(())
+        },
+    )
+    .await?;
+    let dialog = c.find(Locator::Id("hostkey-dialog")).await?;
+    assert!(
+        dialog.attr("hidden").await?.is_some(),
+        "no host-key question was needed"
+    );
+    Ok(())
+}
+
+async fn disconnect(c: &Client) -> Result<()> {
+    c.find(Locator::Id("connect")).await?.click().await?;
+    wait_for(
+        "the status to say disconnected",
+        Duration::from_secs(30),
+        || async {
+            status(c)
+                .await
+                .ok()?
+                .to_lowercase()
+                .starts_with("disconnected")
+                .then_some(())
+        },
+    )
+    .await
+}
+
+async fn known_hosts(browser: &Browser) -> Result<serde_json::Value> {
+    let raw = browser
+        .run_js(
+            "return localStorage.getItem('tabtunnel.knownHosts');",
+            vec![],
+        )
+        .await?;
+    Ok(serde_json::from_str(raw.as_str().unwrap_or("{}"))?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_use_asks_once_and_is_remembered_per_target_and_key_type() -> Result<()> {
+    let (browser, sshd, relay, _one) = page().await?;
+    let c = &browser.client;
+    log_in_with_password(c, "sshd", sshd.user, sshd.password).await?;
+    let known = known_hosts(&browser).await?;
+    let id = format!("{}|sshd|ssh-ed25519", relay.http_url());
+    assert_eq!(
+        known[&id]["fingerprint"],
+        json!(sshd.host_key_fingerprint),
+        "{known}"
+    );
+    disconnect(c).await?;
+    connect_without_questions(c).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_key_is_blocked_with_both_fingerprints_until_forgotten() -> Result<()> {
+    let (browser, sshd, relay, _one) = page().await?;
+    let c = &browser.client;
+    let old = "SHA256:bm90IHRoZSBrZXkgeW91IGFyZSBsb29raW5nIGZvcg";
+    let id = format!("{}|sshd|ssh-ed25519", relay.http_url());
+    browser
+        .run_js(
+            "localStorage.setItem('tabtunnel.knownHosts', JSON.stringify({ [args[0]]: { fingerprint: args[1], algorithm: 'ssh-ed25519', added: '2026-01-01' } }));",
+            vec![json!(id), json!(old)],
+        )
+        .await?;
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#target option[value='sshd']"))
+        .await?
+        .click()
+        .await?;
+    c.find(Locator::Id("username"))
+        .await?
+        .send_keys(sshd.user)
+        .await?;
+    c.find(Locator::Id("password"))
+        .await?
+        .send_keys(sshd.password)
+        .await?;
+    c.find(Locator::Id("connect")).await?.click().await?;
+    let warning = c
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("#hostkey-mismatch:not([hidden])"))
+        .await?;
+    let text = warning.text().await?;
+    assert!(
+        text.contains(old) && text.contains(&sshd.host_key_fingerprint),
+        "{text}"
+    );
+    assert!(
+        !status(c).await?.to_lowercase().contains("connected as"),
+        "not logged in"
+    );
+
+    // Only an explicit action replaces it: forget, then the next connect asks anew.
+    c.find(Locator::Id("hostkey-forget")).await?.click().await?;
+    assert!(
+        known_hosts(&browser).await?.get(&id).is_none(),
+        "the old key is forgotten"
+    );
+    c.find(Locator::Id("connect")).await?.click().await?;
+    let asked = c
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(
+            "#hostkey-dialog:not([hidden]) #hostkey-fingerprint",
+        ))
+        .await?;
+    assert_eq!(asked.text().await?, sshd.host_key_fingerprint);
+    c.find(Locator::Id("hostkey-accept")).await?.click().await?;
+    wait_for(
+        "the status to say connected",
+        Duration::from_secs(30),
+        || async {
+            status(c)
+                .await
+                .ok()?
+                .to_lowercase()
+                .contains("connected as")
+                .then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_pinned_keys_ask_nothing_and_other_keys_are_refused() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    init_logging();
+    require_bundle()?;
+    let sshd = Sshd::start().await?;
+    let mut config = tabtunnel_relay::Config {
+        forward_ports: TEST_FORWARD_PORTS,
+        web_dir: tabtunnel_e2e::relay::web_dir(),
+        ..Default::default()
+    };
+    config.add_target("sshd", &sshd.address(), "test")?;
+    config.add_target("wrong", &sshd.address(), "test")?;
+    config
+        .targets
+        .get_mut("sshd")
+        .expect("sshd")
+        .pinned_host_keys = vec![sshd.host_key_fingerprint.clone()];
+    config
+        .targets
+        .get_mut("wrong")
+        .expect("wrong")
+        .pinned_host_keys = vec!["SHA256:someoneelse".into()];
+    let relay = Relay::start_with(config).await?;
+    let browser = Browser::start().await?;
+    browser.client.goto(&relay.http_url()).await?;
+    let c = &browser.client;
+
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#target option[value='sshd']"))
+        .await?
+        .click()
+        .await?;
+    c.find(Locator::Id("username"))
+        .await?
+        .send_keys(sshd.user)
+        .await?;
+    c.find(Locator::Id("password"))
+        .await?
+        .send_keys(sshd.password)
+        .await?;
+    connect_without_questions(c).await?;
+    disconnect(c).await?;
+
+    c.find(Locator::Css("#target option[value='wrong']"))
+        .await?
+        .click()
+        .await?;
+    c.find(Locator::Id("connect")).await?.click().await?;
+    let error = c.find(Locator::Id("session-error")).await?;
+    let shown = wait_for(
+        "the pin mismatch to be shown",
+        Duration::from_secs(30),
+        || async {
+            let text = error.text().await.ok()?;
+            text.contains("pinned by the relay's operator")
+                .then_some(text)
+        },
+    )
+    .await?;
+    assert!(shown.contains(&sshd.host_key_fingerprint), "{shown}");
+    browser.stop().await;
+    Ok(())
+}
