@@ -21,6 +21,7 @@ async fn login(
 ) -> Result<Session, ClientError> {
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
     let options = ConnectOptions {
+        keepalive: Some(Default::default()),
         target: "sshd".into(),
         username: sshd.user.into(),
         auth: auth.into(),
@@ -186,6 +187,7 @@ async fn demo_login(
 ) -> Result<Session, ClientError> {
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
     let options = ConnectOptions {
+        keepalive: Some(Default::default()),
         target: "demo".into(),
         username: demo.username.clone(),
         auth: credentials,

@@ -45,6 +45,7 @@ async fn echo_forward(session: &Session) -> Result<(EchoServer, tabtunnel_client
 
 fn options(sshd: &Sshd, auth: Auth) -> ConnectOptions {
     ConnectOptions {
+        keepalive: Some(Default::default()),
         target: "sshd".into(),
         username: sshd.user.into(),
         auth: auth.into(),

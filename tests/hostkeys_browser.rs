@@ -82,6 +82,37 @@ async fn first_use_asks_once_and_is_remembered_per_target_and_key_type() -> Resu
     );
     disconnect(c).await?;
     connect_without_questions(c).await?;
+
+    // Credentials live in the tab's memory only: nothing of them in any storage.
+    let stored = browser
+        .run_js(
+            r#"
+            const dbs = indexedDB.databases ? (await indexedDB.databases()).map((d) => d.name) : [];
+            return JSON.stringify({ local: { ...localStorage }, session: { ...sessionStorage }, cookies: document.cookie, dbs });
+            "#,
+            vec![],
+        )
+        .await?;
+    let stored = stored.as_str().unwrap_or_default();
+    assert!(
+        !stored.contains(sshd.password),
+        "the password is in browser storage: {stored}"
+    );
+    assert!(stored.contains("knownHosts"), "{stored}");
+
+    // Why a session ended is shown: here the SSH server went away.
+    assert!(sshd.kill_sessions()? > 0);
+    let shown = wait_for(
+        "the reason on the page",
+        Duration::from_secs(30),
+        || async {
+            let text = status(c).await.ok()?;
+            text.contains("the SSH server closed the connection")
+                .then_some(text)
+        },
+    )
+    .await?;
+    assert!(shown.to_lowercase().contains("closed"), "{shown}");
     Ok(())
 }
 

@@ -25,6 +25,7 @@ async fn sshd_with(extra: &[&str]) -> Result<Sshd> {
 async fn login(relay: &Relay, sshd: &Sshd) -> Result<Session> {
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
     let options = ConnectOptions {
+        keepalive: Some(Default::default()),
         target: "sshd".into(),
         username: sshd.user.into(),
         auth: Auth::Password(sshd.password.into()).into(),

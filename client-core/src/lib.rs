@@ -22,7 +22,7 @@ pub mod native;
 
 pub use error::ClientError;
 pub use forward::{Forward, StatsSnapshot};
-pub use session::{ConnectOptions, ForwardOptions, Session, connect};
+pub use session::{ConnectOptions, ForwardOptions, Keepalive, Session, connect};
 pub use spec::{ForwardSpec, SshCommand, parse_forward, parse_ssh_command};
 pub use ssh::{
     Auth, Credentials, HostKeyCallback, HostKeyInfo, HostKeyPolicy, PromptCallback, PromptField,

@@ -13,3 +13,17 @@ pub fn spawn<F: Future<Output = ()> + Send + 'static>(task: F) {
 pub fn spawn<F: Future<Output = ()> + 'static>(task: F) {
     wasm_bindgen_futures::spawn_local(task);
 }
+
+/// Waits `duration` on the runtime's timer.
+#[cfg(not(target_arch = "wasm32"))]
+pub async fn sleep(duration: std::time::Duration) {
+    tokio::time::sleep(duration).await;
+}
+
+/// Waits `duration` on the browser's timer (`setTimeout`). Browsers slow timers in
+/// background tabs; callers must not read a late wake-up as an event.
+#[cfg(target_arch = "wasm32")]
+pub async fn sleep(duration: std::time::Duration) {
+    let millis = u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
+    gloo_timers::future::TimeoutFuture::new(millis).await;
+}

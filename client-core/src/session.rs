@@ -35,6 +35,28 @@ pub struct ConnectOptions {
     pub username: String,
     pub auth: Credentials,
     pub host_key: HostKeyPolicy,
+    /// Detects a dead SSH server or relay; `None` turns it off.
+    pub keepalive: Option<Keepalive>,
+}
+
+/// Like ssh's `ServerAliveInterval` and `ServerAliveCountMax`: after `interval` with
+/// nothing from the SSH server, ask it for an answer; after `count_max` such intervals
+/// in a row, end the session. The tab's own timer drives it (russh's timers do not
+/// exist in the browser).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub interval: std::time::Duration,
+    pub count_max: u32,
+}
+
+impl Default for Keepalive {
+    /// 15 s × 3: a dead server or relay is noticed within about 45 s.
+    fn default() -> Self {
+        Self {
+            interval: std::time::Duration::from_secs(15),
+            count_max: 3,
+        }
+    }
 }
 
 /// Options of one forward.
@@ -84,6 +106,12 @@ pub(crate) struct Shared {
     closed: watch::Receiver<Option<String>>,
     /// Tells the writer to close the transport.
     shutdown: Arc<Notify>,
+    /// Ends the demultiplexer with `end_reason` (the transport may never close by
+    /// itself when the relay is gone).
+    ended: Notify,
+    end_reason: Mutex<Option<String>>,
+    /// Ssh frames received so far: the keepalive's sign of life.
+    ssh_frames: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -122,6 +150,13 @@ pub(crate) struct ConnEntry {
 impl Shared {
     pub(crate) async fn send(&self, frame: Frame) -> Result<(), ClientError> {
         self.out.send(frame).await.map_err(|_| self.closed_error())
+    }
+
+    /// Ends the session now with `reason`, whatever the transport does.
+    pub(crate) fn end(&self, reason: String) {
+        *self.end_reason.lock().expect("end lock") = Some(reason);
+        self.ended.notify_one();
+        self.shutdown.notify_one();
     }
 
     pub(crate) fn closed_error(&self) -> ClientError {
@@ -190,6 +225,9 @@ pub async fn connect<T: Transport>(
         ssh: OnceLock::new(),
         closed: closed_rx,
         shutdown,
+        ended: Notify::new(),
+        end_reason: Mutex::new(None),
+        ssh_frames: std::sync::atomic::AtomicU64::new(0),
     });
     // From here on, any early return drops the owner and so closes the transport.
     let owner = Arc::new(Owner {
@@ -219,13 +257,22 @@ pub async fn connect<T: Transport>(
             ));
         }
     };
-    authenticate(&mut handle, &options.username, options.auth)
+    let closed = shared.closed.clone();
+    authenticate(&mut handle, &options.username, options.auth, closed)
         .await
         .map_err(|err| match err {
-            ClientError::Ssh(_) if shared.closed.borrow().is_some() => shared.closed_error(),
+            ClientError::Ssh(_) | ClientError::Closed(_) if shared.closed.borrow().is_some() => {
+                let reason = shared.closed.borrow().clone().unwrap_or_default();
+                ClientError::Closed(format!(
+                    "{reason} during login; SSH servers allow a login limited time and attempts (LoginGraceTime, MaxAuthTries)"
+                ))
+            }
             other => other,
         })?;
     let _ = shared.ssh.set(handle);
+    if let Some(keepalive) = options.keepalive {
+        rt::spawn(keep_alive(Arc::downgrade(&shared), keepalive));
+    }
     Ok(Session { owner, host_key })
 }
 
@@ -454,7 +501,14 @@ async fn demux<S>(
     S: futures::Stream<Item = Result<Bytes, TransportError>> + Unpin,
 {
     let reason = loop {
-        let frame = match next_frame(&mut stream).await {
+        let next = tokio::select! {
+            biased;
+            () = shared.ended.notified() => {
+                break shared.end_reason.lock().expect("end lock").take().unwrap_or_default();
+            }
+            next = next_frame(&mut stream) => next,
+        };
+        let frame = match next {
             Ok(Some(frame)) => frame,
             Ok(None) => break "the relay closed the connection".to_owned(),
             Err(err) => break err.to_string(),
@@ -472,6 +526,44 @@ async fn demux<S>(
     state.conns.clear(); // drops every abort guard
 }
 
+/// The session's `ServerAliveInterval`: ends it when the SSH server has been silent
+/// for `count_max` intervals, despite a keepalive request each time. Holds the session
+/// weakly, so it never keeps an abandoned one alive.
+async fn keep_alive(shared: std::sync::Weak<Shared>, keepalive: Keepalive) {
+    use std::sync::atomic::Ordering;
+    let mut seen = 0;
+    let mut silent = 0;
+    loop {
+        rt::sleep(keepalive.interval).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.closed.borrow().is_some() {
+            return;
+        }
+        let now = shared.ssh_frames.load(Ordering::Relaxed);
+        if now != seen {
+            (seen, silent) = (now, 0);
+            continue;
+        }
+        silent += 1;
+        if silent >= keepalive.count_max {
+            let waited = keepalive.interval * keepalive.count_max;
+            shared.end(format!(
+                "no answer from the SSH server for {} s (ServerAliveInterval {} s × ServerAliveCountMax {}): the server, the relay or the network is gone",
+                waited.as_secs(),
+                keepalive.interval.as_secs(),
+                keepalive.count_max
+            ));
+            return;
+        }
+        if let Some(ssh) = shared.ssh.get() {
+            // want_reply: the server must answer, which is the sign of life we count.
+            let _ = ssh.send_keepalive(true).await;
+        }
+    }
+}
+
 /// Handles one frame without waiting, so no stream can hold up another.
 fn route(
     shared: &Arc<Shared>,
@@ -481,6 +573,9 @@ fn route(
     let mut state = shared.state.lock().expect("state lock");
     match frame {
         Frame::Ssh(data) => {
+            shared
+                .ssh_frames
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = ssh_in.send(data);
         }
         Frame::Listening { forward, address } => {

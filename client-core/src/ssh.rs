@@ -245,6 +245,7 @@ pub(crate) async fn authenticate(
     handle: &mut client::Handle<SshHandler>,
     user: &str,
     credentials: Credentials,
+    closed: tokio::sync::watch::Receiver<Option<String>>,
 ) -> Result<(), ClientError> {
     let Credentials {
         password,
@@ -315,7 +316,7 @@ pub(crate) async fn authenticate(
             Method::Password => {
                 let password = match &password {
                     Some(password) => password.clone(),
-                    None => ask_password(&mut prompt, user).await?,
+                    None => ask_password(&mut prompt, user, closed.clone()).await?,
                 };
                 outcome_of(
                     handle
@@ -325,8 +326,16 @@ pub(crate) async fn authenticate(
                 )
             }
             Method::KeyboardInteractive => {
-                keyboard_interactive(handle, user, &mut prompt, password.as_deref(), &mut note)
-                    .await?
+                let closed = closed.clone();
+                keyboard_interactive(
+                    handle,
+                    user,
+                    &mut prompt,
+                    password.as_deref(),
+                    &mut note,
+                    closed,
+                )
+                .await?
             }
         };
         match outcome {
@@ -347,6 +356,7 @@ pub(crate) async fn authenticate(
 async fn ask_password(
     prompt: &mut Option<PromptCallback>,
     user: &str,
+    closed: tokio::sync::watch::Receiver<Option<String>>,
 ) -> Result<String, ClientError> {
     let ask = prompt.as_mut().ok_or(ClientError::NoCredentials)?;
     let request = PromptRequest {
@@ -357,12 +367,34 @@ async fn ask_password(
             echo: false,
         }],
     };
-    match ask(request).await {
+    match until_closed(ask(request), closed).await? {
         Some(mut answers) if answers.len() == 1 => Ok(answers.remove(0)),
         Some(_) => Err(ClientError::Ssh(
             "onPrompt must give one answer per prompt".into(),
         )),
         None => Err(ClientError::AuthCancelled),
+    }
+}
+
+/// Waits for the user's answer unless the session ends first (the server may close a
+/// login that takes too long), so a forgotten prompt does not hang the login forever.
+async fn until_closed<T>(
+    answer: BoxFuture<'static, T>,
+    mut closed: tokio::sync::watch::Receiver<Option<String>>,
+) -> Result<T, ClientError> {
+    let ended = async {
+        loop {
+            if let Some(reason) = closed.borrow_and_update().clone() {
+                return reason;
+            }
+            if closed.changed().await.is_err() {
+                return "the session ended".to_owned();
+            }
+        }
+    };
+    tokio::select! {
+        answer = answer => Ok(answer),
+        reason = ended => Err(ClientError::Closed(reason)),
     }
 }
 
@@ -386,6 +418,7 @@ async fn keyboard_interactive(
     prompt: &mut Option<PromptCallback>,
     password: Option<&str>,
     note: &mut Option<String>,
+    closed: tokio::sync::watch::Receiver<Option<String>>,
 ) -> Result<Outcome, ClientError> {
     use client::KeyboardInteractiveAuthResponse as R;
     let mut response = handle
@@ -422,13 +455,12 @@ async fn keyboard_interactive(
             Vec::new()
         } else if let Some(ask) = prompt.as_mut() {
             let count = fields.len();
-            match ask(PromptRequest {
+            let request = PromptRequest {
                 name,
                 instructions,
                 prompts: fields,
-            })
-            .await
-            {
+            };
+            match until_closed(ask(request), closed.clone()).await? {
                 Some(answers) if answers.len() == count => answers,
                 Some(answers) => {
                     return Err(ClientError::Ssh(format!(

@@ -45,11 +45,13 @@ pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
     let ask = optional_function(&options, "onHostKey")?.map(host_key_prompt);
     let on_close = optional_function(&options, "onClose")?;
     let url = relay_url(optional_string(&options, "relay")?)?;
+    let keepalive = keepalive_option(&options)?;
 
     let transport = WebSocketTransport::connect(&url)
         .await
         .map_err(|e| error("transport", &e.0))?;
     let options = ConnectOptions {
+        keepalive,
         target,
         username,
         auth,
@@ -94,6 +96,39 @@ fn host_key_prompt(callback: Function) -> HostKeyCallback {
         });
         answer.boxed()
     })
+}
+
+/// `serverAliveInterval` (seconds, 0 turns it off; default 15) and
+/// `serverAliveCountMax` (default 3), as in ssh_config.
+fn keepalive_option(options: &JsValue) -> Result<Option<tabtunnel_client::Keepalive>, JsValue> {
+    let number = |key: &str| -> Result<Option<f64>, JsValue> {
+        let value = Reflect::get(options, &key.into())?;
+        if value.is_undefined() || value.is_null() {
+            return Ok(None);
+        }
+        value
+            .as_f64()
+            .filter(|n| n.is_finite() && *n >= 0.0 && n.fract() == 0.0)
+            .map(Some)
+            .ok_or_else(|| {
+                error(
+                    "bad-options",
+                    &format!("`{key}` must be a whole number of seconds, 0 or more"),
+                )
+            })
+    };
+    let defaults = tabtunnel_client::Keepalive::default();
+    let interval = number("serverAliveInterval")?.map_or(defaults.interval.as_secs_f64(), |n| n);
+    if interval == 0.0 {
+        return Ok(None);
+    }
+    let count_max = number("serverAliveCountMax")?
+        .map_or(f64::from(defaults.count_max), |n| n)
+        .max(1.0);
+    Ok(Some(tabtunnel_client::Keepalive {
+        interval: std::time::Duration::from_secs_f64(interval),
+        count_max: count_max.min(f64::from(u32::MAX)) as u32,
+    }))
 }
 
 /// Asks the page's `onPrompt({ name, instructions, prompts: [{ prompt, echo }] })`, which

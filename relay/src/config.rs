@@ -54,6 +54,9 @@ pub struct Config {
     pub allow_privileged_ports: bool,
     /// Folder served at `/`: the page and its `pkg/` wasm bundle.
     pub web_dir: PathBuf,
+    /// How often the relay pings each tab's WebSocket. A tab silent for three
+    /// intervals (a closed laptop, a lost network) is ended with its listeners.
+    pub ping_interval: std::time::Duration,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             allowed_binds: Vec::new(),
             allow_privileged_ports: false,
             web_dir: PathBuf::from("web"),
+            ping_interval: std::time::Duration::from_secs(20),
         }
     }
 }
@@ -79,6 +83,7 @@ struct FileConfig {
     allowed_binds: Vec<String>,
     allow_privileged_ports: Option<bool>,
     web_dir: Option<PathBuf>,
+    ping_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +145,15 @@ impl Config {
         }
         if let Some(dir) = file.web_dir {
             config.web_dir = dir;
+        }
+        if let Some(secs) = file.ping_interval_secs {
+            if !(1..=3600).contains(&secs) {
+                return Err(invalid(
+                    "ping_interval_secs",
+                    format!("{secs} is not 1-3600 seconds"),
+                ));
+            }
+            config.ping_interval = std::time::Duration::from_secs(secs);
         }
         Ok(config)
     }

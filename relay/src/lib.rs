@@ -20,6 +20,8 @@ use axum::response::Response;
 use axum::routing::get;
 use tabtunnel_proto::MAX_FRAME;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
@@ -31,6 +33,10 @@ pub use config::Config;
 pub struct AppState {
     config: Arc<Config>,
     next_session: Arc<AtomicU64>,
+    /// Cancelled when the relay shuts down: every session tells its tab and ends.
+    shutdown: CancellationToken,
+    /// The sessions, so shutdown can wait for them to say goodbye.
+    sessions: TaskTracker,
 }
 
 impl AppState {
@@ -38,9 +44,14 @@ impl AppState {
         Self {
             config: Arc::new(config),
             next_session: Arc::new(AtomicU64::new(1)),
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
         }
     }
 }
+
+/// How long shutdown waits for sessions to tell their tabs.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The relay's HTTP routes: `/ws` (sessions), `/api/targets`, and the page at `/`.
 pub fn app(state: AppState) -> Router {
@@ -61,12 +72,19 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
+    let (token, sessions) = (state.shutdown.clone(), state.sessions.clone());
+    let result = axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        token.cancel();
+    })
+    .await;
+    sessions.close();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await;
+    result
 }
 
 /// Target names only: never addresses or anything else of the operator's config.
@@ -87,10 +105,13 @@ async fn websocket(
 ) -> Response {
     let id = state.next_session.fetch_add(1, Ordering::Relaxed);
     let config = state.config.clone();
+    let (shutdown, sessions) = (state.shutdown.clone(), state.sessions.clone());
     upgrade
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| session::run(socket, config, peer, id))
+        .on_upgrade(move |socket| {
+            sessions.track_future(session::run(socket, config, peer, id, shutdown))
+        })
 }
 
 #[cfg(test)]

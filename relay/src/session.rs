@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Config;
@@ -40,6 +41,8 @@ pub(crate) enum Outgoing {
     Frame(Frame),
     /// Close the WebSocket with this code and reason; nothing is sent after it.
     Close(u16, String),
+    /// A WebSocket ping: browsers answer it themselves, even in background tabs.
+    Ping,
 }
 
 /// Events from a session's own tasks to its loop.
@@ -81,13 +84,20 @@ impl SessionError {
         match self.code {
             ErrorCode::Protocol | ErrorCode::Version => 1002,
             ErrorCode::UnknownTarget | ErrorCode::Limit => 1008,
+            ErrorCode::ShuttingDown => 1001,
             _ => 1011,
         }
     }
 }
 
 /// Serves one tab's WebSocket until it closes.
-pub async fn run(socket: WebSocket, config: Arc<Config>, peer: SocketAddr, id: u64) {
+pub async fn run(
+    socket: WebSocket,
+    config: Arc<Config>,
+    peer: SocketAddr,
+    id: u64,
+    shutdown: CancellationToken,
+) {
     let span = info_span!("session", id, %peer, target = tracing::field::Empty);
     async move {
         let (ws_tx, ws_rx) = socket.split();
@@ -95,13 +105,13 @@ pub async fn run(socket: WebSocket, config: Arc<Config>, peer: SocketAddr, id: u
         let writer = tokio::spawn(write_loop(ws_tx, out_rx).in_current_span());
         let result = Session::start(ws_rx, out_tx.clone(), config).await;
         let result = match result {
-            Ok(session) => session.serve().await,
+            Ok(session) => session.serve(shutdown).await,
             Err(err) => Err(err),
         };
         let close = match result {
             Ok(reason) => {
                 info!("session ended: {reason}");
-                Outgoing::Close(1000, reason.into())
+                Outgoing::Close(1000, reason)
             }
             Err(err) => {
                 info!(code = err.code.as_str(), "session failed: {}", err.message);
@@ -140,6 +150,11 @@ async fn write_loop(
                         .await
                         .is_err()
                     {
+                        return;
+                    }
+                }
+                Outgoing::Ping => {
+                    if ws.feed(Message::Ping(Bytes::new())).await.is_err() {
                         return;
                     }
                 }
@@ -205,7 +220,8 @@ impl Session {
         out: mpsc::Sender<Outgoing>,
         config: Arc<Config>,
     ) -> Result<Self, SessionError> {
-        let hello = tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut ws_rx))
+        let mut heard = tokio::time::Instant::now();
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut ws_rx, &mut heard))
             .await
             .map_err(|_| {
                 SessionError::protocol("no Hello within 10 s of opening the WebSocket")
@@ -294,16 +310,37 @@ impl Session {
     }
 
     /// The session's loop; returns the reason for an orderly end.
-    async fn serve(mut self) -> Result<&'static str, SessionError> {
+    async fn serve(mut self, shutdown: CancellationToken) -> Result<String, SessionError> {
+        let every = self.config.ping_interval;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                frame = next_frame(&mut self.ws_rx) => match frame? {
+                frame = next_frame(&mut self.ws_rx, &mut last_heard) => match frame? {
                     Some(frame) => self.on_frame(frame).await?,
-                    None => return Ok("the tab closed the WebSocket"),
+                    None => return Ok("the tab closed the WebSocket".into()),
                 },
+                _ = ping.tick() => {
+                    let silent = last_heard.elapsed();
+                    if silent >= every * 3 {
+                        // Its listeners must not outlive a tab that vanished without a FIN.
+                        return Ok(format!(
+                            "the tab stopped answering: nothing for {} s, WebSocket pings included",
+                            silent.as_secs()
+                        ));
+                    }
+                    let _ = self.out.send(Outgoing::Ping).await;
+                }
+                () = shutdown.cancelled() => {
+                    return Err(SessionError::new(
+                        ErrorCode::ShuttingDown,
+                        "the relay is shutting down; connect again when it is back",
+                    ));
+                }
                 Some(event) = self.events_rx.recv() => {
                     if let Some(end) = self.on_event(event).await? {
-                        return Ok(end);
+                        return Ok(end.into());
                     }
                 }
                 // Reap finished tasks so the set does not grow with closed connections.
@@ -551,10 +588,16 @@ fn gone() -> SessionError {
     SessionError::new(ErrorCode::Internal, "the WebSocket writer stopped")
 }
 
-/// The next frame from the tab; `None` when the WebSocket has closed.
-async fn next_frame(ws: &mut SplitStream<WebSocket>) -> Result<Option<Frame>, SessionError> {
+/// The next frame from the tab; `None` when the WebSocket has closed. Any message,
+/// pongs included, counts as hearing from the tab.
+async fn next_frame(
+    ws: &mut SplitStream<WebSocket>,
+    last_heard: &mut tokio::time::Instant,
+) -> Result<Option<Frame>, SessionError> {
     loop {
-        let message = match ws.next().await {
+        let next = ws.next().await;
+        *last_heard = tokio::time::Instant::now();
+        let message = match next {
             None => return Ok(None),
             Some(Err(err)) => {
                 debug!("WebSocket read failed: {err}");

@@ -61,6 +61,16 @@ impl Relay {
         })
     }
 
+    /// Shuts the relay down as SIGTERM does: sessions are told, then it stops.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = &mut self.task;
+        tokio::time::timeout(std::time::Duration::from_secs(15), task).await???;
+        Ok(())
+    }
+
     /// `ws://127.0.0.1:PORT/ws`.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)

@@ -207,11 +207,84 @@ impl Sshd {
     }
 }
 
+impl Sshd {
+    /// Stops (SIGSTOP) sshd's per-connection processes: a server that hangs without
+    /// closing its TCP connections, as a frozen host does.
+    pub fn freeze_sessions(&self) -> Result<usize> {
+        let pids = descendants(self.child.id());
+        for pid in &pids {
+            signal(*pid, "STOP")?;
+        }
+        Ok(pids.len())
+    }
+}
+
+impl Sshd {
+    /// Kills sshd's per-connection processes: the server closes every session.
+    pub fn kill_sessions(&self) -> Result<usize> {
+        let pids = descendants(self.child.id());
+        for pid in &pids {
+            signal(*pid, "KILL")?;
+        }
+        Ok(pids.len())
+    }
+}
+
 impl Drop for Sshd {
     fn drop(&mut self) {
+        // Per-connection processes first: a stopped one would outlive the listener.
+        for pid in descendants(self.child.id()) {
+            let _ = signal(pid, "KILL");
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `kill -SIGNAL pid`.
+pub fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
+    Ok(())
+}
+
+/// Every process below `root`, from /proc.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // The parent pid is the second field after the parenthesised command name.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// Polls until sshd accepts TCP on `port` (true) or exits (false), for at most 10 s.

@@ -43,6 +43,7 @@ async fn main() -> Result<()> {
     // Native client core through the relay.
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
     let options = ConnectOptions {
+        keepalive: Some(Default::default()),
         target: "sshd".into(),
         username: sshd.user.into(),
         auth: Auth::PrivateKey {
