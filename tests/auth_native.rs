@@ -298,3 +298,115 @@ async fn a_single_hidden_prompt_is_answered_with_the_password() -> Result<()> {
     session.close().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn key_errors_name_the_real_problem() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+
+    // Legacy PEM with AES-256-CBC (openssl's choice, not ssh-keygen's): the right
+    // passphrase must work, not be called wrong.
+    sshd.new_client_key("rsa", Some(2048), "PEM", "")?;
+    let plain = sshd.dir().join("key-rsa-2048-PEM-0");
+    let aes256 = sshd.dir().join("key-rsa-aes256.pem");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "rsa",
+            "-traditional",
+            "-aes256",
+            "-passout",
+            "pass:s3cret",
+            "-in",
+        ])
+        .arg(&plain)
+        .arg("-out")
+        .arg(&aes256)
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "openssl rsa -aes256 failed");
+    let pem = std::fs::read_to_string(&aes256)?;
+    assert!(pem.contains("DEK-Info: AES-256-CBC"), "{pem}");
+    let session = login(
+        &relay,
+        &sshd,
+        Auth::PrivateKey {
+            pem: pem.clone(),
+            passphrase: Some("s3cret".into()),
+        },
+    )
+    .await?;
+    session.close().await;
+    let err = login(
+        &relay,
+        &sshd,
+        Auth::PrivateKey {
+            pem,
+            passphrase: Some("nope".into()),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ClientError::WrongPassphrase), "{err:?}");
+
+    // A damaged encrypted OpenSSH key with the right passphrase is damaged, not "wrong".
+    let encrypted = sshd.new_client_key("ed25519", None, "", "right one")?;
+    let mut lines: Vec<&str> = encrypted.lines().collect();
+    let cut = lines.len() / 2;
+    lines.drain(2..cut);
+    let damaged = lines.join("\n");
+    let err = login(
+        &relay,
+        &sshd,
+        Auth::PrivateKey {
+            pem: damaged,
+            passphrase: Some("right one".into()),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ClientError::BadKey(_)), "{err:?}");
+    assert!(err.to_string().contains("paste the whole file"), "{err}");
+    assert_no_connection_left(&sshd).await
+}
+
+#[tokio::test]
+async fn a_given_password_is_never_asked_again_and_a_refused_method_is_named() -> Result<()> {
+    init_logging();
+    // The default demo asks "Password:" through keyboard-interactive first, as PAM does.
+    let demo = DemoServer::start().await?;
+    let relay = Relay::start(&[("demo", &demo.ssh_addr.to_string())]).await?;
+    let (prompt, asked) = answering(Some(vec!["should not be needed"]));
+    let credentials = Credentials {
+        password: Some(demo.password.clone()),
+        prompt: Some(prompt),
+        ..Credentials::default()
+    };
+    let session = demo_login(&relay, &demo, credentials).await?;
+    assert!(
+        asked.try_recv().is_err(),
+        "onPrompt was asked for a password the user had given"
+    );
+    session.close().await;
+
+    let sshd = Sshd::start_with(tabtunnel_e2e::sshd::SshdOptions {
+        extra_config: vec!["AuthenticationMethods publickey,password".into()],
+    })
+    .await?;
+    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let key = Auth::PrivateKey {
+        pem: sshd.client_key.clone(),
+        passphrase: None,
+    };
+    let wrong = Credentials {
+        password: Some("not it".into()),
+        private_key: Some(key),
+        prompt: None,
+    };
+    let message = login(&relay, &sshd, wrong).await.unwrap_err().to_string();
+    assert!(
+        message.contains("the password given was refused; the server accepted publickey but also requires password"),
+        "{message}"
+    );
+    Ok(())
+}

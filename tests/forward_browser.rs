@@ -435,6 +435,51 @@ async fn keyboard_interactive_questions_are_asked_in_the_page() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_the_server_stopped_waiting_for_is_taken_away() -> Result<()> {
+    let options = SshdOptions {
+        extra_config: vec!["LoginGraceTime 2".into()],
+    };
+    let (browser, sshd, _relay, _one) = page_with(options).await?;
+    let c = &browser.client;
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#target option[value='sshd']"))
+        .await?
+        .click()
+        .await?;
+    c.find(Locator::Id("username"))
+        .await?
+        .send_keys(sshd.user)
+        .await?;
+    c.find(Locator::Id("connect")).await?.click().await?; // no password: it will be asked
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(
+            "#hostkey-dialog:not([hidden]) #hostkey-accept",
+        ))
+        .await?
+        .click()
+        .await?;
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("#prompt-dialog:not([hidden]) #prompt-input-0"))
+        .await?;
+    // Nobody answers; after LoginGraceTime the server hangs up, and the page says so
+    // and takes the question away.
+    let error = c.find(Locator::Id("session-error")).await?;
+    let shown = wait_for("the reason", Duration::from_secs(30), || async {
+        let text = error.text().await.ok()?;
+        text.contains("LoginGraceTime").then_some(text)
+    })
+    .await?;
+    assert!(shown.contains("during login"), "{shown}");
+    let dialog = c.find(Locator::Id("prompt-dialog")).await?;
+    assert!(dialog.attr("hidden").await?.is_some(), "the prompt is gone");
+    browser.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_forbids_forwarding_is_named_in_the_page() -> Result<()> {
     let options = SshdOptions {
         extra_config: vec!["AllowTcpForwarding no".into()],

@@ -255,3 +255,75 @@ async fn operator_pinned_keys_ask_nothing_and_other_keys_are_refused() -> Result
     browser.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_key_type_is_asked_with_a_warning_even_when_pinned() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    init_logging();
+    require_bundle()?;
+    let sshd = Sshd::start().await?;
+    let mut config = tabtunnel_relay::Config {
+        forward_ports: TEST_FORWARD_PORTS,
+        web_dir: tabtunnel_e2e::relay::web_dir(),
+        ..Default::default()
+    };
+    config.add_target("sshd", &sshd.address(), "test")?;
+    config
+        .targets
+        .get_mut("sshd")
+        .expect("sshd")
+        .pinned_host_keys = vec![sshd.host_key_fingerprint.clone()];
+    let relay = Relay::start_with(config).await?;
+    let browser = Browser::start().await?;
+    browser.client.goto(&relay.http_url()).await?;
+    // This browser already trusts an ECDSA key for the target; the server (or a relay
+    // that pins a key of its own) now shows an ed25519 key.
+    let id = format!("{}|sshd|ecdsa-sha2-nistp256", relay.http_url());
+    browser
+        .run_js(
+            "localStorage.setItem('tabtunnel.knownHosts', JSON.stringify({ [args[0]]: { fingerprint: 'SHA256:ecdsakey', algorithm: 'ecdsa-sha2-nistp256', added: '2026-01-01' } }));",
+            vec![json!(id)],
+        )
+        .await?;
+    let c = &browser.client;
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#target option[value='sshd']"))
+        .await?
+        .click()
+        .await?;
+    c.find(Locator::Id("username"))
+        .await?
+        .send_keys(sshd.user)
+        .await?;
+    c.find(Locator::Id("password"))
+        .await?
+        .send_keys(sshd.password)
+        .await?;
+    c.find(Locator::Id("connect")).await?.click().await?;
+    let warning = c
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(
+            "#hostkey-dialog:not([hidden]) #hostkey-other:not([hidden])",
+        ))
+        .await?;
+    let text = warning.text().await?;
+    assert!(
+        text.contains("already knows a ecdsa-sha2-nistp256 key") && text.contains("ssh-ed25519"),
+        "{text}"
+    );
+    c.find(Locator::Id("hostkey-reject")).await?.click().await?;
+    let error = c.find(Locator::Id("session-error")).await?;
+    wait_for("the refusal", Duration::from_secs(30), || async {
+        error
+            .text()
+            .await
+            .ok()?
+            .contains("host key refused")
+            .then_some(())
+    })
+    .await?;
+    browser.stop().await;
+    Ok(())
+}

@@ -74,7 +74,7 @@ async fn a_frozen_ssh_server_is_noticed_by_the_keepalive() -> Result<()> {
     );
     let reason = ended(&session).await?;
     assert!(
-        reason.contains("no answer from the SSH server for 2 s")
+        reason.contains("no answer from the SSH server for 3 s, 2 keepalive(s) included")
             && reason.contains("ServerAliveInterval"),
         "{reason}"
     );

@@ -204,6 +204,14 @@ function rememberHost(target, fingerprint, algorithm) {
   return saveKnownHosts(all);
 }
 
+/// Key types other than `algorithm` this browser knows for the target.
+function knownOtherTypes(target, algorithm) {
+  const prefix = `${relayOrigin()}|${target}|`;
+  return Object.keys(loadKnownHosts())
+    .filter((id) => id.startsWith(prefix) && id !== knownHostId(target, algorithm))
+    .map((id) => id.slice(prefix.length));
+}
+
 function forgetHost(target, algorithm) {
   const all = loadKnownHosts();
   delete all[knownHostId(target, algorithm)];
@@ -287,9 +295,15 @@ function setAuthVisibility() {
 let dialogResolve = null;
 let dialogReturnFocus = null;
 
-function askHostKey(target, fingerprint, algorithm) {
+function askHostKey(target, fingerprint, algorithm, otherTypes = []) {
   // Only one question at a time; a new one refuses the old one.
   if (dialogResolve) closeHostKeyDialog(false);
+  const other = document.getElementById("hostkey-other");
+  other.hidden = otherTypes.length === 0;
+  other.textContent = otherTypes.length === 0 ? "" :
+    `Warning: this browser already knows a ${otherTypes.join(", ")} key for ${target}, and the server now shows ` +
+    `a ${algorithm} key. The server may have been reconfigured, or someone may be intercepting the connection. ` +
+    "Accept only if the server's operator confirms this fingerprint.";
   el.hostkeyTarget.textContent = target;
   el.hostkeyAlgorithm.textContent = algorithm || "Host";
   el.hostkeyFingerprint.textContent = fingerprint;
@@ -475,13 +489,15 @@ async function connect() {
       a.mismatch = { known, offered: { fingerprint, algorithm } };
       return false;
     }
-    if (pinned) {
+    const others = knownOtherTypes(target, algorithm);
+    if (pinned && others.length === 0) {
       // The relay's operator pinned this key and it matched: nothing to ask. A key
-      // remembered earlier still wins above, so a relay cannot swap keys silently.
+      // remembered earlier wins above, and a new key type is asked below, so a relay
+      // cannot swap in a key of its own silently.
       rememberHost(target, fingerprint, algorithm);
       return true;
     }
-    const ok = await askHostKey(target, fingerprint, algorithm);
+    const ok = await askHostKey(target, fingerprint, algorithm, others);
     if (a.cancelled) return false;
     if (!ok) {
       a.rejected = true;
@@ -515,6 +531,9 @@ async function connect() {
   if (error) {
     attempt = null;
     state = "disconnected";
+    // A question the server no longer waits for must not stay on screen.
+    if (promptResolve) closePromptDialog(null);
+    if (dialogResolve) closeHostKeyDialog(false);
     if (a.mismatch) {
       showMismatch(target, a.mismatch.known, a.mismatch.offered);
       showError(el.sessionError, `Not connected: the host key of ${target} has changed (see the warning below).`);

@@ -13,12 +13,14 @@ pub enum ClientError {
     #[error("{message}")]
     Relay { code: ErrorCode, message: String },
     /// `methods`: what the server still accepts; `accepted`: methods that succeeded
-    /// partially (the server wants more); `note`: why a method could not be used.
-    #[error("{}", describe_auth_failure(user, methods, accepted, note))]
+    /// partially (the server wants more); `refused`: methods tried and refused;
+    /// `note`: why a method could not be used.
+    #[error("{}", describe_auth_failure(user, methods, accepted, refused, note))]
     AuthFailed {
         user: String,
         methods: String,
         accepted: String,
+        refused: String,
         note: String,
     },
     #[error("authentication was cancelled: the server's questions were not answered")]
@@ -82,18 +84,26 @@ impl ClientError {
     }
 }
 
-fn describe_auth_failure(user: &str, methods: &str, accepted: &str, note: &str) -> String {
-    let mut text = if accepted.is_empty() {
-        format!("authentication failed for user {user:?}; the server accepts: {methods}")
+fn describe_auth_failure(
+    user: &str,
+    methods: &str,
+    accepted: &str,
+    refused: &str,
+    note: &str,
+) -> String {
+    let mut text = format!("authentication failed for user {user:?}");
+    if !refused.is_empty() {
+        text.push_str(&format!(": the {refused} given was refused"));
+    }
+    if accepted.is_empty() {
+        text.push_str(&format!("; the server accepts: {methods}"));
     } else {
-        format!(
-            "authentication failed for user {user:?}: the server accepted {accepted} but also requires {methods}; give that too"
-        )
-    };
+        text.push_str(&format!(
+            "; the server accepted {accepted} but also requires {methods}"
+        ));
+    }
     if !note.is_empty() {
-        text.push_str(" (");
-        text.push_str(note);
-        text.push(')');
+        text.push_str(&format!(" ({note})"));
     }
     text
 }

@@ -15,32 +15,45 @@ use crate::ClientError;
 /// Decodes `text` (the key file's content) with `passphrase` if the key is encrypted.
 pub(crate) fn decode(text: &str, passphrase: Option<&str>) -> Result<PrivateKey, ClientError> {
     let passphrase = passphrase.filter(|p| !p.is_empty());
+    if text.trim_start().starts_with("PuTTY-User-Key-File-") {
+        // PuTTY's .ppk has no PEM armour; russh reads it.
+        return russh::keys::decode_secret_key(text, passphrase)
+            .map_err(|err| classify(err, "PuTTY key"));
+    }
     let pem = Pem::parse(text)?;
     if pem.encrypted() && passphrase.is_none() {
         return Err(needs_passphrase());
     }
-    if let (Some(pass), Some(dek)) = (passphrase, pem.header("DEK-Info"))
-        && pem.label != "RSA PRIVATE KEY"
-    {
+    if let (Some(pass), Some(dek)) = (passphrase, pem.header("DEK-Info")) {
+        // Legacy PEM encryption, for every key type: russh handles AES-128 for RSA only.
         let plain = decrypt_legacy_pem(&pem, dek, pass)?;
         return russh::keys::decode_secret_key(&plain, None)
-            .map_err(|_| ClientError::WrongPassphrase);
+            .map_err(|err| classify(err, &pem.label));
     }
     match russh::keys::decode_secret_key(text, passphrase) {
         Ok(key) => Ok(key),
-        Err(russh::keys::Error::KeyIsEncrypted) => Err(needs_passphrase()),
-        Err(_) if pem.encrypted() || passphrase.is_some() && pem.label == "OPENSSH PRIVATE KEY" => {
+        // ssh-key reports a failed decryption check of an OpenSSH key this way; PKCS#8
+        // decryption failures come back as PKCS#8 errors.
+        Err(russh::keys::Error::SshKey(russh::keys::ssh_key::Error::Crypto)) => {
             Err(ClientError::WrongPassphrase)
         }
-        Err(russh::keys::Error::UnsupportedKeyType {
+        Err(russh::keys::Error::Pkcs8(_)) if pem.label == "ENCRYPTED PRIVATE KEY" => {
+            Err(ClientError::WrongPassphrase)
+        }
+        Err(err) => Err(classify(err, &pem.label)),
+    }
+}
+
+/// The error for a key that could not be read, once a wrong passphrase is ruled out.
+fn classify(err: russh::keys::Error, label: &str) -> ClientError {
+    match err {
+        russh::keys::Error::KeyIsEncrypted => needs_passphrase(),
+        russh::keys::Error::UnsupportedKeyType {
             key_type_string, ..
-        }) => Err(ClientError::BadKey(format!(
-            "key type {key_type_string} is not supported"
-        ))),
-        Err(err) => Err(ClientError::BadKey(format!(
-            "it could not be read as a {} ({err})",
-            pem.label
-        ))),
+        } => ClientError::BadKey(format!("key type {key_type_string} is not supported")),
+        err => ClientError::BadKey(format!(
+            "the {label} could not be read ({err}); paste the whole file, BEGIN and END lines included"
+        )),
     }
 }
 
@@ -145,6 +158,11 @@ fn decrypt_legacy_pem(pem: &Pem, dek_info: &str, passphrase: &str) -> Result<Str
         _ => return Err(unsupported()),
     }
     .map_err(|_| ClientError::WrongPassphrase)?;
+    // A wrong passphrase can still yield valid padding (1 in 256); the key itself is a
+    // DER SEQUENCE, which garbage almost never starts with.
+    if plain.first() != Some(&0x30) {
+        return Err(ClientError::WrongPassphrase);
+    }
     let mut out = format!("-----BEGIN {}-----\n", pem.label);
     for chunk in Base64::encode_string(&plain).as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(chunk).unwrap_or_default());

@@ -24,6 +24,9 @@ pub async fn sleep(duration: std::time::Duration) {
 /// background tabs; callers must not read a late wake-up as an event.
 #[cfg(target_arch = "wasm32")]
 pub async fn sleep(duration: std::time::Duration) {
-    let millis = u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
+    // setTimeout takes a signed 32-bit delay: clamp, as longer ones would fire at once.
+    let millis = u32::try_from(duration.as_millis())
+        .unwrap_or(u32::MAX)
+        .min(i32::MAX as u32);
     gloo_timers::future::TimeoutFuture::new(millis).await;
 }

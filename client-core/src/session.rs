@@ -40,8 +40,8 @@ pub struct ConnectOptions {
 }
 
 /// Like ssh's `ServerAliveInterval` and `ServerAliveCountMax`: after `interval` with
-/// nothing from the SSH server, ask it for an answer; after `count_max` such intervals
-/// in a row, end the session. The tab's own timer drives it (russh's timers do not
+/// nothing from the SSH server, ask it for an answer; when `count_max` such requests in
+/// a row went unanswered, end the session. The tab's own timer drives it (russh's timers do not
 /// exist in the browser).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
@@ -50,7 +50,7 @@ pub struct Keepalive {
 }
 
 impl Default for Keepalive {
-    /// 15 s × 3: a dead server or relay is noticed within about 45 s.
+    /// 15 s × 3: a dead server or relay is noticed within about a minute.
     fn default() -> Self {
         Self {
             interval: std::time::Duration::from_secs(15),
@@ -236,11 +236,14 @@ pub async fn connect<T: Transport>(
     rt::spawn(demux(stream, shared.clone(), ssh_in_tx, closed_tx));
 
     let HostKeyPolicy { expected, ask, .. } = options.host_key;
-    let handler = SshHandler::new(HostKeyPolicy {
-        pinned,
-        expected,
-        ask,
-    });
+    let handler = SshHandler::new(
+        HostKeyPolicy {
+            pinned,
+            expected,
+            ask,
+        },
+        shared.closed.clone(),
+    );
     let verdict = handler.verdict.clone();
     let mut handle = client::connect_stream(Arc::new(ssh_config()), russh_side, handler)
         .await
@@ -263,9 +266,13 @@ pub async fn connect<T: Transport>(
         .map_err(|err| match err {
             ClientError::Ssh(_) | ClientError::Closed(_) if shared.closed.borrow().is_some() => {
                 let reason = shared.closed.borrow().clone().unwrap_or_default();
-                ClientError::Closed(format!(
-                    "{reason} during login; SSH servers allow a login limited time and attempts (LoginGraceTime, MaxAuthTries)"
-                ))
+                if reason.contains("SSH server closed") {
+                    ClientError::Closed(format!(
+                        "{reason} during login; SSH servers allow a login limited time and attempts (LoginGraceTime, MaxAuthTries)"
+                    ))
+                } else {
+                    ClientError::Closed(reason)
+                }
             }
             other => other,
         })?;
@@ -388,13 +395,22 @@ impl Session {
 
     /// Waits until the session ends and returns why.
     pub async fn closed(&self) -> String {
+        self.closed_signal().await
+    }
+
+    /// Resolves, with the reason, when the session ends. Unlike [`Session::closed`] it
+    /// does not hold the session: an abandoned session still closes when its last
+    /// handle goes, and this then resolves.
+    pub fn closed_signal(&self) -> impl std::future::Future<Output = String> + 'static {
         let mut closed = self.shared().closed.clone();
-        loop {
-            if let Some(reason) = closed.borrow_and_update().clone() {
-                return reason;
-            }
-            if closed.changed().await.is_err() {
-                return "the session ended".into();
+        async move {
+            loop {
+                if let Some(reason) = closed.borrow_and_update().clone() {
+                    return reason;
+                }
+                if closed.changed().await.is_err() {
+                    return "the session ended".into();
+                }
             }
         }
     }
@@ -526,13 +542,14 @@ async fn demux<S>(
     state.conns.clear(); // drops every abort guard
 }
 
-/// The session's `ServerAliveInterval`: ends it when the SSH server has been silent
-/// for `count_max` intervals, despite a keepalive request each time. Holds the session
-/// weakly, so it never keeps an abandoned one alive.
+/// The session's `ServerAliveInterval`: each interval in which the SSH server sent
+/// nothing gets a keepalive request it must answer; when `count_max` requests in a row
+/// went unanswered, the session ends. Holds the session weakly, so it never keeps an
+/// abandoned one alive.
 async fn keep_alive(shared: std::sync::Weak<Shared>, keepalive: Keepalive) {
     use std::sync::atomic::Ordering;
     let mut seen = 0;
-    let mut silent = 0;
+    let mut unanswered = 0;
     loop {
         rt::sleep(keepalive.interval).await;
         let Some(shared) = shared.upgrade() else {
@@ -543,15 +560,14 @@ async fn keep_alive(shared: std::sync::Weak<Shared>, keepalive: Keepalive) {
         }
         let now = shared.ssh_frames.load(Ordering::Relaxed);
         if now != seen {
-            (seen, silent) = (now, 0);
+            (seen, unanswered) = (now, 0);
             continue;
         }
-        silent += 1;
-        if silent >= keepalive.count_max {
-            let waited = keepalive.interval * keepalive.count_max;
+        if unanswered >= keepalive.count_max {
+            let silent = keepalive.interval * (unanswered + 1);
             shared.end(format!(
-                "no answer from the SSH server for {} s (ServerAliveInterval {} s × ServerAliveCountMax {}): the server, the relay or the network is gone",
-                waited.as_secs(),
+                "no answer from the SSH server for {} s, {unanswered} keepalive(s) included (ServerAliveInterval {} s, ServerAliveCountMax {}): the server, the relay or the network is gone",
+                silent.as_secs(),
                 keepalive.interval.as_secs(),
                 keepalive.count_max
             ));
@@ -561,6 +577,7 @@ async fn keep_alive(shared: std::sync::Weak<Shared>, keepalive: Keepalive) {
             // want_reply: the server must answer, which is the sign of life we count.
             let _ = ssh.send_keepalive(true).await;
         }
+        unanswered += 1;
     }
 }
 

@@ -51,13 +51,19 @@ pub(crate) enum HostKeyVerdict {
 /// callback answers through a boxed future that the platform glue builds.
 pub(crate) struct SshHandler {
     policy: HostKeyPolicy,
+    /// The session's end: a host-key question still open then is refused.
+    closed: tokio::sync::watch::Receiver<Option<String>>,
     pub(crate) verdict: Arc<Mutex<Option<HostKeyVerdict>>>,
 }
 
 impl SshHandler {
-    pub(crate) fn new(policy: HostKeyPolicy) -> Self {
+    pub(crate) fn new(
+        policy: HostKeyPolicy,
+        closed: tokio::sync::watch::Receiver<Option<String>>,
+    ) -> Self {
         Self {
             policy,
+            closed,
             verdict: Arc::default(),
         }
     }
@@ -90,7 +96,12 @@ impl SshHandler {
             };
         }
         let answer = match self.policy.ask.take() {
-            Some(ask) => Some(ask(info.clone()).await),
+            // Refused if the session ends while the user still looks at the question.
+            Some(ask) => Some(
+                until_closed(ask(info.clone()), self.closed.clone())
+                    .await
+                    .unwrap_or(false),
+            ),
             None => None,
         };
         match answer {
@@ -287,6 +298,11 @@ pub(crate) async fn authenticate(
             return Err(ClientError::AuthFailed {
                 user: user.to_owned(),
                 methods: offered.map(|o| o.join(", ")).unwrap_or_default(),
+                refused: failed
+                    .iter()
+                    .map(|m: &Method| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 accepted: done
                     .iter()
                     .map(|m: &Method| m.name())
@@ -421,6 +437,7 @@ async fn keyboard_interactive(
     closed: tokio::sync::watch::Receiver<Option<String>>,
 ) -> Result<Outcome, ClientError> {
     use client::KeyboardInteractiveAuthResponse as R;
+    let mut password_unused = password;
     let mut response = handle
         .authenticate_keyboard_interactive_start(user, None)
         .await
@@ -451,8 +468,15 @@ async fn keyboard_interactive(
                 echo: p.echo,
             })
             .collect();
+        let password_fits = matches!(fields.as_slice(), [field] if !field.echo);
         let answers = if fields.is_empty() {
             Vec::new()
+        } else if let (Some(password), true) =
+            (password_unused.take_if(|_| password_fits), password_fits)
+        {
+            // PAM's "Password:": the password the user gave, once per attempt, before
+            // asking anything (a second hidden prompt is another question, e.g. a code).
+            vec![password.to_owned()]
         } else if let Some(ask) = prompt.as_mut() {
             let count = fields.len();
             let request = PromptRequest {
@@ -470,10 +494,6 @@ async fn keyboard_interactive(
                 }
                 None => return Err(ClientError::AuthCancelled),
             }
-        } else if let (Some(password), [field]) = (password, fields.as_slice())
-            && !field.echo
-        {
-            vec![password.to_owned()]
         } else {
             *note = Some(format!(
                 "the server asked {} keyboard-interactive question(s) ({}), and no onPrompt was given to answer them",

@@ -65,9 +65,9 @@ pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
         .await
         .map_err(to_js)?;
     if let Some(on_close) = on_close {
-        let watched = session.clone();
+        let closed = session.closed_signal();
         wasm_bindgen_futures::spawn_local(async move {
-            let reason = watched.closed().await;
+            let reason = closed.await;
             let _ = on_close.call1(&JsValue::NULL, &JsValue::from_str(&reason));
         });
     }
@@ -125,8 +125,10 @@ fn keepalive_option(options: &JsValue) -> Result<Option<tabtunnel_client::Keepal
     let count_max = number("serverAliveCountMax")?
         .map_or(f64::from(defaults.count_max), |n| n)
         .max(1.0);
+    let interval = std::time::Duration::try_from_secs_f64(interval)
+        .map_err(|_| error("bad-options", "`serverAliveInterval` is too large"))?;
     Ok(Some(tabtunnel_client::Keepalive {
-        interval: std::time::Duration::from_secs_f64(interval),
+        interval,
         count_max: count_max.min(f64::from(u32::MAX)) as u32,
     }))
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -32,6 +32,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames queued for the WebSocket writer. Data frames are bounded by credit anyway;
 /// this keeps the rest (Ssh, control) from piling up when the tab is slow.
 const OUT_QUEUE: usize = 64;
+/// How long the last words (Error, Close) may wait for room in the queue.
+const GOODBYE: Duration = Duration::from_secs(2);
 /// Ssh frames queued for the SSH server's socket.
 const SSH_QUEUE: usize = 16;
 
@@ -116,16 +118,16 @@ pub async fn run(
             Err(err) => {
                 info!(code = err.code.as_str(), "session failed: {}", err.message);
                 let close = Outgoing::Close(err.close_code(), err.message.clone());
-                let _ = out_tx
-                    .send(Outgoing::Frame(Frame::Error {
-                        code: err.code,
-                        message: err.message,
-                    }))
-                    .await;
+                let error = Outgoing::Frame(Frame::Error {
+                    code: err.code,
+                    message: err.message,
+                });
+                let _ = tokio::time::timeout(GOODBYE, out_tx.send(error)).await;
                 close
             }
         };
-        let _ = out_tx.send(close).await;
+        // Bounded: the queue may be full of frames for a tab that is gone.
+        let _ = tokio::time::timeout(GOODBYE, out_tx.send(close)).await;
         drop(out_tx);
         // The tab may have gone; do not wait on a dead socket forever.
         let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
@@ -220,8 +222,8 @@ impl Session {
         out: mpsc::Sender<Outgoing>,
         config: Arc<Config>,
     ) -> Result<Self, SessionError> {
-        let mut heard = tokio::time::Instant::now();
-        let hello = tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut ws_rx, &mut heard))
+        let heard = Mutex::new(tokio::time::Instant::now());
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut ws_rx, &heard))
             .await
             .map_err(|_| {
                 SessionError::protocol("no Hello within 10 s of opening the WebSocket")
@@ -311,27 +313,23 @@ impl Session {
 
     /// The session's loop; returns the reason for an orderly end.
     async fn serve(mut self, shutdown: CancellationToken) -> Result<String, SessionError> {
-        let every = self.config.ping_interval;
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_heard = tokio::time::Instant::now();
+        // The silence watchdog runs beside the loop, not in it: the loop can wait on a
+        // full queue to a tab that vanished, and the watchdog must still end it then.
+        let heard = Arc::new(Mutex::new(tokio::time::Instant::now()));
+        let watchdog = watch_silence(heard.clone(), self.out.clone(), self.config.ping_interval);
+        tokio::pin!(watchdog);
         loop {
             tokio::select! {
-                frame = next_frame(&mut self.ws_rx, &mut last_heard) => match frame? {
-                    Some(frame) => self.on_frame(frame).await?,
+                reason = &mut watchdog => return Ok(reason),
+                frame = next_frame(&mut self.ws_rx, &heard) => match frame? {
+                    Some(frame) => {
+                        tokio::select! {
+                            result = self.on_frame(frame) => result?,
+                            reason = &mut watchdog => return Ok(reason),
+                        }
+                    }
                     None => return Ok("the tab closed the WebSocket".into()),
                 },
-                _ = ping.tick() => {
-                    let silent = last_heard.elapsed();
-                    if silent >= every * 3 {
-                        // Its listeners must not outlive a tab that vanished without a FIN.
-                        return Ok(format!(
-                            "the tab stopped answering: nothing for {} s, WebSocket pings included",
-                            silent.as_secs()
-                        ));
-                    }
-                    let _ = self.out.send(Outgoing::Ping).await;
-                }
                 () = shutdown.cancelled() => {
                     return Err(SessionError::new(
                         ErrorCode::ShuttingDown,
@@ -339,7 +337,11 @@ impl Session {
                     ));
                 }
                 Some(event) = self.events_rx.recv() => {
-                    if let Some(end) = self.on_event(event).await? {
+                    let end = tokio::select! {
+                        end = self.on_event(event) => end?,
+                        reason = &mut watchdog => return Ok(reason),
+                    };
+                    if let Some(end) = end {
                         return Ok(end.into());
                     }
                 }
@@ -588,15 +590,38 @@ fn gone() -> SessionError {
     SessionError::new(ErrorCode::Internal, "the WebSocket writer stopped")
 }
 
+/// Pings the tab every `every` and returns when it has been silent for three: a tab
+/// that vanished without a FIN (a closed laptop) must not keep its listeners. Pings
+/// are dropped, not queued, while the queue to the tab is full.
+async fn watch_silence(
+    heard: Arc<Mutex<tokio::time::Instant>>,
+    out: mpsc::Sender<Outgoing>,
+    every: Duration,
+) -> String {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let silent = heard.lock().expect("heard lock").elapsed();
+        if silent >= every * 3 {
+            return format!(
+                "the tab stopped answering: nothing for {:.1} s, WebSocket pings included",
+                silent.as_secs_f64()
+            );
+        }
+        let _ = out.try_send(Outgoing::Ping);
+    }
+}
+
 /// The next frame from the tab; `None` when the WebSocket has closed. Any message,
 /// pongs included, counts as hearing from the tab.
 async fn next_frame(
     ws: &mut SplitStream<WebSocket>,
-    last_heard: &mut tokio::time::Instant,
+    heard: &Mutex<tokio::time::Instant>,
 ) -> Result<Option<Frame>, SessionError> {
     loop {
         let next = ws.next().await;
-        *last_heard = tokio::time::Instant::now();
+        *heard.lock().expect("heard lock") = tokio::time::Instant::now();
         let message = match next {
             None => return Ok(None),
             Some(Err(err)) => {

@@ -17,6 +17,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "chromium-driver",
     "openssh-server",
     "openssh-client",
+    "openssl",
 ];
 
 /// Debian packages the wasm build needs (ring's C code for wasm32 needs clang).
