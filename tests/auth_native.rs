@@ -22,6 +22,7 @@ async fn login(
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
     let options = ConnectOptions {
         keepalive: Some(Default::default()),
+        token: None,
         target: "sshd".into(),
         username: sshd.user.into(),
         auth: auth.into(),
@@ -188,6 +189,7 @@ async fn demo_login(
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
     let options = ConnectOptions {
         keepalive: Some(Default::default()),
+        token: None,
         target: "demo".into(),
         username: demo.username.clone(),
         auth: credentials,

@@ -13,7 +13,7 @@ use tabtunnel_e2e::page::{
 };
 use tabtunnel_e2e::relay::{Relay, web_dir};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
-use tabtunnel_e2e::sshd::SshdOptions;
+use tabtunnel_e2e::sshd::{Sshd, SshdOptions};
 use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for, wait_until_port_free};
 use tabtunnel_relay::demo::{DemoOptions, DemoServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -475,6 +475,46 @@ async fn a_question_the_server_stopped_waiting_for_is_taken_away() -> Result<()>
     assert!(shown.contains("during login"), "{shown}");
     let dialog = c.find(Locator::Id("prompt-dialog")).await?;
     assert!(dialog.attr("hidden").await?.is_some(), "the prompt is gone");
+    browser.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_link_lets_the_page_in_and_keeps_the_token_out_of_the_address() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    init_logging();
+    require_bundle()?;
+    let sshd = Sshd::start().await?;
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "carol carol-0123456789abcdef\n")?;
+    let mut config = tabtunnel_relay::Config {
+        forward_ports: tabtunnel_e2e::relay::TEST_FORWARD_PORTS,
+        web_dir: web_dir(),
+        ..Default::default()
+    };
+    config.add_target("sshd", &sshd.address(), "test")?;
+    config.load_tokens(&tokens)?;
+    let relay = Relay::start_with(config).await?;
+    let browser = Browser::start().await?;
+    browser
+        .client
+        .goto(&format!(
+            "{}/#token=carol-0123456789abcdef",
+            relay.http_url()
+        ))
+        .await?;
+    let c = &browser.client;
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#token-field:not([hidden])"))
+        .await?;
+    let url = c.current_url().await?;
+    assert!(
+        !url.as_str().contains("carol-0123"),
+        "the token left the address bar: {url}"
+    );
+    log_in_with_password(c, "sshd", sshd.user, sshd.password).await?;
     browser.stop().await;
     Ok(())
 }

@@ -46,6 +46,7 @@ async fn echo_forward(session: &Session) -> Result<(EchoServer, tabtunnel_client
 fn options(sshd: &Sshd, auth: Auth) -> ConnectOptions {
     ConnectOptions {
         keepalive: Some(Default::default()),
+        token: None,
         target: "sshd".into(),
         username: sshd.user.into(),
         auth: auth.into(),
@@ -351,6 +352,7 @@ async fn a_malformed_frame_ends_only_that_session() -> Result<()> {
     let hello = tabtunnel_proto::encode_to_bytes(&tabtunnel_proto::Frame::Hello {
         version: 1,
         target: "sshd".into(),
+        token: String::new(),
     });
     rogue.send(Message::Binary(hello)).await?;
     rogue
@@ -485,6 +487,7 @@ impl RogueTab {
         tab.send(tabtunnel_proto::Frame::Hello {
             version: tabtunnel_proto::VERSION,
             target: target.into(),
+            token: String::new(),
         })
         .await?;
         Ok(tab)

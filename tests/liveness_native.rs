@@ -30,6 +30,7 @@ async fn login(
     let transport = NativeTransport::connect(ws_url).await?;
     let options = ConnectOptions {
         keepalive,
+        token: None,
         target: "sshd".into(),
         username: sshd.user.into(),
         auth,
@@ -165,6 +166,7 @@ async fn the_relay_ends_a_tab_that_stops_answering_pings() -> Result<()> {
     let hello = Frame::Hello {
         version: tabtunnel_proto::VERSION,
         target: "sshd".into(),
+        token: String::new(),
     };
     ws.send(Message::Binary(encode_to_bytes(&hello))).await?;
     let listen = Frame::Listen {

@@ -26,6 +26,7 @@ async fn login(relay: &Relay, sshd: &Sshd) -> Result<Session> {
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
     let options = ConnectOptions {
         keepalive: Some(Default::default()),
+        token: None,
         target: "sshd".into(),
         username: sshd.user.into(),
         auth: Auth::Password(sshd.password.into()).into(),

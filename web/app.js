@@ -240,6 +240,7 @@ async function loadTargets() {
     }
     for (const name of names) el.target.append(new Option(name, name));
     targetsLoaded = true;
+    document.getElementById("token-field").hidden = body.token_required !== true;
   } catch (err) {
     el.target.replaceChildren(new Option("(targets unavailable)", ""));
     showError(el.sessionError, `Could not load the list of targets: ${messageOf(err)}`);
@@ -261,7 +262,7 @@ function updateControls() {
   const idle = state === "disconnected";
   // Set each control too, not only the fieldset, so `.disabled` tells the truth.
   el.connectFields.disabled = !idle;
-  for (const c of [el.username, el.authPassword, el.authKey, el.password, el.keyfile, el.privateKey, el.passphrase]) {
+  for (const c of [document.getElementById("token"), el.username, el.authPassword, el.authKey, el.password, el.keyfile, el.privateKey, el.passphrase]) {
     c.disabled = !idle;
   }
   // The target picker stays disabled when there is nothing to pick.
@@ -448,6 +449,8 @@ async function connect() {
   }
 
   let options = { target, username };
+  const token = document.getElementById("token").value.trim();
+  if (token) options.token = token;
   if (authMethod() === "key") {
     const key = el.privateKey.value.trim();
     if (!key) {
@@ -1093,4 +1096,14 @@ el.pasteForm.addEventListener("submit", async (ev) => {
 
 setAuthVisibility();
 updateControls();
+// A link like https://relay/#token=… carries the access token in the fragment, which the
+// browser never sends to any server; take it from the address bar at once.
+{
+  const match = window.location.hash.match(/(?:^#|&)token=([^&]+)/);
+  if (match) {
+    document.getElementById("token").value = decodeURIComponent(match[1]);
+    history.replaceState(null, "", window.location.pathname + window.location.search);
+  }
+}
+
 window.tabtunnelPage.ready = Promise.allSettled([loadTargets(), wasmReady]).then(() => undefined);

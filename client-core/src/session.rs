@@ -37,6 +37,8 @@ pub struct ConnectOptions {
     pub host_key: HostKeyPolicy,
     /// Detects a dead SSH server or relay; `None` turns it off.
     pub keepalive: Option<Keepalive>,
+    /// The relay's access token, when its operator requires one.
+    pub token: Option<String>,
 }
 
 /// Like ssh's `ServerAliveInterval` and `ServerAliveCountMax`: after `interval` with
@@ -179,6 +181,7 @@ pub async fn connect<T: Transport>(
     let hello = Frame::Hello {
         version: VERSION,
         target: options.target.clone(),
+        token: options.token.clone().unwrap_or_default(),
     };
     out_tx
         .send(hello)

@@ -46,12 +46,14 @@ pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
     let on_close = optional_function(&options, "onClose")?;
     let url = relay_url(optional_string(&options, "relay")?)?;
     let keepalive = keepalive_option(&options)?;
+    let token = optional_string(&options, "token")?.filter(|t| !t.is_empty());
 
     let transport = WebSocketTransport::connect(&url)
         .await
         .map_err(|e| error("transport", &e.0))?;
     let options = ConnectOptions {
         keepalive,
+        token,
         target,
         username,
         auth,

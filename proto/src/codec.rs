@@ -66,9 +66,16 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
     out.put_u8(frame.kind());
     out.put_u32(stream);
     match frame {
-        Frame::Hello { version, target } => {
+        Frame::Hello {
+            version,
+            target,
+            token,
+        } => {
             out.put_u16(*version);
-            put_text(out, target);
+            let target = truncate(target);
+            out.put_u16(target.len() as u16);
+            out.put_slice(target.as_bytes());
+            put_text(out, token);
         }
         Frame::Welcome {
             version,
@@ -161,9 +168,12 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
         1 => {
             r.session(stream)?;
             let version = r.u16("version")?;
+            let target_len = usize::from(r.u16("target length")?);
+            let target = r.text(target_len, "target")?;
             Frame::Hello {
                 version,
-                target: r.rest_text("target")?,
+                target,
+                token: r.rest_text("token")?,
             }
         }
         2 => {

@@ -6,8 +6,14 @@ use bytes::Bytes;
 /// does not copy it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    /// First frame of a session: the protocol version and the relay target to reach.
-    Hello { version: u16, target: String },
+    /// First frame of a session: the protocol version, the relay target to reach, and
+    /// the relay access token (empty when the relay needs none). The token travels
+    /// here, not in the URL, so it never reaches proxy or access logs.
+    Hello {
+        version: u16,
+        target: String,
+        token: String,
+    },
     /// The relay reached the target; SSH bytes may flow. Carries the operator's pinned
     /// host-key fingerprints for this target (empty: none pinned).
     Welcome {
@@ -116,6 +122,8 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Anything else; the message says what.
     Internal,
+    /// The relay needs an access token, and none or a wrong one was given.
+    Unauthorized,
     /// A code this build does not know (from a newer peer).
     Unknown(u16),
 }
@@ -135,6 +143,7 @@ impl ErrorCode {
             ErrorCode::Limit => 9,
             ErrorCode::ShuttingDown => 10,
             ErrorCode::Internal => 11,
+            ErrorCode::Unauthorized => 12,
             ErrorCode::Unknown(n) => n,
         }
     }
@@ -153,6 +162,7 @@ impl ErrorCode {
             9 => ErrorCode::Limit,
             10 => ErrorCode::ShuttingDown,
             11 => ErrorCode::Internal,
+            12 => ErrorCode::Unauthorized,
             n => ErrorCode::Unknown(n),
         }
     }
@@ -171,6 +181,7 @@ impl ErrorCode {
             ErrorCode::Limit => "limit",
             ErrorCode::ShuttingDown => "shutting-down",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Unknown(_) => "unknown",
         }
     }

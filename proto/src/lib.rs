@@ -9,7 +9,7 @@
 //!
 //! | kind | name          | direction    | stream     | payload                                   |
 //! |------|---------------|--------------|------------|-------------------------------------------|
-//! | 1    | Hello         | tab → relay  | 0          | version u16, target name (UTF-8)          |
+//! | 1    | Hello         | tab → relay  | 0          | version u16, target (u16 len), token      |
 //! | 2    | Welcome       | relay → tab  | 0          | version u16, pinned host-key fingerprints |
 //! | 3    | Error         | relay → tab  | 0          | code u16, message (UTF-8); session ends   |
 //! | 4    | Ssh           | both         | 0          | SSH transport bytes (ciphertext)          |

@@ -8,10 +8,12 @@ fn every_variant() -> Vec<Frame> {
         Frame::Hello {
             version: 1,
             target: "demo".into(),
+            token: String::new(),
         },
         Frame::Hello {
             version: 7,
             target: String::new(),
+            token: "tok-en:ä".into(),
         },
         Frame::Welcome {
             version: 1,
@@ -135,7 +137,7 @@ fn malformed_inputs_get_clear_errors() {
         })
     );
     // Invalid UTF-8 in a target name.
-    let err = decode(Bytes::from_static(&[1, 0, 0, 0, 0, 0, 1, 0xff, 0xfe])).unwrap_err();
+    let err = decode(Bytes::from_static(&[1, 0, 0, 0, 0, 0, 1, 0, 2, 0xff, 0xfe])).unwrap_err();
     assert_eq!(
         err,
         DecodeError::BadUtf8 {
@@ -144,6 +146,21 @@ fn malformed_inputs_get_clear_errors() {
         }
     );
     assert_eq!(err.to_string(), "Hello frame's target is not valid UTF-8");
+    // A target length past the end, and a token that is not UTF-8.
+    assert_eq!(
+        decode(Bytes::from_static(&[1, 0, 0, 0, 0, 0, 1, 0, 9, b'a'])),
+        Err(DecodeError::Truncated {
+            frame: "Hello",
+            field: "target"
+        })
+    );
+    assert_eq!(
+        decode(Bytes::from_static(&[1, 0, 0, 0, 0, 0, 1, 0, 1, b'a', 0xc3])),
+        Err(DecodeError::BadUtf8 {
+            frame: "Hello",
+            field: "token"
+        })
+    );
     // Trailing bytes after a fixed-size frame.
     assert_eq!(
         decode(Bytes::from_static(&[12, 0, 0, 0, 1, 9])),

@@ -57,6 +57,104 @@ pub struct Config {
     /// How often the relay pings each tab's WebSocket. A tab silent for three
     /// intervals (a closed laptop, a lost network) is ended with its listeners.
     pub ping_interval: std::time::Duration,
+    /// Access tokens by name; empty: no token needed.
+    pub tokens: Vec<AccessToken>,
+    /// Check the Origin of WebSocket upgrades (same origin, plus `allowed_origins`).
+    pub check_origin: bool,
+    /// Pages on other origins allowed to open sessions, e.g. `https://lab.example.com`.
+    pub allowed_origins: Vec<String>,
+}
+
+/// One person's access token. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    pub name: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shortest token accepted: guessing one must be hopeless.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl Config {
+    /// Reads a token file: one `NAME TOKEN` per line; `#` starts a comment.
+    pub fn load_tokens(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut tokens: Vec<AccessToken> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
+                continue;
+            }
+            let key = format!("{}:{}", path.display(), i + 1);
+            let mut fields = line.split_whitespace();
+            let (Some(name), Some(secret), None) = (fields.next(), fields.next(), fields.next())
+            else {
+                return Err(invalid(key, "write each line as NAME TOKEN"));
+            };
+            if secret.len() < MIN_TOKEN_LEN {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "the token of {name} is shorter than {MIN_TOKEN_LEN} characters; make one with `openssl rand -hex 16`"
+                    ),
+                ));
+            }
+            if tokens.iter().any(|t| t.name == name) {
+                return Err(invalid(key, format!("{name} has a token already")));
+            }
+            if tokens.iter().any(|t| t.secret == secret) {
+                return Err(invalid(key, "this token is given to someone else already"));
+            }
+            tokens.push(AccessToken {
+                name: name.to_owned(),
+                secret: secret.to_owned(),
+            });
+        }
+        if tokens.is_empty() {
+            return Err(invalid(
+                path.display().to_string(),
+                "the token file has no tokens",
+            ));
+        }
+        self.tokens = tokens;
+        Ok(())
+    }
+
+    /// The name of the token's owner, if `token` is one of the configured tokens.
+    /// Compares in constant time, so timing reveals nothing of the tokens.
+    pub fn token_owner(&self, token: &str) -> Option<&str> {
+        use subtle::ConstantTimeEq;
+        let mut owner = None;
+        for t in &self.tokens {
+            if bool::from(t.secret.as_bytes().ct_eq(token.as_bytes())) {
+                owner = Some(t.name.as_str());
+            }
+        }
+        owner
+    }
+
+    /// Whether a WebSocket upgrade from `origin` (the Origin header) to `host` (the
+    /// Host header) may proceed. Browsers always send Origin; other clients may not,
+    /// and could forge it anyway, so its absence passes.
+    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        !self.check_origin
+            || host.is_some_and(|h| {
+                origin == format!("http://{h}") || origin == format!("https://{h}")
+            })
+            || self.allowed_origins.iter().any(|o| o == origin)
+    }
 }
 
 impl Default for Config {
@@ -68,6 +166,9 @@ impl Default for Config {
             allow_privileged_ports: false,
             web_dir: PathBuf::from("web"),
             ping_interval: std::time::Duration::from_secs(20),
+            tokens: Vec::new(),
+            check_origin: true,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -84,6 +185,10 @@ struct FileConfig {
     allow_privileged_ports: Option<bool>,
     web_dir: Option<PathBuf>,
     ping_interval_secs: Option<u64>,
+    token_file: Option<PathBuf>,
+    check_origin: Option<bool>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +250,25 @@ impl Config {
         }
         if let Some(dir) = file.web_dir {
             config.web_dir = dir;
+        }
+        if let Some(path) = &file.token_file {
+            config.load_tokens(path)?;
+        }
+        if let Some(check) = file.check_origin {
+            config.check_origin = check;
+        }
+        for origin in file.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                return Err(invalid(
+                    "allowed_origins",
+                    format!(
+                        "{origin:?} is not an origin; write it as https://host[:port], without a path"
+                    ),
+                ));
+            }
+            config.allowed_origins.push(origin);
         }
         if let Some(secs) = file.ping_interval_secs {
             if !(1..=3600).contains(&secs) {
@@ -340,6 +464,65 @@ mod tests {
         assert_eq!(config.targets.len(), 2);
         assert_eq!(config.targets["bastion"].address, "10.0.0.5:2222");
         assert_eq!(config.targets["lab"].pinned_host_keys.len(), 1);
+    }
+
+    #[test]
+    fn token_files_are_checked_line_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(
+            &path,
+            "# students\nalice 0123456789abcdef0123\nbob   fedcba9876543210fedc # lab 2\n",
+        )
+        .unwrap();
+        let mut config = Config::default();
+        config.load_tokens(&path).unwrap();
+        assert_eq!(config.token_owner("fedcba9876543210fedc"), Some("bob"));
+        assert_eq!(config.token_owner("fedcba9876543210fedd"), None);
+        assert_eq!(config.token_owner(""), None);
+        assert!(
+            !format!("{:?}", config.tokens).contains("0123456789"),
+            "Debug hides tokens"
+        );
+        for (text, says) in [
+            ("alice short", "shorter than 16"),
+            ("alice", "NAME TOKEN"),
+            (
+                "a 0123456789abcdef0123\na 0123456789abcdef0124",
+                "has a token already",
+            ),
+            (
+                "a 0123456789abcdef0123\nb 0123456789abcdef0123",
+                "someone else",
+            ),
+            ("# nothing", "no tokens"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Config::default()
+                .load_tokens(&path)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn origins_are_same_site_or_listed() {
+        let mut config = Config::default();
+        let host = Some("relay.example.com:8080");
+        assert!(
+            config.origin_allowed(None, host),
+            "non-browser clients send none"
+        );
+        assert!(config.origin_allowed(Some("http://relay.example.com:8080"), host));
+        assert!(config.origin_allowed(Some("https://relay.example.com:8080"), host));
+        assert!(!config.origin_allowed(Some("https://evil.example"), host));
+        config
+            .allowed_origins
+            .push("https://lab.example.com".into());
+        assert!(config.origin_allowed(Some("https://lab.example.com"), host));
+        config.check_origin = false;
+        assert!(config.origin_allowed(Some("https://evil.example"), host));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::Json;
 use axum::Router;
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tabtunnel_proto::MAX_FRAME;
 use tokio::net::TcpListener;
@@ -95,14 +95,30 @@ async fn targets(State(state): State<AppState>) -> Json<serde_json::Value> {
         .keys()
         .map(|name| serde_json::json!({ "name": name }))
         .collect();
-    Json(serde_json::json!({ "targets": targets }))
+    Json(
+        serde_json::json!({ "targets": targets, "token_required": !state.config.tokens.is_empty() }),
+    )
 }
 
 async fn websocket(
     upgrade: WebSocketUpgrade,
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = header(axum::http::header::ORIGIN);
+    if !state
+        .config
+        .origin_allowed(origin, header(axum::http::header::HOST))
+    {
+        tracing::info!(%peer, origin, "WebSocket refused: origin not allowed");
+        let message = format!(
+            "WebSocket from origin {} refused: this relay serves its own page; its operator can allow other pages with allowed_origins",
+            origin.unwrap_or_default()
+        );
+        return (axum::http::StatusCode::FORBIDDEN, message).into_response();
+    }
     let id = state.next_session.fetch_add(1, Ordering::Relaxed);
     let config = state.config.clone();
     let (shutdown, sessions) = (state.shutdown.clone(), state.sessions.clone());
@@ -141,7 +157,10 @@ mod tests {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], br#"{"targets":[{"name":"lab"}]}"#);
+        assert_eq!(
+            &body[..],
+            br#"{"targets":[{"name":"lab"}],"token_required":false}"#
+        );
     }
 
     #[tokio::test]

@@ -35,6 +35,12 @@ struct Args {
     /// Read settings from this TOML file (see relay.example.toml); flags add to it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Require an access token: a file of `NAME TOKEN` lines (see relay.example.toml).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Also accept sessions from pages on this origin, e.g. https://lab.example.com (repeatable).
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origins: Vec<String>,
     /// Folder with the page and its `pkg/` wasm bundle.
     #[arg(long, value_name = "DIR")]
     web_dir: Option<PathBuf>,
@@ -68,6 +74,12 @@ async fn main() -> Result<()> {
             .push(parse_bind(bind).map_err(|r| anyhow::anyhow!("--allow-bind: {r}"))?);
     }
     config.allow_privileged_ports |= args.allow_privileged_ports;
+    if let Some(path) = &args.token_file {
+        config.load_tokens(path)?;
+    }
+    config
+        .allowed_origins
+        .extend(args.allow_origins.iter().cloned());
     if let Some(dir) = args.web_dir {
         config.web_dir = dir;
     }

@@ -85,7 +85,7 @@ impl SessionError {
     fn close_code(&self) -> u16 {
         match self.code {
             ErrorCode::Protocol | ErrorCode::Version => 1002,
-            ErrorCode::UnknownTarget | ErrorCode::Limit => 1008,
+            ErrorCode::UnknownTarget | ErrorCode::Limit | ErrorCode::Unauthorized => 1008,
             ErrorCode::ShuttingDown => 1001,
             _ => 1011,
         }
@@ -100,7 +100,7 @@ pub async fn run(
     id: u64,
     shutdown: CancellationToken,
 ) {
-    let span = info_span!("session", id, %peer, target = tracing::field::Empty);
+    let span = info_span!("session", id, %peer, user = tracing::field::Empty, target = tracing::field::Empty);
     async move {
         let (ws_tx, ws_rx) = socket.split();
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
@@ -233,7 +233,12 @@ impl Session {
                 "the WebSocket closed before the Hello",
             ));
         };
-        let Frame::Hello { version, target } = hello else {
+        let Frame::Hello {
+            version,
+            target,
+            token,
+        } = hello
+        else {
             return Err(SessionError::protocol(format!(
                 "expected Hello first, got {}",
                 hello.name()
@@ -246,6 +251,20 @@ impl Session {
                     "the page speaks protocol version {version}, this relay speaks {VERSION}: reload the page"
                 ),
             ));
+        }
+        if !config.tokens.is_empty() {
+            // Only the owner's name is ever logged, never the token.
+            let Some(owner) = config.token_owner(&token) else {
+                return Err(SessionError::new(
+                    ErrorCode::Unauthorized,
+                    if token.is_empty() {
+                        "this relay needs an access token: open the link your relay's operator gave you, or enter your token"
+                    } else {
+                        "this access token is not valid here: check it with your relay's operator"
+                    },
+                ));
+            };
+            tracing::Span::current().record("user", owner);
         }
         tracing::Span::current().record("target", target.as_str());
         let Some(entry) = config.targets.get(&target) else {

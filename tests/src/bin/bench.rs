@@ -44,6 +44,7 @@ async fn main() -> Result<()> {
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
     let options = ConnectOptions {
         keepalive: Some(Default::default()),
+        token: None,
         target: "sshd".into(),
         username: sshd.user.into(),
         auth: Auth::PrivateKey {

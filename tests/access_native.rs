@@ -1,0 +1,119 @@
+//! Access control of a shared relay: tokens and the Origin check.
+
+use anyhow::Result;
+use tabtunnel_client::native::NativeTransport;
+use tabtunnel_client::{
+    Auth, ClientError, ConnectOptions, ErrorCode, HostKeyPolicy, Session, connect,
+};
+use tabtunnel_e2e::init_logging;
+use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
+use tabtunnel_e2e::sshd::Sshd;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const ALICE: &str = "alice-0123456789abcdef";
+
+async fn relay_with_tokens(sshd: &Sshd, dir: &std::path::Path) -> Result<Relay> {
+    let path = dir.join("tokens");
+    std::fs::write(&path, format!("alice {ALICE}\nbob bob-fedcba9876543210\n"))?;
+    let mut config = tabtunnel_relay::Config {
+        forward_ports: TEST_FORWARD_PORTS,
+        ..Default::default()
+    };
+    config.add_target("sshd", &sshd.address(), "test")?;
+    config.load_tokens(&path)?;
+    Relay::start_with(config).await
+}
+
+async fn login(relay: &Relay, sshd: &Sshd, token: Option<&str>) -> Result<Session, ClientError> {
+    let transport = NativeTransport::connect(&relay.ws_url()).await?;
+    let options = ConnectOptions {
+        keepalive: None,
+        token: token.map(str::to_owned),
+        target: "sshd".into(),
+        username: sshd.user.into(),
+        auth: Auth::Password(sshd.password.into()).into(),
+        host_key: HostKeyPolicy {
+            pinned: vec![],
+            expected: Some(sshd.host_key_fingerprint.clone()),
+            ask: None,
+        },
+    };
+    connect(transport, options).await
+}
+
+#[tokio::test]
+async fn a_relay_with_tokens_admits_only_their_holders() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let dir = tempfile::tempdir()?;
+    let relay = relay_with_tokens(&sshd, dir.path()).await?;
+
+    let err = login(&relay, &sshd, None).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Relay {
+                code: ErrorCode::Unauthorized,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("needs an access token"), "{err}");
+    let err = login(&relay, &sshd, Some("alice-0123456789abcdeX"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not valid here"), "{err}");
+    let session = login(&relay, &sshd, Some(ALICE)).await?;
+    session.close().await;
+    Ok(())
+}
+
+/// Opens a WebSocket to the relay with these request headers; returns the HTTP status
+/// and body of a refusal, or 101 when the upgrade went through.
+async fn upgrade_with(relay: &Relay, origin: &str) -> Result<(u16, String)> {
+    let mut request = relay.ws_url().into_client_request()?;
+    request.headers_mut().insert("Origin", origin.parse()?);
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => Ok((response.status().as_u16(), String::new())),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .clone()
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            Ok((response.status().as_u16(), body.unwrap_or_default()))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+#[tokio::test]
+async fn only_the_relays_own_page_and_listed_origins_may_open_sessions() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let (status, body) = upgrade_with(&relay, "https://evil.example").await?;
+    assert_eq!(status, 403);
+    assert!(
+        body.contains("origin https://evil.example refused") && body.contains("allowed_origins"),
+        "{body}"
+    );
+    let own = format!("http://{}", relay.addr);
+    assert_eq!(upgrade_with(&relay, &own).await?.0, 101);
+
+    let mut config = tabtunnel_relay::Config {
+        forward_ports: TEST_FORWARD_PORTS,
+        ..Default::default()
+    };
+    config.add_target("sshd", &sshd.address(), "test")?;
+    config
+        .allowed_origins
+        .push("https://lab.example.com".into());
+    let listed = Relay::start_with(config).await?;
+    assert_eq!(
+        upgrade_with(&listed, "https://lab.example.com").await?.0,
+        101
+    );
+    assert_eq!(upgrade_with(&listed, "https://evil.example").await?.0, 403);
+    Ok(())
+}
