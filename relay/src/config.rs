@@ -63,6 +63,32 @@ pub struct Config {
     pub check_origin: bool,
     /// Pages on other origins allowed to open sessions, e.g. `https://lab.example.com`.
     pub allowed_origins: Vec<String>,
+    pub limits: Limits,
+}
+
+/// Caps that keep one user (or one script) from taking the relay from everyone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Sessions open at once, in total.
+    pub sessions: usize,
+    /// Sessions open at once from one source IP address.
+    pub sessions_per_ip: usize,
+    /// Forwards (listeners) one session may have.
+    pub forwards_per_session: usize,
+    /// TCP connections open at once through one forward.
+    pub connections_per_forward: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            sessions: 1000,
+            sessions_per_ip: 50,
+            forwards_per_session: 20,
+            connections_per_forward: 200,
+        }
+    }
 }
 
 /// One person's access token. `Debug` never shows the secret.
@@ -169,6 +195,7 @@ impl Default for Config {
             tokens: Vec::new(),
             check_origin: true,
             allowed_origins: Vec::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -189,6 +216,7 @@ struct FileConfig {
     check_origin: Option<bool>,
     #[serde(default)]
     allowed_origins: Vec<String>,
+    limits: Option<Limits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +297,19 @@ impl Config {
                 ));
             }
             config.allowed_origins.push(origin);
+        }
+        if let Some(limits) = file.limits {
+            for (key, value) in [
+                ("sessions", limits.sessions),
+                ("sessions_per_ip", limits.sessions_per_ip),
+                ("forwards_per_session", limits.forwards_per_session),
+                ("connections_per_forward", limits.connections_per_forward),
+            ] {
+                if value == 0 {
+                    return Err(invalid(format!("limits.{key}"), "must be 1 or more"));
+                }
+            }
+            config.limits = limits;
         }
         if let Some(secs) = file.ping_interval_secs {
             if !(1..=3600).contains(&secs) {

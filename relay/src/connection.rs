@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{Instrument, debug, debug_span};
 
+use crate::metrics::{GaugeGuard, Metrics};
 use crate::session::{Event, Outgoing};
 
 /// What the session loop passes to a connection, in wire order.
@@ -38,14 +39,21 @@ pub(crate) struct ConnHandle {
 }
 
 /// Starts the connection's task in the session's set.
+/// Where a connection reports to: the tab's queue, the session loop, the counters.
+#[derive(Debug, Clone)]
+pub(crate) struct Outlets {
+    pub out: mpsc::Sender<Outgoing>,
+    pub events: mpsc::Sender<Event>,
+    pub metrics: Arc<Metrics>,
+}
+
 pub(crate) fn spawn(
     tasks: &mut JoinSet<()>,
     conn: u32,
     forward: u32,
     stream: TcpStream,
     window: RecvWindow,
-    out: mpsc::Sender<Outgoing>,
-    events: mpsc::Sender<Event>,
+    outlets: Outlets,
 ) -> ConnHandle {
     let (to_tcp, input) = mpsc::unbounded_channel();
     let recv_window = Arc::new(Mutex::new(window));
@@ -58,8 +66,7 @@ pub(crate) fn spawn(
             input,
             recv_window.clone(),
             send_credit.clone(),
-            out,
-            events,
+            outlets,
         )
         .instrument(span),
     );
@@ -79,9 +86,14 @@ async fn run(
     mut input: mpsc::UnboundedReceiver<ToTcp>,
     recv_window: Arc<Mutex<RecvWindow>>,
     send_credit: Arc<CreditGate>,
-    out: mpsc::Sender<Outgoing>,
-    events: mpsc::Sender<Event>,
+    outlets: Outlets,
 ) {
+    let Outlets {
+        out,
+        events,
+        metrics,
+    } = outlets;
+    let _active = GaugeGuard::new(&metrics.connections_active);
     let (mut tcp_read, mut tcp_write) = stream.into_split();
     let send = |frame: Frame| out.send(Outgoing::Frame(frame));
 
@@ -97,6 +109,7 @@ async fn run(
                 return Ok::<_, std::io::Error>(());
             }
             send_credit.consume(n);
+            metrics.bytes_up.inc_by(n as u64);
             let data = Bytes::copy_from_slice(&buf[..n]);
             send(Frame::Data { conn, data }).await.map_err(|_| gone())?;
         }
@@ -111,6 +124,7 @@ async fn run(
             match item {
                 ToTcp::Data(data) => {
                     tcp_write.write_all(&data).await?;
+                    metrics.bytes_down.inc_by(data.len() as u64);
                     let grant = recv_window
                         .lock()
                         .expect("window lock")

@@ -6,6 +6,7 @@ pub mod config;
 mod connection;
 pub mod demo;
 pub mod listen;
+pub mod metrics;
 mod session;
 
 use std::future::Future;
@@ -19,6 +20,8 @@ use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tabtunnel_proto::MAX_FRAME;
+
+use crate::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,6 +40,63 @@ pub struct AppState {
     shutdown: CancellationToken,
     /// The sessions, so shutdown can wait for them to say goodbye.
     sessions: TaskTracker,
+    slots: Arc<SessionSlots>,
+    metrics: Arc<Metrics>,
+}
+
+/// Counts open sessions, in total and per source address, against the limits.
+#[derive(Debug, Default)]
+struct SessionSlots {
+    open: std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// One session's place; dropping it frees the place.
+#[derive(Debug)]
+struct SessionSlot {
+    slots: Arc<SessionSlots>,
+    ip: std::net::IpAddr,
+}
+
+impl SessionSlots {
+    fn acquire(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+        limits: &config::Limits,
+    ) -> Result<SessionSlot, String> {
+        let mut open = self.open.lock().expect("slots lock");
+        if open.0 >= limits.sessions {
+            return Err(format!(
+                "this relay serves at most {} sessions at once and is full; try again later",
+                limits.sessions
+            ));
+        }
+        let from_ip = open.1.entry(ip).or_default();
+        if *from_ip >= limits.sessions_per_ip {
+            return Err(format!(
+                "at most {} sessions may come from one address ({ip}); close another tab's session first",
+                limits.sessions_per_ip
+            ));
+        }
+        *from_ip += 1;
+        open.0 += 1;
+        Ok(SessionSlot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().expect("slots lock");
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl AppState {
@@ -46,6 +106,8 @@ impl AppState {
             next_session: Arc::new(AtomicU64::new(1)),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            slots: Arc::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -62,6 +124,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(websocket))
         .route("/api/targets", get(targets))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .fallback_service(static_files)
         .with_state(state)
 }
@@ -85,6 +149,17 @@ pub async fn run(
     sessions.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await;
     result
+}
+
+/// Counts and totals only: no names, addresses or tokens.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
 }
 
 /// Target names only: never addresses or anything else of the operator's config.
@@ -113,6 +188,7 @@ async fn websocket(
         .origin_allowed(origin, header(axum::http::header::HOST))
     {
         tracing::info!(%peer, origin, "WebSocket refused: origin not allowed");
+        state.metrics.refused("origin");
         let message = format!(
             "WebSocket from origin {} refused: this relay serves its own page; its operator can allow other pages with allowed_origins",
             origin.unwrap_or_default()
@@ -122,11 +198,26 @@ async fn websocket(
     let id = state.next_session.fetch_add(1, Ordering::Relaxed);
     let config = state.config.clone();
     let (shutdown, sessions) = (state.shutdown.clone(), state.sessions.clone());
+    let metrics = state.metrics.clone();
+    let slot = match state.slots.acquire(peer.ip(), &state.config.limits) {
+        Ok(slot) => slot,
+        Err(message) => {
+            tracing::info!(%peer, "session refused: {message}");
+            metrics.refused("limit");
+            // Accept, then explain: a browser cannot read an HTTP refusal of a WebSocket.
+            return upgrade.on_upgrade(move |socket| {
+                session::refuse(socket, tabtunnel_proto::ErrorCode::Limit, message)
+            });
+        }
+    };
     upgrade
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
         .on_upgrade(move |socket| {
-            sessions.track_future(session::run(socket, config, peer, id, shutdown))
+            sessions.track_future(async move {
+                let _slot = slot;
+                session::run(socket, config, metrics, peer, id, shutdown).await;
+            })
         })
 }
 

@@ -24,6 +24,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::config::Config;
 use crate::connection::{self, ConnHandle, ToTcp};
 use crate::listen;
+use crate::metrics::{GaugeGuard, Metrics};
 
 /// How long a tab has to send its Hello after the WebSocket opens.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,16 +97,19 @@ impl SessionError {
 pub async fn run(
     socket: WebSocket,
     config: Arc<Config>,
+    metrics: Arc<Metrics>,
     peer: SocketAddr,
     id: u64,
     shutdown: CancellationToken,
 ) {
+    metrics.sessions_total.inc();
+    let _active = GaugeGuard::new(&metrics.sessions_active);
     let span = info_span!("session", id, %peer, user = tracing::field::Empty, target = tracing::field::Empty);
     async move {
         let (ws_tx, ws_rx) = socket.split();
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let writer = tokio::spawn(write_loop(ws_tx, out_rx).in_current_span());
-        let result = Session::start(ws_rx, out_tx.clone(), config).await;
+        let result = Session::start(ws_rx, out_tx.clone(), config, metrics.clone()).await;
         let result = match result {
             Ok(session) => session.serve(shutdown).await,
             Err(err) => Err(err),
@@ -117,6 +121,7 @@ pub async fn run(
             }
             Err(err) => {
                 info!(code = err.code.as_str(), "session failed: {}", err.message);
+                metrics.refused(err.code.as_str());
                 let close = Outgoing::Close(err.close_code(), err.message.clone());
                 let error = Outgoing::Frame(Frame::Error {
                     code: err.code,
@@ -134,6 +139,21 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// Answers a WebSocket the relay will not serve (a limit was reached) with an Error
+/// frame and a close, so the page can show why.
+pub async fn refuse(mut socket: WebSocket, code: ErrorCode, message: String) {
+    let frame = Frame::Error {
+        code,
+        message: message.clone(),
+    };
+    let _ = socket.send(Message::Binary(encode_to_bytes(&frame))).await;
+    let close = CloseFrame {
+        code: 1008,
+        reason: truncate_reason(message).into(),
+    };
+    let _ = socket.send(Message::Close(Some(close))).await;
 }
 
 /// Sends queued frames, batching what is ready into one flush.
@@ -206,6 +226,7 @@ struct Session {
     next_conn: u32,
     /// Every task of the session; dropping the set aborts them all.
     tasks: JoinSet<()>,
+    metrics: Arc<Metrics>,
 }
 
 struct ForwardEntry {
@@ -213,6 +234,7 @@ struct ForwardEntry {
     conns: HashSet<u32>,
     /// Where it listens, to name a clash with the session's own forwards.
     address: Option<SocketAddr>,
+    _active: GaugeGuard,
 }
 
 impl Session {
@@ -221,6 +243,7 @@ impl Session {
         mut ws_rx: SplitStream<WebSocket>,
         out: mpsc::Sender<Outgoing>,
         config: Arc<Config>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, SessionError> {
         let heard = Mutex::new(tokio::time::Instant::now());
         let hello = tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut ws_rx, &heard))
@@ -327,6 +350,7 @@ impl Session {
             conns: HashMap::new(),
             next_conn: 1,
             tasks,
+            metrics,
         })
     }
 
@@ -480,6 +504,20 @@ impl Session {
     }
 
     async fn listen(&mut self, forward: u32, bind: &str, port: u16) -> Result<(), SessionError> {
+        let most = self.config.limits.forwards_per_session;
+        if self.forwards.len() >= most {
+            self.metrics.refused(ErrorCode::Limit.as_str());
+            let message = format!(
+                "a session may have at most {most} forwards on this relay; remove one before adding another"
+            );
+            return self
+                .send(Frame::ListenFailed {
+                    forward,
+                    code: ErrorCode::Limit,
+                    message,
+                })
+                .await;
+        }
         if self.forwards.contains_key(&forward) {
             let message = format!("forward id {forward} is already listening");
             return self
@@ -524,6 +562,7 @@ impl Session {
                         listener,
                         conns: HashSet::new(),
                         address: bound,
+                        _active: GaugeGuard::new(&self.metrics.forwards_active),
                     },
                 );
                 self.send(Frame::Listening { forward, address }).await
@@ -535,6 +574,7 @@ impl Session {
                     "listen refused: {}",
                     refusal.message
                 );
+                self.metrics.refused(refusal.code.as_str());
                 self.send(Frame::ListenFailed {
                     forward,
                     code: refusal.code,
@@ -555,6 +595,13 @@ impl Session {
                 let Some(entry) = self.forwards.get_mut(&forward) else {
                     return Ok(None); // the forward closed while this connection waited
                 };
+                if entry.conns.len() >= self.config.limits.connections_per_forward {
+                    // Dropping the stream closes it: the TCP client sees its connection end.
+                    info!(forward, %peer, "connection refused: the forward has its maximum of connections");
+                    self.metrics.refused(ErrorCode::Limit.as_str());
+                    return Ok(None);
+                }
+                self.metrics.connections_total.inc();
                 let conn = self.next_conn;
                 let Some(next) = self.next_conn.checked_add(1) else {
                     warn!("connection ids exhausted; refusing {peer}");
@@ -581,8 +628,11 @@ impl Session {
                     forward,
                     stream,
                     window,
-                    self.out.clone(),
-                    self.events_tx.clone(),
+                    connection::Outlets {
+                        out: self.out.clone(),
+                        events: self.events_tx.clone(),
+                        metrics: self.metrics.clone(),
+                    },
                 );
                 self.conns.insert(conn, handle);
             }

@@ -1,0 +1,102 @@
+//! What the relay counts, for `/metrics` (Prometheus text format).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why the relay refused something, as the `reason` label of `refusals_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Refusal {
+    pub reason: String,
+}
+
+/// The relay's counters. Cheap to share: every metric is an atomic.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub sessions_active: Gauge,
+    pub sessions_total: Counter,
+    pub forwards_active: Gauge,
+    pub connections_active: Gauge,
+    pub connections_total: Counter,
+    /// Bytes from TCP clients towards their destinations.
+    pub bytes_up: Counter,
+    /// Bytes from destinations to TCP clients.
+    pub bytes_down: Counter,
+    pub refusals: Family<Refusal, Counter>,
+}
+
+impl Metrics {
+    /// Counts a refusal under `reason` (an error code's name, e.g. `limit`).
+    pub fn refused(&self, reason: &str) {
+        self.refusals
+            .get_or_create(&Refusal {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::with_prefix("tabtunnel");
+        registry.register(
+            "sessions_active",
+            "Sessions open now",
+            self.sessions_active.clone(),
+        );
+        registry.register("sessions", "Sessions opened", self.sessions_total.clone());
+        registry.register(
+            "forwards_active",
+            "Forward listeners open now",
+            self.forwards_active.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Forwarded TCP connections open now",
+            self.connections_active.clone(),
+        );
+        registry.register(
+            "connections",
+            "Forwarded TCP connections accepted",
+            self.connections_total.clone(),
+        );
+        registry.register(
+            "bytes_up",
+            "Bytes from TCP clients to destinations",
+            self.bytes_up.clone(),
+        );
+        registry.register(
+            "bytes_down",
+            "Bytes from destinations to TCP clients",
+            self.bytes_down.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Requests refused, by reason",
+            self.refusals.clone(),
+        );
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+}
+
+/// Holds one unit of a gauge: increments on creation, decrements on drop, so a task that
+/// is aborted still gives its unit back.
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
