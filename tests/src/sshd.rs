@@ -220,6 +220,15 @@ impl Sshd {
 }
 
 impl Sshd {
+    /// Kills sshd entirely, listener and sessions, as a crash would.
+    pub fn kill(&mut self) {
+        for pid in descendants(self.child.id()) {
+            let _ = signal(pid, "KILL");
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Kills sshd's per-connection processes: the server closes every session.
     pub fn kill_sessions(&self) -> Result<usize> {
         Ok(descendants(self.child.id())

@@ -1,0 +1,221 @@
+//! Faults a shared relay must survive without losing its head: a crashed sshd, a tab
+//! that vanishes, SIGTERM, and a tab that floods garbage.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::SinkExt;
+use tabtunnel_client::native::NativeTransport;
+use tabtunnel_client::{Auth, ConnectOptions, HostKeyPolicy, Session, connect};
+use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
+use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
+use tabtunnel_e2e::sshd::{Sshd, signal};
+use tabtunnel_e2e::{init_logging, wait_for, wait_until_port_free};
+use tabtunnel_proto::{Frame, encode_to_bytes};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn login(ws_url: &str, sshd: &Sshd) -> Result<Session> {
+    let transport = NativeTransport::connect(ws_url).await?;
+    let options = ConnectOptions {
+        keepalive: None,
+        token: None,
+        target: "sshd".into(),
+        username: sshd.user.into(),
+        auth: Auth::Password(sshd.password.into()).into(),
+        host_key: HostKeyPolicy {
+            pinned: vec![],
+            expected: Some(sshd.host_key_fingerprint.clone()),
+            ask: None,
+        },
+    };
+    Ok(connect(transport, options).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_sshd_ends_the_session_and_frees_its_port() -> Result<()> {
+    init_logging();
+    let mut sshd = Sshd::start().await?;
+    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let session = login(&relay.ws_url(), &sshd).await?;
+    let bulk = BulkServer::start(256 << 20, 3).await?;
+    let fwd = session
+        .forward(&format!("0:127.0.0.1:{}", bulk.addr.port()))
+        .await?;
+    let mut client = tokio::net::TcpStream::connect(fwd.listen()).await?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < 1 << 20 {
+        got += client.read(&mut buf).await?;
+    }
+    sshd.kill(); // mid-transfer
+    let reason = tokio::time::timeout(Duration::from_secs(20), session.closed()).await?;
+    assert!(
+        reason.contains("the SSH server closed the connection"),
+        "{reason}"
+    );
+    // The TCP client's connection ends instead of hanging.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the TCP client was left hanging");
+    wait_until_port_free(fwd.listen()).await
+}
+
+#[tokio::test]
+async fn a_vanished_tab_frees_its_listeners_within_a_second() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(relay.ws_url()).await?;
+    let hello = Frame::Hello {
+        version: tabtunnel_proto::VERSION,
+        target: "sshd".into(),
+        token: String::new(),
+    };
+    ws.send(Message::Binary(encode_to_bytes(&hello))).await?;
+    let mut addresses = Vec::new();
+    for forward in 1..=3 {
+        let listen = Frame::Listen {
+            forward,
+            bind: String::new(),
+            port: 0,
+        };
+        ws.send(Message::Binary(encode_to_bytes(&listen))).await?;
+    }
+    while addresses.len() < 3 {
+        use futures::StreamExt;
+        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await?
+            .context("closed")??;
+        if let Message::Binary(data) = message
+            && let Ok(Frame::Listening { address, .. }) = tabtunnel_proto::decode(data)
+        {
+            addresses.push(address);
+        }
+    }
+    // The tab's connection drops without a WebSocket close (a crashed browser).
+    drop(ws);
+    let dropped = Instant::now();
+    for address in &addresses {
+        wait_for("the listener to close", Duration::from_secs(1), || async {
+            std::net::TcpListener::bind(address).ok().map(drop)
+        })
+        .await?;
+    }
+    eprintln!(
+        "all 3 listeners closed {:?} after the tab vanished",
+        dropped.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flood_of_garbage_ends_only_its_own_session() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let good = login(&relay.ws_url(), &sshd).await?;
+    let echo = EchoServer::start("127.0.0.1").await?;
+    let fwd = good
+        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
+        .await?;
+
+    let (mut rogue, _) = tokio_tungstenite::connect_async(relay.ws_url()).await?;
+    let hello = Frame::Hello {
+        version: tabtunnel_proto::VERSION,
+        target: "sshd".into(),
+        token: String::new(),
+    };
+    rogue.send(Message::Binary(encode_to_bytes(&hello))).await?;
+    let mut noise = 0x9e37_79b9_u32;
+    for _ in 0..2000 {
+        noise = noise.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let len = 1 + (noise % 300) as usize;
+        let frame: Vec<u8> = (0..len).map(|i| (noise >> (i % 24)) as u8).collect();
+        if rogue.feed(Message::Binary(frame.into())).await.is_err() {
+            break; // the relay already hung up on us
+        }
+    }
+    let _ = rogue.flush().await;
+    // The flooder is told why and cut off at its first bad frame.
+    let told = tokio::time::timeout(Duration::from_secs(10), async {
+        use futures::StreamExt;
+        while let Some(Ok(message)) = rogue.next().await {
+            if let Message::Binary(data) = message
+                && let Ok(Frame::Error { code, .. }) = tabtunnel_proto::decode(data)
+            {
+                return Some(code);
+            }
+        }
+        None
+    })
+    .await?;
+    assert_eq!(told, Some(tabtunnel_proto::ErrorCode::Protocol));
+    assert_eq!(exchange(fwd.listen(), b"still fine").await?, b"still fine");
+    assert!(
+        good.closed_reason().is_none(),
+        "the good session is unaffected"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_tells_the_tabs_and_exits_zero() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let exe = std::env::current_exe()?;
+    let relay_bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .context("target folder")?
+        .join("relay");
+    let range = format!(
+        "{}-{}",
+        TEST_FORWARD_PORTS.start(),
+        TEST_FORWARD_PORTS.end()
+    );
+    let mut child = tokio::process::Command::new(relay_bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--forward-ports",
+            &range,
+            "--target",
+        ])
+        .arg(format!("sshd={}", sshd.address()))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix("tabtunnel relay: open http://") {
+                return Ok(rest.split('/').next().unwrap_or_default().to_owned());
+            }
+        }
+        anyhow::bail!("no address")
+    })
+    .await??;
+    let session = login(&format!("ws://{addr}/ws"), &sshd).await?;
+    let echo = EchoServer::start("127.0.0.1").await?;
+    let fwd = session
+        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
+        .await?;
+
+    signal(child.id().context("pid")?, "TERM")?;
+    let reason = tokio::time::timeout(Duration::from_secs(15), session.closed()).await?;
+    assert!(reason.contains("the relay is shutting down"), "{reason}");
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await??;
+    assert!(status.success(), "the relay exited with {status}");
+    wait_until_port_free(fwd.listen()).await
+}
