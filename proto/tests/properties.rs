@@ -1,0 +1,92 @@
+//! Property tests: every frame round-trips; decoding arbitrary bytes never panics and
+//! either fails cleanly or yields a frame that encodes back to the same bytes.
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use tabtunnel_proto::{ErrorCode, Frame, MAX_DATA, decode, encode_to_bytes};
+
+fn text() -> impl Strategy<Value = String> {
+    // Up to 1024 bytes even with 4-byte characters: within MAX_TEXT.
+    proptest::collection::vec(any::<char>(), 0..256).prop_map(|c| c.into_iter().collect())
+}
+
+fn data() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..2048).prop_map(Bytes::from)
+}
+
+fn id() -> impl Strategy<Value = u32> {
+    1..=u32::MAX
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    let code = any::<u16>().prop_map(ErrorCode::from_u16);
+    prop_oneof![
+        (
+            any::<u16>(),
+            text().prop_filter("target fits", |t| t.len() <= 1024),
+            text()
+        )
+            .prop_map(|(version, target, token)| Frame::Hello {
+                version,
+                target,
+                token
+            }),
+        (any::<u16>(), proptest::collection::vec(text(), 0..8)).prop_map(
+            |(version, pinned_host_keys)| Frame::Welcome {
+                version,
+                pinned_host_keys
+            }
+        ),
+        (code.clone(), text()).prop_map(|(code, message)| Frame::Error { code, message }),
+        data().prop_map(Frame::Ssh),
+        (id(), text(), any::<u16>()).prop_map(|(forward, bind, port)| Frame::Listen {
+            forward,
+            bind,
+            port
+        }),
+        (id(), text()).prop_map(|(forward, address)| Frame::Listening { forward, address }),
+        (id(), code, text()).prop_map(|(forward, code, message)| Frame::ListenFailed {
+            forward,
+            code,
+            message
+        }),
+        id().prop_map(|forward| Frame::Unlisten { forward }),
+        (id(), any::<u32>(), text()).prop_map(|(conn, forward, peer)| Frame::Accept {
+            conn,
+            forward,
+            peer
+        }),
+        (id(), data()).prop_map(|(conn, data)| Frame::Data { conn, data }),
+        (id(), any::<u32>()).prop_map(|(conn, bytes)| Frame::Credit { conn, bytes }),
+        id().prop_map(|conn| Frame::Eof { conn }),
+        (id(), text()).prop_map(|(conn, reason)| Frame::Close { conn, reason }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_frame_round_trips(frame in frame()) {
+        let wire = encode_to_bytes(&frame);
+        prop_assert_eq!(decode(wire), Ok(frame));
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..(MAX_DATA / 16))) {
+        if let Ok(frame) = decode(Bytes::from(raw.clone())) {
+            // What decodes must encode back to exactly the same message.
+            prop_assert_eq!(&encode_to_bytes(&frame)[..], &raw[..]);
+        }
+    }
+
+    #[test]
+    fn decoding_mutated_frames_never_panics(frame in frame(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+        let mut raw = encode_to_bytes(&frame).to_vec();
+        for (at, xor) in flips {
+            let at = at % raw.len();
+            raw[at] ^= xor;
+        }
+        let _ = decode(Bytes::from(raw));
+    }
+}
