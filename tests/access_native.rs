@@ -1,13 +1,11 @@
 //! Access control of a shared relay: tokens and the Origin check.
 
 use anyhow::Result;
-use tabtunnel_client::native::NativeTransport;
-use tabtunnel_client::{
-    Auth, ClientError, ConnectOptions, ErrorCode, HostKeyPolicy, Session, connect,
-};
+use tabtunnel_client::{ClientError, ConnectOptions, ErrorCode, Session};
 use tabtunnel_e2e::init_logging;
 use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
 use tabtunnel_e2e::sshd::Sshd;
+use tabtunnel_e2e::{log_in, sshd_login};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const ALICE: &str = "alice-0123456789abcdef";
@@ -25,20 +23,11 @@ async fn relay_with_tokens(sshd: &Sshd, dir: &std::path::Path) -> Result<Relay> 
 }
 
 async fn login(relay: &Relay, sshd: &Sshd, token: Option<&str>) -> Result<Session, ClientError> {
-    let transport = NativeTransport::connect(&relay.ws_url()).await?;
     let options = ConnectOptions {
-        keepalive: None,
         token: token.map(str::to_owned),
-        target: "sshd".into(),
-        username: sshd.user.into(),
-        auth: Auth::Password(sshd.password.into()).into(),
-        host_key: HostKeyPolicy {
-            pinned: vec![],
-            expected: Some(sshd.host_key_fingerprint.clone()),
-            ask: None,
-        },
+        ..sshd_login(sshd)
     };
-    connect(transport, options).await
+    log_in(&relay.ws_url(), options).await
 }
 
 #[tokio::test]

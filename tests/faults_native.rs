@@ -1,36 +1,21 @@
 //! Faults a shared relay must survive without losing its head: a crashed sshd, a tab
 //! that vanishes, SIGTERM, and a tab that floods garbage.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::SinkExt;
-use tabtunnel_client::native::NativeTransport;
-use tabtunnel_client::{Auth, ConnectOptions, HostKeyPolicy, Session, connect};
-use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
+use tabtunnel_client::Session;
+use tabtunnel_e2e::relay::{Relay, RelayProcess};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
 use tabtunnel_e2e::sshd::{Sshd, signal};
-use tabtunnel_e2e::{init_logging, wait_for, wait_until_port_free};
+use tabtunnel_e2e::{init_logging, log_in, sshd_login, wait_for, wait_until_port_free};
 use tabtunnel_proto::{Frame, encode_to_bytes};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn login(ws_url: &str, sshd: &Sshd) -> Result<Session> {
-    let transport = NativeTransport::connect(ws_url).await?;
-    let options = ConnectOptions {
-        keepalive: None,
-        token: None,
-        target: "sshd".into(),
-        username: sshd.user.into(),
-        auth: Auth::Password(sshd.password.into()).into(),
-        host_key: HostKeyPolicy {
-            pinned: vec![],
-            expected: Some(sshd.host_key_fingerprint.clone()),
-            ask: None,
-        },
-    };
-    Ok(connect(transport, options).await?)
+    Ok(log_in(ws_url, sshd_login(sshd)).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,51 +156,18 @@ async fn a_flood_of_garbage_ends_only_its_own_session() -> Result<()> {
 async fn sigterm_tells_the_tabs_and_exits_zero() -> Result<()> {
     init_logging();
     let sshd = Sshd::start().await?;
-    let exe = std::env::current_exe()?;
-    let relay_bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .context("target folder")?
-        .join("relay");
-    let range = format!(
-        "{}-{}",
-        TEST_FORWARD_PORTS.start(),
-        TEST_FORWARD_PORTS.end()
-    );
-    let mut child = tokio::process::Command::new(relay_bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--forward-ports",
-            &range,
-            "--target",
-        ])
-        .arg(format!("sshd={}", sshd.address()))
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.strip_prefix("tabtunnel relay: open http://") {
-                return Ok(rest.split('/').next().unwrap_or_default().to_owned());
-            }
-        }
-        anyhow::bail!("no address")
-    })
-    .await??;
-    let session = login(&format!("ws://{addr}/ws"), &sshd).await?;
+    let target = format!("sshd={}", sshd.address());
+    let mut relay = RelayProcess::start(&["--target", &target], "warn").await?;
+    let session = login(&relay.ws_url(), &sshd).await?;
     let echo = EchoServer::start("127.0.0.1").await?;
     let fwd = session
         .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
         .await?;
 
-    signal(child.id().context("pid")?, "TERM")?;
+    signal(relay.pid()?, "TERM")?;
     let reason = tokio::time::timeout(Duration::from_secs(15), session.closed()).await?;
     assert!(reason.contains("the relay is shutting down"), "{reason}");
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await??;
+    let status = tokio::time::timeout(Duration::from_secs(15), relay.child.wait()).await??;
     assert!(status.success(), "the relay exited with {status}");
     wait_until_port_free(fwd.listen()).await
 }

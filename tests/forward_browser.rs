@@ -1,7 +1,6 @@
 //! The real page in headless Chromium: the wasm client over a browser WebSocket, through
 //! the relay, to a real sshd (and to the relay binary's --demo server). Proves the glue.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -11,12 +10,12 @@ use tabtunnel_e2e::browser::Browser;
 use tabtunnel_e2e::page::{
     ONE_BROWSER, log_in_with_password, page, page_with, require_bundle, row_listen_address,
 };
-use tabtunnel_e2e::relay::{Relay, web_dir};
+use tabtunnel_e2e::relay::{Relay, RelayProcess, web_dir};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
 use tabtunnel_e2e::sshd::{Sshd, SshdOptions};
 use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for, wait_until_port_free};
 use tabtunnel_relay::demo::{DemoOptions, DemoServer};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_login_and_16_mib_each_way_through_the_page() -> Result<()> {
@@ -573,81 +572,22 @@ async fn a_server_that_forbids_forwarding_is_named_in_the_page() -> Result<()> {
     Ok(())
 }
 
-/// The relay binary, as `cargo test --workspace` builds it next to this test.
-fn relay_binary() -> Result<std::path::PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test binary folder")?;
-    let relay = dir.join("relay");
-    anyhow::ensure!(
-        relay.exists(),
-        "{} is missing: run `cargo build -p tabtunnel-relay`",
-        relay.display()
-    );
-    Ok(relay)
-}
-
-/// Kills the child on drop.
-struct ChildGuard(tokio::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.start_kill();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_demo_mode_works_end_to_end_in_the_browser() -> Result<()> {
     let _one = ONE_BROWSER.lock().await;
     require_bundle()?;
-    let mut child = tokio::process::Command::new(relay_binary()?)
-        .args([
-            "--demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--forward-ports",
-            "20000-29999",
-            "--web-dir",
-        ])
-        .arg(web_dir())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child.stdout.take().context("relay stdout")?;
-    let _guard = ChildGuard(child);
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let (mut url, mut password, mut forward) = (None, None, None);
-    let read = async {
-        while let Some(line) = lines.next_line().await? {
-            let field = |name: &str| {
-                line.trim()
-                    .strip_prefix(name)
-                    .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
-            };
-            if let Some(value) = field("password:") {
-                password = Some(value);
-            }
-            if let Some(value) = field("try forward:") {
-                forward = Some(value);
-            }
-            if let Some(rest) = line.strip_prefix("tabtunnel relay: open ") {
-                url = rest.split_whitespace().next().map(str::to_owned);
-                break;
-            }
-        }
-        Ok::<_, anyhow::Error>(())
+    let web = web_dir().display().to_string();
+    let relay = RelayProcess::start(&["--demo", "--web-dir", &web], "warn").await?;
+    // The demo banner: "  password:      XYZ   (new at every start)", "  try forward:   SPEC   (...)".
+    let field = |name: &str| {
+        relay.output().iter().find_map(|line| {
+            let value = line.trim().strip_prefix(name)?;
+            value.split_whitespace().next().map(str::to_owned)
+        })
     };
-    tokio::time::timeout(Duration::from_secs(30), read).await??;
-    let (url, password, forward) = (
-        url.context("relay printed no URL")?,
-        password.context("demo banner has no password")?,
-        forward.context("demo banner has no suggested forward")?,
-    );
+    let url = relay.http_url();
+    let password = field("password:").context("demo banner has no password")?;
+    let forward = field("try forward:").context("demo banner has no suggested forward")?;
 
     let browser = Browser::start().await?;
     browser.client.goto(&url).await?;

@@ -4,14 +4,12 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use tabtunnel_client::native::NativeTransport;
-use tabtunnel_client::{
-    Auth, ClientError, ConnectOptions, ErrorCode, HostKeyPolicy, Session, connect,
-};
+use tabtunnel_client::{ClientError, ErrorCode, Session};
 use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
 use tabtunnel_e2e::services::{EchoServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, wait_for};
+use tabtunnel_e2e::{log_in, sshd_login};
 use tabtunnel_relay::config::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -26,20 +24,7 @@ async fn relay_with(sshd: &Sshd, limits: Limits) -> Result<Relay> {
 }
 
 async fn login(relay: &Relay, sshd: &Sshd) -> Result<Session, ClientError> {
-    let transport = NativeTransport::connect(&relay.ws_url()).await?;
-    let options = ConnectOptions {
-        keepalive: None,
-        token: None,
-        target: "sshd".into(),
-        username: sshd.user.into(),
-        auth: Auth::Password(sshd.password.into()).into(),
-        host_key: HostKeyPolicy {
-            pinned: vec![],
-            expected: Some(sshd.host_key_fingerprint.clone()),
-            ask: None,
-        },
-    };
-    connect(transport, options).await
+    log_in(&relay.ws_url(), sshd_login(sshd)).await
 }
 
 /// `GET path` over plain HTTP/1.0; returns the whole response.

@@ -1,20 +1,15 @@
 //! Liveness: a dead SSH server or relay is noticed and named, a tab that stops
 //! answering loses its listeners, a relay shutdown and a login cut short say so.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::SinkExt;
-use tabtunnel_client::native::NativeTransport;
-use tabtunnel_client::{
-    Auth, ConnectOptions, Credentials, HostKeyPolicy, Keepalive, PromptCallback, Session, connect,
-};
-use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
+use tabtunnel_client::{Auth, ConnectOptions, Credentials, Keepalive, PromptCallback, Session};
+use tabtunnel_e2e::relay::{Relay, RelayProcess, TEST_FORWARD_PORTS};
 use tabtunnel_e2e::services::{EchoServer, exchange};
 use tabtunnel_e2e::sshd::{Sshd, SshdOptions, signal};
-use tabtunnel_e2e::{init_logging, wait_until_port_free};
-use tokio::io::AsyncBufReadExt;
+use tabtunnel_e2e::{init_logging, log_in, sshd_login, wait_until_port_free};
 
 const FAST: Keepalive = Keepalive {
     interval: Duration::from_secs(1),
@@ -27,20 +22,15 @@ async fn login(
     keepalive: Option<Keepalive>,
     auth: Credentials,
 ) -> Result<Session> {
-    let transport = NativeTransport::connect(ws_url).await?;
-    let options = ConnectOptions {
-        keepalive,
-        token: None,
-        target: "sshd".into(),
-        username: sshd.user.into(),
-        auth,
-        host_key: HostKeyPolicy {
-            pinned: vec![],
-            expected: Some(sshd.host_key_fingerprint.clone()),
-            ask: None,
+    Ok(log_in(
+        ws_url,
+        ConnectOptions {
+            keepalive,
+            auth,
+            ..sshd_login(sshd)
         },
-    };
-    Ok(connect(transport, options).await?)
+    )
+    .await?)
 }
 
 fn password(sshd: &Sshd) -> Credentials {
@@ -83,62 +73,15 @@ async fn a_frozen_ssh_server_is_noticed_by_the_keepalive() -> Result<()> {
     wait_until_port_free(fwd.listen()).await
 }
 
-/// The relay binary, as `cargo test --workspace` builds it next to this test.
-fn relay_binary() -> Result<std::path::PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test binary folder")?;
-    let relay = dir.join("relay");
-    anyhow::ensure!(
-        relay.exists(),
-        "{} is missing: run `cargo build -p tabtunnel-relay`",
-        relay.display()
-    );
-    Ok(relay)
-}
-
 #[tokio::test]
 async fn a_frozen_relay_is_noticed_by_the_keepalive() -> Result<()> {
     init_logging();
     let sshd = Sshd::start().await?;
-    let range = format!(
-        "{}-{}",
-        TEST_FORWARD_PORTS.start(),
-        TEST_FORWARD_PORTS.end()
-    );
-    let mut child = tokio::process::Command::new(relay_binary()?)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--forward-ports",
-            &range,
-            "--target",
-        ])
-        .arg(format!("sshd={}", sshd.address()))
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.strip_prefix("tabtunnel relay: open ") {
-                return Ok(rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned());
-            }
-        }
-        anyhow::bail!("the relay printed no address")
-    })
-    .await??;
-    let ws_url = format!("{}ws", url.replace("http://", "ws://"));
+    let target = format!("sshd={}", sshd.address());
+    let relay = RelayProcess::start(&["--target", &target], "warn").await?;
+    let ws_url = relay.ws_url();
     let session = login(&ws_url, &sshd, Some(FAST), password(&sshd)).await?;
-    let pid = child.id().context("relay pid")?;
+    let pid = relay.pid()?;
     signal(pid, "STOP")?;
     let reason = ended(&session).await;
     signal(pid, "KILL")?;

@@ -3,18 +3,17 @@
 //! records every WebSocket payload the relay received, unmasked. Neither the password
 //! nor any piece of the key appears in what the relay received or logged.
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tabtunnel_client::native::NativeTransport;
 use tabtunnel_client::{Auth, ConnectOptions, HostKeyPolicy, connect};
 use tabtunnel_e2e::init_logging;
-use tabtunnel_e2e::relay::TEST_FORWARD_PORTS;
+use tabtunnel_e2e::relay::RelayProcess;
 use tabtunnel_e2e::services::{EchoServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Forwards TCP to `upstream` and records the payload of every WebSocket frame the
 /// client sent, unmasked, as the relay saw it.
@@ -122,60 +121,9 @@ fn key_pieces(pem: &str) -> Vec<Vec<u8>> {
 async fn neither_password_nor_key_reaches_the_relay_or_its_logs() -> Result<()> {
     init_logging();
     let sshd = Sshd::start().await?;
-    let relay_bin = std::env::current_exe()?
-        .parent()
-        .and_then(|d| d.parent())
-        .context("target folder")?
-        .join("relay");
-    let range = format!(
-        "{}-{}",
-        TEST_FORWARD_PORTS.start(),
-        TEST_FORWARD_PORTS.end()
-    );
-    let mut child = tokio::process::Command::new(&relay_bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--forward-ports",
-            &range,
-            "--target",
-        ])
-        .arg(format!("sshd={}", sshd.address()))
-        .env("RUST_LOG", "trace")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", relay_bin.display()))?;
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let mut stdout = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let stderr = child.stderr.take().context("stderr")?;
-    let log_sink = logs.clone();
-    let stderr_task = tokio::spawn(async move {
-        let mut stderr = stderr;
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf).await;
-        log_sink.lock().expect("logs").extend(buf);
-    });
-    // Drain stdout for the whole run: the relay logs there, and a full pipe would stall it.
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let log_sink = logs.clone();
-    let stdout_task = tokio::spawn(async move {
-        let mut addr_tx = Some(addr_tx);
-        while let Ok(Some(line)) = stdout.next_line().await {
-            // "tabtunnel relay: open http://ADDR/ in a browser"
-            if let Some(rest) = line.strip_prefix("tabtunnel relay: open http://")
-                && let Some(tx) = addr_tx.take()
-            {
-                let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
-            }
-            let mut logs = log_sink.lock().expect("logs");
-            logs.extend(line.as_bytes());
-            logs.push(b'\n');
-        }
-    });
-    let relay_addr = tokio::time::timeout(Duration::from_secs(30), addr_rx).await??;
+    let target = format!("sshd={}", sshd.address());
+    let relay = RelayProcess::start(&["--target", &target], "trace").await?;
+    let relay_addr = relay.addr.clone();
     let (proxy, seen) = recording_proxy(relay_addr).await?;
     let echo = EchoServer::start("127.0.0.1").await?;
 
@@ -232,12 +180,9 @@ async fn neither_password_nor_key_reaches_the_relay_or_its_logs() -> Result<()> 
         },
     )
     .await?;
-    child.kill().await?;
-    stderr_task.await?;
-    stdout_task.await?;
+    let logs = relay.kill().await?.join("\n").into_bytes();
 
     let seen = seen.lock().expect("record").clone();
-    let logs = logs.lock().expect("logs").clone();
     // Positive controls: the capture really holds the tab's frames, in clear.
     assert!(
         contains(&seen, b"sshd"),

@@ -4,14 +4,12 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use tabtunnel_client::native::NativeTransport;
-use tabtunnel_client::{
-    Auth, ClientError, ConnectOptions, ErrorCode, ForwardOptions, HostKeyPolicy, Session, connect,
-};
+use tabtunnel_client::{ClientError, ErrorCode, ForwardOptions, Session};
 use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
 use tabtunnel_e2e::sshd::{Sshd, SshdOptions, free_port};
 use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for, wait_until_port_free};
+use tabtunnel_e2e::{log_in, sshd_login};
 use tokio::io::AsyncReadExt;
 
 async fn sshd_with(extra: &[&str]) -> Result<Sshd> {
@@ -23,20 +21,7 @@ async fn sshd_with(extra: &[&str]) -> Result<Sshd> {
 }
 
 async fn login(relay: &Relay, sshd: &Sshd) -> Result<Session> {
-    let transport = NativeTransport::connect(&relay.ws_url()).await?;
-    let options = ConnectOptions {
-        keepalive: Some(Default::default()),
-        token: None,
-        target: "sshd".into(),
-        username: sshd.user.into(),
-        auth: Auth::Password(sshd.password.into()).into(),
-        host_key: HostKeyPolicy {
-            pinned: vec![],
-            expected: Some(sshd.host_key_fingerprint.clone()),
-            ask: None,
-        },
-    };
-    Ok(connect(transport, options).await?)
+    Ok(log_in(&relay.ws_url(), sshd_login(sshd)).await?)
 }
 
 async fn setup(extra: &[&str]) -> Result<(Sshd, Relay, Session)> {

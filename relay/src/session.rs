@@ -106,12 +106,13 @@ pub async fn run(
     let _active = GaugeGuard::new(&metrics.sessions_active);
     let span = info_span!("session", id, %peer, user = tracing::field::Empty, target = tracing::field::Empty);
     async move {
-        let (ws_tx, ws_rx) = socket.split();
+        let (ws_tx, mut ws_rx) = socket.split();
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let writer = tokio::spawn(write_loop(ws_tx, out_rx).in_current_span());
-        let result = Session::start(ws_rx, out_tx.clone(), config, metrics.clone()).await;
+        let result = Session::start(&mut ws_rx, out_tx.clone(), config, metrics.clone()).await;
         let result = match result {
-            Ok(session) => session.serve(shutdown).await,
+            // Serving consumes the session: its listeners and connections end here.
+            Ok(session) => session.serve(&mut ws_rx, shutdown).await,
             Err(err) => Err(err),
         };
         let close = match result {
@@ -134,7 +135,17 @@ pub async fn run(
         // Bounded: the queue may be full of frames for a tab that is gone.
         let _ = tokio::time::timeout(GOODBYE, out_tx.send(close)).await;
         drop(out_tx);
-        // The tab may have gone; do not wait on a dead socket forever.
+        // A clean close: read what the tab still sends until its Close. Dropping a socket
+        // with unread data makes the kernel reset it, and the tab could then lose the
+        // Error frame that says why the session ended. Bounded: the tab may be gone.
+        let drain = async {
+            while let Some(Ok(message)) = ws_rx.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(GOODBYE, drain).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     }
     .instrument(span)
@@ -215,7 +226,6 @@ fn truncate_reason(mut reason: String) -> String {
 }
 
 struct Session {
-    ws_rx: SplitStream<WebSocket>,
     out: mpsc::Sender<Outgoing>,
     config: Arc<Config>,
     ssh_tx: mpsc::Sender<Bytes>,
@@ -240,13 +250,13 @@ struct ForwardEntry {
 impl Session {
     /// Reads the Hello, reaches the target and answers Welcome.
     async fn start(
-        mut ws_rx: SplitStream<WebSocket>,
+        ws_rx: &mut SplitStream<WebSocket>,
         out: mpsc::Sender<Outgoing>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SessionError> {
         let heard = Mutex::new(tokio::time::Instant::now());
-        let hello = tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut ws_rx, &heard))
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, next_frame(ws_rx, &heard))
             .await
             .map_err(|_| {
                 SessionError::protocol("no Hello within 10 s of opening the WebSocket")
@@ -340,7 +350,6 @@ impl Session {
         tasks.spawn(pump_from_ssh(ssh_read, out.clone(), events_tx.clone()).in_current_span());
         tasks.spawn(pump_to_ssh(ssh_write, ssh_rx).in_current_span());
         Ok(Self {
-            ws_rx,
             out,
             config,
             ssh_tx,
@@ -355,7 +364,11 @@ impl Session {
     }
 
     /// The session's loop; returns the reason for an orderly end.
-    async fn serve(mut self, shutdown: CancellationToken) -> Result<String, SessionError> {
+    async fn serve(
+        mut self,
+        ws_rx: &mut SplitStream<WebSocket>,
+        shutdown: CancellationToken,
+    ) -> Result<String, SessionError> {
         // The silence watchdog runs beside the loop, not in it: the loop can wait on a
         // full queue to a tab that vanished, and the watchdog must still end it then.
         let heard = Arc::new(Mutex::new(tokio::time::Instant::now()));
@@ -364,7 +377,7 @@ impl Session {
         loop {
             tokio::select! {
                 reason = &mut watchdog => return Ok(reason),
-                frame = next_frame(&mut self.ws_rx, &heard) => match frame? {
+                frame = next_frame(ws_rx, &heard) => match frame? {
                     Some(frame) => {
                         tokio::select! {
                             result = self.on_frame(frame) => result?,

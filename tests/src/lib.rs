@@ -76,3 +76,29 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Options for logging in to `sshd` as its test user with its password, through the
+/// relay's target `sshd`, expecting sshd's real host key. Tests change what they test.
+pub fn sshd_login(sshd: &sshd::Sshd) -> tabtunnel_client::ConnectOptions {
+    tabtunnel_client::ConnectOptions {
+        keepalive: None,
+        token: None,
+        target: "sshd".into(),
+        username: sshd.user.into(),
+        auth: tabtunnel_client::Auth::Password(sshd.password.into()).into(),
+        host_key: tabtunnel_client::HostKeyPolicy {
+            pinned: vec![],
+            expected: Some(sshd.host_key_fingerprint.clone()),
+            ask: None,
+        },
+    }
+}
+
+/// Logs in through the relay at `ws_url` with `options`.
+pub async fn log_in(
+    ws_url: &str,
+    options: tabtunnel_client::ConnectOptions,
+) -> Result<tabtunnel_client::Session, tabtunnel_client::ClientError> {
+    let transport = tabtunnel_client::native::NativeTransport::connect(ws_url).await?;
+    tabtunnel_client::connect(transport, options).await
+}

@@ -96,3 +96,116 @@ pub fn web_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../web"))
 }
+
+/// The real `relay` binary as a child process (for what in-process cannot show: signals,
+/// a frozen process, its own logs), killed on drop. Its stdout and stderr are drained
+/// all the time, since a full pipe would stall it, and kept for the test to read.
+#[derive(Debug)]
+pub struct RelayProcess {
+    pub child: tokio::process::Child,
+    /// `127.0.0.1:PORT` it serves on.
+    pub addr: String,
+    output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    drains: Vec<JoinHandle<()>>,
+}
+
+impl RelayProcess {
+    /// Starts `relay --listen 127.0.0.1:0 --forward-ports <test range>` plus `args`, with
+    /// RUST_LOG=`log`, and waits until it says where it serves.
+    pub async fn start(args: &[&str], log: &str) -> Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe()?;
+        let binary = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|dir| dir.join("relay"))
+            .ok_or_else(|| anyhow::anyhow!("no target folder"))?;
+        anyhow::ensure!(
+            binary.exists(),
+            "{} is missing: run `cargo build -p tabtunnel-relay`",
+            binary.display()
+        );
+        let range = format!(
+            "{}-{}",
+            TEST_FORWARD_PORTS.start(),
+            TEST_FORWARD_PORTS.end()
+        );
+        let mut child = tokio::process::Command::new(binary)
+            .args(["--listen", "127.0.0.1:0", "--forward-ports", &range])
+            .args(args)
+            .env("RUST_LOG", log)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = oneshot::channel();
+        let mut addr_tx = Some(addr_tx);
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        let sink = output.clone();
+        let out_drain = tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                // "tabtunnel relay: open http://ADDR/ in a browser"
+                if let Some(rest) = line.strip_prefix("tabtunnel relay: open http://")
+                    && let Some(tx) = addr_tx.take()
+                {
+                    let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
+                }
+                sink.lock().expect("output").push(line);
+            }
+        });
+        let sink = output.clone();
+        let err_drain = tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().expect("output").push(line);
+            }
+        });
+        let addr = tokio::time::timeout(std::time::Duration::from_secs(30), addr_rx)
+            .await
+            .map_err(|_| anyhow::anyhow!("the relay did not say where it serves within 30 s"))??;
+        Ok(Self {
+            child,
+            addr,
+            output,
+            drains: vec![out_drain, err_drain],
+        })
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> Result<u32> {
+        self.child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("the relay has exited"))
+    }
+
+    /// Everything it printed so far, one line each.
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().expect("output").clone()
+    }
+
+    /// Kills it and returns everything it printed.
+    pub async fn kill(mut self) -> Result<Vec<String>> {
+        self.child.kill().await?;
+        for drain in std::mem::take(&mut self.drains) {
+            let _ = drain.await;
+        }
+        Ok(self.output())
+    }
+}
