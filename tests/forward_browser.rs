@@ -8,7 +8,8 @@ use fantoccini::Locator;
 use serde_json::json;
 use tabtunnel_e2e::browser::Browser;
 use tabtunnel_e2e::page::{
-    ONE_BROWSER, log_in_with_password, page, page_with, require_bundle, row_listen_address,
+    ONE_BROWSER, accept_host_key, log_in_with_password, page, page_with, require_bundle,
+    row_listen_address,
 };
 use tabtunnel_e2e::relay::{Relay, RelayProcess, web_dir};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
@@ -338,14 +339,7 @@ async fn a_pasted_ssh_command_fills_the_form_and_its_forwards_open_on_connect() 
         )
         .await?;
     c.find(Locator::Id("connect")).await?.click().await?;
-    c.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css(
-            "#hostkey-dialog:not([hidden]) #hostkey-accept",
-        ))
-        .await?
-        .click()
-        .await?;
+    accept_host_key(c).await?;
     let listen = row_listen_address(c, &format!(".forward-row[data-spec='{spec}']")).await?;
     assert_eq!(exchange(&listen, b"pasted").await?, b"pasted");
     browser.stop().await;
@@ -377,14 +371,7 @@ async fn keyboard_interactive_questions_are_asked_in_the_page() -> Result<()> {
         .send_keys("demo")
         .await?;
     c.find(Locator::Id("connect")).await?.click().await?; // no password: the server will ask
-    c.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css(
-            "#hostkey-dialog:not([hidden]) #hostkey-accept",
-        ))
-        .await?
-        .click()
-        .await?;
+    accept_host_key(c).await?;
     c.wait()
         .at_most(Duration::from_secs(30))
         .for_element(Locator::Css("#prompt-dialog:not([hidden]) #prompt-input-1"))
@@ -451,14 +438,7 @@ async fn a_question_the_server_stopped_waiting_for_is_taken_away() -> Result<()>
         .send_keys(sshd.user)
         .await?;
     c.find(Locator::Id("connect")).await?.click().await?; // no password: it will be asked
-    c.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css(
-            "#hostkey-dialog:not([hidden]) #hostkey-accept",
-        ))
-        .await?
-        .click()
-        .await?;
+    accept_host_key(c).await?;
     c.wait()
         .at_most(Duration::from_secs(30))
         .for_element(Locator::Css("#prompt-dialog:not([hidden]) #prompt-input-0"))

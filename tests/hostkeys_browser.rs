@@ -8,7 +8,7 @@ use anyhow::Result;
 use fantoccini::{Client, Locator};
 use serde_json::json;
 use tabtunnel_e2e::browser::Browser;
-use tabtunnel_e2e::page::{ONE_BROWSER, log_in_with_password, page, require_bundle};
+use tabtunnel_e2e::page::{ONE_BROWSER, fill_login, log_in_with_password, page, require_bundle};
 use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, wait_for};
@@ -128,20 +128,7 @@ async fn a_changed_key_is_blocked_with_both_fingerprints_until_forgotten() -> Re
             vec![json!(id), json!(old)],
         )
         .await?;
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#target option[value='sshd']"))
-        .await?
-        .click()
-        .await?;
-    c.find(Locator::Id("username"))
-        .await?
-        .send_keys(sshd.user)
-        .await?;
-    c.find(Locator::Id("password"))
-        .await?
-        .send_keys(sshd.password)
-        .await?;
+    fill_login(c, "sshd", sshd.user, sshd.password).await?;
     c.find(Locator::Id("connect")).await?.click().await?;
     let warning = c
         .wait()
@@ -218,20 +205,7 @@ async fn operator_pinned_keys_ask_nothing_and_other_keys_are_refused() -> Result
     browser.client.goto(&relay.http_url()).await?;
     let c = &browser.client;
 
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#target option[value='sshd']"))
-        .await?
-        .click()
-        .await?;
-    c.find(Locator::Id("username"))
-        .await?
-        .send_keys(sshd.user)
-        .await?;
-    c.find(Locator::Id("password"))
-        .await?
-        .send_keys(sshd.password)
-        .await?;
+    fill_login(c, "sshd", sshd.user, sshd.password).await?;
     connect_without_questions(c).await?;
     disconnect(c).await?;
 
@@ -286,20 +260,7 @@ async fn a_new_key_type_is_asked_with_a_warning_even_when_pinned() -> Result<()>
         )
         .await?;
     let c = &browser.client;
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#target option[value='sshd']"))
-        .await?
-        .click()
-        .await?;
-    c.find(Locator::Id("username"))
-        .await?
-        .send_keys(sshd.user)
-        .await?;
-    c.find(Locator::Id("password"))
-        .await?
-        .send_keys(sshd.password)
-        .await?;
+    fill_login(c, "sshd", sshd.user, sshd.password).await?;
     c.find(Locator::Id("connect")).await?.click().await?;
     let warning = c
         .wait()

@@ -44,8 +44,8 @@ pub async fn page_with(
     Ok((browser, sshd, relay, one))
 }
 
-/// Logs in through the form with the password, accepting the host key when asked.
-pub async fn log_in_with_password(
+/// Picks `target` and types the user name and password into the form (clicks nothing).
+pub async fn fill_login(
     c: &fantoccini::Client,
     target: &str,
     user: &str,
@@ -65,7 +65,11 @@ pub async fn log_in_with_password(
         .await?
         .send_keys(password)
         .await?;
-    c.find(Locator::Id("connect")).await?.click().await?;
+    Ok(())
+}
+
+/// Accepts the host-key question once the page shows it.
+pub async fn accept_host_key(c: &fantoccini::Client) -> Result<()> {
     c.wait()
         .at_most(Duration::from_secs(30))
         .for_element(Locator::Css(
@@ -74,6 +78,19 @@ pub async fn log_in_with_password(
         .await?
         .click()
         .await?;
+    Ok(())
+}
+
+/// Logs in through the form with the password, accepting the host key when asked.
+pub async fn log_in_with_password(
+    c: &fantoccini::Client,
+    target: &str,
+    user: &str,
+    password: &str,
+) -> Result<()> {
+    fill_login(c, target, user, password).await?;
+    c.find(Locator::Id("connect")).await?.click().await?;
+    accept_host_key(c).await?;
     let status = c.find(Locator::Id("status")).await?;
     wait_for(
         "the status to say connected",
