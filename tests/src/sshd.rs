@@ -302,11 +302,17 @@ async fn wait_until_listening(child: &mut Child, port: u16) -> Result<bool> {
         if child.try_wait()?.is_some() {
             return Ok(false);
         }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(true);
+        // Ready only when sshd's banner arrives: a bare connect can succeed by connecting
+        // to itself (the port is in the ephemeral range), and that socket would then hold
+        // the port and keep sshd from binding it.
+        if let Ok(mut probe) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            use tokio::io::AsyncReadExt;
+            let mut banner = [0u8; 4];
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), probe.read_exact(&mut banner)).await;
+            if matches!(read, Ok(Ok(_))) && &banner == b"SSH-" {
+                return Ok(true);
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
