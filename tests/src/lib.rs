@@ -35,6 +35,27 @@ where
     }
 }
 
+/// Samples a growing count every 100 ms until it stays the same for a whole second, and
+/// returns it: for "the sender has stopped" when a flow is held back.
+pub async fn wait_until_steady(
+    what: &str,
+    deadline: Duration,
+    mut sample: impl FnMut() -> u64,
+) -> anyhow::Result<u64> {
+    let start = Instant::now();
+    let (mut last, mut unchanged) = (sample(), 0);
+    while start.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = sample();
+        unchanged = if now == last { unchanged + 1 } else { 0 };
+        last = now;
+        if unchanged >= 10 {
+            return Ok(now);
+        }
+    }
+    anyhow::bail!("{what} was still changing after {deadline:?} (last {last})")
+}
+
 /// Waits until nothing listens on `addr` any more (it can be bound again).
 pub async fn wait_until_port_free(addr: &str) -> anyhow::Result<()> {
     wait_for(

@@ -126,3 +126,54 @@ pub async fn exchange(addr: &str, data: &[u8]) -> Result<Vec<u8>> {
     writer.await??;
     Ok(received)
 }
+
+/// Sends up to `total` bytes to each connection as fast as the connection takes them,
+/// from one reused buffer (so a 1 GiB flood costs the test no memory), and counts what
+/// it managed to write: the far side of a forward whose reader stops.
+#[derive(Debug)]
+pub struct FloodServer {
+    pub addr: SocketAddr,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl FloodServer {
+    pub async fn start(total: u64) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let chunk = crate::pattern(3, 64 * 1024);
+                    let mut left = total;
+                    while left > 0 {
+                        let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                        match stream.write(&chunk[..n]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                left -= n as u64;
+                                counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Ok(Self { addr, sent, task })
+    }
+
+    /// Bytes written so far, over all connections.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for FloodServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
