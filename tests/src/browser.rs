@@ -66,6 +66,10 @@ impl Browser {
             "--disable-sync",
             "--disable-dev-shm-usage",
             "--window-size=1200,900",
+            // Exact performance.memory figures and a gc() to call before reading them,
+            // for the memory-bound tests.
+            "--enable-precise-memory-info",
+            "--js-flags=--expose-gc",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -123,3 +123,22 @@ pub async fn log_in(
     let transport = tabtunnel_client::native::NativeTransport::connect(ws_url).await?;
     tabtunnel_client::connect(transport, options).await
 }
+
+/// A process's resident and peak resident memory in bytes, from /proc/PID/status
+/// (VmRSS, VmHWM).
+pub fn process_memory(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/status has no {name}"))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()?;
+        Ok(kib * 1024)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
