@@ -26,7 +26,8 @@ pub struct ForwardStats {
     pub bytes_up: AtomicU64,
     /// Bytes from the destination to TCP clients.
     pub bytes_down: AtomicU64,
-    /// Connections the SSH server refused or could not complete.
+    /// Connections that failed: refused by the relay (source not allowed, a limit) or
+    /// the SSH server, or broken before their orderly end.
     pub failures: AtomicU64,
     /// The last such failure, for the page's row.
     pub last_error: Mutex<Option<String>>,

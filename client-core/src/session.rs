@@ -625,6 +625,16 @@ fn route(
                 let _ = pending
                     .reply
                     .send(Err(ClientError::Relay { code, message }));
+            } else if let Some(entry) = state.forwards.get(&forward) {
+                // A live forward: the relay refused one TCP client of it (a source it
+                // does not allow, too many waiting). The listener stays; the forward's
+                // row shows why.
+                debug!(forward, code = code.as_str(), %message, "the relay refused a connection");
+                entry
+                    .stats
+                    .failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                *entry.stats.last_error.lock().expect("stats lock") = Some(message);
             }
         }
         Frame::Accept {

@@ -32,7 +32,9 @@ pub enum Frame {
     },
     /// The relay listens for forward `forward` at `address`.
     Listening { forward: u32, address: String },
-    /// The relay could not listen for forward `forward`.
+    /// The relay could not listen for forward `forward`. Sent for a forward that is
+    /// already listening, it tells that the relay refused one TCP client of it (source
+    /// address not allowed, too many waiting): the listener stays open.
     ListenFailed {
         forward: u32,
         code: ErrorCode,
@@ -124,6 +126,10 @@ pub enum ErrorCode {
     Internal,
     /// The relay needs an access token, and none or a wrong one was given.
     Unauthorized,
+    /// A TCP client's source address is not in the operator's allowed sources.
+    SourceNotAllowed,
+    /// The session carried no connection for the operator's idle timeout.
+    Idle,
     /// A code this build does not know (from a newer peer).
     Unknown(u16),
 }
@@ -144,6 +150,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => 10,
             ErrorCode::Internal => 11,
             ErrorCode::Unauthorized => 12,
+            ErrorCode::SourceNotAllowed => 13,
+            ErrorCode::Idle => 14,
             ErrorCode::Unknown(n) => n,
         }
     }
@@ -163,6 +171,8 @@ impl ErrorCode {
             10 => ErrorCode::ShuttingDown,
             11 => ErrorCode::Internal,
             12 => ErrorCode::Unauthorized,
+            13 => ErrorCode::SourceNotAllowed,
+            14 => ErrorCode::Idle,
             n => ErrorCode::Unknown(n),
         }
     }
@@ -182,6 +192,8 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting-down",
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::SourceNotAllowed => "source-not-allowed",
+            ErrorCode::Idle => "idle",
             ErrorCode::Unknown(_) => "unknown",
         }
     }

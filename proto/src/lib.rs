@@ -23,6 +23,10 @@
 //! | 12   | Eof           | both         | conn id    | empty: no more Data in this direction     |
 //! | 13   | Close         | both         | conn id    | reason (UTF-8), empty when orderly        |
 //!
+//! A ListenFailed for a forward that is already listening reports one TCP client the
+//! relay refused (its source address is not allowed, or too many wait for the tab); the
+//! listener stays open. Older tabs ignore it.
+//!
 //! Forward ids are chosen by the tab, connection ids by the relay; the frame kind says
 //! which space a stream number belongs to. Data for a connection may only be sent
 //! within the credit its receiver granted (see [`credit`]); that is what keeps every

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// An IPv4 or IPv6 network in CIDR form, as `forward_allowed_sources` holds them.
+pub use ipnet::IpNet;
+
 /// A configuration problem, reported at start with the key and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -50,6 +53,9 @@ pub struct Config {
     /// Non-loopback addresses forwards may bind to (loopback is always allowed).
     /// `0.0.0.0` or `::` here allows the wildcard bind (`*`), like sshd's GatewayPorts.
     pub allowed_binds: Vec<IpAddr>,
+    /// Networks whose TCP clients may connect to forwards; empty: anyone who can reach
+    /// the listener. Others are closed at accept, before the tab hears of them.
+    pub forward_allowed_sources: Vec<IpNet>,
     /// Whether ports below 1024 may be used (needs CAP_NET_BIND_SERVICE).
     pub allow_privileged_ports: bool,
     /// Folder served at `/`: the page and its `pkg/` wasm bundle.
@@ -57,6 +63,11 @@ pub struct Config {
     /// How often the relay pings each tab's WebSocket. A tab silent for three
     /// intervals (a closed laptop, a lost network) is ended with its listeners.
     pub ping_interval: std::time::Duration,
+    /// How long a tab has to send its Hello after its WebSocket opens.
+    pub handshake_timeout: std::time::Duration,
+    /// A session with no forwarded connection for this long is ended; `None`: never
+    /// (like `ssh -L`). Open connections keep a session alive, however quiet.
+    pub idle_timeout: Option<std::time::Duration>,
     /// Access tokens by name; empty: no token needed.
     pub tokens: Vec<AccessToken>,
     /// Check the Origin of WebSocket upgrades (same origin, plus `allowed_origins`).
@@ -78,6 +89,8 @@ pub struct Limits {
     pub forwards_per_session: usize,
     /// TCP connections open at once through one forward.
     pub connections_per_forward: usize,
+    /// TCP connections of one forward that wait for the tab to open their SSH channel.
+    pub pending_accepts_per_forward: usize,
 }
 
 impl Default for Limits {
@@ -87,6 +100,7 @@ impl Default for Limits {
             sessions_per_ip: 50,
             forwards_per_session: 20,
             connections_per_forward: 200,
+            pending_accepts_per_forward: 64,
         }
     }
 }
@@ -189,9 +203,12 @@ impl Default for Config {
             targets: BTreeMap::new(),
             forward_ports: 10000..=10999,
             allowed_binds: Vec::new(),
+            forward_allowed_sources: Vec::new(),
             allow_privileged_ports: false,
             web_dir: PathBuf::from("web"),
             ping_interval: std::time::Duration::from_secs(20),
+            handshake_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: None,
             tokens: Vec::new(),
             check_origin: true,
             allowed_origins: Vec::new(),
@@ -209,9 +226,13 @@ struct FileConfig {
     forward_ports: Option<String>,
     #[serde(default)]
     allowed_binds: Vec<String>,
+    #[serde(default)]
+    forward_allowed_sources: Vec<String>,
     allow_privileged_ports: Option<bool>,
     web_dir: Option<PathBuf>,
     ping_interval_secs: Option<u64>,
+    handshake_timeout: Option<String>,
+    idle_timeout: Option<String>,
     token_file: Option<PathBuf>,
     check_origin: Option<bool>,
     #[serde(default)]
@@ -273,6 +294,10 @@ impl Config {
             let ip = parse_bind(&bind).map_err(|r| invalid("allowed_binds", r))?;
             config.allowed_binds.push(ip);
         }
+        for source in file.forward_allowed_sources {
+            let net = parse_source(&source).map_err(|r| invalid("forward_allowed_sources", r))?;
+            config.forward_allowed_sources.push(net);
+        }
         if let Some(allow) = file.allow_privileged_ports {
             config.allow_privileged_ports = allow;
         }
@@ -304,6 +329,10 @@ impl Config {
                 ("sessions_per_ip", limits.sessions_per_ip),
                 ("forwards_per_session", limits.forwards_per_session),
                 ("connections_per_forward", limits.connections_per_forward),
+                (
+                    "pending_accepts_per_forward",
+                    limits.pending_accepts_per_forward,
+                ),
             ] {
                 if value == 0 {
                     return Err(invalid(format!("limits.{key}"), "must be 1 or more"));
@@ -319,6 +348,14 @@ impl Config {
                 ));
             }
             config.ping_interval = std::time::Duration::from_secs(secs);
+        }
+        if let Some(text) = &file.handshake_timeout {
+            config.handshake_timeout = parse_duration_within(text, HANDSHAKE_TIMEOUTS)
+                .map_err(|r| invalid("handshake_timeout", r))?;
+        }
+        if let Some(text) = &file.idle_timeout {
+            config.idle_timeout =
+                parse_idle_timeout(text).map_err(|r| invalid("idle_timeout", r))?;
         }
         Ok(config)
     }
@@ -359,6 +396,17 @@ impl Config {
         Ok(())
     }
 
+    /// Whether a TCP client from `ip` may use a forward. IPv4 clients of a dual-stack
+    /// listener arrive as `::ffff:a.b.c.d`; they are checked as the IPv4 address.
+    pub fn source_allowed(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.forward_allowed_sources.is_empty()
+            || self
+                .forward_allowed_sources
+                .iter()
+                .any(|net| net.contains(&ip))
+    }
+
     /// Whether a forward may bind `ip`.
     pub fn bind_allowed(&self, ip: IpAddr) -> bool {
         ip.is_loopback()
@@ -388,6 +436,62 @@ pub fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
         ));
     }
     Ok(lo..=hi)
+}
+
+/// Parses an allowed source: a network in CIDR form (`10.0.0.0/8`, `fd00::/8`) or a
+/// single address (`192.0.2.7`, `::1`). Host bits after the prefix are ignored.
+pub fn parse_source(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    text.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| {
+            format!(
+                "{text:?} is not a network or address; write it like 10.0.0.0/8, 192.0.2.7/32 or fd00::/8"
+            )
+        })
+}
+
+/// Durations the Hello may take: a second is plenty on any network; ten minutes is
+/// already generous to a stalled client.
+const HANDSHAKE_TIMEOUTS: RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(600);
+
+/// Idle timeouts: at least a second; at most 30 days, beyond which `off` says it better
+/// (and deadline arithmetic stays far from overflow).
+const IDLE_TIMEOUTS: RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Parses a duration like `30s`, `10m`, `4h` or `1h 30m`, within `range`.
+pub fn parse_duration_within(
+    text: &str,
+    range: RangeInclusive<std::time::Duration>,
+) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(text.trim()).map_err(|err| {
+        format!("{text:?} is not a duration ({err}); write it like 30s, 10m or 4h")
+    })?;
+    if !range.contains(&duration) {
+        return Err(format!(
+            "{text:?} is not between {} and {}",
+            humantime::format_duration(*range.start()),
+            humantime::format_duration(*range.end())
+        ));
+    }
+    Ok(duration)
+}
+
+/// Parses `idle_timeout`: a duration (see [`parse_duration_within`]), or `off`.
+pub fn parse_idle_timeout(text: &str) -> Result<Option<std::time::Duration>, String> {
+    if text.trim() == "off" {
+        return Ok(None);
+    }
+    parse_duration_within(text, IDLE_TIMEOUTS)
+        .map(Some)
+        .map_err(|reason| format!("{reason}; or write off to never end idle sessions"))
 }
 
 /// Parses an operator's bind address: an IP, or `*` for every IPv4 address.
@@ -505,6 +609,82 @@ mod tests {
         assert_eq!(config.targets.len(), 2);
         assert_eq!(config.targets["bastion"].address, "10.0.0.5:2222");
         assert_eq!(config.targets["lab"].pinned_host_keys.len(), 1);
+        assert_eq!(
+            config.idle_timeout,
+            Some(std::time::Duration::from_secs(8 * 3600))
+        );
+        assert!(config.forward_allowed_sources.is_empty());
+        assert_eq!(config.limits.pending_accepts_per_forward, 64);
+    }
+
+    #[test]
+    fn allowed_sources_are_networks_of_either_family() {
+        let config = Config::from_toml(
+            r#"forward_allowed_sources = ["127.0.0.1/32", "10.1.2.3/8", "fd00::/8", "192.0.2.7", "::1"]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.forward_allowed_sources[1].to_string(),
+            "10.0.0.0/8",
+            "host bits are dropped"
+        );
+        let allowed = |ip: &str| config.source_allowed(ip.parse().unwrap());
+        assert!(allowed("127.0.0.1"));
+        assert!(!allowed("127.0.0.2"));
+        assert!(allowed("10.200.0.1"));
+        assert!(allowed("fd12::1"));
+        assert!(allowed("192.0.2.7"));
+        assert!(allowed("::1"));
+        assert!(!allowed("2001:db8::1"));
+        assert!(
+            allowed("::ffff:10.9.9.9"),
+            "IPv4 through a dual-stack listener"
+        );
+        assert!(!allowed("::ffff:192.0.2.8"));
+        assert!(Config::default().source_allowed("203.0.113.9".parse().unwrap()));
+        let err = Config::from_toml(r#"forward_allowed_sources = ["10.0.0.0/33"]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("forward_allowed_sources") && err.contains("10.0.0.0/8"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_are_checked_with_their_key() {
+        let config =
+            Config::from_toml("idle_timeout = \"1h 30m\"\nhandshake_timeout = \"3s\"").unwrap();
+        assert_eq!(
+            config.idle_timeout,
+            Some(std::time::Duration::from_secs(5400))
+        );
+        assert_eq!(config.handshake_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(
+            Config::from_toml("idle_timeout = \"off\"")
+                .unwrap()
+                .idle_timeout,
+            None
+        );
+        assert_eq!(Config::default().idle_timeout, None);
+        for (text, key, says) in [
+            ("idle_timeout = \"soon\"", "idle_timeout", "30s, 10m or 4h"),
+            ("idle_timeout = \"0s\"", "idle_timeout", "write off"),
+            ("idle_timeout = \"900y\"", "idle_timeout", "between 1s and"),
+            (
+                "handshake_timeout = \"1h\"",
+                "handshake_timeout",
+                "between 1s and 10m",
+            ),
+            (
+                "[limits]\npending_accepts_per_forward = 0",
+                "limits.pending_accepts_per_forward",
+                "1 or more",
+            ),
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub(crate) struct ConnHandle {
     pub task: AbortHandle,
     /// The tab sent Eof: any later Data or Eof is a protocol error.
     pub eof_received: bool,
+    /// The tab opened the SSH channel (it granted credit). Until then the connection
+    /// counts against `limits.pending_accepts_per_forward`.
+    pub answered: bool,
 }
 
 /// Starts the connection's task in the session's set.
@@ -77,6 +80,7 @@ pub(crate) fn spawn(
         send_credit,
         task,
         eof_received: false,
+        answered: false,
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use tabtunnel_relay::config::{parse_bind, parse_port_range};
+use tabtunnel_relay::config::{parse_bind, parse_idle_timeout, parse_port_range, parse_source};
 use tabtunnel_relay::demo::DemoServer;
 use tabtunnel_relay::{AppState, Config};
 use tracing_subscriber::EnvFilter;
@@ -29,6 +29,13 @@ struct Args {
     /// Allow forward ports below 1024 (the relay then needs CAP_NET_BIND_SERVICE).
     #[arg(long)]
     allow_privileged_ports: bool,
+    /// Accept forwarded TCP clients only from this network, e.g. 10.0.0.0/8 (repeatable;
+    /// adds to forward_allowed_sources; without any, every source is accepted).
+    #[arg(long = "allow-source", value_name = "CIDR", value_parser = parse_source)]
+    allow_sources: Vec<tabtunnel_relay::config::IpNet>,
+    /// End sessions that had no forwarded connection for this long, e.g. 8h, or `off`.
+    #[arg(long, value_name = "DURATION", value_parser = |text: &str| parse_idle_timeout(text).map(IdleTimeout))]
+    idle_timeout: Option<IdleTimeout>,
     /// Start the embedded demo SSH server and register it as target `demo`.
     #[arg(long)]
     demo: bool,
@@ -45,6 +52,11 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     web_dir: Option<PathBuf>,
 }
+
+/// `--idle-timeout`: a duration, or `None` for `off` (a newtype, since clap reads an
+/// `Option<Option<_>>` field as a flag whose value may be left out).
+#[derive(Debug, Clone, Copy)]
+struct IdleTimeout(Option<std::time::Duration>);
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -74,6 +86,12 @@ async fn main() -> Result<()> {
             .push(parse_bind(bind).map_err(|r| anyhow::anyhow!("--allow-bind: {r}"))?);
     }
     config.allow_privileged_ports |= args.allow_privileged_ports;
+    config
+        .forward_allowed_sources
+        .extend(args.allow_sources.iter().copied());
+    if let Some(IdleTimeout(idle)) = args.idle_timeout {
+        config.idle_timeout = idle;
+    }
     if let Some(path) = &args.token_file {
         config.load_tokens(path)?;
     }

@@ -6,7 +6,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// Why the relay refused something, as the `reason` label of `refusals_total`.
+/// Refusal reason: a TCP client closed at accept because too many connections of its
+/// forward wait for the tab to open their SSH channel (`limits.pending_accepts_per_forward`).
+pub const PENDING_ACCEPTS: &str = "pending-accepts";
+
+/// Why the relay refused something, as the `reason` label of `refusals_total`: an
+/// [`ErrorCode`](tabtunnel_proto::ErrorCode) name (`limit`, `unauthorized`,
+/// `source-not-allowed` for a TCP client outside `forward_allowed_sources`, `idle` for
+/// a session ended by `idle_timeout`, ...), `origin`, or [`PENDING_ACCEPTS`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Refusal {
     pub reason: String,

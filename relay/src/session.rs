@@ -26,8 +26,6 @@ use crate::connection::{self, ConnHandle, ToTcp};
 use crate::listen;
 use crate::metrics::{GaugeGuard, Metrics};
 
-/// How long a tab has to send its Hello after the WebSocket opens.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the relay tries to reach a target's SSH server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames queued for the WebSocket writer. Data frames are bounded by credit anyway;
@@ -86,7 +84,11 @@ impl SessionError {
     fn close_code(&self) -> u16 {
         match self.code {
             ErrorCode::Protocol | ErrorCode::Version => 1002,
-            ErrorCode::UnknownTarget | ErrorCode::Limit | ErrorCode::Unauthorized => 1008,
+            ErrorCode::UnknownTarget
+            | ErrorCode::Limit
+            | ErrorCode::Unauthorized
+            | ErrorCode::Idle
+            | ErrorCode::SourceNotAllowed => 1008,
             ErrorCode::ShuttingDown => 1001,
             _ => 1011,
         }
@@ -237,6 +239,9 @@ struct Session {
     /// Every task of the session; dropping the set aborts them all.
     tasks: JoinSet<()>,
     metrics: Arc<Metrics>,
+    /// When the session last added a forward or had a connection open; with no
+    /// connection open, the idle timeout counts from here.
+    last_activity: tokio::time::Instant,
 }
 
 struct ForwardEntry {
@@ -256,10 +261,14 @@ impl Session {
         metrics: Arc<Metrics>,
     ) -> Result<Self, SessionError> {
         let heard = Mutex::new(tokio::time::Instant::now());
-        let hello = tokio::time::timeout(HELLO_TIMEOUT, next_frame(ws_rx, &heard))
+        let limit = config.handshake_timeout;
+        let hello = tokio::time::timeout(limit, next_frame(ws_rx, &heard))
             .await
             .map_err(|_| {
-                SessionError::protocol("no Hello within 10 s of opening the WebSocket")
+                SessionError::protocol(format!(
+                    "no Hello within {} of opening the WebSocket",
+                    humantime::format_duration(limit)
+                ))
             })??;
         let Some(hello) = hello else {
             return Err(SessionError::protocol(
@@ -360,6 +369,7 @@ impl Session {
             next_conn: 1,
             tasks,
             metrics,
+            last_activity: tokio::time::Instant::now(),
         })
     }
 
@@ -375,8 +385,24 @@ impl Session {
         let watchdog = watch_silence(heard.clone(), self.out.clone(), self.config.ping_interval);
         tokio::pin!(watchdog);
         loop {
+            // Only a session with no connection open can be idle: an open one keeps it
+            // alive however quiet it is, as with `ssh -L` (a psql left open at a prompt).
+            let idle = self.config.idle_timeout.filter(|_| self.conns.is_empty());
+            let idle_deadline = idle.map(|t| self.last_activity + t);
             tokio::select! {
                 reason = &mut watchdog => return Ok(reason),
+                () = tokio::time::sleep_until(idle_deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if idle_deadline.is_some() =>
+                {
+                    let idle = idle.unwrap_or_default();
+                    return Err(SessionError::new(
+                        ErrorCode::Idle,
+                        format!(
+                            "the relay ended this session: idle for {} with no connections; log in again",
+                            humantime::format_duration(idle)
+                        ),
+                    ));
+                }
                 frame = next_frame(ws_rx, &heard) => match frame? {
                     Some(frame) => {
                         tokio::select! {
@@ -424,8 +450,12 @@ impl Session {
                 forward,
                 bind,
                 port,
-            } => self.listen(forward, &bind, port).await?,
+            } => {
+                self.last_activity = tokio::time::Instant::now();
+                self.listen(forward, &bind, port).await?
+            }
             Frame::Unlisten { forward } => {
+                self.last_activity = tokio::time::Instant::now();
                 if let Some(entry) = self.forwards.remove(&forward) {
                     entry.listener.abort();
                     for conn in entry.conns {
@@ -466,6 +496,10 @@ impl Session {
                         SessionError::protocol(format!("connection {conn}: {err}"))
                     })?;
                 }
+                // The tab grants credit once it has opened the SSH channel.
+                if let Some(handle) = self.conns.get_mut(&conn) {
+                    handle.answered = true;
+                }
             }
             Frame::Eof { conn } => {
                 self.conn(conn, "Eof")?;
@@ -481,6 +515,7 @@ impl Session {
             }
             Frame::Close { conn, reason } => {
                 self.conn(conn, "Close")?;
+                self.last_activity = tokio::time::Instant::now();
                 if let Some(handle) = self.conns.remove(&conn) {
                     debug!(conn, %reason, "tab closed connection");
                     if let Some(entry) = self.forwards.get_mut(&handle.forward) {
@@ -598,6 +633,27 @@ impl Session {
         }
     }
 
+    /// Counts, logs and tells the tab about a TCP client of `forward` that the relay
+    /// closed at accept. The notice is dropped rather than waited for when the queue to
+    /// the tab is full: a flood of refused clients must not hold up the session.
+    fn refuse_connection(
+        &self,
+        forward: u32,
+        peer: SocketAddr,
+        code: ErrorCode,
+        reason: &str,
+        message: String,
+    ) {
+        info!(forward, %peer, reason, "connection refused: {message}");
+        self.metrics.refused(reason);
+        let notice = Frame::ListenFailed {
+            forward,
+            code,
+            message,
+        };
+        let _ = self.out.try_send(Outgoing::Frame(notice));
+    }
+
     async fn on_event(&mut self, event: Event) -> Result<Option<&'static str>, SessionError> {
         match event {
             Event::Accepted {
@@ -605,15 +661,61 @@ impl Session {
                 stream,
                 peer,
             } => {
-                let Some(entry) = self.forwards.get_mut(&forward) else {
+                let Some(entry) = self.forwards.get(&forward) else {
                     return Ok(None); // the forward closed while this connection waited
                 };
-                if entry.conns.len() >= self.config.limits.connections_per_forward {
-                    // Dropping the stream closes it: the TCP client sees its connection end.
-                    info!(forward, %peer, "connection refused: the forward has its maximum of connections");
-                    self.metrics.refused(ErrorCode::Limit.as_str());
+                // Each refusal drops the stream, which closes it: the TCP client sees its
+                // connection end, and no byte of it reaches the tab or the destination.
+                if !self.config.source_allowed(peer.ip()) {
+                    self.refuse_connection(
+                        forward,
+                        peer,
+                        ErrorCode::SourceNotAllowed,
+                        ErrorCode::SourceNotAllowed.as_str(),
+                        format!(
+                            "connection from {} refused: the relay accepts forwarded connections only from its operator's allowed sources (forward_allowed_sources)",
+                            peer.ip()
+                        ),
+                    );
                     return Ok(None);
                 }
+                let limits = &self.config.limits;
+                if entry.conns.len() >= limits.connections_per_forward {
+                    self.refuse_connection(
+                        forward,
+                        peer,
+                        ErrorCode::Limit,
+                        ErrorCode::Limit.as_str(),
+                        format!(
+                            "connection from {peer} refused: this forward has its maximum of {} open connections",
+                            limits.connections_per_forward
+                        ),
+                    );
+                    return Ok(None);
+                }
+                // Connections whose SSH channel the tab has not opened yet: a tab that is
+                // slow to answer (a hung SSH server) must not collect them without bound.
+                let waiting = entry
+                    .conns
+                    .iter()
+                    .filter(|c| self.conns.get(c).is_some_and(|h| !h.answered))
+                    .count();
+                if waiting >= limits.pending_accepts_per_forward {
+                    self.refuse_connection(
+                        forward,
+                        peer,
+                        ErrorCode::Limit,
+                        crate::metrics::PENDING_ACCEPTS,
+                        format!(
+                            "connection from {peer} refused: {waiting} connections of this forward are still waiting for the SSH server to open their channel"
+                        ),
+                    );
+                    return Ok(None);
+                }
+                let Some(entry) = self.forwards.get_mut(&forward) else {
+                    return Ok(None);
+                };
+                self.last_activity = tokio::time::Instant::now();
                 self.metrics.connections_total.inc();
                 let conn = self.next_conn;
                 let Some(next) = self.next_conn.checked_add(1) else {
@@ -650,6 +752,7 @@ impl Session {
                 self.conns.insert(conn, handle);
             }
             Event::ConnectionDone { conn } => {
+                self.last_activity = tokio::time::Instant::now();
                 if let Some(handle) = self.conns.remove(&conn)
                     && let Some(entry) = self.forwards.get_mut(&handle.forward)
                 {
@@ -707,6 +810,16 @@ async fn next_frame(
         let message = match next {
             None => return Ok(None),
             Some(Err(err)) => {
+                // A message over the limit (axum's max_message_size) is the tab's fault:
+                // say so, rather than end as if the tab had left.
+                if let Some(tungstenite::Error::Capacity(what)) = std::error::Error::source(&err)
+                    .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+                {
+                    return Err(SessionError::protocol(format!(
+                        "the tab sent a WebSocket message over the protocol's {}-byte limit ({what}); reload the page",
+                        tabtunnel_proto::MAX_FRAME
+                    )));
+                }
                 debug!("WebSocket read failed: {err}");
                 return Ok(None);
             }
