@@ -603,7 +603,11 @@ impl Session {
                 let events = self.events_tx.clone();
                 let listener = self
                     .tasks
-                    .spawn(listen::accept_loop(forward, listener, events).in_current_span());
+                    // A span per forward, inside the session's: its accept loop logs there.
+                    .spawn(
+                        listen::accept_loop(forward, listener, events)
+                            .instrument(info_span!("forward", forward, %address)),
+                    );
                 self.forwards.insert(
                     forward,
                     ForwardEntry {
