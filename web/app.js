@@ -80,6 +80,9 @@ const forwardEntries = [];
 const pending = []; // { spec, error? }
 let statsTimer = null;
 let targetsLoaded = false;
+/// What the relay says about reaching its forwards (from /api/targets): the name users
+/// reach its host by, and the source networks forwards accept (empty: any).
+const relayInfo = { publicHost: null, allowedSources: [] };
 let addingForward = false;
 
 // Debug/test hook, kept up to date through getters.
@@ -241,6 +244,10 @@ async function loadTargets() {
     for (const name of names) el.target.append(new Option(name, name));
     targetsLoaded = true;
     document.getElementById("token-field").hidden = body.token_required !== true;
+    relayInfo.publicHost = typeof body.public_host === "string" && body.public_host !== "" ? body.public_host : null;
+    relayInfo.allowedSources = Array.isArray(body.forward_allowed_sources)
+      ? body.forward_allowed_sources.filter((n) => typeof n === "string")
+      : [];
   } catch (err) {
     el.target.replaceChildren(new Option("(targets unavailable)", ""));
     showError(el.sessionError, `Could not load the list of targets: ${messageOf(err)}`);
@@ -783,6 +790,33 @@ function addForwardRow(spec, fwd) {
   copy.addEventListener("click", () => copyListen(listen, copy));
   listenLine.append(listenLabel, listen, copy);
 
+  // Where users connect and who else can: a forward bound beyond loopback is open to
+  // everyone who can reach the relay host, which the user should know before sharing it.
+  const reachable = reachOf(String(fwd.listen ?? ""));
+  const lines = [listenLine];
+  if (reachable.connect) {
+    const connectLine = document.createElement("div");
+    connectLine.className = "listen-line connect-line";
+    const connectLabel = document.createElement("span");
+    connectLabel.className = "label";
+    connectLabel.textContent = "Connect to ";
+    const connect = document.createElement("code");
+    connect.className = "connect";
+    connect.textContent = reachable.connect;
+    const copyConnect = document.createElement("button");
+    copyConnect.type = "button";
+    copyConnect.className = "copy small";
+    copyConnect.textContent = "Copy";
+    copyConnect.setAttribute("aria-label", `Copy address ${reachable.connect}`);
+    copyConnect.addEventListener("click", () => copyListen(connect, copyConnect));
+    connectLine.append(connectLabel, connect, copyConnect);
+    lines.unshift(connectLine);
+  }
+  const reach = document.createElement("p");
+  reach.className = "reach";
+  reach.textContent = reachable.sentence;
+  lines.push(reach);
+
   const stats = document.createElement("div");
   stats.className = "stats";
 
@@ -799,7 +833,7 @@ function addForwardRow(spec, fwd) {
   foot.className = "forward-foot";
   foot.append(stats, actions);
 
-  row.append(head, listenLine, foot);
+  row.append(head, ...lines, foot);
   el.forwards.append(row);
 
   const entry = { spec, fwd, row, stateEl, statsEl: stats, removeBtn: remove, closed: false };
@@ -920,6 +954,26 @@ async function removeForward(entry) {
   entry.closed = true;
   removeEntry(entry);
   if (!el.forwardFields.disabled) el.forwardSpec.focus();
+}
+
+/**
+ * Who can reach a forward listening on `listen` ("127.0.0.1:20001", "0.0.0.0:20001",
+ * "[::]:20001"), and the address to give them: the relay's public_host if it has one,
+ * else for a wildcard bind the name this page was loaded from.
+ */
+function reachOf(listen) {
+  const colon = listen.lastIndexOf(":");
+  const host = listen.slice(0, colon).replace(/^\[|\]$/g, "");
+  const port = listen.slice(colon + 1);
+  if (colon < 0 || host === "localhost" || host === "::1" || host.startsWith("127.")) {
+    return { connect: null, sentence: "Only programs on the relay host (any user on it) can use this forward." };
+  }
+  const wildcard = host === "0.0.0.0" || host === "::";
+  const name = relayInfo.publicHost ?? (wildcard ? location.hostname.replace(/^\[|\]$/g, "") : host);
+  const connect = name.includes(":") ? `[${name}]:${port}` : `${name}:${port}`;
+  const sources = relayInfo.allowedSources;
+  const only = sources.length > 0 ? `, from ${sources.join(" or ")} only` : "";
+  return { connect, sentence: `Anyone who can reach ${connect} can use this forward${only}.` };
 }
 
 async function copyListen(codeEl, button) {

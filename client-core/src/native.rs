@@ -18,9 +18,26 @@ pub struct NativeTransport {
 }
 
 impl NativeTransport {
-    /// Opens `url` (`ws://host:port/ws`).
+    /// Opens `url` (`ws://host:port/ws`; `wss://` trusts the system's certificate
+    /// authorities and needs a process-wide rustls crypto provider).
     pub async fn connect(url: &str) -> Result<Self, TransportError> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        Self::connect_with(url, None).await
+    }
+
+    /// Opens `url` (`wss://host:port/ws`) trusting what `tls` says, e.g. a relay's
+    /// self-signed certificate.
+    pub async fn connect_tls(
+        url: &str,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<Self, TransportError> {
+        Self::connect_with(url, Some(tokio_tungstenite::Connector::Rustls(tls))).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        connector: Option<tokio_tungstenite::Connector>,
+    ) -> Result<Self, TransportError> {
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector)
             .await
             .map_err(|err| TransportError(format!("cannot reach the relay at {url}: {err}")))?;
         Ok(Self { ws })

@@ -75,6 +75,12 @@ pub struct Config {
     /// Pages on other origins allowed to open sessions, e.g. `https://lab.example.com`.
     pub allowed_origins: Vec<String>,
     pub limits: Limits,
+    /// PEM certificate chain and private key: with both, the relay serves HTTPS and `wss://`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// The name (or IP) users reach the relay host by, for the page to show with each
+    /// forward's port when the relay sits behind NAT or has several addresses.
+    pub public_host: Option<String>,
 }
 
 /// Caps that keep one user (or one script) from taking the relay from everyone else.
@@ -189,9 +195,12 @@ impl Config {
     /// and could forge it anyway, so its absence passes.
     pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
         let Some(origin) = origin else { return true };
+        // With TLS on, the relay's own page can only be https; without, it may still be
+        // https behind a TLS-terminating proxy.
+        let tls = self.tls_cert.is_some();
         !self.check_origin
             || host.is_some_and(|h| {
-                origin == format!("http://{h}") || origin == format!("https://{h}")
+                (!tls && origin == format!("http://{h}")) || origin == format!("https://{h}")
             })
             || self.allowed_origins.iter().any(|o| o == origin)
     }
@@ -213,6 +222,9 @@ impl Default for Config {
             check_origin: true,
             allowed_origins: Vec::new(),
             limits: Limits::default(),
+            tls_cert: None,
+            tls_key: None,
+            public_host: None,
         }
     }
 }
@@ -238,6 +250,9 @@ struct FileConfig {
     #[serde(default)]
     allowed_origins: Vec<String>,
     limits: Option<Limits>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    public_host: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,6 +355,12 @@ impl Config {
             }
             config.limits = limits;
         }
+        config.tls_cert = file.tls_cert;
+        config.tls_key = file.tls_key;
+        if let Some(name) = file.public_host {
+            config.public_host =
+                Some(parse_public_host(&name).map_err(|r| invalid("public_host", r))?);
+        }
         if let Some(secs) = file.ping_interval_secs {
             if !(1..=3600).contains(&secs) {
                 return Err(invalid(
@@ -405,6 +426,26 @@ impl Config {
                 .forward_allowed_sources
                 .iter()
                 .any(|net| net.contains(&ip))
+    }
+
+    /// The TLS server settings when `tls_cert` and `tls_key` are set, checked: both
+    /// given, readable, PEM, and the key the certificate's.
+    pub fn load_tls(
+        &self,
+    ) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, crate::tls::TlsError> {
+        use crate::tls::TlsError::Half;
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(Half {
+                given: "tls_cert (--tls-cert)",
+                missing: "tls_key (--tls-key)",
+            }),
+            (None, Some(_)) => Err(Half {
+                given: "tls_key (--tls-key)",
+                missing: "tls_cert (--tls-cert)",
+            }),
+            (Some(cert), Some(key)) => crate::tls::load(cert, key).map(Some),
+        }
     }
 
     /// Whether a forward may bind `ip`.
@@ -505,6 +546,36 @@ pub fn parse_bind(text: &str) -> Result<IpAddr, String> {
         .map_err(|_| {
             format!("{text:?} is not an IP address (examples: 0.0.0.0, 192.0.2.7, ::1, *)")
         })
+}
+
+/// Checks the name users reach the relay host by: a DNS name or an IP address (IPv6 with
+/// or without brackets). Returns it as the page shows it, IPv6 without brackets.
+pub fn parse_public_host(text: &str) -> Result<String, String> {
+    let bare = text.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() {
+        return Ok(bare.to_owned());
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let name = text.strip_suffix('.').unwrap_or(text);
+    if !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok) {
+        return Ok(name.to_owned());
+    }
+    let hint = if text
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        "; give it without a port, since each forward has its own"
+    } else {
+        ""
+    };
+    Err(format!(
+        "{text:?} is not a host name or IP address (examples: relay.lab.example.com, 192.0.2.7, 2001:db8::7){hint}"
+    ))
 }
 
 fn validate_target_name(name: &str) -> Result<(), String> {
@@ -744,6 +815,72 @@ mod tests {
         assert!(config.origin_allowed(Some("https://lab.example.com"), host));
         config.check_origin = false;
         assert!(config.origin_allowed(Some("https://evil.example"), host));
+    }
+
+    #[test]
+    fn with_tls_only_the_https_origin_is_the_relays_own() {
+        let config = Config {
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
+            ..Config::default()
+        };
+        let host = Some("127.0.0.1:8443");
+        assert!(config.origin_allowed(Some("https://127.0.0.1:8443"), host));
+        assert!(!config.origin_allowed(Some("http://127.0.0.1:8443"), host));
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let config = Config {
+            tls_cert: Some("cert.pem".into()),
+            ..Config::default()
+        };
+        let err = config.load_tls().unwrap_err().to_string();
+        assert!(
+            err.contains("tls_cert (--tls-cert) is set but tls_key (--tls-key) is not"),
+            "{err}"
+        );
+        let config = Config {
+            tls_key: Some("key.pem".into()),
+            ..Config::default()
+        };
+        let err = config.load_tls().unwrap_err().to_string();
+        assert!(err.contains("tls_cert (--tls-cert) is not"), "{err}");
+        assert!(Config::default().load_tls().unwrap().is_none());
+    }
+
+    #[test]
+    fn public_host_is_a_name_or_an_address() {
+        for (given, kept) in [
+            ("relay.lab.example.com", "relay.lab.example.com"),
+            ("relay.lab.example.com.", "relay.lab.example.com"),
+            ("localhost", "localhost"),
+            ("192.0.2.7", "192.0.2.7"),
+            ("2001:db8::7", "2001:db8::7"),
+            ("[2001:db8::7]", "2001:db8::7"),
+        ] {
+            assert_eq!(parse_public_host(given).unwrap(), kept);
+        }
+        for bad in [
+            "",
+            "relay lab",
+            "-relay.example",
+            "relay..example",
+            "https://relay.example",
+            "a_b.example",
+        ] {
+            let err = parse_public_host(bad).unwrap_err();
+            assert!(
+                err.contains("not a host name or IP address"),
+                "{bad:?}: {err}"
+            );
+        }
+        let err = parse_public_host("relay.example:8080").unwrap_err();
+        assert!(err.contains("without a port"), "{err}");
+        let err = Config::from_toml("public_host = \"relay example\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("public_host"), "{err}");
     }
 
     #[test]

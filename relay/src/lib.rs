@@ -8,6 +8,7 @@ pub mod demo;
 pub mod listen;
 pub mod metrics;
 mod session;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,6 +43,8 @@ pub struct AppState {
     sessions: TaskTracker,
     slots: Arc<SessionSlots>,
     metrics: Arc<Metrics>,
+    /// Set when the config names a certificate and key: `run` then serves HTTPS only.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Counts open sessions, in total and per source address, against the limits.
@@ -100,15 +103,23 @@ impl Drop for SessionSlot {
 }
 
 impl AppState {
-    pub fn new(config: Config) -> Self {
-        Self {
+    /// Loads the TLS certificate and key if the config names them, so a bad pair stops
+    /// the relay before it listens.
+    pub fn new(config: Config) -> Result<Self, tls::TlsError> {
+        Ok(Self {
+            tls: config.load_tls()?,
             config: Arc::new(config),
             next_session: Arc::new(AtomicU64::new(1)),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             slots: Arc::default(),
             metrics: Arc::default(),
-        }
+        })
+    }
+
+    /// Whether `run` serves HTTPS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
     }
 }
 
@@ -130,22 +141,38 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves.
+/// Serves `app` on `listener` (HTTPS if the state has TLS) until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (token, sessions) = (state.shutdown.clone(), state.sessions.clone());
-    let result = axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let graceful = async move {
         shutdown.await;
         token.cancel();
-    })
-    .await;
+    };
+    let result = match state.tls.clone() {
+        None => {
+            axum::serve(
+                listener,
+                app(state).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(graceful)
+            .await
+        }
+        Some(config) => {
+            // `tap_io` only to get axum's ConnectInfo for a listener of our own.
+            let listener =
+                axum::serve::ListenerExt::tap_io(tls::TlsListener::new(listener, config)?, |_| {});
+            axum::serve(
+                listener,
+                app(state).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(graceful)
+            .await
+        }
+    };
     sessions.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await;
     result
@@ -162,17 +189,26 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Target names only: never addresses or anything else of the operator's config.
+/// Target names, never their addresses; and what the page needs to tell users how to
+/// reach a forward: the relay host's public name and the source networks forwards accept.
 async fn targets(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let targets: Vec<_> = state
-        .config
+    let config = &state.config;
+    let targets: Vec<_> = config
         .targets
         .keys()
         .map(|name| serde_json::json!({ "name": name }))
         .collect();
-    Json(
-        serde_json::json!({ "targets": targets, "token_required": !state.config.tokens.is_empty() }),
-    )
+    let sources: Vec<String> = config
+        .forward_allowed_sources
+        .iter()
+        .map(|net| net.to_string())
+        .collect();
+    Json(serde_json::json!({
+        "targets": targets,
+        "token_required": !config.tokens.is_empty(),
+        "public_host": config.public_host,
+        "forward_allowed_sources": sources,
+    }))
 }
 
 async fn websocket(
@@ -236,7 +272,7 @@ mod tests {
             ..Config::default()
         };
         config.add_target("lab", "10.1.2.3:2222", "test").unwrap();
-        AppState::new(config)
+        AppState::new(config).unwrap()
     }
 
     #[tokio::test]
@@ -250,7 +286,7 @@ mod tests {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(
             &body[..],
-            br#"{"targets":[{"name":"lab"}],"token_required":false}"#
+            br#"{"forward_allowed_sources":[],"public_host":null,"targets":[{"name":"lab"}],"token_required":false}"#
         );
     }
 

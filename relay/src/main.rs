@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use tabtunnel_relay::config::{parse_bind, parse_idle_timeout, parse_port_range, parse_source};
+use tabtunnel_relay::config::{
+    parse_bind, parse_idle_timeout, parse_port_range, parse_public_host, parse_source,
+};
 use tabtunnel_relay::demo::DemoServer;
 use tabtunnel_relay::{AppState, Config};
 use tracing_subscriber::EnvFilter;
@@ -51,6 +53,15 @@ struct Args {
     /// Folder with the page and its `pkg/` wasm bundle.
     #[arg(long, value_name = "DIR")]
     web_dir: Option<PathBuf>,
+    /// Serve HTTPS (and wss://) with this PEM certificate chain; needs --tls-key.
+    #[arg(long, value_name = "PATH")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH")]
+    tls_key: Option<PathBuf>,
+    /// The name or IP users reach this host by; the page shows it with each forward's port.
+    #[arg(long, value_name = "NAME")]
+    public_host: Option<String>,
 }
 
 /// `--idle-timeout`: a duration, or `None` for `off` (a newtype, since clap reads an
@@ -101,6 +112,16 @@ async fn main() -> Result<()> {
     if let Some(dir) = args.web_dir {
         config.web_dir = dir;
     }
+    if let Some(cert) = args.tls_cert {
+        config.tls_cert = Some(cert);
+    }
+    if let Some(key) = args.tls_key {
+        config.tls_key = Some(key);
+    }
+    if let Some(name) = &args.public_host {
+        config.public_host =
+            Some(parse_public_host(name).map_err(|r| anyhow::anyhow!("--public-host: {r}"))?);
+    }
     let _demo = if args.demo {
         let demo = DemoServer::start()
             .await
@@ -123,14 +144,17 @@ async fn main() -> Result<()> {
             config.web_dir.display()
         );
     }
+    // Before listening: a bad certificate or key stops the relay here.
+    let state = AppState::new(config)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let scheme = if state.tls() { "https" } else { "http" };
     println!(
-        "tabtunnel relay: open http://{}/ in a browser",
+        "tabtunnel relay: open {scheme}://{}/ in a browser",
         listener.local_addr()?
     );
-    tabtunnel_relay::run(listener, AppState::new(config), shutdown_signal()).await?;
+    tabtunnel_relay::run(listener, state, shutdown_signal()).await?;
     Ok(())
 }
 

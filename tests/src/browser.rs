@@ -21,6 +21,11 @@ pub struct Browser {
 
 impl Browser {
     pub async fn start() -> Result<Self> {
+        Self::start_with_args(&[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium flags, e.g. to trust a test certificate.
+    pub async fn start_with_args(extra: &[String]) -> Result<Self> {
         for path in [CHROMIUM, CHROMEDRIVER] {
             if !std::path::Path::new(path).exists() {
                 bail!(
@@ -74,6 +79,7 @@ impl Browser {
         .iter()
         .map(|s| s.to_string())
         .chain([format!("--user-data-dir={}", profile.path().display())])
+        .chain(extra.iter().cloned())
         .collect::<Vec<_>>();
         let mut caps = serde_json::Map::new();
         caps.insert(
@@ -81,6 +87,9 @@ impl Browser {
             json!({ "binary": CHROMIUM, "args": args }),
         );
         caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
+        // The relay builds rustls with ring and fantoccini with aws-lc-rs: with both in the
+        // build, rustls wants the process to pick one before a client is made.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = match ClientBuilder::rustls()?
             .capabilities(caps)
             .connect(&url)

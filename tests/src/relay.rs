@@ -24,6 +24,8 @@ pub fn occupy_forward_port() -> Result<std::net::TcpListener> {
 #[derive(Debug)]
 pub struct Relay {
     pub addr: SocketAddr,
+    /// Serves HTTPS and wss:// (its config names a certificate).
+    pub tls: bool,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -46,16 +48,15 @@ impl Relay {
         config.validate()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let state = AppState::new(config)?;
+        let tls = state.tls();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tabtunnel_relay::run(
-            listener,
-            AppState::new(config),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let task = tokio::spawn(tabtunnel_relay::run(listener, state, async {
+            let _ = stopped.await;
+        }));
         Ok(Self {
             addr,
+            tls,
             stop: Some(stop),
             task,
         })
@@ -71,13 +72,16 @@ impl Relay {
         Ok(())
     }
 
-    /// `ws://127.0.0.1:PORT/ws`.
+    /// `ws://127.0.0.1:PORT/ws` (`wss://` with TLS).
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        let s = if self.tls { "s" } else { "" };
+        format!("ws{s}://{}/ws", self.addr)
     }
 
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let s = if self.tls { "s" } else { "" };
+        format!("http{s}://{}", self.addr)
     }
 }
 
@@ -97,6 +101,22 @@ pub fn web_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../web"))
 }
 
+/// The `relay` binary cargo built next to the test binaries.
+pub fn relay_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let binary = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("relay"))
+        .ok_or_else(|| anyhow::anyhow!("no target folder"))?;
+    anyhow::ensure!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p tabtunnel-relay`",
+        binary.display()
+    );
+    Ok(binary)
+}
+
 /// The real `relay` binary as a child process (for what in-process cannot show: signals,
 /// a frozen process, its own logs), killed on drop. Its stdout and stderr are drained
 /// all the time, since a full pipe would stall it, and kept for the test to read.
@@ -105,6 +125,8 @@ pub struct RelayProcess {
     pub child: tokio::process::Child,
     /// `127.0.0.1:PORT` it serves on.
     pub addr: String,
+    /// It said it serves https://.
+    pub tls: bool,
     output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     drains: Vec<JoinHandle<()>>,
 }
@@ -114,17 +136,7 @@ impl RelayProcess {
     /// RUST_LOG=`log`, and waits until it says where it serves.
     pub async fn start(args: &[&str], log: &str) -> Result<Self> {
         use tokio::io::AsyncBufReadExt;
-        let exe = std::env::current_exe()?;
-        let binary = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .map(|dir| dir.join("relay"))
-            .ok_or_else(|| anyhow::anyhow!("no target folder"))?;
-        anyhow::ensure!(
-            binary.exists(),
-            "{} is missing: run `cargo build -p tabtunnel-relay`",
-            binary.display()
-        );
+        let binary = relay_binary()?;
         let range = format!(
             "{}-{}",
             TEST_FORWARD_PORTS.start(),
@@ -154,11 +166,13 @@ impl RelayProcess {
         let out_drain = tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                // "tabtunnel relay: open http://ADDR/ in a browser"
-                if let Some(rest) = line.strip_prefix("tabtunnel relay: open http://")
+                // "tabtunnel relay: open http://ADDR/ in a browser" (or https://)
+                if let Some(url) = line.strip_prefix("tabtunnel relay: open ")
+                    && let Some((scheme, rest)) = url.split_once("://")
                     && let Some(tx) = addr_tx.take()
                 {
-                    let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
+                    let addr = rest.split('/').next().unwrap_or_default().to_owned();
+                    let _ = tx.send((scheme == "https", addr));
                 }
                 sink.lock().expect("output").push(line);
             }
@@ -170,23 +184,26 @@ impl RelayProcess {
                 sink.lock().expect("output").push(line);
             }
         });
-        let addr = tokio::time::timeout(std::time::Duration::from_secs(30), addr_rx)
+        let (tls, addr) = tokio::time::timeout(std::time::Duration::from_secs(30), addr_rx)
             .await
             .map_err(|_| anyhow::anyhow!("the relay did not say where it serves within 30 s"))??;
         Ok(Self {
             child,
             addr,
+            tls,
             output,
             drains: vec![out_drain, err_drain],
         })
     }
 
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        let s = if self.tls { "s" } else { "" };
+        format!("ws{s}://{}/ws", self.addr)
     }
 
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let s = if self.tls { "s" } else { "" };
+        format!("http{s}://{}", self.addr)
     }
 
     pub fn pid(&self) -> Result<u32> {
