@@ -764,6 +764,13 @@ impl Session {
                 }
             }
             Event::SshClosed(None) => return Ok(Some("the SSH server closed the connection")),
+            // A server that dies with bytes of ours unread resets rather than closes: the
+            // same ending for the user, not a network failure.
+            Event::SshClosed(Some(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ok(Some(
+                    "the SSH server closed the connection abruptly (reset): it may have crashed or restarted",
+                ));
+            }
             Event::SshClosed(Some(err)) => {
                 return Err(SessionError::new(
                     ErrorCode::TargetUnreachable,
