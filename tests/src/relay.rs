@@ -114,17 +114,7 @@ impl RelayProcess {
     /// RUST_LOG=`log`, and waits until it says where it serves.
     pub async fn start(args: &[&str], log: &str) -> Result<Self> {
         use tokio::io::AsyncBufReadExt;
-        let exe = std::env::current_exe()?;
-        let binary = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .map(|dir| dir.join("relay"))
-            .ok_or_else(|| anyhow::anyhow!("no target folder"))?;
-        anyhow::ensure!(
-            binary.exists(),
-            "{} is missing: run `cargo build -p tabtunnel-relay`",
-            binary.display()
-        );
+        let binary = relay_binary()?;
         let range = format!(
             "{}-{}",
             TEST_FORWARD_PORTS.start(),
@@ -208,4 +198,31 @@ impl RelayProcess {
         }
         Ok(self.output())
     }
+}
+
+/// The `relay` binary of the profile this program was built with: a test runs from
+/// `target/<profile>/deps/`, a binary such as the bench from `target/<profile>/`.
+fn relay_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no target folder"))?;
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent()
+            .ok_or_else(|| anyhow::anyhow!("no target folder"))?
+    } else {
+        dir
+    };
+    let binary = profile_dir.join("relay");
+    let release = if profile_dir.ends_with("release") {
+        " --release"
+    } else {
+        ""
+    };
+    anyhow::ensure!(
+        binary.exists(),
+        "{} is missing: run `cargo build{release} -p tabtunnel-relay`",
+        binary.display()
+    );
+    Ok(binary)
 }
