@@ -77,6 +77,14 @@ async fn main() -> Result<()> {
         )
         .init();
     let args = Args::parse();
+    // Each session holds a few descriptors (WebSocket, SSH connection, forward listeners
+    // and their connections), so the usual soft limit of 1024 caps a relay at a few
+    // hundred sessions although the hard limit allows far more: take what the hard
+    // limit allows, as servers commonly do.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(err) => tracing::warn!("cannot raise the open-files limit: {err}"),
+    }
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),

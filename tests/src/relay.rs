@@ -101,22 +101,6 @@ pub fn web_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../web"))
 }
 
-/// The `relay` binary cargo built next to the test binaries.
-pub fn relay_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let binary = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("relay"))
-        .ok_or_else(|| anyhow::anyhow!("no target folder"))?;
-    anyhow::ensure!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p tabtunnel-relay`",
-        binary.display()
-    );
-    Ok(binary)
-}
-
 /// The real `relay` binary as a child process (for what in-process cannot show: signals,
 /// a frozen process, its own logs), killed on drop. Its stdout and stderr are drained
 /// all the time, since a full pipe would stall it, and kept for the test to read.
@@ -225,4 +209,31 @@ impl RelayProcess {
         }
         Ok(self.output())
     }
+}
+
+/// The `relay` binary of the profile this program was built with: a test runs from
+/// `target/<profile>/deps/`, a binary such as the bench from `target/<profile>/`.
+pub fn relay_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no target folder"))?;
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent()
+            .ok_or_else(|| anyhow::anyhow!("no target folder"))?
+    } else {
+        dir
+    };
+    let binary = profile_dir.join("relay");
+    let release = if profile_dir.ends_with("release") {
+        " --release"
+    } else {
+        ""
+    };
+    anyhow::ensure!(
+        binary.exists(),
+        "{} is missing: run `cargo build{release} -p tabtunnel-relay`",
+        binary.display()
+    );
+    Ok(binary)
 }

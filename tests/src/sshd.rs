@@ -129,6 +129,11 @@ impl Sshd {
         bail!("sshd found no free port after 5 attempts")
     }
 
+    /// The listening sshd's process id; its sessions are its [`descendants`].
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -254,6 +259,8 @@ pub fn signal(pid: u32, name: &str) -> Result<()> {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())
+        // A process that exited meanwhile is the caller's to judge (by the result), not noise.
+        .stderr(Stdio::null())
         .status()?;
     anyhow::ensure!(status.success(), "kill -{name} {pid} failed");
     Ok(())

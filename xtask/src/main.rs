@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask <setup|wasm|demo|test|ci>`.
+//! Project automation: `cargo xtask <setup|wasm|demo|test|ci|bench>`.
 
 mod cmd;
 mod e2e;
@@ -37,8 +37,15 @@ enum Task {
     /// Setup, wasm, fmt check, clippy (native and wasm32) and all tests, with timings.
     Test,
     /// Throughput of a forward (native client, browser tab, and OpenSSH ssh -L as the
-    /// reference) and the wasm bundle's size, as a table. BENCH_MIB sets the size (64).
-    Bench,
+    /// reference), the wasm bundle's size, and the relay process under load (memory and
+    /// CPU with many sessions), as tables. BENCH_MIB sets the transfer size (64);
+    /// BENCH_SESSIONS (500), BENCH_RATE_KIB (16), BENCH_LOAD_SECS (20) and
+    /// BENCH_LOGIN_PARALLEL (8) shape the load.
+    Bench {
+        /// Only the load section (needs no browser and no wasm build).
+        #[arg(long)]
+        load: bool,
+    },
     /// What CI runs: the same as `test`.
     Ci,
 }
@@ -62,6 +69,6 @@ fn main() -> Result<()> {
         Task::Wasm => tasks::wasm(&root),
         Task::Demo { listen } => tasks::demo(&root, &listen),
         Task::Test | Task::Ci => tasks::test(&root),
-        Task::Bench => tasks::bench(&root),
+        Task::Bench { load } => tasks::bench(&root, load),
     }
 }

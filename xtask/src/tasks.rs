@@ -97,14 +97,30 @@ pub fn demo(root: &Path, listen: &str) -> Result<()> {
 }
 
 /// `cargo xtask bench`: everything the benchmark needs, then the release-built bench,
-/// which prints its table.
-pub fn bench(root: &Path) -> Result<()> {
+/// which prints its tables. `load_only`: just the load section, against the release
+/// `relay` binary (built here, since `cargo run` builds only the bench).
+pub fn bench(root: &Path, load_only: bool) -> Result<()> {
     setup::all(root)?;
-    wasm(root)?;
+    if !load_only {
+        wasm(root)?;
+    }
     cargo(root)?
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tabtunnel-relay",
+            "--bin",
+            "relay",
+        ])
+        .run()?;
+    let mut cmd = cargo(root)?
         .args(["run", "--release", "-p", "tabtunnel-e2e", "--bin", "bench"])
-        .env("TABTUNNEL_WEB_DIR", root.join("web"))
-        .run()
+        .env("TABTUNNEL_WEB_DIR", root.join("web"));
+    if load_only {
+        cmd = cmd.args(["--", "--load"]);
+    }
+    cmd.run()
 }
 
 /// Step names and wall times for the final summary.

@@ -1,11 +1,16 @@
 //! `cargo xtask bench`: throughput of one forward, measured three ways over the same
-//! loopback sshd, and the size of the page's wasm bundle. Prints a table.
+//! loopback sshd, the size of the page's wasm bundle, and the relay under load. Prints
+//! tables.
 //!
 //! - native: the client core (release build) over tokio-tungstenite, through the relay;
 //! - browser: the real page in headless Chromium, through the relay;
-//! - ssh -L: OpenSSH's own client, the reference (no relay, no WebSocket).
+//! - ssh -L: OpenSSH's own client, the reference (no relay, no WebSocket);
+//! - load: many sessions at once through the relay process, see [`load`].
 //!
+//! `bench --load` runs only the load section (it needs no browser and no wasm bundle).
 //! Figures depend on this machine; compare rows of one run, not runs of different machines.
+
+mod load;
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +37,22 @@ struct Row {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    let mut load_only = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--load" => load_only = true,
+            other => anyhow::bail!("unknown argument {other:?}: the bench takes only --load"),
+        }
+    }
+    let load = load::LoadOptions::from_env()?;
+    if !load_only {
+        throughput().await?;
+    }
+    load::run(&load).await
+}
+
+/// The throughput table and the bundle's size.
+async fn throughput() -> Result<()> {
     let size: usize = std::env::var("BENCH_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
