@@ -60,6 +60,8 @@ const MAX_HOST: usize = 253;
 const SPEC_HELP: &str =
     "write it as [bind_address:]port:host:hostport, e.g. 1100:mail.example.com:110";
 
+const BRACKET_HELP: &str = "only a whole IPv6 address goes in brackets, e.g. [2001:db8::1]";
+
 /// Parses `[bind_address:]port:host:hostport`. IPv6 addresses go in brackets.
 pub fn parse_forward(spec: &str) -> Result<ForwardSpec, ParseError> {
     let spec = spec.trim();
@@ -89,6 +91,13 @@ pub fn parse_forward(spec: &str) -> Result<ForwardSpec, ParseError> {
             "destination host {host:?} contains spaces or control characters"
         ));
     }
+    // Brackets only ever enclose a whole field: anything else would be shown back
+    // (Display) as a spec that no longer parses, or parses to something else.
+    if host.contains(['[', ']']) {
+        return err(format!(
+            "destination host {host:?} has a stray '[' or ']'; {BRACKET_HELP}"
+        ));
+    }
     if host.len() > MAX_HOST {
         return err(format!(
             "the destination host is {} characters; a host name has at most {MAX_HOST}",
@@ -105,6 +114,11 @@ pub fn parse_forward(spec: &str) -> Result<ForwardSpec, ParseError> {
     if bind.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return err(format!(
             "bind address {bind:?} contains spaces or control characters"
+        ));
+    }
+    if bind.contains(['[', ']']) {
+        return err(format!(
+            "bind address {bind:?} has a stray '[' or ']'; {BRACKET_HELP}"
         ));
     }
     Ok(ForwardSpec {
@@ -186,17 +200,20 @@ pub fn parse_ssh_command(line: &str) -> Result<SshCommand, ParseError> {
     }
     let mut cmd = SshCommand::default();
     let mut destination = None;
+    let mut options_ended = false;
     while let Some(word) = words.next() {
         if destination.is_some() {
             cmd.ignored.push(word); // the remote command
             continue;
         }
-        let Some(flags) = word.strip_prefix('-').filter(|f| !f.is_empty()) else {
+        let flags = word.strip_prefix('-').filter(|f| !f.is_empty());
+        let Some(flags) = flags.filter(|_| !options_ended) else {
             destination = Some(word);
             continue;
         };
         if flags == "-" {
-            continue; // "--" ends options
+            options_ended = true; // "--": the next word is the destination
+            continue;
         }
         for (i, flag) in flags.char_indices() {
             if OPTIONS_WITH_ARG.contains(flag) {
@@ -233,31 +250,63 @@ pub fn parse_ssh_command(line: &str) -> Result<SshCommand, ParseError> {
         Some((user, rest)) => (Some(user.to_owned()), rest),
         None => (None, destination),
     };
-    let (host, port) = split_host_port(host_port);
+    let (host, port) = split_host_port(host_port)?;
     if let Some(port) = port {
         cmd.port = Some(parse_port(port, "SSH port", false)?);
     }
-    if host.is_empty() {
-        return err("the command names no host; it should end with [user@]host");
-    }
-    cmd.host = unbracket(host).to_owned();
+    check_ssh_host(host)?;
+    cmd.host = host.to_owned();
     if user.is_some() {
         cmd.user = user;
     }
     Ok(cmd)
 }
 
-/// `host`, `host:port` (ssh:// form) or `[v6]:port`.
-fn split_host_port(text: &str) -> (&str, Option<&str>) {
+/// `host`, `host:port` (ssh:// form), `[v6]` or `[v6]:port`.
+fn split_host_port(text: &str) -> Result<(&str, Option<&str>), ParseError> {
     if let Some(rest) = text.strip_prefix('[')
         && let Some((host, tail)) = rest.split_once(']')
     {
-        return (host, tail.strip_prefix(':'));
+        return match tail.strip_prefix(':') {
+            Some(port) => Ok((host, Some(port))),
+            None if tail.is_empty() => Ok((host, None)),
+            None => err(format!(
+                "{text:?} has {tail:?} after the ']'; write [address] or [address]:port"
+            )),
+        };
     }
-    match text.split_once(':') {
+    Ok(match text.split_once(':') {
         Some((host, port)) if !port.contains(':') => (host, Some(port)),
         _ => (text, None),
+    })
+}
+
+/// Characters OpenSSH refuses in a host name on its command line (`valid_hostname` in
+/// ssh.c), and the brackets, which only enclose a whole IPv6 address.
+const NOT_IN_HOST: &[char] = &[
+    '\'', '`', '"', '$', '\\', ';', '&', '<', '>', '|', '(', ')', '{', '}', '[', ']',
+];
+
+/// The destination host must be something a relay target could be named.
+fn check_ssh_host(host: &str) -> Result<(), ParseError> {
+    if host.is_empty() {
+        return err("the command names no host; it should end with [user@]host");
     }
+    if host.starts_with('-') {
+        return err(format!(
+            "the host {host:?} starts with '-', which no host name does"
+        ));
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || NOT_IN_HOST.contains(c))
+    {
+        return err(format!(
+            "the host {host:?} contains {c:?}, which no host name does; \
+             the command should end with [user@]host"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -321,6 +370,23 @@ mod tests {
         assert!(parse_forward("1:[]:2").is_err());
     }
 
+    /// Found by the forward_spec fuzz target: stray brackets inside a field were kept,
+    /// and the spec's Display form then no longer parsed.
+    #[test]
+    fn stray_brackets_are_refused_not_shown_back_unparseable() {
+        let e = parse_forward("[01][01]:08:[20:]:80").unwrap_err().0;
+        assert!(e.contains("bind address \"01][01\" has a stray"), "{e}");
+        let e = parse_forward("1:[[a]]:2").unwrap_err().0;
+        assert!(e.contains("destination host \"[a]\" has a stray"), "{e}");
+        let e = parse_forward("1:[a][b]:2").unwrap_err().0;
+        assert!(
+            e.contains("only a whole IPv6 address goes in brackets"),
+            "{e}"
+        );
+        let ok = parse_forward("[::1]:1:[20::]:80").unwrap();
+        assert_eq!(parse_forward(&ok.to_string()), Ok(ok));
+    }
+
     #[test]
     fn pasted_commands_fill_the_form() {
         let cmd =
@@ -378,5 +444,25 @@ mod tests {
                 .0
                 .contains("unclosed quote")
         );
+    }
+
+    /// Found by the ssh_command fuzz target: garbage around a bracketed address became
+    /// part of the host, or was dropped without a word.
+    #[test]
+    fn malformed_destinations_are_refused() {
+        let e = parse_ssh_command("ssh ssh://bob@:[::]20000").unwrap_err().0;
+        assert!(e.contains("contains '['"), "{e}");
+        let e = parse_ssh_command("ssh [::1]2200").unwrap_err().0;
+        assert!(e.contains("write [address] or [address]:port"), "{e}");
+        let e = parse_ssh_command("ssh 'a b'").unwrap_err().0;
+        assert!(e.contains("contains ' '"), "{e}");
+        let e = parse_ssh_command("ssh -- -oProxyCommand=x").unwrap_err().0;
+        assert!(e.contains("starts with '-'"), "{e}");
+        let cmd = parse_ssh_command("ssh -p 22 -- host -x").unwrap();
+        assert_eq!(
+            (cmd.host.as_str(), cmd.ignored),
+            ("host", vec!["-x".to_owned()])
+        );
+        assert_eq!(parse_ssh_command("ssh [::1]").unwrap().host, "::1");
     }
 }

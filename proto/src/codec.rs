@@ -37,6 +37,8 @@ pub enum DecodeError {
     NonZeroStream { frame: &'static str, stream: u32 },
     #[error("{frame} frame may not use stream 0")]
     ZeroStream { frame: &'static str },
+    #[error("Welcome frame carries {count} pinned host keys, over the {MAX_PINNED_KEYS}-key limit")]
+    TooManyKeys { count: u16 },
 }
 
 /// Appends the encoding of `frame` to `out`.
@@ -180,7 +182,11 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
             r.session(stream)?;
             let version = r.u16("version")?;
             let count = r.u16("key count")?;
-            let mut pinned_host_keys = Vec::with_capacity(usize::from(count).min(64));
+            // The limit `encode` cuts to: a longer list would not survive a re-encoding.
+            if usize::from(count) > MAX_PINNED_KEYS {
+                return Err(DecodeError::TooManyKeys { count });
+            }
+            let mut pinned_host_keys = Vec::with_capacity(usize::from(count));
             for _ in 0..count {
                 let key_len = usize::from(r.u16("key length")?);
                 pinned_host_keys.push(r.text(key_len, "pinned key")?);

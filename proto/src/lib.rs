@@ -58,7 +58,7 @@ pub const MAX_FRAME: usize = HEADER_LEN + MAX_DATA;
 /// Largest text field (target names, addresses, reasons) in bytes.
 pub const MAX_TEXT: usize = 1024;
 
-/// Most pinned host keys a Welcome carries.
+/// Most pinned host keys a Welcome carries; a receiver refuses a Welcome with more.
 pub const MAX_PINNED_KEYS: usize = 64;
 
 /// Stream number of session-level frames (Hello, Welcome, Error, Ssh).

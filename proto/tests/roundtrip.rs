@@ -177,6 +177,19 @@ fn malformed_inputs_get_clear_errors() {
             field: "key length"
         })
     );
+    // More pinned keys than a Welcome may carry, even when all of them are present
+    // (found by the frame_decode fuzz target: such a frame did not re-encode to itself).
+    let mut too_many = vec![2, 0, 0, 0, 0, 0, 1, 0, 65];
+    too_many.extend([0u8; 2 * 65]);
+    assert_eq!(
+        decode(Bytes::from(too_many)),
+        Err(DecodeError::TooManyKeys { count: 65 })
+    );
+    let mut most = vec![2, 0, 0, 0, 0, 0, 1, 0, 64];
+    most.extend([0u8; 2 * 64]);
+    let wire = Bytes::from(most);
+    let frame = decode(wire.clone()).expect("64 keys is the limit, not over it");
+    assert_eq!(encode_to_bytes(&frame), wire);
 }
 
 #[test]

@@ -115,13 +115,24 @@ impl Cmd {
 
     /// Runs to completion, copying stderr through while also keeping it, so that the caller
     /// can inspect error messages.
-    pub fn status_keep_stderr(mut self) -> Result<(ExitStatus, String)> {
+    pub fn status_keep_stderr(self) -> Result<(ExitStatus, String)> {
+        self.status_keep_stderr_showing(|_| true)
+    }
+
+    /// Like [`Cmd::status_keep_stderr`], but copies through only the lines `show` accepts
+    /// (all lines are kept).
+    pub fn status_keep_stderr_showing(
+        mut self,
+        show: impl Fn(&str) -> bool,
+    ) -> Result<(ExitStatus, String)> {
         let mut child = self.spawn(Stdio::piped())?;
         let pipe = child.stderr.take().context("child stderr")?;
         let mut kept = String::new();
         for line in BufReader::new(pipe).lines() {
             let line = line.unwrap_or_default();
-            eprintln!("{line}");
+            if show(&line) {
+                eprintln!("{line}");
+            }
             kept.push_str(&line);
             kept.push('\n');
         }

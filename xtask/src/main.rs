@@ -1,7 +1,8 @@
-//! Project automation: `cargo xtask <setup|wasm|demo|test|ci|bench>`.
+//! Project automation: `cargo xtask <setup|wasm|demo|test|ci|bench|fuzz>`.
 
 mod cmd;
 mod e2e;
+mod fuzz;
 mod setup;
 mod tasks;
 
@@ -34,7 +35,8 @@ enum Task {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         listen: String,
     },
-    /// Setup, wasm, fmt check, clippy (native and wasm32) and all tests, with timings.
+    /// Setup, wasm, fmt check, clippy (native and wasm32), all tests, then each fuzz target
+    /// for FUZZ_SECONDS (60; 0 skips), with timings.
     Test,
     /// Throughput of a forward (native client, browser tab, and OpenSSH ssh -L as the
     /// reference), the wasm bundle's size, and the relay process under load (memory and
@@ -48,6 +50,19 @@ enum Task {
     },
     /// What CI runs: the same as `test`.
     Ci,
+    /// Fuzz the codec and the command-line parsers with cargo-fuzz (installed into
+    /// .tools/ if missing; built with AddressSanitizer on the stable toolchain).
+    Fuzz {
+        /// How long to fuzz each target.
+        #[arg(long, value_name = "N", default_value_t = 60)]
+        seconds: u64,
+        /// Run the target once on this input instead of fuzzing (to see why it fails).
+        #[arg(long, value_name = "FILE", requires = "targets")]
+        input: Option<PathBuf>,
+        /// Targets to run (default: all): frame_decode, forward_spec, ssh_command.
+        #[arg(value_name = "TARGET")]
+        targets: Vec<String>,
+    },
 }
 
 fn repo_root() -> Result<PathBuf> {
@@ -70,5 +85,10 @@ fn main() -> Result<()> {
         Task::Demo { listen } => tasks::demo(&root, &listen),
         Task::Test | Task::Ci => tasks::test(&root),
         Task::Bench { load } => tasks::bench(&root, load),
+        Task::Fuzz {
+            seconds,
+            input,
+            targets,
+        } => tasks::fuzz(&root, seconds, input.as_deref(), &targets),
     }
 }

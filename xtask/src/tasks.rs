@@ -1,4 +1,4 @@
-//! `wasm`, `demo` and `test`.
+//! `wasm`, `demo`, `bench`, `fuzz` and `test`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::cmd::Cmd;
+use crate::fuzz;
 use crate::setup::{self, WASM_TARGET};
 
 /// The cargo target directory: `CARGO_TARGET_DIR` (made absolute) or `<repo>/target`.
@@ -123,6 +124,52 @@ pub fn bench(root: &Path, load_only: bool) -> Result<()> {
     cmd.run()
 }
 
+/// `cargo xtask fuzz`: each target (all if none named) for `seconds`, or once on `input`.
+pub fn fuzz(root: &Path, seconds: u64, input: Option<&Path>, names: &[String]) -> Result<()> {
+    let targets: Vec<&fuzz::Target> = if names.is_empty() {
+        fuzz::TARGETS.iter().collect()
+    } else {
+        names
+            .iter()
+            .map(|n| fuzz::target(n))
+            .collect::<Result<_>>()?
+    };
+    let cargo_fuzz = fuzz::cargo_fuzz(root)?;
+    let target_dir = target_dir(root)?;
+    if let Some(input) = input {
+        // cargo-fuzz runs in the repository root; the path was relative to our cwd.
+        let input = std::path::absolute(input)
+            .with_context(|| format!("the input path {}", input.display()))?;
+        if !input.is_file() {
+            bail!("the input {} is not a file", input.display());
+        }
+        for target in targets {
+            fuzz::run_input(root, &cargo_fuzz, &target_dir, target, &input)?;
+        }
+        return Ok(());
+    }
+    let mut counts = Vec::new();
+    for target in targets {
+        let n = fuzz::run(root, &cargo_fuzz, &target_dir, target, seconds)?;
+        counts.push((target.name, n));
+    }
+    println!();
+    for (name, n) in counts {
+        println!("{name:<14} {n:>12} executions in {seconds} s");
+    }
+    Ok(())
+}
+
+/// Seconds `cargo xtask test` fuzzes each target: `FUZZ_SECONDS`, or 60.
+fn fuzz_seconds() -> Result<u64> {
+    match std::env::var("FUZZ_SECONDS") {
+        Ok(v) => v.trim().parse().with_context(|| {
+            format!("FUZZ_SECONDS={v:?} is not a number of seconds (0 skips fuzzing)")
+        }),
+        Err(_) => Ok(60),
+    }
+}
+
 /// Step names and wall times for the final summary.
 #[derive(Debug, Default)]
 struct Steps {
@@ -183,6 +230,8 @@ pub fn test(root: &Path) -> Result<()> {
 }
 
 fn test_steps(root: &Path, steps: &mut Steps) -> Result<()> {
+    // Read first, so that a bad value fails before the long steps.
+    let fuzz_seconds = fuzz_seconds()?;
     let mut wasm_bindgen = PathBuf::new();
     steps.run("setup", || {
         wasm_bindgen = setup::all(root)?;
@@ -191,7 +240,11 @@ fn test_steps(root: &Path, steps: &mut Steps) -> Result<()> {
     steps.run("wasm build", || build_wasm(root))?;
     steps.run("wasm-bindgen", || bind_wasm(root, &wasm_bindgen))?;
     steps.run("fmt", || {
-        cargo(root)?.args(["fmt", "--all", "--check"]).run()
+        cargo(root)?.args(["fmt", "--all", "--check"]).run()?;
+        // fuzz/ is its own workspace, so `--all` does not reach it.
+        cargo(root)?
+            .args(["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"])
+            .run()
     })?;
     steps.run("clippy", || {
         cargo(root)?
@@ -225,5 +278,26 @@ fn test_steps(root: &Path, steps: &mut Steps) -> Result<()> {
             cmd = cmd.env("TABTUNNEL_REQUIRE_ALL", "1");
         }
         cmd.args(["test", "--workspace", "--no-fail-fast"]).run()
-    })
+    })?;
+    if fuzz_seconds == 0 {
+        println!("\nFUZZ_SECONDS=0: not fuzzing");
+        return Ok(());
+    }
+    let target_dir = target_dir(root)?;
+    let mut cargo_fuzz = PathBuf::new();
+    steps.run("fuzz build", || {
+        cargo_fuzz = fuzz::cargo_fuzz(root)?;
+        // The targets are not in the workspace, so the clippy step above did not see them.
+        cargo(root)?
+            .args(["clippy", "--manifest-path", "fuzz/Cargo.toml", "--bins"])
+            .args(["--", "-D", "warnings"])
+            .run()?;
+        fuzz::build(root, &cargo_fuzz, &target_dir)
+    })?;
+    for target in fuzz::TARGETS {
+        steps.run(target.step, || {
+            fuzz::run(root, &cargo_fuzz, &target_dir, target, fuzz_seconds).map(|_| ())
+        })?;
+    }
+    Ok(())
 }

@@ -1,0 +1,193 @@
+//! `decode` on arbitrary bytes, and `encode` on arbitrary frames.
+//!
+//! Properties, for every input:
+//! 1. `decode(bytes)` returns (never panics). When it gives a frame `f`, `encode(f)` is
+//!    exactly `bytes` (the format has one encoding per frame, and `decode` enforces every
+//!    limit that `encode` would otherwise cut to), so `decode(encode(f)) == f` too.
+//! 2. The same bytes, read as a frame built in memory (`g`, texts of any length, any
+//!    number of pinned keys), encode without panicking, and `decode(encode(g))` is `g`
+//!    with each text cut to `MAX_TEXT` bytes at a character boundary and the pinned keys
+//!    cut to `MAX_PINNED_KEYS`; or, when `g` names stream 0 where a forward or connection
+//!    id belongs, a `ZeroStream` error (the receiver's check of that sender bug).
+
+#![no_main]
+
+use arbitrary::{Result, Unstructured};
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use tabtunnel_proto::codec::truncate;
+use tabtunnel_proto::{
+    DecodeError, ErrorCode, Frame, MAX_DATA, MAX_PINNED_KEYS, decode, encode_to_bytes,
+};
+
+fuzz_target!(|input: &[u8]| {
+    decoded_frames_re_encode_exactly(input);
+    if let Ok(frame) = arbitrary_frame(&mut Unstructured::new(input)) {
+        encoded_frames_decode_to_themselves(frame);
+    }
+});
+
+fn decoded_frames_re_encode_exactly(input: &[u8]) {
+    let Ok(frame) = decode(Bytes::copy_from_slice(input)) else {
+        return;
+    };
+    let wire = encode_to_bytes(&frame);
+    assert_eq!(&wire[..], input, "{frame:?} re-encodes differently");
+    assert_eq!(decode(wire), Ok(frame));
+}
+
+fn encoded_frames_decode_to_themselves(frame: Frame) {
+    let decoded = decode(encode_to_bytes(&frame));
+    let zero_id = match &frame {
+        Frame::Listen { forward, .. }
+        | Frame::Listening { forward, .. }
+        | Frame::ListenFailed { forward, .. }
+        | Frame::Unlisten { forward } => *forward == 0,
+        Frame::Accept { conn, .. }
+        | Frame::Data { conn, .. }
+        | Frame::Credit { conn, .. }
+        | Frame::Eof { conn }
+        | Frame::Close { conn, .. } => *conn == 0,
+        _ => false,
+    };
+    if zero_id {
+        assert_eq!(
+            decoded,
+            Err(DecodeError::ZeroStream {
+                frame: frame.name()
+            })
+        );
+    } else {
+        assert_eq!(decoded, Ok(cut_to_limits(frame)));
+    }
+}
+
+/// What the receiver gets for `frame`: `encode` cuts over-long texts and key lists.
+fn cut_to_limits(frame: Frame) -> Frame {
+    let cut = |s: String| truncate(&s).to_owned();
+    match frame {
+        Frame::Hello {
+            version,
+            target,
+            token,
+        } => Frame::Hello {
+            version,
+            target: cut(target),
+            token: cut(token),
+        },
+        Frame::Welcome {
+            version,
+            pinned_host_keys,
+        } => Frame::Welcome {
+            version,
+            pinned_host_keys: pinned_host_keys
+                .into_iter()
+                .take(MAX_PINNED_KEYS)
+                .map(cut)
+                .collect(),
+        },
+        Frame::Error { code, message } => Frame::Error {
+            code,
+            message: cut(message),
+        },
+        Frame::Listen {
+            forward,
+            bind,
+            port,
+        } => Frame::Listen {
+            forward,
+            bind: cut(bind),
+            port,
+        },
+        Frame::Listening { forward, address } => Frame::Listening {
+            forward,
+            address: cut(address),
+        },
+        Frame::ListenFailed {
+            forward,
+            code,
+            message,
+        } => Frame::ListenFailed {
+            forward,
+            code,
+            message: cut(message),
+        },
+        Frame::Accept {
+            conn,
+            forward,
+            peer,
+        } => Frame::Accept {
+            conn,
+            forward,
+            peer: cut(peer),
+        },
+        Frame::Close { conn, reason } => Frame::Close {
+            conn,
+            reason: cut(reason),
+        },
+        other => other,
+    }
+}
+
+/// A frame as a sender might build it. Only Data and Ssh payloads are kept within
+/// `MAX_DATA`: a larger one is a documented panic of `encode` (senders chunk).
+fn arbitrary_frame(u: &mut Unstructured<'_>) -> Result<Frame> {
+    let code = |u: &mut Unstructured<'_>| Ok(ErrorCode::from_u16(u.arbitrary()?));
+    let data = |u: &mut Unstructured<'_>| -> Result<Bytes> {
+        let len = u.int_in_range(0..=MAX_DATA)?;
+        Ok(Bytes::copy_from_slice(u.bytes(len.min(u.len()))?))
+    };
+    Ok(match u.int_in_range(1..=13u8)? {
+        1 => Frame::Hello {
+            version: u.arbitrary()?,
+            target: u.arbitrary()?,
+            token: u.arbitrary()?,
+        },
+        2 => Frame::Welcome {
+            version: u.arbitrary()?,
+            pinned_host_keys: u.arbitrary()?,
+        },
+        3 => Frame::Error {
+            code: code(u)?,
+            message: u.arbitrary()?,
+        },
+        4 => Frame::Ssh(data(u)?),
+        5 => Frame::Listen {
+            forward: u.arbitrary()?,
+            bind: u.arbitrary()?,
+            port: u.arbitrary()?,
+        },
+        6 => Frame::Listening {
+            forward: u.arbitrary()?,
+            address: u.arbitrary()?,
+        },
+        7 => Frame::ListenFailed {
+            forward: u.arbitrary()?,
+            code: code(u)?,
+            message: u.arbitrary()?,
+        },
+        8 => Frame::Unlisten {
+            forward: u.arbitrary()?,
+        },
+        9 => Frame::Accept {
+            conn: u.arbitrary()?,
+            forward: u.arbitrary()?,
+            peer: u.arbitrary()?,
+        },
+        10 => Frame::Data {
+            conn: u.arbitrary()?,
+            data: data(u)?,
+        },
+        11 => Frame::Credit {
+            conn: u.arbitrary()?,
+            bytes: u.arbitrary()?,
+        },
+        12 => Frame::Eof {
+            conn: u.arbitrary()?,
+        },
+        _ => Frame::Close {
+            conn: u.arbitrary()?,
+            reason: u.arbitrary()?,
+        },
+    })
+}
