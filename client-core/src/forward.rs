@@ -301,7 +301,7 @@ impl ConnPump {
                                 .await
                                 .is_err()
                             {
-                                return;
+                                return Ok(());
                             }
                             self.stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
                         }
@@ -313,10 +313,14 @@ impl ConnPump {
                             .await
                             .is_err()
                         {
-                            return;
+                            return Ok(());
                         }
                     }
-                    Some(ChannelMsg::Close) | None => return,
+                    Some(ChannelMsg::Close) => return Ok(()),
+                    // No Close first: the SSH session ended under this connection.
+                    None => {
+                        return Err("the SSH session ended before the connection closed".to_owned());
+                    }
                     Some(_) => {}
                 }
             }
@@ -330,7 +334,10 @@ impl ConnPump {
                 Err(reason) => Ending::Failed(reason),
             },
             _ = &mut abort => Ending::RelayClosed,
-            () = &mut from_ssh => Ending::Orderly,
+            result = &mut from_ssh => match result {
+                Ok(()) => Ending::Orderly,
+                Err(reason) => Ending::Failed(reason),
+            },
         };
         let _ = writer.close().await;
         ending

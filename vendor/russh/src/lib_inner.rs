@@ -512,6 +512,8 @@ pub(crate) struct ChannelParams {
     pending_data: std::collections::VecDeque<(bytes::Bytes, Option<u32>, usize)>,
     pending_eof: bool,
     pending_close: bool,
+    /// Bytes the peer sent beyond the window, in all (tabtunnel patch).
+    window_excess: u32,
 }
 
 impl ChannelParams {

@@ -303,24 +303,43 @@ impl Encrypted {
     }
 
     /// The peer sent `len` bytes on `channel`: they use up its window (tabtunnel patch).
-    /// Data beyond the window is ignored for the count, as in `adjust_window_size`.
-    pub(crate) fn record_received(&mut self, channel: ChannelId, len: usize) {
+    /// Like OpenSSH, a peer may overrun the window by a tenth of it in all; beyond that it
+    /// ignores flow control, and the session ends rather than buffer without bound.
+    pub(crate) fn record_received(
+        &mut self,
+        channel: ChannelId,
+        len: usize,
+        target: u32,
+    ) -> Result<(), crate::Error> {
         if let Some(channel) = self.channels.get_mut(&channel) {
-            if let Ok(len) = u32::try_from(len) {
-                if len <= channel.sender_window_size {
-                    channel.sender_window_size -= len;
-                }
+            let len = u32::try_from(len).unwrap_or(u32::MAX);
+            let debit = len.min(channel.sender_window_size);
+            channel.sender_window_size -= debit;
+            channel.window_excess = channel.window_excess.saturating_add(len - debit);
+            if channel.window_excess > target / 10 {
+                log::warn!(
+                    "channel {:?}: the peer sent {} bytes beyond its window",
+                    channel.sender_channel, channel.window_excess
+                );
+                return Err(crate::Error::Inconsistent);
             }
         }
+        Ok(())
     }
 
-    /// Returns `amount` bytes of window on `channel` to the peer (tabtunnel patch).
+    /// Returns `amount` bytes of window on `channel` to the peer (tabtunnel patch), never
+    /// more than makes it `target` (bytes read beyond the window were never debited).
     pub(crate) fn return_window(
         &mut self,
         channel: ChannelId,
         amount: u32,
+        target: u32,
     ) -> Result<(), crate::Error> {
         if let Some(channel) = self.channels.get_mut(&channel) {
+            let amount = amount.min(target.saturating_sub(channel.sender_window_size));
+            if amount == 0 {
+                return Ok(());
+            }
             push_packet!(self.write, {
                 self.write.push(msg::CHANNEL_WINDOW_ADJUST);
                 channel.recipient_channel.encode(&mut self.write)?;
@@ -812,6 +831,7 @@ impl Encrypted {
                     pending_data: std::collections::VecDeque::new(),
                     pending_eof: false,
                     pending_close: false,
+                    window_excess: 0,
                 });
                 return ChannelId(self.last_channel_id.0);
             }
@@ -941,6 +961,7 @@ mod tests {
             pending_data: VecDeque::from([(Bytes::from_static(b"hello"), None, 0)]),
             pending_eof,
             pending_close,
+            window_excess: 0,
         }
     }
 
@@ -995,6 +1016,7 @@ mod tests {
             pending_data: VecDeque::from([(Bytes::from_static(b"hello"), None, 0)]),
             pending_eof,
             pending_close,
+            window_excess: 0,
         }
     }
 

@@ -220,6 +220,23 @@ pub struct ChannelReadHalf {
     pub(crate) flow: Option<Arc<ReceiveFlow>>,
 }
 
+/// tabtunnel patch: what the reader leaves unread counts as consumed, so the window it
+/// held returns (or the session's backlog for it is dropped) without waiting for a close.
+impl Drop for ChannelReadHalf {
+    fn drop(&mut self) {
+        if let Some(flow) = self.flow.take() {
+            self.receiver.close();
+            let mut unread = 0;
+            while let Ok(msg) = self.receiver.try_recv() {
+                if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = &msg {
+                    unread += data.len();
+                }
+            }
+            flow.discard(unread);
+        }
+    }
+}
+
 impl std::fmt::Debug for ChannelReadHalf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChannelReadHalf").finish()

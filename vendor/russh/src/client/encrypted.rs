@@ -537,7 +537,7 @@ impl Session {
                 // Forward the close to the channel before removing it, so that
                 // consumers waiting on `Channel::wait()` receive an explicit
                 // `ChannelMsg::Close` instead of just seeing `None`.
-                self.deliver(channel_num, ChannelMsg::Close);
+                self.deliver(channel_num, ChannelMsg::Close)?;
                 self.channels.remove(&channel_num);
                 client.channel_close(channel_num, self).await
             }
@@ -548,7 +548,7 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                self.deliver(channel_num, ChannelMsg::Eof);
+                self.deliver(channel_num, ChannelMsg::Eof)?;
                 client.channel_eof(channel_num, self).await
             }
             Some((&msg::CHANNEL_OPEN_FAILURE, mut r)) => {
@@ -601,7 +601,7 @@ impl Session {
                     // tabtunnel patch: a channel with flow control gets its window back
                     // as its reader consumes (`Session::service_receive_flow`).
                     if has_flow {
-                        enc.record_received(channel_num, data.len());
+                        enc.record_received(channel_num, data.len(), target)?;
                     } else if enc.adjust_window_size(channel_num, &data, target)? {
                         let next_window =
                             client.adjust_window(channel_num, self.target_window_size);
@@ -611,7 +611,7 @@ impl Session {
                     }
                 }
 
-                self.deliver(channel_num, ChannelMsg::Data { data: data.clone() });
+                self.deliver(channel_num, ChannelMsg::Data { data: data.clone() })?;
 
                 client.data(channel_num, &data, self).await
             }
@@ -634,7 +634,7 @@ impl Session {
                     // tabtunnel patch: a channel with flow control gets its window back
                     // as its reader consumes (`Session::service_receive_flow`).
                     if has_flow {
-                        enc.record_received(channel_num, data.len());
+                        enc.record_received(channel_num, data.len(), target)?;
                     } else if enc.adjust_window_size(channel_num, &data, target)? {
                         let next_window =
                             client.adjust_window(channel_num, self.target_window_size);
@@ -647,7 +647,7 @@ impl Session {
                 self.deliver(channel_num, ChannelMsg::ExtendedData {
                             ext: extended_code,
                             data: data.clone(),
-                        });
+                        })?;
 
                 client
                     .extended_data(channel_num, extended_code, &data, self)
@@ -665,14 +665,14 @@ impl Session {
                         map_err!(u8::decode(&mut r))?; // should be 0.
                         let client_can_do = map_err!(u8::decode(&mut r))? != 0;
                         map_err!(ensure_end(&r))?;
-                        self.deliver(channel_num, ChannelMsg::XonXoff { client_can_do });
+                        self.deliver(channel_num, ChannelMsg::XonXoff { client_can_do })?;
                         client.xon_xoff(channel_num, client_can_do, self).await
                     }
                     "exit-status" => {
                         map_err!(u8::decode(&mut r))?; // should be 0.
                         let exit_status = map_err!(u32::decode(&mut r))?;
                         map_err!(ensure_end(&r))?;
-                        self.deliver(channel_num, ChannelMsg::ExitStatus { exit_status });
+                        self.deliver(channel_num, ChannelMsg::ExitStatus { exit_status })?;
                         client.exit_status(channel_num, exit_status, self).await
                     }
                     "exit-signal" => {
@@ -688,7 +688,7 @@ impl Session {
                                     core_dumped,
                                     error_message: error_message.to_string(),
                                     lang_tag: lang_tag.to_string(),
-                                });
+                                })?;
                         client
                             .exit_signal(
                                 channel_num,
@@ -769,7 +769,9 @@ impl Session {
                     // Use try_send to avoid blocking the session loop when channel buffer is full.
                     // WindowAdjusted is informational - the critical side effect (updating
                     // WindowSizeRef and notifying ChannelTx) already happens in grow().
-                    let _ = chan.try_send(ChannelMsg::WindowAdjusted { new_size });
+                    if !self.is_backlogged(channel_num) {
+                        let _ = chan.try_send(ChannelMsg::WindowAdjusted { new_size });
+                    }
                 }
                 client.window_adjusted(channel_num, new_size, self).await
             }
@@ -816,7 +818,7 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                self.deliver(channel_num, ChannelMsg::Success);
+                self.deliver(channel_num, ChannelMsg::Success)?;
                 client.channel_success(channel_num, self).await
             }
             Some((&msg::CHANNEL_FAILURE, mut r)) => {
@@ -825,7 +827,7 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                self.deliver(channel_num, ChannelMsg::Failure);
+                self.deliver(channel_num, ChannelMsg::Failure)?;
                 client.channel_failure(channel_num, self).await
             }
             Some((&msg::CHANNEL_OPEN, mut r)) => {
@@ -849,6 +851,7 @@ impl Session {
                     pending_data: std::collections::VecDeque::new(),
                     pending_eof: false,
                     pending_close: false,
+                    window_excess: 0,
                 };
 
                 let (channel, channel_ref) = Channel::new(

@@ -109,6 +109,9 @@ pub struct Session {
     backlogs: HashMap<ChannelId, ChannelBacklog>,
 }
 
+/// At most this many messages wait for one channel's reader (tabtunnel patch).
+const MAX_BACKLOG_MESSAGES: usize = 65536;
+
 /// Messages for a channel whose queue was full (tabtunnel patch). The peer's window bounds
 /// the data in here, since window is returned only for what the reader consumed.
 #[derive(Debug)]
@@ -1379,13 +1382,19 @@ impl Session {
 
     /// Passes a message to a channel's reader without ever waiting: a full queue
     /// puts it, and every later message of that channel, in the channel's backlog.
-    pub(crate) fn deliver(&mut self, id: ChannelId, msg: ChannelMsg) {
+    pub(crate) fn deliver(&mut self, id: ChannelId, msg: ChannelMsg) -> Result<(), crate::Error> {
         if let Some(backlog) = self.backlogs.get_mut(&id) {
+            // The window bounds the bytes in here, not the count of messages: a server
+            // that floods a channel nobody reads with tiny or empty messages is cut off.
+            if backlog.messages.len() >= MAX_BACKLOG_MESSAGES {
+                warn!("channel {id:?}: the server sent {MAX_BACKLOG_MESSAGES} messages its reader has not taken");
+                return Err(crate::Error::Inconsistent);
+            }
             backlog.messages.push_back(msg);
-            return;
+            return Ok(());
         }
         let Some(chan) = self.channels.get(&id) else {
-            return;
+            return Ok(());
         };
         match chan.sender().try_send(msg) {
             Ok(()) => {}
@@ -1411,6 +1420,12 @@ impl Session {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Whether messages for `id` wait in a backlog (informational ones skip it then).
+    pub(crate) fn is_backlogged(&self, id: ChannelId) -> bool {
+        self.backlogs.contains_key(&id)
     }
 
     /// Moves backlogs into the queues that have room, and returns window for what the
@@ -1447,12 +1462,13 @@ impl Session {
             backlog.flow.set_backlogged(false);
             false
         });
+        let target = self.common.config.window_size;
         if let Some(enc) = self.common.encrypted.as_mut() {
             for (id, chan) in &self.channels {
                 if let Some(flow) = &chan.flow {
                     let consumed = flow.take_consumed();
                     if consumed > 0 {
-                        enc.return_window(*id, consumed)?;
+                        enc.return_window(*id, consumed, target)?;
                     }
                 }
             }
@@ -1478,6 +1494,17 @@ impl Session {
             )
             .await;
         trace!("disconnected");
+        // tabtunnel patch: what waits in backlogs still reaches its readers, in order, as
+        // upstream's awaited sends did, rather than vanish with the session.
+        for (_, backlog) in std::mem::take(&mut self.backlogs) {
+            drop(russh_util::runtime::spawn(async move {
+                for msg in backlog.messages {
+                    if backlog.sender.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
         self.receiver.close();
         self.priority_receiver.close();
         self.inbound_channel_receiver.close();
