@@ -8,7 +8,7 @@ use futures::SinkExt;
 use tabtunnel_client::Session;
 use tabtunnel_e2e::relay::{Relay, RelayProcess};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
-use tabtunnel_e2e::sshd::{Sshd, signal};
+use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, log_in, sshd_login, wait_for, wait_until_port_free};
 use tabtunnel_proto::{Frame, encode_to_bytes};
 use tokio::io::AsyncReadExt;
@@ -164,10 +164,5 @@ async fn sigterm_tells_the_tabs_and_exits_zero() -> Result<()> {
         .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
         .await?;
 
-    signal(relay.pid()?, "TERM")?;
-    let reason = tokio::time::timeout(Duration::from_secs(15), session.closed()).await?;
-    assert!(reason.contains("the relay is shutting down"), "{reason}");
-    let status = tokio::time::timeout(Duration::from_secs(15), relay.child.wait()).await??;
-    assert!(status.success(), "the relay exited with {status}");
-    wait_until_port_free(fwd.listen()).await
+    relay.terminate_cleanly(&session, fwd.listen()).await
 }

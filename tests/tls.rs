@@ -16,7 +16,7 @@ use tabtunnel_e2e::browser::Browser;
 use tabtunnel_e2e::page::{ONE_BROWSER, log_in_with_password, require_bundle, row_listen_address};
 use tabtunnel_e2e::relay::{Relay, RelayProcess, TEST_FORWARD_PORTS, relay_binary, web_dir};
 use tabtunnel_e2e::services::{EchoServer, exchange};
-use tabtunnel_e2e::sshd::{Sshd, signal};
+use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, pattern, sshd_login, wait_for, wait_until_port_free};
 use tabtunnel_relay::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -297,12 +297,7 @@ async fn sigterm_under_tls_tells_the_tabs_and_exits_zero() -> Result<()> {
         .await?;
     assert_eq!(exchange(fwd.listen(), b"before").await?, b"before");
 
-    signal(relay.pid()?, "TERM")?;
-    let reason = tokio::time::timeout(Duration::from_secs(15), session.closed()).await?;
-    assert!(reason.contains("the relay is shutting down"), "{reason}");
-    let status = tokio::time::timeout(Duration::from_secs(15), relay.child.wait()).await??;
-    assert!(status.success(), "the relay exited with {status}");
-    wait_until_port_free(fwd.listen()).await
+    relay.terminate_cleanly(&session, fwd.listen()).await
 }
 
 /// Text of the element matching `selector`, once there.

@@ -774,43 +774,16 @@ function addForwardRow(spec, fwd) {
   stateEl.textContent = "open";
   head.append(specEl, stateEl);
 
-  const listenLine = document.createElement("div");
-  listenLine.className = "listen-line";
-  const listenLabel = document.createElement("span");
-  listenLabel.className = "label";
-  listenLabel.textContent = "Listening on ";
-  const listen = document.createElement("code");
-  listen.className = "listen";
-  listen.textContent = String(fwd.listen ?? "");
-  const copy = document.createElement("button");
-  copy.type = "button";
-  copy.className = "copy small";
-  copy.textContent = "Copy";
-  copy.setAttribute("aria-label", `Copy listen address ${listen.textContent}`);
-  copy.addEventListener("click", () => copyListen(listen, copy));
-  listenLine.append(listenLabel, listen, copy);
+  const listenLine = addressLine("listen-line", "Listening on ", "listen", String(fwd.listen ?? ""),
+    "Copy listen address");
 
   // Where users connect and who else can: a forward bound beyond loopback is open to
   // everyone who can reach the relay host, which the user should know before sharing it.
   const reachable = reachOf(String(fwd.listen ?? ""));
   const lines = [listenLine];
   if (reachable.connect) {
-    const connectLine = document.createElement("div");
-    connectLine.className = "listen-line connect-line";
-    const connectLabel = document.createElement("span");
-    connectLabel.className = "label";
-    connectLabel.textContent = "Connect to ";
-    const connect = document.createElement("code");
-    connect.className = "connect";
-    connect.textContent = reachable.connect;
-    const copyConnect = document.createElement("button");
-    copyConnect.type = "button";
-    copyConnect.className = "copy small";
-    copyConnect.textContent = "Copy";
-    copyConnect.setAttribute("aria-label", `Copy address ${reachable.connect}`);
-    copyConnect.addEventListener("click", () => copyListen(connect, copyConnect));
-    connectLine.append(connectLabel, connect, copyConnect);
-    lines.unshift(connectLine);
+    lines.unshift(addressLine("listen-line connect-line", "Connect to ", "connect", reachable.connect,
+      "Copy address"));
   }
   const reach = document.createElement("p");
   reach.className = "reach";
@@ -974,6 +947,26 @@ function reachOf(listen) {
   const sources = relayInfo.allowedSources;
   const only = sources.length > 0 ? `, from ${sources.join(" or ")} only` : "";
   return { connect, sentence: `Anyone who can reach ${connect} can use this forward${only}.` };
+}
+
+/** A line "LABEL <code>ADDRESS</code> [Copy]" of a forward's row. */
+function addressLine(lineClass, label, codeClass, address, copyLabel) {
+  const line = document.createElement("div");
+  line.className = lineClass;
+  const labelEl = document.createElement("span");
+  labelEl.className = "label";
+  labelEl.textContent = label;
+  const code = document.createElement("code");
+  code.className = codeClass;
+  code.textContent = address;
+  const copy = document.createElement("button");
+  copy.type = "button";
+  copy.className = "copy small";
+  copy.textContent = "Copy";
+  copy.setAttribute("aria-label", `${copyLabel} ${address}`);
+  copy.addEventListener("click", () => copyListen(code, copy));
+  line.append(labelEl, code, copy);
+  return line;
 }
 
 async function copyListen(codeEl, button) {

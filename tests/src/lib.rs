@@ -115,6 +115,18 @@ pub fn sshd_login(sshd: &sshd::Sshd) -> tabtunnel_client::ConnectOptions {
     }
 }
 
+/// [`sshd_login`] with sshd's test client key (ed25519) instead of the password.
+pub fn sshd_key_login(sshd: &sshd::Sshd) -> tabtunnel_client::ConnectOptions {
+    tabtunnel_client::ConnectOptions {
+        auth: tabtunnel_client::Auth::PrivateKey {
+            pem: sshd.client_key.clone(),
+            passphrase: None,
+        }
+        .into(),
+        ..sshd_login(sshd)
+    }
+}
+
 /// Logs in through the relay at `ws_url` with `options`.
 pub async fn log_in(
     ws_url: &str,

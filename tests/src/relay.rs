@@ -201,6 +201,25 @@ impl RelayProcess {
         self.output.lock().expect("output").clone()
     }
 
+    /// Sends SIGTERM and checks the shutdown a tab must see: `session` is told the relay is
+    /// shutting down, the relay exits 0, and the forward's port `listen` is free again.
+    pub async fn terminate_cleanly(
+        &mut self,
+        session: &tabtunnel_client::Session,
+        listen: &str,
+    ) -> Result<()> {
+        use std::time::Duration;
+        crate::sshd::signal(self.pid()?, "TERM")?;
+        let reason = tokio::time::timeout(Duration::from_secs(15), session.closed()).await?;
+        anyhow::ensure!(
+            reason.contains("the relay is shutting down"),
+            "the tab was told: {reason}"
+        );
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await??;
+        anyhow::ensure!(status.success(), "the relay exited with {status}");
+        crate::wait_until_port_free(listen).await
+    }
+
     /// Kills it and returns everything it printed.
     pub async fn kill(mut self) -> Result<Vec<String>> {
         self.child.kill().await?;

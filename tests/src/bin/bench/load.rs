@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tabtunnel_client::{Auth, ConnectOptions, Forward, HostKeyPolicy, Session};
+use tabtunnel_client::{ConnectOptions, Forward, Session};
 use tabtunnel_e2e::relay::{RelayProcess, web_dir};
 use tabtunnel_e2e::services::EchoServer;
 use tabtunnel_e2e::sshd::{Sshd, SshdOptions, descendants};
-use tabtunnel_e2e::{log_in, pattern};
+use tabtunnel_e2e::{log_in, pattern, sshd_key_login};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -542,19 +542,7 @@ async fn log_in_all(
             // The relay's WebSocket pings are answered without it; off, it would only add
             // client work to the figures.
             keepalive: None,
-            token: None,
-            target: "sshd".into(),
-            username: sshd.user.into(),
-            auth: Auth::PrivateKey {
-                pem: sshd.client_key.clone(),
-                passphrase: None,
-            }
-            .into(),
-            host_key: HostKeyPolicy {
-                pinned: vec![],
-                expected: Some(sshd.host_key_fingerprint.clone()),
-                ask: None,
-            },
+            ..sshd_key_login(sshd)
         };
         let spec = format!("0:127.0.0.1:{}", echo.port());
         tasks.spawn(async move {

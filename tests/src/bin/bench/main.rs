@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::json;
+use tabtunnel_client::ConnectOptions;
 use tabtunnel_client::native::NativeTransport;
-use tabtunnel_client::{Auth, ConnectOptions, HostKeyPolicy};
 use tabtunnel_e2e::browser::Browser;
 use tabtunnel_e2e::relay::{Relay, web_dir};
 use tabtunnel_e2e::services::BulkServer;
 use tabtunnel_e2e::sshd::{Sshd, free_port};
-use tabtunnel_e2e::{pattern, sha256_hex, wait_for};
+use tabtunnel_e2e::{pattern, sha256_hex, sshd_key_login, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: usize = 1 << 20;
@@ -65,19 +65,7 @@ async fn throughput() -> Result<()> {
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
     let options = ConnectOptions {
         keepalive: Some(Default::default()),
-        token: None,
-        target: "sshd".into(),
-        username: sshd.user.into(),
-        auth: Auth::PrivateKey {
-            pem: sshd.client_key.clone(),
-            passphrase: None,
-        }
-        .into(),
-        host_key: HostKeyPolicy {
-            pinned: vec![],
-            expected: Some(sshd.host_key_fingerprint.clone()),
-            ask: None,
-        },
+        ..sshd_key_login(&sshd)
     };
     let session = tabtunnel_client::connect(transport, options).await?;
     for direction in ["download", "upload"] {
