@@ -591,3 +591,45 @@ async fn relay_demo_mode_works_end_to_end_in_the_browser() -> Result<()> {
     browser.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_tab_frees_its_listeners_within_a_second() -> Result<()> {
+    let (browser, sshd, _relay, _one) = page().await?;
+    let echo = EchoServer::start("127.0.0.1").await?;
+    let listen = browser
+        .run_js(
+            r#"
+            const [user, key, fingerprint, spec] = args;
+            const session = await m.connect({ target: "sshd", username: user, privateKey: key, hostKey: fingerprint });
+            window.__session = session;
+            const fwd = await session.forward(spec);
+            return fwd.listen;
+            "#,
+            vec![
+                json!(sshd.user),
+                json!(sshd.client_key),
+                json!(sshd.host_key_fingerprint),
+                json!(format!("0:127.0.0.1:{}", echo.addr.port())),
+            ],
+        )
+        .await?;
+    let listen = listen.as_str().context("listen")?.to_owned();
+    assert_eq!(exchange(&listen, b"open").await?, b"open");
+
+    // Close the tab the session lives in (another tab keeps the browser running).
+    let c = &browser.client;
+    let other = c.new_window(true).await?;
+    c.close_window().await?;
+    let closed = Instant::now();
+    c.switch_to_window(other.handle).await?;
+    wait_for("the listener to close", Duration::from_secs(1), || async {
+        std::net::TcpListener::bind(&listen).ok().map(drop)
+    })
+    .await?;
+    eprintln!(
+        "the forward's port was free {:?} after its tab closed",
+        closed.elapsed()
+    );
+    browser.stop().await;
+    Ok(())
+}
