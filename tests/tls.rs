@@ -235,7 +235,7 @@ async fn bad_certificate_settings_are_refused_at_start() -> Result<()> {
             vec!["--tls-cert", c, "--tls-key", other_key],
             vec!["does not belong to the certificate", other_key, c],
         ),
-        // The flag overrides the file's key; the file's certificate half is still missing.
+        // A key from the file, no certificate anywhere: the missing half is named.
         (
             vec![
                 "--config",
@@ -270,6 +270,37 @@ async fn bad_certificate_settings_are_refused_at_start() -> Result<()> {
     )
     .await?;
     assert!(relay.tls, "it says https://: {:?}", relay.output());
+    relay.kill().await?;
+    // A flag replaces the file's value: the file's wrong key alone would be refused.
+    let wrong = dir.join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n",
+            TestCert::path_str(&cert.cert),
+            other_key
+        ),
+    )?;
+    let wrong = TestCert::path_str(&wrong);
+    let out = refused(&["--config", wrong]).await?;
+    assert!(out.contains("does not belong to the certificate"), "{out}");
+    let relay = RelayProcess::start(
+        &[
+            "--target",
+            "x=127.0.0.1:22",
+            "--config",
+            wrong,
+            "--tls-key",
+            k,
+        ],
+        "warn",
+    )
+    .await?;
+    assert!(
+        relay.tls,
+        "the flag's key replaced the file's: {:?}",
+        relay.output()
+    );
     relay.kill().await?;
     Ok(())
 }
@@ -387,7 +418,7 @@ async fn the_page_over_https_says_where_and_who_can_reach_a_forward() -> Result<
     let reach = text_of(c, &format!("{row} .reach")).await?;
     assert_eq!(
         reach,
-        "Only programs on the relay host (any user on it) can use this forward."
+        "Only programs on the relay host (any user on it) can use this forward, from 127.0.0.0/8 or 10.0.0.0/8 only."
     );
     assert!(
         c.find(Locator::Css(&format!("{row} .connect")))

@@ -938,15 +938,25 @@ function reachOf(listen) {
   const colon = listen.lastIndexOf(":");
   const host = listen.slice(0, colon).replace(/^\[|\]$/g, "");
   const port = listen.slice(colon + 1);
-  if (colon < 0 || host === "localhost" || host === "::1" || host.startsWith("127.")) {
-    return { connect: null, sentence: "Only programs on the relay host (any user on it) can use this forward." };
-  }
-  const wildcard = host === "0.0.0.0" || host === "::";
-  const name = relayInfo.publicHost ?? (wildcard ? location.hostname.replace(/^\[|\]$/g, "") : host);
-  const connect = name.includes(":") ? `[${name}]:${port}` : `${name}:${port}`;
+  // The relay closes clients from outside its allowed sources, loopback ones included.
   const sources = relayInfo.allowedSources;
   const only = sources.length > 0 ? `, from ${sources.join(" or ")} only` : "";
-  return { connect, sentence: `Anyone who can reach ${connect} can use this forward${only}.` };
+  if (colon < 0 || host === "localhost" || host === "::1" || host.startsWith("127.")) {
+    return {
+      connect: null,
+      sentence: `Only programs on the relay host (any user on it) can use this forward${only}.`,
+    };
+  }
+  const wildcard = host === "0.0.0.0" || host === "::";
+  const pageHost = location.hostname.replace(/^\[|\]$/g, "");
+  const name = relayInfo.publicHost ?? (wildcard ? pageHost : host);
+  const connect = name.includes(":") ? `[${name}]:${port}` : `${name}:${port}`;
+  // A page loaded as localhost (through a tunnel, say) must not make a forward open to the
+  // whole network look local.
+  const who = wildcard && relayInfo.publicHost == null
+    ? `Anyone who can reach any address of the relay host on port ${port}`
+    : `Anyone who can reach ${connect}`;
+  return { connect, sentence: `${who} can use this forward${only}.` };
 }
 
 /** A line "LABEL <code>ADDRESS</code> [Copy]" of a forward's row. */

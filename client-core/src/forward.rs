@@ -129,6 +129,10 @@ impl Forward {
     }
 }
 
+/// How long the SSH server may take to open a connection's channel (sshd's own connect
+/// to the destination included).
+const CHANNEL_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the demultiplexer passes to a connection, in wire order.
 #[derive(Debug)]
 pub(crate) enum ConnInput {
@@ -210,15 +214,29 @@ impl ConnPump {
         };
         let (peer_host, peer_port) = split_peer(&self.peer);
         let destination = format!("{}:{}", self.spec.host, self.spec.host_port);
-        let channel = match ssh
-            .channel_open_direct_tcpip(
-                self.spec.host.as_str(),
-                u32::from(self.spec.host_port),
-                peer_host,
-                peer_port,
-            )
-            .await
-        {
+        let open = ssh.channel_open_direct_tcpip(
+            self.spec.host.as_str(),
+            u32::from(self.spec.host_port),
+            peer_host,
+            peer_port,
+        );
+        // A server that never answers (a destination that drops SYNs, a hung sshd) must
+        // not hold the TCP client, and the relay's cap on waiting connections, forever.
+        let opened = futures::future::select(
+            Box::pin(open),
+            Box::pin(crate::rt::sleep(CHANNEL_OPEN_TIMEOUT)),
+        )
+        .await;
+        let opened = match opened {
+            futures::future::Either::Left((opened, _)) => opened,
+            futures::future::Either::Right(_) => {
+                return Ending::Failed(format!(
+                    "the SSH server did not open a channel to {destination} within {} s; check that it can reach that address",
+                    CHANNEL_OPEN_TIMEOUT.as_secs()
+                ));
+            }
+        };
+        let channel = match opened {
             Ok(channel) => channel,
             Err(err) => {
                 return Ending::Failed(

@@ -483,18 +483,29 @@ pub fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
 /// single address (`192.0.2.7`, `::1`). Host bits after the prefix are ignored.
 pub fn parse_source(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
-    if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net.trunc());
+    let net = match text.parse::<IpNet>() {
+        Ok(net) => net.trunc(),
+        Err(_) => text
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| {
+                format!(
+                    "{text:?} is not a network or address; write it like 10.0.0.0/8, 192.0.2.7/32 or fd00::/8"
+                )
+            })?,
+    };
+    // IPv4 clients are checked as IPv4 addresses (see `source_allowed`), so an IPv4-mapped
+    // IPv6 network would never match anyone.
+    if let IpNet::V6(v6) = net
+        && v6.addr().to_ipv4_mapped().is_some()
+    {
+        return Err(format!(
+            "{text:?} is an IPv4-mapped IPv6 network, which never matches: write the IPv4 network instead (like 10.0.0.0/8)"
+        ));
     }
-    text.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| {
-            format!(
-                "{text:?} is not a network or address; write it like 10.0.0.0/8, 192.0.2.7/32 or fd00::/8"
-            )
-        })
+    Ok(net)
 }
 
 /// Durations the Hello may take: a second is plenty on any network; ten minutes is
@@ -720,6 +731,16 @@ mod tests {
             err.contains("forward_allowed_sources") && err.contains("10.0.0.0/8"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_source_network_is_refused_with_the_ipv4_form() {
+        let err = parse_source("::ffff:10.0.0.0/104").unwrap_err();
+        assert!(
+            err.contains("IPv4-mapped") && err.contains("10.0.0.0/8"),
+            "{err}"
+        );
+        assert!(parse_source("fd00::/8").is_ok());
     }
 
     #[test]

@@ -711,7 +711,7 @@ impl Session {
                         ErrorCode::Limit,
                         crate::metrics::PENDING_ACCEPTS,
                         format!(
-                            "connection from {peer} refused: {waiting} connections of this forward are still waiting for the SSH server to open their channel"
+                            "connection from {peer} refused: {waiting} connections of this forward are still waiting for the SSH server to open their channel; check that the SSH server can reach the destination, or try again shortly"
                         ),
                     );
                     return Ok(None);
@@ -768,7 +768,7 @@ impl Session {
             // same ending for the user, not a network failure.
             Event::SshClosed(Some(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => {
                 return Ok(Some(
-                    "the SSH server closed the connection abruptly (reset): it may have crashed or restarted",
+                    "the SSH server closed the connection abruptly (reset): it may have crashed or restarted, or the network dropped the connection; log in again",
                 ));
             }
             Event::SshClosed(Some(err)) => {

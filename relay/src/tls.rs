@@ -133,6 +133,8 @@ fn pem_error(what: &'static str, path: &Path, err: rustls::pki_types::pem::Error
 /// A TLS handshake that has not finished by then is dropped, so half-open connections
 /// cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once; more connections wait in the listen backlog.
+const MAX_HANDSHAKES: usize = 256;
 
 /// The first byte of every TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -174,7 +176,9 @@ async fn accept_loop(
     let mut handshakes = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            // At most MAX_HANDSHAKES at once: a flood of slow or idle ClientHellos then
+            // costs a bounded number of sockets and CPU, and waits in the kernel's backlog.
+            accepted = listener.accept(), if handshakes.len() < MAX_HANDSHAKES => match accepted {
                 Ok((tcp, peer)) => {
                     let (acceptor, ready) = (acceptor.clone(), ready.clone());
                     handshakes.spawn(async move {
@@ -206,7 +210,7 @@ async fn handshake(
     let mut first = [0u8; 1];
     match tcp.peek(&mut first).await {
         Ok(1) if first[0] != TLS_HANDSHAKE_RECORD => {
-            tracing::info!(%peer, "plain HTTP on the HTTPS port; told the client to use https://");
+            tracing::debug!(%peer, "plain HTTP on the HTTPS port; told the client to use https://");
             let answer = format!(
                 "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
                  Content-Length: {}\r\nConnection: close\r\n\r\n{PLAIN_HTTP_ANSWER}",
@@ -225,7 +229,7 @@ async fn handshake(
         Ok(tls) => Some(tls),
         Err(err) => {
             // Typically a browser that does not trust the certificate.
-            tracing::info!(%peer, "TLS handshake failed: {err}");
+            tracing::debug!(%peer, "TLS handshake failed: {err}");
             None
         }
     }
