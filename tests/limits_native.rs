@@ -455,6 +455,35 @@ async fn connections_waiting_for_a_hung_ssh_server_are_capped() -> Result<()> {
     // Another session is not affected.
     assert_eq!(exchange(other_fwd.listen(), b"fine").await?, b"fine");
     assert!(other.closed_reason().is_none());
+
+    // The tab gives up on channels the server never opens (30 s): the waiting clients are
+    // closed, the forward says why, and the cap is free again.
+    for mut stream in waiting {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => anyhow::bail!("a waiting connection carried {n} bytes"),
+            Err(_) => anyhow::bail!("a connection waited for its channel for over 60 s"),
+        }
+    }
+    let stats = wait_for(
+        "the forward to give up",
+        Duration::from_secs(10),
+        || async {
+            let stats = stuck_fwd.stats();
+            (stats.failures == 5).then_some(stats)
+        },
+    )
+    .await?;
+    assert!(
+        stats
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("did not open a channel"),
+        "{stats:?}"
+    );
+    metrics_show(&relay, "tabtunnel_connections_active 0").await?;
     Ok(())
 }
 
