@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tabtunnel_e2e::browser::Browser;
-use tabtunnel_e2e::page::{ONE_BROWSER, require_bundle};
+use tabtunnel_e2e::page::{ONE_BROWSER, open_forwards_with_key, require_bundle};
 use tabtunnel_e2e::relay::{RelayProcess, web_dir};
 use tabtunnel_e2e::services::{EchoServer, FloodServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
@@ -78,27 +78,14 @@ async fn a_stalled_reader_costs_the_relay_and_the_tab_about_a_window() -> Result
     let echo = EchoServer::start("127.0.0.1").await?;
     let browser = Browser::start().await?;
     browser.client.goto(&relay.http_url()).await?;
-    let listen = browser
-        .run_js(
-            r#"
-            const [user, key, fingerprint, floodSpec, echoSpec] = args;
-            const session = await m.connect({ target: "sshd", username: user, privateKey: key, hostKey: fingerprint });
-            window.__session = session;
-            window.__flood = await session.forward(floodSpec);
-            window.__echo = await session.forward(echoSpec);
-            return [window.__flood.listen, window.__echo.listen];
-            "#,
-            vec![
-                json!(sshd.user),
-                json!(sshd.client_key),
-                json!(sshd.host_key_fingerprint),
-                json!(format!("0:127.0.0.1:{}", flood.addr.port())),
-                json!(format!("0:127.0.0.1:{}", echo.addr.port())),
-            ],
-        )
-        .await?;
-    let flood_listen = listen[0].as_str().context("flood listen")?.to_owned();
-    let echo_listen = listen[1].as_str().context("echo listen")?.to_owned();
+    let specs = [
+        format!("0:127.0.0.1:{}", flood.addr.port()),
+        format!("0:127.0.0.1:{}", echo.addr.port()),
+    ];
+    let [flood_listen, echo_listen]: [String; 2] = open_forwards_with_key(&browser, &sshd, &specs)
+        .await?
+        .try_into()
+        .map_err(|l| anyhow::anyhow!("two forwards, got {l:?}"))?;
 
     // Warm up with ordinary traffic, so buffers that any transfer needs are counted in the
     // baseline, not against the stalled reader.

@@ -8,8 +8,8 @@ use fantoccini::Locator;
 use serde_json::json;
 use tabtunnel_e2e::browser::Browser;
 use tabtunnel_e2e::page::{
-    ONE_BROWSER, accept_host_key, log_in_with_password, page, page_with, require_bundle,
-    row_listen_address,
+    ONE_BROWSER, accept_host_key, log_in_with_password, open_forwards_with_key, page, page_with,
+    require_bundle, row_listen_address,
 };
 use tabtunnel_e2e::relay::{Relay, RelayProcess, web_dir};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
@@ -596,24 +596,10 @@ async fn relay_demo_mode_works_end_to_end_in_the_browser() -> Result<()> {
 async fn closing_the_tab_frees_its_listeners_within_a_second() -> Result<()> {
     let (browser, sshd, _relay, _one) = page().await?;
     let echo = EchoServer::start("127.0.0.1").await?;
-    let listen = browser
-        .run_js(
-            r#"
-            const [user, key, fingerprint, spec] = args;
-            const session = await m.connect({ target: "sshd", username: user, privateKey: key, hostKey: fingerprint });
-            window.__session = session;
-            const fwd = await session.forward(spec);
-            return fwd.listen;
-            "#,
-            vec![
-                json!(sshd.user),
-                json!(sshd.client_key),
-                json!(sshd.host_key_fingerprint),
-                json!(format!("0:127.0.0.1:{}", echo.addr.port())),
-            ],
-        )
-        .await?;
-    let listen = listen.as_str().context("listen")?.to_owned();
+    let specs = [format!("0:127.0.0.1:{}", echo.addr.port())];
+    let listen = open_forwards_with_key(&browser, &sshd, &specs)
+        .await?
+        .remove(0);
     assert_eq!(exchange(&listen, b"open").await?, b"open");
 
     // Close the tab the session lives in (another tab keeps the browser running).

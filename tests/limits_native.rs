@@ -266,6 +266,22 @@ async fn closed_by_relay(stream: &mut tokio::net::TcpStream) -> Result<()> {
     }
 }
 
+/// Waits until `fwd` counts `failures` failed connections, the last one saying `says`.
+async fn forward_failed(fwd: &tabtunnel_client::Forward, failures: u64, says: &str) -> Result<()> {
+    let stats = wait_for(
+        &format!("{failures} failures on the forward"),
+        Duration::from_secs(10),
+        || async {
+            let stats = fwd.stats();
+            (stats.failures == failures).then_some(stats)
+        },
+    )
+    .await?;
+    let last = stats.last_error.as_deref().unwrap_or_default();
+    anyhow::ensure!(last.contains(says), "the forward's last error: {stats:?}");
+    Ok(())
+}
+
 /// Polls /metrics until `line` appears in it; returns the whole text.
 async fn metrics_show(relay: &Relay, line: &str) -> Result<String> {
     wait_for(
@@ -435,23 +451,7 @@ async fn connections_waiting_for_a_hung_ssh_server_are_capped() -> Result<()> {
         let err = stream.try_read(&mut buf).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
     }
-    let stats = wait_for(
-        "the forward to show the refusals",
-        Duration::from_secs(10),
-        || async {
-            let stats = stuck_fwd.stats();
-            (stats.failures == 2).then_some(stats)
-        },
-    )
-    .await?;
-    assert!(
-        stats
-            .last_error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("waiting for the SSH server"),
-        "{stats:?}"
-    );
+    forward_failed(&stuck_fwd, 2, "waiting for the SSH server").await?;
     // Another session is not affected.
     assert_eq!(exchange(other_fwd.listen(), b"fine").await?, b"fine");
     assert!(other.closed_reason().is_none());
@@ -466,23 +466,7 @@ async fn connections_waiting_for_a_hung_ssh_server_are_capped() -> Result<()> {
             Err(_) => anyhow::bail!("a connection waited for its channel for over 60 s"),
         }
     }
-    let stats = wait_for(
-        "the forward to give up",
-        Duration::from_secs(10),
-        || async {
-            let stats = stuck_fwd.stats();
-            (stats.failures == 5).then_some(stats)
-        },
-    )
-    .await?;
-    assert!(
-        stats
-            .last_error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("did not open a channel"),
-        "{stats:?}"
-    );
+    forward_failed(&stuck_fwd, 5, "did not open a channel").await?;
     metrics_show(&relay, "tabtunnel_connections_active 0").await?;
     Ok(())
 }

@@ -124,3 +124,34 @@ pub async fn row_listen_address(c: &fantoccini::Client, row: &str) -> Result<Str
     })
     .await
 }
+
+/// Logs in through the JS API with sshd's test key (the session in `window.__session`) and
+/// opens a forward for each spec; returns their listen addresses, in order.
+pub async fn open_forwards_with_key(
+    browser: &crate::browser::Browser,
+    sshd: &Sshd,
+    specs: &[String],
+) -> Result<Vec<String>> {
+    let listens = browser
+        .run_js(
+            r#"
+            const [user, key, fingerprint, specs] = args;
+            const session = await m.connect({ target: "sshd", username: user, privateKey: key, hostKey: fingerprint });
+            window.__session = session;
+            const listens = [];
+            for (const spec of specs) listens.push((await session.forward(spec)).listen);
+            return listens;
+            "#,
+            vec![
+                serde_json::json!(sshd.user),
+                serde_json::json!(sshd.client_key),
+                serde_json::json!(sshd.host_key_fingerprint),
+                serde_json::json!(specs),
+            ],
+        )
+        .await?;
+    listens
+        .as_array()
+        .and_then(|all| all.iter().map(|l| l.as_str().map(str::to_owned)).collect())
+        .ok_or_else(|| anyhow::anyhow!("the page returned no listen addresses: {listens}"))
+}
