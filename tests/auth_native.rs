@@ -12,7 +12,7 @@ use tabtunnel_relay::demo::{DemoOptions, DemoServer};
 
 use tabtunnel_e2e::relay::Relay;
 use tabtunnel_e2e::sshd::Sshd;
-use tabtunnel_e2e::{init_logging, wait_for};
+use tabtunnel_e2e::{init_logging, sshd_login, wait_for};
 
 async fn login(
     relay: &Relay,
@@ -22,15 +22,8 @@ async fn login(
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
     let options = ConnectOptions {
         keepalive: Some(Default::default()),
-        token: None,
-        target: "sshd".into(),
-        username: sshd.user.into(),
         auth: auth.into(),
-        host_key: HostKeyPolicy {
-            pinned: vec![],
-            expected: Some(sshd.host_key_fingerprint.clone()),
-            ask: None,
-        },
+        ..sshd_login(sshd)
     };
     connect(transport, options).await
 }

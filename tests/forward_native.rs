@@ -12,7 +12,9 @@ use tabtunnel_client::{
 use tabtunnel_e2e::relay::Relay;
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
-use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for, wait_until_port_free};
+use tabtunnel_e2e::{
+    init_logging, pattern, sha256_hex, sshd_login, wait_for, wait_until_port_free,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Everything a test needs: sshd, a relay with target "sshd", and a logged-in session.
@@ -46,15 +48,8 @@ async fn echo_forward(session: &Session) -> Result<(EchoServer, tabtunnel_client
 fn options(sshd: &Sshd, auth: Auth) -> ConnectOptions {
     ConnectOptions {
         keepalive: Some(Default::default()),
-        token: None,
-        target: "sshd".into(),
-        username: sshd.user.into(),
         auth: auth.into(),
-        host_key: HostKeyPolicy {
-            pinned: vec![],
-            expected: Some(sshd.host_key_fingerprint.clone()),
-            ask: None,
-        },
+        ..sshd_login(sshd)
     }
 }
 

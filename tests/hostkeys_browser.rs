@@ -183,24 +183,14 @@ async fn operator_pinned_keys_ask_nothing_and_other_keys_are_refused() -> Result
     init_logging();
     require_bundle()?;
     let sshd = Sshd::start().await?;
-    let mut config = tabtunnel_relay::Config {
-        forward_ports: TEST_FORWARD_PORTS,
-        web_dir: tabtunnel_e2e::relay::web_dir(),
-        ..Default::default()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    config.add_target("wrong", &sshd.address(), "test")?;
-    config
-        .targets
-        .get_mut("sshd")
-        .expect("sshd")
-        .pinned_host_keys = vec![sshd.host_key_fingerprint.clone()];
-    config
-        .targets
-        .get_mut("wrong")
-        .expect("wrong")
-        .pinned_host_keys = vec!["SHA256:someoneelse".into()];
-    let relay = Relay::start_with(config).await?;
+    let relay = relay_with_pins(
+        &sshd,
+        &[
+            ("sshd", sshd.host_key_fingerprint.clone()),
+            ("wrong", "SHA256:someoneelse".into()),
+        ],
+    )
+    .await?;
     let browser = Browser::start().await?;
     browser.client.goto(&relay.http_url()).await?;
     let c = &browser.client;
@@ -236,18 +226,7 @@ async fn a_new_key_type_is_asked_with_a_warning_even_when_pinned() -> Result<()>
     init_logging();
     require_bundle()?;
     let sshd = Sshd::start().await?;
-    let mut config = tabtunnel_relay::Config {
-        forward_ports: TEST_FORWARD_PORTS,
-        web_dir: tabtunnel_e2e::relay::web_dir(),
-        ..Default::default()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    config
-        .targets
-        .get_mut("sshd")
-        .expect("sshd")
-        .pinned_host_keys = vec![sshd.host_key_fingerprint.clone()];
-    let relay = Relay::start_with(config).await?;
+    let relay = relay_with_pins(&sshd, &[("sshd", sshd.host_key_fingerprint.clone())]).await?;
     let browser = Browser::start().await?;
     browser.client.goto(&relay.http_url()).await?;
     // This browser already trusts an ECDSA key for the target; the server (or a relay
@@ -287,4 +266,22 @@ async fn a_new_key_type_is_asked_with_a_warning_even_when_pinned() -> Result<()>
     .await?;
     browser.stop().await;
     Ok(())
+}
+
+/// A relay whose targets all lead to `sshd`, each with the operator's pinned fingerprint.
+async fn relay_with_pins(sshd: &Sshd, targets: &[(&str, String)]) -> Result<Relay> {
+    let mut config = tabtunnel_relay::Config {
+        forward_ports: TEST_FORWARD_PORTS,
+        web_dir: tabtunnel_e2e::relay::web_dir(),
+        ..Default::default()
+    };
+    for (name, pin) in targets {
+        config.add_target(name, &sshd.address(), "test")?;
+        config
+            .targets
+            .get_mut(*name)
+            .expect("just added")
+            .pinned_host_keys = vec![pin.clone()];
+    }
+    Relay::start_with(config).await
 }

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use tabtunnel_client::native::NativeTransport;
-use tabtunnel_client::{Auth, ConnectOptions, HostKeyPolicy, connect};
-use tabtunnel_e2e::init_logging;
+use tabtunnel_client::{Auth, ConnectOptions, connect};
 use tabtunnel_e2e::relay::RelayProcess;
 use tabtunnel_e2e::services::{EchoServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
+use tabtunnel_e2e::{init_logging, sshd_login};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Forwards TCP to `upstream` and records the payload of every WebSocket frame the
@@ -142,16 +142,8 @@ async fn neither_password_nor_key_reaches_the_relay_or_its_logs() -> Result<()> 
         .await
         .map_err(step("open the WebSocket"))??;
         let options = ConnectOptions {
-            keepalive: None,
-            token: None,
-            target: "sshd".into(),
-            username: sshd.user.into(),
             auth: auth.into(),
-            host_key: HostKeyPolicy {
-                pinned: vec![],
-                expected: Some(sshd.host_key_fingerprint.clone()),
-                ask: None,
-            },
+            ..sshd_login(&sshd)
         };
         let session = tokio::time::timeout(Duration::from_secs(20), connect(transport, options))
             .await

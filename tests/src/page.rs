@@ -125,8 +125,9 @@ pub async fn row_listen_address(c: &fantoccini::Client, row: &str) -> Result<Str
     .await
 }
 
-/// Logs in through the JS API with sshd's test key (the session in `window.__session`) and
-/// opens a forward for each spec; returns their listen addresses, in order.
+/// Logs in through the JS API with sshd's test key, unless the page already has a session
+/// (`window.__session`), and opens a forward for each spec; returns their listen addresses,
+/// in order.
 pub async fn open_forwards_with_key(
     browser: &crate::browser::Browser,
     sshd: &Sshd,
@@ -136,8 +137,8 @@ pub async fn open_forwards_with_key(
         .run_js(
             r#"
             const [user, key, fingerprint, specs] = args;
-            const session = await m.connect({ target: "sshd", username: user, privateKey: key, hostKey: fingerprint });
-            window.__session = session;
+            window.__session ??= await m.connect({ target: "sshd", username: user, privateKey: key, hostKey: fingerprint });
+            const session = window.__session;
             const listens = [];
             for (const spec of specs) listens.push((await session.forward(spec)).listen);
             return listens;

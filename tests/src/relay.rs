@@ -74,14 +74,12 @@ impl Relay {
 
     /// `ws://127.0.0.1:PORT/ws` (`wss://` with TLS).
     pub fn ws_url(&self) -> String {
-        let s = if self.tls { "s" } else { "" };
-        format!("ws{s}://{}/ws", self.addr)
+        ws_url(self.addr, self.tls)
     }
 
     /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn http_url(&self) -> String {
-        let s = if self.tls { "s" } else { "" };
-        format!("http{s}://{}", self.addr)
+        http_url(self.addr, self.tls)
     }
 }
 
@@ -181,13 +179,11 @@ impl RelayProcess {
     }
 
     pub fn ws_url(&self) -> String {
-        let s = if self.tls { "s" } else { "" };
-        format!("ws{s}://{}/ws", self.addr)
+        ws_url(&self.addr, self.tls)
     }
 
     pub fn http_url(&self) -> String {
-        let s = if self.tls { "s" } else { "" };
-        format!("http{s}://{}", self.addr)
+        http_url(&self.addr, self.tls)
     }
 
     pub fn pid(&self) -> Result<u32> {
@@ -255,4 +251,16 @@ pub fn relay_binary() -> Result<PathBuf> {
         binary.display()
     );
     Ok(binary)
+}
+
+/// The WebSocket address of a relay serving on `addr`.
+fn ws_url(addr: impl std::fmt::Display, tls: bool) -> String {
+    let s = if tls { "s" } else { "" };
+    format!("ws{s}://{addr}/ws")
+}
+
+/// The page's address of a relay serving on `addr`.
+fn http_url(addr: impl std::fmt::Display, tls: bool) -> String {
+    let s = if tls { "s" } else { "" };
+    format!("http{s}://{addr}")
 }

@@ -15,10 +15,10 @@ mod load;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::json;
 use tabtunnel_client::ConnectOptions;
 use tabtunnel_client::native::NativeTransport;
 use tabtunnel_e2e::browser::Browser;
+use tabtunnel_e2e::page::open_forwards_with_key;
 use tabtunnel_e2e::relay::{Relay, web_dir};
 use tabtunnel_e2e::services::BulkServer;
 use tabtunnel_e2e::sshd::{Sshd, free_port};
@@ -89,22 +89,10 @@ async fn throughput() -> Result<()> {
     browser.client.goto(&relay.http_url()).await?;
     for direction in ["download", "upload"] {
         let (mut bulk, bytes) = destination(direction, size).await?;
-        let listen = browser
-            .run_js(
-                r#"
-                const [user, key, fingerprint, spec] = args;
-                window.__session ??= await m.connect({ target: "sshd", username: user, privateKey: key, hostKey: fingerprint });
-                return (await window.__session.forward(spec)).listen;
-                "#,
-                vec![
-                    json!(sshd.user),
-                    json!(sshd.client_key),
-                    json!(sshd.host_key_fingerprint),
-                    json!(format!("0:127.0.0.1:{}", bulk.addr.port())),
-                ],
-            )
-            .await?;
-        let listen = listen.as_str().context("listen address")?.to_owned();
+        let specs = [format!("0:127.0.0.1:{}", bulk.addr.port())];
+        let listen = open_forwards_with_key(&browser, &sshd, &specs)
+            .await?
+            .remove(0);
         let seconds = transfer(&listen, direction, &bytes, &mut bulk, size).await?;
         rows.push(Row {
             path: "browser tab -> relay -> sshd",
