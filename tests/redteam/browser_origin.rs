@@ -1,0 +1,1 @@
+//! Browser-origin attacks: DNS rebinding, framing, what the page is served with.

@@ -1,0 +1,1 @@
+//! Log volume and secrets in logs: refusals are aggregated, tokens never logged.
