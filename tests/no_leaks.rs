@@ -1,7 +1,8 @@
 //! Security property 1: credentials never leave the tab. A session with a known password,
 //! and one with a private key, through the real relay binary logging at TRACE; a proxy
 //! records every WebSocket payload the relay received, unmasked. Neither the password
-//! nor any piece of the key appears in what the relay received or logged.
+//! nor any piece of the key appears in what the relay received or logged. The relay's
+//! access token reaches the relay (it is checked there) but never its log, in text or hex.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -122,7 +123,13 @@ async fn neither_password_nor_key_reaches_the_relay_or_its_logs() -> Result<()> 
     init_logging();
     let sshd = Sshd::start().await?;
     let target = format!("sshd={}", sshd.address());
-    let relay = RelayProcess::start(&["--target", &target], "trace").await?;
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens");
+    let token = "erin-5e3c0a91d2b74f68";
+    std::fs::write(&tokens, format!("erin {token}\n"))?;
+    let token_file = tokens.to_string_lossy().into_owned();
+    let relay =
+        RelayProcess::start(&["--target", &target, "--token-file", &token_file], "trace").await?;
     let relay_addr = relay.addr.clone();
     let (proxy, seen) = recording_proxy(relay_addr).await?;
     let echo = EchoServer::start("127.0.0.1").await?;
@@ -143,6 +150,7 @@ async fn neither_password_nor_key_reaches_the_relay_or_its_logs() -> Result<()> 
         .map_err(step("open the WebSocket"))??;
         let options = ConnectOptions {
             auth: auth.into(),
+            token: Some(token.into()),
             ..sshd_login(&sshd)
         };
         let session = tokio::time::timeout(Duration::from_secs(20), connect(transport, options))
@@ -185,6 +193,10 @@ async fn neither_password_nor_key_reaches_the_relay_or_its_logs() -> Result<()> 
         "the tab's SSH banner is visible"
     );
     assert!(
+        contains(&seen, token.as_bytes()),
+        "the Hello's token is visible"
+    );
+    assert!(
         logs.len() > 1000,
         "TRACE logging produced {} bytes",
         logs.len()
@@ -194,6 +206,17 @@ async fn neither_password_nor_key_reaches_the_relay_or_its_logs() -> Result<()> 
             !contains(haystack, sshd.password.as_bytes()),
             "the password is in the relay's {name}"
         );
+        if name == "logs" {
+            let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+            assert!(
+                !contains(haystack, token.as_bytes()) && !contains(haystack, hex.as_bytes()),
+                "the access token is in the relay's logs"
+            );
+            assert!(
+                contains(haystack, b"erin"),
+                "the token holder's name is logged"
+            );
+        }
         let leaked: Vec<String> = key_pieces(&sshd.client_key)
             .iter()
             .filter(|p| contains(haystack, p))

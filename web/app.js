@@ -1155,11 +1155,27 @@ setAuthVisibility();
 updateControls();
 // A link like https://relay/#token=… carries the access token in the fragment, which the
 // browser never sends to any server; take it from the address bar at once.
+// A damaged link (a stray % from a mail client's line wrap) must not stop the page:
+// say so, and leave the field for the user to type the token in.
 {
-  const match = window.location.hash.match(/(?:^#|&)token=([^&]+)/);
+  const match = window.location.hash.match(/(?:^#|&)token=([^&]*)/);
   if (match) {
-    document.getElementById("token").value = decodeURIComponent(match[1]);
     history.replaceState(null, "", window.location.pathname + window.location.search);
+    let token = null;
+    try {
+      token = decodeURIComponent(match[1]);
+    } catch {
+      // URIError: a % not followed by two hex digits, or bytes that are not UTF-8.
+    }
+    if (token) {
+      document.getElementById("token").value = token;
+    } else {
+      document.getElementById("token-field").hidden = false;
+      showError(
+        el.sessionError,
+        "The access token in this link is damaged, so it was not used. If this relay asks for a token, type it in the Access token field, or ask the relay's operator for the link again.",
+      );
+    }
   }
 }
 

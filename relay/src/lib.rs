@@ -6,6 +6,7 @@ pub mod config;
 mod connection;
 pub mod demo;
 pub mod listen;
+pub mod log_limit;
 pub mod metrics;
 mod session;
 pub mod tls;

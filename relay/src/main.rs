@@ -71,11 +71,7 @@ struct IdleTimeout(Option<std::time::Duration>);
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
     let args = Args::parse();
     // Each session holds a few descriptors (WebSocket, SSH connection, forward listeners
     // and their connections), so the usual soft limit of 1024 caps a relay at a few
@@ -164,6 +160,24 @@ async fn main() -> Result<()> {
     );
     tabtunnel_relay::run(listener, state, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Logs as `RUST_LOG` says (default `info`), except the WebSocket library's TRACE lines:
+/// tungstenite logs every message it receives, in text and in hex, and a tab's Hello
+/// carries its access token. No RUST_LOG setting turns those on, so an operator who
+/// traces a problem cannot leak tokens into the log.
+fn init_logging() {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let no_wire_trace = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() < tracing::Level::TRACE || !meta.target().contains("tungstenite")
+    });
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_filter(env.and(no_wire_trace)))
+        .init();
 }
 
 async fn shutdown_signal() {

@@ -7,5 +7,6 @@
 mod browser_origin;
 mod front_door;
 mod logs;
+mod page;
 mod places;
 mod session_bounds;
