@@ -224,7 +224,10 @@ async fn websocket(
         .config
         .origin_allowed(origin, header(axum::http::header::HOST))
     {
-        tracing::info!(%peer, origin, "WebSocket refused: origin not allowed");
+        if let Some(suppressed) = state.metrics.refusal_log.admit(peer.ip(), "origin") {
+            let origin = log_limit::clip(origin.unwrap_or_default());
+            tracing::info!(%peer, %origin, suppressed, "WebSocket refused: origin not allowed");
+        }
         state.metrics.refused("origin");
         let message = format!(
             "WebSocket from origin {} refused: this relay serves its own page; its operator can allow other pages with allowed_origins",
@@ -239,7 +242,9 @@ async fn websocket(
     let slot = match state.slots.acquire(peer.ip(), &state.config.limits) {
         Ok(slot) => slot,
         Err(message) => {
-            tracing::info!(%peer, "session refused: {message}");
+            if let Some(suppressed) = metrics.refusal_log.admit(peer.ip(), "session") {
+                tracing::info!(%peer, suppressed, "session refused: {message}");
+            }
             metrics.refused("limit");
             // Accept, then explain: a browser cannot read an HTTP refusal of a WebSocket.
             return upgrade.on_upgrade(move |socket| {

@@ -37,7 +37,8 @@ pub fn parse_bind_address(bind: &str) -> Result<IpAddr, Refusal> {
                 refuse(
                     ErrorCode::BindNotAllowed,
                     format!(
-                        "bind address {other:?} is not an IP address; use an IP, localhost or *"
+                        "bind address {:?} is not an IP address; use an IP, localhost or *",
+                        crate::log_limit::clip(other)
                     ),
                 )
             }),

@@ -4,8 +4,9 @@
 //! to an operator, but one unauthenticated client can cause thousands a second (measured
 //! before this: 3.5 MiB/s of refused Origins, 14 MiB/s of refused Listens). So each source
 //! gets a small budget of lines, refilled slowly, under a budget for the whole relay; what
-//! is left out is counted and reported with the source's next line. Metrics still count
-//! every refusal.
+//! is left out is counted and reported with the source's next line. Each kind of refusal
+//! (an Origin, a session, a Listen, a TCP client) has its own budget per source, so the
+//! first refusals of every kind are seen. Metrics still count every refusal.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -35,7 +36,7 @@ pub struct RefusalLog {
 
 #[derive(Debug)]
 struct State {
-    sources: HashMap<IpAddr, Bucket>,
+    sources: HashMap<(IpAddr, &'static str), Bucket>,
     global: Bucket,
 }
 
@@ -75,20 +76,22 @@ impl Default for RefusalLog {
 }
 
 impl RefusalLog {
-    /// Whether a refusal of `source` is logged now. `Some(n)`: log it, and say that `n`
-    /// refusals of this source were left out since its last line; `None`: leave it out.
-    pub fn admit(&self, source: IpAddr) -> Option<u64> {
-        self.admit_at(source, Instant::now())
+    /// Whether a refusal of `kind` (a short fixed name) of `source` is logged now.
+    /// `Some(n)`: log it, and say that `n` such refusals were left out since the last
+    /// line; `None`: leave it out.
+    pub fn admit(&self, source: IpAddr, kind: &'static str) -> Option<u64> {
+        self.admit_at(source, kind, Instant::now())
     }
 
-    pub fn admit_at(&self, source: IpAddr, now: Instant) -> Option<u64> {
+    pub fn admit_at(&self, source: IpAddr, kind: &'static str, now: Instant) -> Option<u64> {
         let mut state = self.state.lock().expect("refusal log lock");
         let State { sources, global } = &mut *state;
-        if sources.len() >= MAX_SOURCES && !sources.contains_key(&source_key(source)) {
+        let key = (source_key(source), kind);
+        if sources.len() >= MAX_SOURCES && !sources.contains_key(&key) {
             sources.clear();
         }
         let bucket = sources
-            .entry(source_key(source))
+            .entry(key)
             .or_insert_with(|| Bucket::full(SOURCE_BURST, now));
         bucket.refill(SOURCE_BURST, 1.0 / SOURCE_REFILL.as_secs_f64(), now);
         global.refill(GLOBAL_BURST, GLOBAL_PER_SEC, now);
@@ -135,20 +138,21 @@ mod tests {
         let log = RefusalLog::default();
         let start = Instant::now();
         let logged = (0..10_000)
-            .filter(|_| log.admit_at(ip("192.0.2.1"), start).is_some())
+            .filter(|_| log.admit_at(ip("192.0.2.1"), "test", start).is_some())
             .count();
         assert_eq!(logged, SOURCE_BURST as usize);
         // The next line comes after one refill and reports what was left out.
         assert_eq!(
-            log.admit_at(ip("192.0.2.1"), start + SOURCE_REFILL / 2),
+            log.admit_at(ip("192.0.2.1"), "test", start + SOURCE_REFILL / 2),
             None
         );
         assert_eq!(
-            log.admit_at(ip("192.0.2.1"), start + SOURCE_REFILL),
+            log.admit_at(ip("192.0.2.1"), "test", start + SOURCE_REFILL),
             Some(10_000 - SOURCE_BURST as u64 + 1)
         );
-        // Another source is not held back by the first.
-        assert_eq!(log.admit_at(ip("192.0.2.2"), start), Some(0));
+        // Another source, or another kind of refusal, is not held back by the first.
+        assert_eq!(log.admit_at(ip("192.0.2.2"), "test", start), Some(0));
+        assert_eq!(log.admit_at(ip("192.0.2.1"), "other", start), Some(0));
     }
 
     #[test]
@@ -158,7 +162,7 @@ mod tests {
         let logged = (0..5_000u32)
             .filter(|i| {
                 let source = IpAddr::V4((0x0a00_0000 + i).into());
-                log.admit_at(source, start).is_some()
+                log.admit_at(source, "test", start).is_some()
             })
             .count();
         assert_eq!(logged, GLOBAL_BURST as usize);
@@ -166,7 +170,7 @@ mod tests {
         let logged = (0..5_000u32)
             .filter(|i| {
                 let source = IpAddr::V4((0x0b00_0000 + i).into());
-                log.admit_at(source, later).is_some()
+                log.admit_at(source, "test", later).is_some()
             })
             .count();
         assert_eq!(logged, GLOBAL_PER_SEC as usize);
@@ -179,13 +183,13 @@ mod tests {
         let logged = (0..100u16)
             .filter(|i| {
                 let source = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 7, *i, 0, 0, 1));
-                log.admit_at(source, start).is_some()
+                log.admit_at(source, "test", start).is_some()
             })
             .count();
         assert_eq!(logged, SOURCE_BURST as usize, "one /64, one budget");
         let far = start + Duration::from_secs(3600);
         for i in 0..(MAX_SOURCES as u32 * 2) {
-            log.admit_at(IpAddr::V4((0x0c00_0000 + i).into()), far);
+            log.admit_at(IpAddr::V4((0x0c00_0000 + i).into()), "test", far);
         }
         assert!(log.state.lock().unwrap().sources.len() <= MAX_SOURCES);
     }

@@ -32,6 +32,8 @@ pub struct Metrics {
     /// Bytes from destinations to TCP clients.
     pub bytes_down: Counter,
     pub refusals: Family<Refusal, Counter>,
+    /// Which refusals are also logged: every one is counted, a flood is not logged.
+    pub refusal_log: crate::log_limit::RefusalLog,
 }
 
 impl Metrics {

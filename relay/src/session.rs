@@ -111,7 +111,8 @@ pub async fn run(
         let (ws_tx, mut ws_rx) = socket.split();
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let writer = tokio::spawn(write_loop(ws_tx, out_rx).in_current_span());
-        let result = Session::start(&mut ws_rx, out_tx.clone(), config, metrics.clone()).await;
+        let result =
+            Session::start(&mut ws_rx, out_tx.clone(), config, metrics.clone(), peer).await;
         let result = match result {
             // Serving consumes the session: its listeners and connections end here.
             Ok(session) => session.serve(&mut ws_rx, shutdown).await,
@@ -123,7 +124,12 @@ pub async fn run(
                 Outgoing::Close(1000, reason)
             }
             Err(err) => {
-                info!(code = err.code.as_str(), "session failed: {}", err.message);
+                if let Some(suppressed) = metrics.refusal_log.admit(peer.ip(), "session") {
+                    info!(
+                        code = err.code.as_str(),
+                        suppressed, "session failed: {}", err.message
+                    );
+                }
                 metrics.refused(err.code.as_str());
                 let close = Outgoing::Close(err.close_code(), err.message.clone());
                 let error = Outgoing::Frame(Frame::Error {
@@ -242,6 +248,8 @@ struct Session {
     /// When the session last added a forward or had a connection open; with no
     /// connection open, the idle timeout counts from here.
     last_activity: tokio::time::Instant,
+    /// The tab's address: refusals are logged per source.
+    peer: SocketAddr,
 }
 
 struct ForwardEntry {
@@ -259,6 +267,7 @@ impl Session {
         out: mpsc::Sender<Outgoing>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
+        peer: SocketAddr,
     ) -> Result<Self, SessionError> {
         let heard = Mutex::new(tokio::time::Instant::now());
         let limit = config.handshake_timeout;
@@ -308,7 +317,8 @@ impl Session {
             };
             tracing::Span::current().record("user", owner);
         }
-        tracing::Span::current().record("target", target.as_str());
+        // Cut short: the tab chose it, and a refusal is logged with the session's span.
+        tracing::Span::current().record("target", &*crate::log_limit::clip(&target));
         let Some(entry) = config.targets.get(&target) else {
             let known: Vec<&str> = config.targets.keys().map(String::as_str).collect();
             return Err(SessionError::new(
@@ -370,6 +380,7 @@ impl Session {
             tasks,
             metrics,
             last_activity: tokio::time::Instant::now(),
+            peer,
         })
     }
 
@@ -620,12 +631,15 @@ impl Session {
                 self.send(Frame::Listening { forward, address }).await
             }
             Err(refusal) => {
-                info!(
-                    forward,
-                    code = refusal.code.as_str(),
-                    "listen refused: {}",
-                    refusal.message
-                );
+                if let Some(suppressed) = self.metrics.refusal_log.admit(self.peer.ip(), "listen") {
+                    info!(
+                        forward,
+                        code = refusal.code.as_str(),
+                        suppressed,
+                        "listen refused: {}",
+                        refusal.message
+                    );
+                }
                 self.metrics.refused(refusal.code.as_str());
                 self.send(Frame::ListenFailed {
                     forward,
@@ -648,7 +662,9 @@ impl Session {
         reason: &str,
         message: String,
     ) {
-        info!(forward, %peer, reason, "connection refused: {message}");
+        if let Some(suppressed) = self.metrics.refusal_log.admit(peer.ip(), "connection") {
+            info!(forward, %peer, reason, suppressed, "connection refused: {message}");
+        }
         self.metrics.refused(reason);
         let notice = Frame::ListenFailed {
             forward,
