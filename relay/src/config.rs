@@ -74,6 +74,9 @@ pub struct Config {
     pub check_origin: bool,
     /// Pages on other origins allowed to open sessions, e.g. `https://lab.example.com`.
     pub allowed_origins: Vec<String>,
+    /// Names the relay answers to besides IP literals, `localhost` and `public_host`,
+    /// lower case without a trailing dot (see [`Config::host_allowed`]).
+    pub allowed_hosts: Vec<String>,
     pub limits: Limits,
     /// PEM certificate chain and private key: with both, the relay serves HTTPS and `wss://`.
     pub tls_cert: Option<PathBuf>,
@@ -190,20 +193,85 @@ impl Config {
         owner
     }
 
+    /// Whether a request's Host header (`name`, `name:port`, `[v6]:port`) names this
+    /// relay: an IP literal (a DNS-rebinding page always has a DNS name, and an address is
+    /// the relay reached by address), `localhost`, `public_host` or one of `allowed_hosts`.
+    /// Names compare case-insensitively, a trailing dot and the port ignored. Any other
+    /// name may be an attacker's, rebound to this relay's address.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let Some(name) = host_name(host) else {
+            return false;
+        };
+        if name.parse::<IpAddr>().is_ok() {
+            return true;
+        }
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let same = |allowed: &str| {
+            let allowed = allowed.strip_suffix('.').unwrap_or(allowed);
+            allowed.eq_ignore_ascii_case(name)
+        };
+        same("localhost")
+            || self.public_host.as_deref().is_some_and(same)
+            || self.allowed_hosts.iter().any(|h| same(h))
+    }
+
     /// Whether a WebSocket upgrade from `origin` (the Origin header) to `host` (the
     /// Host header) may proceed. Browsers always send Origin; other clients may not,
-    /// and could forge it anyway, so its absence passes.
+    /// and could forge it anyway, so its absence passes. An origin passes when it is
+    /// listed in `allowed_origins`, or when it is the relay's own page: the same
+    /// scheme-and-host as the request, and that host one the relay answers to. Matching
+    /// the request's own Host alone is not enough: after a DNS rebinding, the attacker's
+    /// page and its requests both carry the attacker's name.
     pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
         let Some(origin) = origin else { return true };
         // With TLS on, the relay's own page can only be https; without, it may still be
         // https behind a TLS-terminating proxy.
         let tls = self.tls_cert.is_some();
         !self.check_origin
-            || host.is_some_and(|h| {
-                (!tls && origin == format!("http://{h}")) || origin == format!("https://{h}")
-            })
             || self.allowed_origins.iter().any(|o| o == origin)
+            || host.is_some_and(|h| {
+                self.host_allowed(h)
+                    && ((!tls && origin == format!("http://{h}"))
+                        || origin == format!("https://{h}"))
+            })
     }
+}
+
+/// The name in a Host header value, without its port and IPv6 brackets: `None` if it is
+/// not `name`, `name:port`, `[v6]` or `[v6]:port`.
+fn host_name(host: &str) -> Option<&str> {
+    let port_ok = |port: &str| port.is_empty() || port.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = host.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        inside.parse::<std::net::Ipv6Addr>().ok()?;
+        return match after.strip_prefix(':') {
+            Some(port) if port_ok(port) => Some(inside),
+            None if after.is_empty() => Some(inside),
+            _ => None,
+        };
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port_ok(port) => name,
+        _ => host,
+    };
+    (!name.is_empty() && !name.contains(':')).then_some(name)
+}
+
+/// Checks a name of `allowed_hosts` (`--allow-host`): a DNS name (an IP address is
+/// always allowed, so listing one is a mistake worth saying). Returns it in lower case,
+/// without a trailing dot.
+pub fn parse_allowed_host(text: &str) -> Result<String, String> {
+    let name = parse_public_host(text).map_err(|_| {
+        format!(
+            "{text:?} is not a host name (example: relay.lab.example.com); write the name alone, without a scheme or port"
+        )
+    })?;
+    if name.parse::<IpAddr>().is_ok() {
+        return Err(format!(
+            "{text:?} is an IP address, which the relay always answers to; list only names here"
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
 }
 
 impl Default for Config {
@@ -221,6 +289,7 @@ impl Default for Config {
             tokens: Vec::new(),
             check_origin: true,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             limits: Limits::default(),
             tls_cert: None,
             tls_key: None,
@@ -249,6 +318,8 @@ struct FileConfig {
     check_origin: Option<bool>,
     #[serde(default)]
     allowed_origins: Vec<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
     limits: Option<Limits>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -337,6 +408,10 @@ impl Config {
                 ));
             }
             config.allowed_origins.push(origin);
+        }
+        for name in file.allowed_hosts {
+            let name = parse_allowed_host(&name).map_err(|r| invalid("allowed_hosts", r))?;
+            config.allowed_hosts.push(name);
         }
         if let Some(limits) = file.limits {
             for (key, value) in [
@@ -821,7 +896,11 @@ mod tests {
 
     #[test]
     fn origins_are_same_site_or_listed() {
-        let mut config = Config::default();
+        // The relay answers to this name: its own page may open sessions.
+        let mut config = Config {
+            public_host: Some("relay.example.com".into()),
+            ..Config::default()
+        };
         let host = Some("relay.example.com:8080");
         assert!(
             config.origin_allowed(None, host),
@@ -836,6 +915,101 @@ mod tests {
         assert!(config.origin_allowed(Some("https://lab.example.com"), host));
         config.check_origin = false;
         assert!(config.origin_allowed(Some("https://evil.example"), host));
+    }
+
+    #[test]
+    fn hosts_are_addresses_loopback_names_and_listed_names() {
+        let mut config = Config {
+            public_host: Some("relay.example.com".into()),
+            ..Config::default()
+        };
+        config.allowed_hosts.push("lab.example.org".into());
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "192.0.2.7:80",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::7]:443",
+            "localhost",
+            "LOCALHOST.:8080",
+            "relay.example.com",
+            "Relay.Example.COM.:8443",
+            "lab.example.org:8080",
+            "LAB.example.org",
+            "localhost:",
+        ] {
+            assert!(config.host_allowed(host), "{host}");
+        }
+        for host in [
+            "attacker.test",
+            "attacker.test:8080",
+            "localhost.attacker.test",
+            "relay.example.com.attacker.test",
+            "127.0.0.1.attacker.test",
+            "",
+            ":8080",
+            "::1",
+            "[::1",
+            "[attacker.test]:80",
+            "[::1]x",
+            "localhost:80:80",
+            "localhost:http",
+        ] {
+            assert!(!config.host_allowed(host), "{host:?}");
+        }
+        assert!(!Config::default().host_allowed("relay.example.com"));
+    }
+
+    #[test]
+    fn the_page_of_a_rebound_name_or_another_port_is_not_the_relays_own() {
+        let mut config = Config::default();
+        // DNS rebinding: the attacker's page and its request carry the attacker's name.
+        let rebound = Some("attacker.test:8080");
+        assert!(!config.origin_allowed(Some("http://attacker.test:8080"), rebound));
+        assert!(!config.origin_allowed(Some("https://attacker.test:8080"), rebound));
+        // Another web server on the same machine is another origin.
+        let own = Some("127.0.0.1:8080");
+        assert!(config.origin_allowed(Some("http://127.0.0.1:8080"), own));
+        assert!(!config.origin_allowed(Some("http://127.0.0.1:3000"), own));
+        assert!(!config.origin_allowed(Some("http://localhost:8080"), own));
+        assert!(config.origin_allowed(Some("http://localhost:8080"), Some("localhost:8080")));
+        assert!(config.origin_allowed(Some("http://[::1]:8080"), Some("[::1]:8080")));
+        assert!(!config.origin_allowed(Some("null"), own));
+        assert!(!config.origin_allowed(Some("HTTP://127.0.0.1:8080"), own));
+        assert!(!config.origin_allowed(Some("http://127.0.0.1:8080"), None));
+        // A listed origin passes whatever the Host.
+        config
+            .allowed_origins
+            .push("https://lab.example.com".into());
+        assert!(config.origin_allowed(Some("https://lab.example.com"), rebound));
+        // A listed host is the relay's own.
+        config.allowed_hosts.push("relay.lab.test".into());
+        let named = Some("relay.lab.test:8080");
+        assert!(config.origin_allowed(Some("http://relay.lab.test:8080"), named));
+        assert!(!config.origin_allowed(Some("http://attacker.test:8080"), named));
+    }
+
+    #[test]
+    fn allowed_hosts_are_names() {
+        let config =
+            Config::from_toml(r#"allowed_hosts = ["Relay.Lab.Example.com.", "localhost"]"#)
+                .unwrap();
+        assert_eq!(config.allowed_hosts, ["relay.lab.example.com", "localhost"]);
+        for (bad, says) in [
+            ("relay.example.com:8080", "without a scheme or port"),
+            ("https://relay.example.com", "not a host name"),
+            ("192.0.2.7", "always answers to"),
+            ("[::1]", "always answers to"),
+        ] {
+            let err = Config::from_toml(&format!("allowed_hosts = [{bad:?}]"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("allowed_hosts") && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod log_limit;
 pub mod metrics;
 mod session;
 pub mod tls;
+pub mod web_guard;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -131,6 +132,10 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 pub fn app(state: AppState) -> Router {
     // Compressed when the browser accepts it: the wasm bundle shrinks about threefold.
     let static_files = ServiceBuilder::new()
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(state.config.web_dir.clone()),
+            web_guard::static_files,
+        ))
         .layer(CompressionLayer::new())
         .service(ServeDir::new(&state.config.web_dir).append_index_html_on_directories(true));
     Router::new()
@@ -139,6 +144,11 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback_service(static_files)
+        // Last, so it wraps every route and the fallback: Host check and security headers.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            web_guard::guard,
+        ))
         .with_state(state)
 }
 
@@ -289,7 +299,12 @@ mod tests {
     async fn targets_lists_names_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let response = app(state_with_web_dir(dir.path()))
-            .oneshot(Request::get("/api/targets").body(Body::empty()).unwrap())
+            .oneshot(
+                Request::get("/api/targets")
+                    .header(header::HOST, "127.0.0.1")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
@@ -316,6 +331,7 @@ mod tests {
         .unwrap();
         let app = app(state_with_web_dir(dir.path()));
         let request = Request::get("/pkg/client_wasm_bg.wasm")
+            .header(header::HOST, "127.0.0.1")
             .header(header::ACCEPT_ENCODING, "gzip")
             .body(Body::empty())
             .unwrap();
@@ -331,7 +347,12 @@ mod tests {
         );
 
         let index = app
-            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .oneshot(
+                Request::get("/")
+                    .header(header::HOST, "127.0.0.1")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(index.status(), StatusCode::OK);

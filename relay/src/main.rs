@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 use tabtunnel_relay::config::{
-    parse_bind, parse_idle_timeout, parse_port_range, parse_public_host, parse_source,
+    parse_allowed_host, parse_bind, parse_idle_timeout, parse_port_range, parse_public_host,
+    parse_source,
 };
 use tabtunnel_relay::demo::DemoServer;
 use tabtunnel_relay::{AppState, Config};
@@ -50,6 +51,10 @@ struct Args {
     /// Also accept sessions from pages on this origin, e.g. https://lab.example.com (repeatable).
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     allow_origins: Vec<String>,
+    /// Also answer to this host name, e.g. relay.lab.example.com (repeatable; adds to
+    /// allowed_hosts). IP addresses, localhost and --public-host need no flag.
+    #[arg(long = "allow-host", value_name = "NAME", value_parser = parse_allowed_host)]
+    allow_hosts: Vec<String>,
     /// Folder with the page and its `pkg/` wasm bundle.
     #[arg(long, value_name = "DIR")]
     web_dir: Option<PathBuf>,
@@ -113,6 +118,9 @@ async fn main() -> Result<()> {
     config
         .allowed_origins
         .extend(args.allow_origins.iter().cloned());
+    config
+        .allowed_hosts
+        .extend(args.allow_hosts.iter().cloned());
     if let Some(dir) = args.web_dir {
         config.web_dir = dir;
     }

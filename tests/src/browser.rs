@@ -137,6 +137,22 @@ impl Browser {
         Ok(result["ok"].clone())
     }
 
+    /// The browser's console messages since the last call, as (level, message):
+    /// chromedriver's `se/log` (the `goog:loggingPrefs` capability asks for all levels).
+    pub async fn console_log(&self) -> Result<Vec<(String, String)>> {
+        let entries = self.client.issue_cmd(ConsoleLog).await?;
+        let entries = entries
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("chromedriver's log is not a list: {entries}"))?;
+        Ok(entries
+            .iter()
+            .map(|e| {
+                let field = |name: &str| e[name].as_str().unwrap_or_default().to_owned();
+                (field("level"), field("message"))
+            })
+            .collect())
+    }
+
     /// Stops the browser and chromedriver.
     pub async fn stop(mut self) {
         let _ = self.client.clone().close().await;
@@ -157,5 +173,26 @@ impl Drop for Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// chromedriver's command for the browser's console log, which WebDriver itself lacks.
+#[derive(Debug)]
+struct ConsoleLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for ConsoleLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"browser"}"#.to_owned()))
     }
 }
