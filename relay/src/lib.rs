@@ -7,6 +7,7 @@ mod connection;
 pub mod demo;
 pub mod listen;
 pub mod metrics;
+pub mod ports;
 mod session;
 pub mod tls;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     sessions: TaskTracker,
     slots: Arc<SessionSlots>,
     metrics: Arc<Metrics>,
+    /// The forward ports the relay holds, and the caps on forwards across sessions.
+    ports: Arc<ports::PortBook>,
     /// Set when the config names a certificate and key: `run` then serves HTTPS only.
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -106,6 +109,7 @@ impl AppState {
     /// Loads the TLS certificate and key if the config names them, so a bad pair stops
     /// the relay before it listens.
     pub fn new(config: Config) -> Result<Self, tls::TlsError> {
+        let metrics = Arc::<Metrics>::default();
         Ok(Self {
             tls: config.load_tls()?,
             config: Arc::new(config),
@@ -113,7 +117,8 @@ impl AppState {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             slots: Arc::default(),
-            metrics: Arc::default(),
+            ports: Arc::new(ports::PortBook::new(metrics.forward_binds.clone())),
+            metrics,
         })
     }
 
@@ -235,6 +240,7 @@ async fn websocket(
     let config = state.config.clone();
     let (shutdown, sessions) = (state.shutdown.clone(), state.sessions.clone());
     let metrics = state.metrics.clone();
+    let book = state.ports.clone();
     let slot = match state.slots.acquire(peer.ip(), &state.config.limits) {
         Ok(slot) => slot,
         Err(message) => {
@@ -256,7 +262,7 @@ async fn websocket(
         .on_upgrade(move |socket| {
             sessions.track_future(async move {
                 let _slot = slot;
-                session::run(socket, config, metrics, peer, id, shutdown).await;
+                session::run(socket, config, metrics, peer, id, shutdown, book).await;
             })
         })
 }

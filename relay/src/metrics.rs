@@ -32,6 +32,8 @@ pub struct Metrics {
     /// Bytes from destinations to TCP clients.
     pub bytes_down: Counter,
     pub refusals: Family<Refusal, Counter>,
+    /// `bind()` calls made to open forward listeners (the book of ports counts them).
+    pub forward_binds: Counter,
 }
 
 impl Metrics {
@@ -82,6 +84,11 @@ impl Metrics {
             "refusals",
             "Requests refused, by reason",
             self.refusals.clone(),
+        );
+        registry.register(
+            "forward_binds",
+            "bind() calls made to open forward listeners",
+            self.forward_binds.clone(),
         );
         let mut text = String::new();
         // Writing to a String cannot fail.
