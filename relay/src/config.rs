@@ -50,6 +50,9 @@ pub struct Config {
     pub targets: BTreeMap<String, Target>,
     /// Ports forwards may listen on.
     pub forward_ports: RangeInclusive<u16>,
+    /// With tokens: the size of each token holder's own block of `forward_ports`, in
+    /// token-file order; `None`: everyone shares the whole range.
+    pub forward_ports_per_user: Option<u16>,
     /// Non-loopback addresses forwards may bind to (loopback is always allowed).
     /// `0.0.0.0` or `::` here allows the wildcard bind (`*`), like sshd's GatewayPorts.
     pub allowed_binds: Vec<IpAddr>,
@@ -96,6 +99,12 @@ pub struct Limits {
     pub sessions_per_ip: usize,
     /// Forwards (listeners) one session may have.
     pub forwards_per_session: usize,
+    /// Forwards open at once, in total (all sessions).
+    pub forwards: usize,
+    /// Forwards open at once for one source IP address (all its sessions).
+    pub forwards_per_ip: usize,
+    /// Forwards open at once for one token holder (all their sessions).
+    pub forwards_per_user: usize,
     /// TCP connections open at once through one forward.
     pub connections_per_forward: usize,
     /// TCP connections of one forward that wait for the tab to open their SSH channel.
@@ -107,7 +116,10 @@ impl Default for Limits {
         Self {
             sessions: 1000,
             sessions_per_ip: 50,
-            forwards_per_session: 20,
+            forwards_per_session: 10,
+            forwards: 500,
+            forwards_per_ip: 50,
+            forwards_per_user: 50,
             connections_per_forward: 200,
             pending_accepts_per_forward: 64,
         }
@@ -279,6 +291,7 @@ impl Default for Config {
         Self {
             targets: BTreeMap::new(),
             forward_ports: 10000..=10999,
+            forward_ports_per_user: None,
             allowed_binds: Vec::new(),
             forward_allowed_sources: Vec::new(),
             allow_privileged_ports: false,
@@ -305,6 +318,7 @@ struct FileConfig {
     #[serde(default)]
     targets: BTreeMap<String, FileTarget>,
     forward_ports: Option<String>,
+    forward_ports_per_user: Option<u16>,
     #[serde(default)]
     allowed_binds: Vec<String>,
     #[serde(default)]
@@ -376,6 +390,7 @@ impl Config {
             config.forward_ports =
                 parse_port_range(&range).map_err(|r| invalid("forward_ports", r))?;
         }
+        config.forward_ports_per_user = file.forward_ports_per_user;
         for bind in file.allowed_binds {
             let ip = parse_bind(&bind).map_err(|r| invalid("allowed_binds", r))?;
             config.allowed_binds.push(ip);
@@ -418,6 +433,9 @@ impl Config {
                 ("sessions", limits.sessions),
                 ("sessions_per_ip", limits.sessions_per_ip),
                 ("forwards_per_session", limits.forwards_per_session),
+                ("forwards", limits.forwards),
+                ("forwards_per_ip", limits.forwards_per_ip),
+                ("forwards_per_user", limits.forwards_per_user),
                 ("connections_per_forward", limits.connections_per_forward),
                 (
                     "pending_accepts_per_forward",
@@ -486,6 +504,46 @@ impl Config {
                 format!(
                     "range {lo}-{hi} includes ports below 1024, which need root-level privilege \
                      (CAP_NET_BIND_SERVICE); start it at 1024 or set allow_privileged_ports"
+                ),
+            ));
+        }
+        self.validate_port_blocks()?;
+        Ok(())
+    }
+
+    /// `forward_ports_per_user`: a block per token holder, all inside the range.
+    fn validate_port_blocks(&self) -> Result<(), ConfigError> {
+        let Some(block) = self.forward_ports_per_user else {
+            return Ok(());
+        };
+        let key = "forward_ports_per_user";
+        if block == 0 {
+            return Err(invalid(
+                key,
+                "must be 1 or more; leave it out to let everyone share the whole range",
+            ));
+        }
+        if self.tokens.is_empty() {
+            return Err(invalid(
+                key,
+                "gives each token holder a block of forward_ports, so it needs token_file \
+                 (--token-file); set one, or leave this out",
+            ));
+        }
+        let (lo, hi) = (*self.forward_ports.start(), *self.forward_ports.end());
+        let span = usize::from(hi - lo) + 1;
+        let holders = self.tokens.len();
+        let needed = holders * usize::from(block);
+        if needed > span {
+            let smaller = match span / holders {
+                0 => String::new(),
+                most => format!(", or set forward_ports_per_user to at most {most}"),
+            };
+            return Err(invalid(
+                key,
+                format!(
+                    "{holders} token holders x {block} ports = {needed} ports, more than the {span} of \
+                     forward_ports {lo}-{hi}; widen forward_ports to {needed} ports or more{smaller}"
                 ),
             ));
         }
@@ -1076,6 +1134,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("public_host"), "{err}");
+    }
+
+    #[test]
+    fn forward_port_blocks_need_tokens_and_fit_the_range() {
+        let mut config = Config::from_toml(
+            "forward_ports = \"20000-20049\"\nforward_ports_per_user = 20\n[limits]\nforwards_per_user = 5",
+        )
+        .unwrap();
+        assert_eq!(config.forward_ports_per_user, Some(20));
+        assert_eq!(config.limits.forwards_per_user, 5);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("forward_ports_per_user") && err.contains("needs token_file"),
+            "{err}"
+        );
+        for name in ["a", "b", "c"] {
+            config.tokens.push(AccessToken {
+                name: name.into(),
+                secret: format!("{name}-0123456789abcdef"),
+            });
+        }
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("3 token holders x 20 ports = 60 ports, more than the 50")
+                && err.contains("at most 16"),
+            "{err}"
+        );
+        config.forward_ports_per_user = Some(16);
+        config.validate().unwrap();
+        config.forward_ports_per_user = Some(0);
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("1 or more")
+        );
+        let err = Config::from_toml("[limits]\nforwards_per_ip = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.forwards_per_ip"), "{err}");
     }
 
     #[test]

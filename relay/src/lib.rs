@@ -8,6 +8,7 @@ pub mod demo;
 pub mod listen;
 pub mod log_limit;
 pub mod metrics;
+pub mod ports;
 mod session;
 pub mod tls;
 pub mod web_guard;
@@ -45,6 +46,8 @@ pub struct AppState {
     sessions: TaskTracker,
     slots: Arc<SessionSlots>,
     metrics: Arc<Metrics>,
+    /// The forward ports the relay holds, and the caps on forwards across sessions.
+    ports: Arc<ports::PortBook>,
     /// Set when the config names a certificate and key: `run` then serves HTTPS only.
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -108,6 +111,7 @@ impl AppState {
     /// Loads the TLS certificate and key if the config names them, so a bad pair stops
     /// the relay before it listens.
     pub fn new(config: Config) -> Result<Self, tls::TlsError> {
+        let metrics = Arc::<Metrics>::default();
         Ok(Self {
             tls: config.load_tls()?,
             config: Arc::new(config),
@@ -115,7 +119,8 @@ impl AppState {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             slots: Arc::default(),
-            metrics: Arc::default(),
+            ports: Arc::new(ports::PortBook::new(metrics.forward_binds.clone())),
+            metrics,
         })
     }
 
@@ -249,6 +254,7 @@ async fn websocket(
     let config = state.config.clone();
     let (shutdown, sessions) = (state.shutdown.clone(), state.sessions.clone());
     let metrics = state.metrics.clone();
+    let book = state.ports.clone();
     let slot = match state.slots.acquire(peer.ip(), &state.config.limits) {
         Ok(slot) => slot,
         Err(message) => {
@@ -272,7 +278,7 @@ async fn websocket(
         .on_upgrade(move |socket| {
             sessions.track_future(async move {
                 let _slot = slot;
-                session::run(socket, config, metrics, peer, id, shutdown).await;
+                session::run(socket, config, metrics, peer, id, shutdown, book).await;
             })
         })
 }

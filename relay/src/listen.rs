@@ -1,15 +1,16 @@
-//! Opening a forward's listening socket under the operator's policy, and accepting on it.
+//! Opening a forward's listening sockets under the operator's policy, and accepting on them.
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tabtunnel_proto::ErrorCode;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::config::Config;
+use crate::ports::{self, Holder, Lease, PORT_ZERO_ATTEMPTS, PortBook, Want};
 use crate::session::Event;
 
 /// Why a Listen was refused; both parts travel to the tab in ListenFailed.
@@ -24,7 +25,7 @@ fn refuse(code: ErrorCode, message: String) -> Refusal {
 }
 
 /// Resolves the tab's bind address the way `ssh -L` does: empty or `localhost` means
-/// loopback, `*` every IPv4 address.
+/// loopback (IPv4 here; [`bind`] adds IPv6 loopback), `*` every IPv4 address.
 pub fn parse_bind_address(bind: &str) -> Result<IpAddr, Refusal> {
     match bind {
         "" | "localhost" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
@@ -45,8 +46,34 @@ pub fn parse_bind_address(bind: &str) -> Result<IpAddr, Refusal> {
     }
 }
 
-/// Binds a listener for a forward, or says why not in words the user can act on.
-pub async fn bind(config: &Config, bind: &str, port: u16) -> Result<TcpListener, Refusal> {
+/// A forward's listening sockets (two for `localhost`: IPv4 and IPv6 loopback on the same
+/// port) and its entry in the relay's book of ports.
+#[derive(Debug)]
+pub struct Bound {
+    pub listeners: Vec<TcpListener>,
+    pub lease: Lease,
+}
+
+impl Bound {
+    /// Where it listens, as the tab is told: the first address (IPv4 for `localhost`).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listeners
+            .first()
+            .ok_or_else(|| std::io::Error::other("no listener"))?
+            .local_addr()
+    }
+}
+
+/// Binds the listeners of a forward for `holder` (token holder `user`, if any), or says
+/// why not in words the user can act on. The relay's book of ports answers first, without
+/// a system call: caps, ports its own forwards hold, a full range.
+pub async fn bind(
+    config: &Config,
+    holder: &Holder,
+    user: Option<&str>,
+    bind: &str,
+    port: u16,
+) -> Result<Bound, Refusal> {
     let ip = parse_bind_address(bind)?;
     if !config.bind_allowed(ip) {
         return Err(refuse(
@@ -57,9 +84,26 @@ pub async fn bind(config: &Config, bind: &str, port: u16) -> Result<TcpListener,
             ),
         ));
     }
+    // `localhost` means both loopback families, as OpenSSH binds it: on IPv4 alone, another
+    // session could take [::1] on the same port and receive the clients that try it first.
+    let both = [ip, IpAddr::V6(Ipv6Addr::LOCALHOST)];
+    let addrs = if matches!(bind, "" | "localhost") {
+        &both[..]
+    } else {
+        &both[..1]
+    };
+    let block = ports::block_of(config, user);
+    let want = Want {
+        addrs,
+        user,
+        range: block
+            .clone()
+            .unwrap_or_else(|| config.forward_ports.clone()),
+        block: block.is_some(),
+    };
     let (lo, hi) = (*config.forward_ports.start(), *config.forward_ports.end());
     if port == 0 {
-        return bind_any_in_range(ip, lo, hi).await;
+        return bind_any(config, holder, &want).await;
     }
     if port < 1024 && !config.allow_privileged_ports {
         return Err(refuse(
@@ -79,29 +123,97 @@ pub async fn bind(config: &Config, bind: &str, port: u16) -> Result<TcpListener,
             ),
         ));
     }
-    TcpListener::bind(SocketAddr::new(ip, port))
+    if let Some(block) = &block
+        && !block.contains(&port)
+    {
+        let (lo, hi) = (block.start(), block.end());
+        return Err(refuse(
+            ErrorCode::PortNotAllowed,
+            format!(
+                "port {port} is outside your block {lo}-{hi} of this relay's forward ports (each token holder has its own); pick a port in it, or 0 for any free one"
+            ),
+        ));
+    }
+    let lease = holder.lease(&want, port, &config.limits)?;
+    let (lo, hi) = (*want.range.start(), *want.range.end());
+    let listeners = open(&holder.book, addrs, port)
         .await
-        .map_err(|err| bind_error(err, ip, port, lo, hi))
+        .map_err(|(err, ip)| bind_error(err, ip, port, lo, hi))?;
+    Ok(Bound { listeners, lease })
 }
 
-async fn bind_any_in_range(ip: IpAddr, lo: u16, hi: u16) -> Result<TcpListener, Refusal> {
-    let span = u32::from(hi - lo) + 1;
-    // Start at a random place so concurrent sessions do not race for the same ports.
-    let start = random_u32() % span;
-    for i in 0..span {
-        let port = lo + ((start + i) % span) as u16;
-        match TcpListener::bind(SocketAddr::new(ip, port)).await {
-            Ok(listener) => return Ok(listener),
-            Err(err) if err.kind() == ErrorKind::AddrInUse => continue,
-            Err(err) => return Err(bind_error(err, ip, port, lo, hi)),
+/// Port 0: a port the book does not hold, at most [`PORT_ZERO_ATTEMPTS`] binds, since
+/// every port another program holds costs one.
+async fn bind_any(config: &Config, holder: &Holder, want: &Want<'_>) -> Result<Bound, Refusal> {
+    let (lo, hi) = (*want.range.start(), *want.range.end());
+    let mut tried = Vec::new();
+    loop {
+        let lease = holder.lease_any(want, &tried, &config.limits)?;
+        let port = lease.port();
+        match open(&holder.book, want.addrs, port).await {
+            Ok(listeners) => return Ok(Bound { listeners, lease }),
+            Err((err, _)) if err.kind() == ErrorKind::AddrInUse => {
+                tried.push(port);
+                if tried.len() >= PORT_ZERO_ATTEMPTS {
+                    return Err(ports::busy(lo, hi, tried.len()));
+                }
+            }
+            Err((err, ip)) => return Err(bind_error(err, ip, port, lo, hi)),
         }
     }
-    Err(refuse(
-        ErrorCode::PortInUse,
-        format!(
-            "every port in this relay's forward range {lo}-{hi} is in use; close a forward or ask the operator for a wider range"
-        ),
-    ))
+}
+
+/// Listens on `port` of every address in `addrs`, all or none. The second of two is IPv6
+/// loopback for `localhost`: a host without IPv6 gets the IPv4 listener alone, but a ::1
+/// port held by someone else refuses the forward rather than listen on half of it.
+async fn open(
+    book: &PortBook,
+    addrs: &[IpAddr],
+    port: u16,
+) -> Result<Vec<TcpListener>, (std::io::Error, IpAddr)> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for (i, &ip) in addrs.iter().enumerate() {
+        let optional = i > 0;
+        book.count_bind();
+        match listen_on(SocketAddr::new(ip, port)) {
+            Ok(listener) => listeners.push(listener),
+            Err(NoListener::NoFamily) if optional => {}
+            Err(NoListener::NoFamily) => {
+                let err =
+                    std::io::Error::new(ErrorKind::AddrNotAvailable, "no such address family");
+                return Err((err, ip));
+            }
+            Err(NoListener::Failed(err))
+                if optional && err.kind() == ErrorKind::AddrNotAvailable => {}
+            Err(NoListener::Failed(err)) => return Err((err, ip)),
+        }
+    }
+    Ok(listeners)
+}
+
+enum NoListener {
+    /// The host has no socket of this address family (IPv6 switched off).
+    NoFamily,
+    Failed(std::io::Error),
+}
+
+/// One listening socket. IPv6 ones are IPv6-only, so that a listener never takes the
+/// IPv4 side of a port by surprise; address reuse as std and tokio set it, so a port
+/// whose old connections linger in TIME_WAIT can be listened on again.
+fn listen_on(addr: SocketAddr) -> Result<TcpListener, NoListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4().map_err(NoListener::Failed)?,
+        SocketAddr::V6(_) => {
+            let socket = TcpSocket::new_v6().map_err(|_| NoListener::NoFamily)?;
+            socket2::SockRef::from(&socket)
+                .set_only_v6(true)
+                .map_err(NoListener::Failed)?;
+            socket
+        }
+    };
+    socket.set_reuseaddr(true).map_err(NoListener::Failed)?;
+    socket.bind(addr).map_err(NoListener::Failed)?;
+    socket.listen(1024).map_err(NoListener::Failed)
 }
 
 fn bind_error(err: std::io::Error, ip: IpAddr, port: u16, lo: u16, hi: u16) -> Refusal {
@@ -131,17 +243,29 @@ fn bind_error(err: std::io::Error, ip: IpAddr, port: u16, lo: u16, hi: u16) -> R
     }
 }
 
-fn random_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u8(0);
-    hasher.finish() as u32
-}
-
-/// Accepts connections for one forward and hands them to the session loop.
-pub(crate) async fn accept_loop(forward: u32, listener: TcpListener, events: mpsc::Sender<Event>) {
+/// Accepts connections for one forward, on each of its listeners, and hands them to the
+/// session loop.
+pub(crate) async fn accept_loop(
+    forward: u32,
+    listeners: Vec<TcpListener>,
+    events: mpsc::Sender<Event>,
+) {
+    let mut first = 0;
     loop {
-        match listener.accept().await {
+        // Polled in turn, starting with a different one each time, so a flood on one
+        // family cannot starve the other.
+        let accepted = std::future::poll_fn(|cx| {
+            for i in 0..listeners.len() {
+                let listener = &listeners[(first + i) % listeners.len()];
+                if let std::task::Poll::Ready(result) = listener.poll_accept(cx) {
+                    return std::task::Poll::Ready(result);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await;
+        first = first.wrapping_add(1);
+        match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 if events
@@ -167,7 +291,77 @@ pub(crate) async fn accept_loop(forward: u32, listener: TcpListener, events: mps
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
+
+    thread_local! {
+        static BOOK: Arc<PortBook> = Arc::default();
+    }
+
+    /// Each call as a session of its own, all sharing one book of ports.
+    async fn bind(config: &Config, bind: &str, port: u16) -> Result<Bound, Refusal> {
+        static SESSION: AtomicU64 = AtomicU64::new(1);
+        let holder = Holder {
+            book: BOOK.with(Arc::clone),
+            session: SESSION.fetch_add(1, Ordering::Relaxed),
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        super::bind(config, &holder, None, bind, port).await
+    }
+
+    /// A port free on both loopback families, below the ephemeral range's usual start.
+    fn free_dual_port() -> u16 {
+        (21000..22000)
+            .find(|&p| {
+                std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                    && std::net::TcpListener::bind(("::1", p)).is_ok()
+            })
+            .expect("a free port")
+    }
+
+    #[tokio::test]
+    async fn localhost_listens_on_both_loopback_families_and_refuses_half() {
+        let port = free_dual_port();
+        let config = Config {
+            forward_ports: port..=port,
+            ..Config::default()
+        };
+        let bound = bind(&config, "localhost", port).await.unwrap();
+        let mut families: Vec<_> = bound
+            .listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap())
+            .collect();
+        families.sort();
+        assert_eq!(
+            families,
+            vec![
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                SocketAddr::from((Ipv6Addr::LOCALHOST, port))
+            ]
+        );
+        assert_eq!(
+            bound.local_addr().unwrap().to_string(),
+            format!("127.0.0.1:{port}")
+        );
+        // Another session's [::1] on the same port: refused by the book, no bind.
+        let binds = BOOK.with(|b| b.binds());
+        let err = bind(&config, "[::1]", port).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::PortInUse, "{}", err.message);
+        assert_eq!(BOOK.with(|b| b.binds()), binds);
+        drop(bound);
+
+        // Someone else holds [::1]:port: the forward is refused, not half-opened, and
+        // its IPv4 listener is closed again.
+        let other = std::net::TcpListener::bind(("::1", port)).unwrap();
+        let err = bind(&config, "", port).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::PortInUse, "{}", err.message);
+        assert!(err.message.contains("::1"), "{}", err.message);
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("IPv4 side closed again");
+        drop(other);
+    }
 
     #[tokio::test]
     async fn policy_refusals_say_what_to_do() {

@@ -145,6 +145,9 @@ async fn main() -> Result<()> {
         None
     };
     config.validate()?;
+    for note in tabtunnel_relay::ports::sizing_warnings(&config) {
+        tracing::warn!("{note}");
+    }
     if config.targets.is_empty() {
         anyhow::bail!(
             "no SSH targets: add --target NAME=HOST:PORT, a [targets] table in --config, or --demo"

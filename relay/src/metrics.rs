@@ -34,6 +34,8 @@ pub struct Metrics {
     pub refusals: Family<Refusal, Counter>,
     /// Which refusals are also logged: every one is counted, a flood is not logged.
     pub refusal_log: crate::log_limit::RefusalLog,
+    /// `bind()` calls made to open forward listeners (the book of ports counts them).
+    pub forward_binds: Counter,
 }
 
 impl Metrics {
@@ -84,6 +86,11 @@ impl Metrics {
             "refusals",
             "Requests refused, by reason",
             self.refusals.clone(),
+        );
+        registry.register(
+            "forward_binds",
+            "bind() calls made to open forward listeners",
+            self.forward_binds.clone(),
         );
         let mut text = String::new();
         // Writing to a String cannot fail.

@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::connection::{self, ConnHandle, ToTcp};
 use crate::listen;
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::ports::{self, Holder, Lease, PortBook, RefusalBudget};
 
 /// How long the relay tries to reach a target's SSH server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,6 +104,7 @@ pub async fn run(
     peer: SocketAddr,
     id: u64,
     shutdown: CancellationToken,
+    book: Arc<PortBook>,
 ) {
     metrics.sessions_total.inc();
     let _active = GaugeGuard::new(&metrics.sessions_active);
@@ -111,8 +113,13 @@ pub async fn run(
         let (ws_tx, mut ws_rx) = socket.split();
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let writer = tokio::spawn(write_loop(ws_tx, out_rx).in_current_span());
+        let holder = Holder {
+            book,
+            session: id,
+            ip: peer.ip(),
+        };
         let result =
-            Session::start(&mut ws_rx, out_tx.clone(), config, metrics.clone(), peer).await;
+            Session::start(&mut ws_rx, out_tx.clone(), config, metrics.clone(), holder).await;
         let result = match result {
             // Serving consumes the session: its listeners and connections end here.
             Ok(session) => session.serve(&mut ws_rx, shutdown).await,
@@ -245,18 +252,23 @@ struct Session {
     /// Every task of the session; dropping the set aborts them all.
     tasks: JoinSet<()>,
     metrics: Arc<Metrics>,
-    /// When the session last added a forward or had a connection open; with no
-    /// connection open, the idle timeout counts from here.
+    /// When the session last opened or closed a forward, or a connection opened or
+    /// ended; with no connection open, the idle timeout counts from here. Frames that
+    /// change nothing (a refused Listen, an Unlisten of no forward) do not count.
     last_activity: tokio::time::Instant,
-    /// The tab's address: refusals are logged per source.
-    peer: SocketAddr,
+    /// The token holder's name, when the relay has tokens.
+    owner: Option<String>,
+    /// This session's hand in the relay's book of forward ports.
+    ports: Holder,
+    /// Refused Listens left before the session is ended for asking too often.
+    refused_listens: RefusalBudget,
 }
 
 struct ForwardEntry {
     listener: AbortHandle,
     conns: HashSet<u32>,
-    /// Where it listens, to name a clash with the session's own forwards.
-    address: Option<SocketAddr>,
+    /// The forward's ports in the relay's book, given back when the forward ends.
+    _lease: Lease,
     _active: GaugeGuard,
 }
 
@@ -267,7 +279,7 @@ impl Session {
         out: mpsc::Sender<Outgoing>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
-        peer: SocketAddr,
+        ports: Holder,
     ) -> Result<Self, SessionError> {
         let heard = Mutex::new(tokio::time::Instant::now());
         let limit = config.handshake_timeout;
@@ -303,6 +315,7 @@ impl Session {
                 ),
             ));
         }
+        let mut owner_name = None;
         if !config.tokens.is_empty() {
             // Only the owner's name is ever logged, never the token.
             let Some(owner) = config.token_owner(&token) else {
@@ -316,6 +329,7 @@ impl Session {
                 ));
             };
             tracing::Span::current().record("user", owner);
+            owner_name = Some(owner.to_owned());
         }
         // Cut short: the tab chose it, and a refusal is logged with the session's span.
         tracing::Span::current().record("target", &*crate::log_limit::clip(&target));
@@ -380,7 +394,9 @@ impl Session {
             tasks,
             metrics,
             last_activity: tokio::time::Instant::now(),
-            peer,
+            owner: owner_name,
+            ports,
+            refused_listens: RefusalBudget::default(),
         })
     }
 
@@ -461,13 +477,10 @@ impl Session {
                 forward,
                 bind,
                 port,
-            } => {
-                self.last_activity = tokio::time::Instant::now();
-                self.listen(forward, &bind, port).await?
-            }
+            } => self.listen(forward, &bind, port).await?,
             Frame::Unlisten { forward } => {
-                self.last_activity = tokio::time::Instant::now();
                 if let Some(entry) = self.forwards.remove(&forward) {
+                    self.last_activity = tokio::time::Instant::now();
                     entry.listener.abort();
                     for conn in entry.conns {
                         if let Some(handle) = self.conns.remove(&conn) {
@@ -526,8 +539,8 @@ impl Session {
             }
             Frame::Close { conn, reason } => {
                 self.conn(conn, "Close")?;
-                self.last_activity = tokio::time::Instant::now();
                 if let Some(handle) = self.conns.remove(&conn) {
+                    self.last_activity = tokio::time::Instant::now();
                     debug!(conn, %reason, "tab closed connection");
                     if let Some(entry) = self.forwards.get_mut(&handle.forward) {
                         entry.conns.remove(&conn);
@@ -565,58 +578,33 @@ impl Session {
     async fn listen(&mut self, forward: u32, bind: &str, port: u16) -> Result<(), SessionError> {
         let most = self.config.limits.forwards_per_session;
         if self.forwards.len() >= most {
-            self.metrics.refused(ErrorCode::Limit.as_str());
             let message = format!(
                 "a session may have at most {most} forwards on this relay; remove one before adding another"
             );
-            return self
-                .send(Frame::ListenFailed {
-                    forward,
-                    code: ErrorCode::Limit,
-                    message,
-                })
-                .await;
+            return self.refuse_listen(forward, ErrorCode::Limit, message).await;
         }
         if self.forwards.contains_key(&forward) {
             let message = format!("forward id {forward} is already listening");
             return self
-                .send(Frame::ListenFailed {
-                    forward,
-                    code: ErrorCode::DuplicateForward,
-                    message,
-                })
+                .refuse_listen(forward, ErrorCode::DuplicateForward, message)
                 .await;
         }
-        if port != 0
-            && let Ok(ip) = listen::parse_bind_address(bind)
-            && let Some(taken) = self.forwards.values().filter_map(|f| f.address).find(|a| {
-                a.port() == port && (a.ip() == ip || a.ip().is_unspecified() || ip.is_unspecified())
-            })
-        {
-            let message = format!(
-                "this session already forwards {taken}; remove that forward first, or pick another port (0 for any free one)"
-            );
-            return self
-                .send(Frame::ListenFailed {
-                    forward,
-                    code: ErrorCode::DuplicateForward,
-                    message,
-                })
-                .await;
-        }
-        match listen::bind(&self.config, bind, port).await {
-            Ok(listener) => {
-                let bound = listener.local_addr().ok();
+        let bound =
+            listen::bind(&self.config, &self.ports, self.owner.as_deref(), bind, port).await;
+        match bound {
+            Ok(bound) => {
                 let address = bound
+                    .local_addr()
                     .map(|a| a.to_string())
-                    .unwrap_or_else(|| format!("{bind}:{port}"));
+                    .unwrap_or_else(|_| format!("{bind}:{port}"));
                 info!(forward, %address, "listening");
                 let events = self.events_tx.clone();
+                let listen::Bound { listeners, lease } = bound;
                 let listener = self
                     .tasks
                     // A span per forward, inside the session's: its accept loop logs there.
                     .spawn(
-                        listen::accept_loop(forward, listener, events)
+                        listen::accept_loop(forward, listeners, events)
                             .instrument(info_span!("forward", forward, %address)),
                     );
                 self.forwards.insert(
@@ -624,31 +612,53 @@ impl Session {
                     ForwardEntry {
                         listener,
                         conns: HashSet::new(),
-                        address: bound,
+                        _lease: lease,
                         _active: GaugeGuard::new(&self.metrics.forwards_active),
                     },
                 );
+                self.last_activity = tokio::time::Instant::now();
                 self.send(Frame::Listening { forward, address }).await
             }
             Err(refusal) => {
-                if let Some(suppressed) = self.metrics.refusal_log.admit(self.peer.ip(), "listen") {
-                    info!(
-                        forward,
-                        code = refusal.code.as_str(),
-                        suppressed,
-                        "listen refused: {}",
-                        refusal.message
-                    );
-                }
-                self.metrics.refused(refusal.code.as_str());
-                self.send(Frame::ListenFailed {
-                    forward,
-                    code: refusal.code,
-                    message: refusal.message,
-                })
-                .await
+                self.refuse_listen(forward, refusal.code, refusal.message)
+                    .await
             }
         }
+    }
+
+    /// Logs, counts and answers a refused Listen; ends the session when it has had more
+    /// refusals than its budget allows: each may cost the relay binds and a log line.
+    async fn refuse_listen(
+        &mut self,
+        forward: u32,
+        code: ErrorCode,
+        message: String,
+    ) -> Result<(), SessionError> {
+        if let Some(suppressed) = self.metrics.refusal_log.admit(self.ports.ip, "listen") {
+            info!(
+                forward,
+                code = code.as_str(),
+                suppressed,
+                "listen refused: {message}"
+            );
+        }
+        self.metrics.refused(code.as_str());
+        if !self.refused_listens.spend(tokio::time::Instant::now()) {
+            return Err(SessionError::new(
+                ErrorCode::Limit,
+                format!(
+                    "the relay ended this session: too many of its forward requests were refused (more than {} at once, then {} a second); fix the forwards that fail, then log in again",
+                    ports::REFUSED_LISTEN_BURST,
+                    ports::REFUSED_LISTENS_PER_SEC
+                ),
+            ));
+        }
+        self.send(Frame::ListenFailed {
+            forward,
+            code,
+            message,
+        })
+        .await
     }
 
     /// Counts, logs and tells the tab about a TCP client of `forward` that the relay
@@ -772,11 +782,11 @@ impl Session {
                 self.conns.insert(conn, handle);
             }
             Event::ConnectionDone { conn } => {
-                self.last_activity = tokio::time::Instant::now();
-                if let Some(handle) = self.conns.remove(&conn)
-                    && let Some(entry) = self.forwards.get_mut(&handle.forward)
-                {
-                    entry.conns.remove(&conn);
+                if let Some(handle) = self.conns.remove(&conn) {
+                    self.last_activity = tokio::time::Instant::now();
+                    if let Some(entry) = self.forwards.get_mut(&handle.forward) {
+                        entry.conns.remove(&conn);
+                    }
                 }
             }
             Event::SshClosed(None) => return Ok(Some("the SSH server closed the connection")),

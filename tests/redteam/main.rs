@@ -5,6 +5,7 @@
 //! are read together and share one build.
 
 mod browser_origin;
+mod forwards;
 mod front_door;
 mod logs;
 mod page;
