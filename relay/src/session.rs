@@ -21,6 +21,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::admission::{HelloSlot, LoginSlot, SessionPlace};
 use crate::config::Config;
 use crate::connection::{self, ConnHandle, ToTcp};
 use crate::listen;
@@ -66,6 +67,8 @@ pub(crate) enum Event {
 struct SessionError {
     code: ErrorCode,
     message: String,
+    /// The /metrics reason: the code's name unless a limit names its own.
+    reason: &'static str,
 }
 
 impl SessionError {
@@ -73,6 +76,14 @@ impl SessionError {
         Self {
             code,
             message: message.into(),
+            reason: code.as_str(),
+        }
+    }
+
+    fn refused(refusal: crate::admission::Refusal) -> Self {
+        Self {
+            reason: refusal.reason,
+            ..Self::new(ErrorCode::Limit, refusal.message)
         }
     }
 
@@ -95,7 +106,8 @@ impl SessionError {
     }
 }
 
-/// Serves one tab's WebSocket until it closes.
+/// Serves one tab's WebSocket until it closes. `hello` is its waiting place; the
+/// session takes its real places only after a valid Hello (see `admission`).
 pub async fn run(
     socket: WebSocket,
     config: Arc<Config>,
@@ -103,6 +115,7 @@ pub async fn run(
     peer: SocketAddr,
     id: u64,
     shutdown: CancellationToken,
+    hello: HelloSlot,
 ) {
     metrics.sessions_total.inc();
     let _active = GaugeGuard::new(&metrics.sessions_active);
@@ -111,9 +124,13 @@ pub async fn run(
         let (ws_tx, mut ws_rx) = socket.split();
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let writer = tokio::spawn(write_loop(ws_tx, out_rx).in_current_span());
-        let result = Session::start(&mut ws_rx, out_tx.clone(), config, metrics.clone()).await;
+        let result =
+            Session::start(&mut ws_rx, out_tx.clone(), config, metrics.clone(), hello).await;
+        // A tab sends nothing after its Hello until the Welcome, so a session that ended
+        // before one has nothing to drain; its places are free already.
+        let welcomed = result.is_ok();
         let result = match result {
-            // Serving consumes the session: its listeners and connections end here.
+            // Serving consumes the session: its listeners, connections and places end here.
             Ok(session) => session.serve(&mut ws_rx, shutdown).await,
             Err(err) => Err(err),
         };
@@ -124,7 +141,7 @@ pub async fn run(
             }
             Err(err) => {
                 info!(code = err.code.as_str(), "session failed: {}", err.message);
-                metrics.refused(err.code.as_str());
+                metrics.refused(err.reason);
                 let close = Outgoing::Close(err.close_code(), err.message.clone());
                 let error = Outgoing::Frame(Frame::Error {
                     code: err.code,
@@ -137,6 +154,10 @@ pub async fn run(
         // Bounded: the queue may be full of frames for a tab that is gone.
         let _ = tokio::time::timeout(GOODBYE, out_tx.send(close)).await;
         drop(out_tx);
+        if !welcomed {
+            let _ = tokio::time::timeout(GOODBYE, writer).await;
+            return;
+        }
         // A clean close: read what the tab still sends until its Close. Dropping a socket
         // with unread data makes the kernel reset it, and the tab could then lose the
         // Error frame that says why the session ended. Bounded: the tab may be gone.
@@ -152,21 +173,6 @@ pub async fn run(
     }
     .instrument(span)
     .await
-}
-
-/// Answers a WebSocket the relay will not serve (a limit was reached) with an Error
-/// frame and a close, so the page can show why.
-pub async fn refuse(mut socket: WebSocket, code: ErrorCode, message: String) {
-    let frame = Frame::Error {
-        code,
-        message: message.clone(),
-    };
-    let _ = socket.send(Message::Binary(encode_to_bytes(&frame))).await;
-    let close = CloseFrame {
-        code: 1008,
-        reason: truncate_reason(message).into(),
-    };
-    let _ = socket.send(Message::Close(Some(close))).await;
 }
 
 /// Sends queued frames, batching what is ready into one flush.
@@ -242,6 +248,10 @@ struct Session {
     /// When the session last added a forward or had a connection open; with no
     /// connection open, the idle timeout counts from here.
     last_activity: tokio::time::Instant,
+    /// Its place under the session caps, held for its whole life.
+    _place: SessionPlace,
+    /// Its place among the sessions logging in to the target; dropped at the first Listen.
+    login: Option<LoginSlot>,
 }
 
 struct ForwardEntry {
@@ -253,23 +263,32 @@ struct ForwardEntry {
 }
 
 impl Session {
-    /// Reads the Hello, reaches the target and answers Welcome.
+    /// Reads the Hello, takes the session's places, reaches the target and answers
+    /// Welcome.
     async fn start(
         ws_rx: &mut SplitStream<WebSocket>,
         out: mpsc::Sender<Outgoing>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
+        mut waiting: HelloSlot,
     ) -> Result<Self, SessionError> {
         let heard = Mutex::new(tokio::time::Instant::now());
         let limit = config.handshake_timeout;
-        let hello = tokio::time::timeout(limit, next_frame(ws_rx, &heard))
-            .await
-            .map_err(|_| {
-                SessionError::protocol(format!(
-                    "no Hello within {} of opening the WebSocket",
-                    humantime::format_duration(limit)
-                ))
-            })??;
+        let hello = tokio::select! {
+            hello = tokio::time::timeout(limit, next_frame(ws_rx, &heard)) => hello,
+            why = waiting.evicted() => {
+                return Err(SessionError::refused(crate::admission::Refusal {
+                    reason: crate::admission::HELLOS,
+                    message: why,
+                }));
+            }
+        };
+        let hello = hello.map_err(|_| {
+            SessionError::protocol(format!(
+                "no Hello within {} of opening the WebSocket",
+                humantime::format_duration(limit)
+            ))
+        })??;
         let Some(hello) = hello else {
             return Err(SessionError::protocol(
                 "the WebSocket closed before the Hello",
@@ -294,6 +313,7 @@ impl Session {
                 ),
             ));
         }
+        let mut user = None;
         if !config.tokens.is_empty() {
             // Only the owner's name is ever logged, never the token.
             let Some(owner) = config.token_owner(&token) else {
@@ -307,6 +327,7 @@ impl Session {
                 ));
             };
             tracing::Span::current().record("user", owner);
+            user = Some(owner);
         }
         tracing::Span::current().record("target", target.as_str());
         let Some(entry) = config.targets.get(&target) else {
@@ -319,6 +340,20 @@ impl Session {
                 ),
             ));
         };
+        let place = waiting
+            .admit(user, &config.limits)
+            .map_err(SessionError::refused)?;
+        // From here until its first Listen, the session is one more connection the SSH
+        // server counts against its MaxStartups.
+        let login = place
+            .start_login(
+                &target,
+                &entry.address,
+                &config.limits,
+                config.login_grace,
+                tokio::time::Instant::now(),
+            )
+            .map_err(SessionError::refused)?;
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&entry.address))
             .await
         {
@@ -370,6 +405,8 @@ impl Session {
             tasks,
             metrics,
             last_activity: tokio::time::Instant::now(),
+            _place: place,
+            login: Some(login),
         })
     }
 
@@ -452,6 +489,9 @@ impl Session {
                 port,
             } => {
                 self.last_activity = tokio::time::Instant::now();
+                // Sent only after the SSH login succeeded: the session no longer counts
+                // as logging in.
+                self.login = None;
                 self.listen(forward, &bind, port).await?
             }
             Frame::Unlisten { forward } => {
