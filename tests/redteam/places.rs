@@ -356,46 +356,47 @@ async fn a_target_has_at_most_8_sessions_logging_in_and_a_listen_frees_one() -> 
 }
 
 /// Finding 9: a session stops counting as logging in after login_grace, and is not ended
-/// for it: a user who logged in and has not added a forward yet keeps the session.
+/// for it: to the relay, a user who logged in and has not added a forward yet looks the
+/// same as this silent session, and keeps it.
 #[tokio::test]
 async fn a_session_counts_as_logging_in_only_for_the_login_grace() -> Result<()> {
     init_logging();
     let sshd = Sshd::start().await?;
     let (relay, _dir) = relay(
         &sshd,
-        "login_grace = \"5s\"\n[limits]\nlogins_per_target = 1\n",
+        "login_grace = \"2s\"\n[limits]\nlogins_per_target = 1\n",
         false,
     )
     .await?;
-    let first = login(&relay, &sshd, None).await?;
-    let err = login(&relay, &sshd, None).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ClientError::Relay {
-                code: ErrorCode::Limit,
-                ..
-            }
-        ) && err.to_string().contains("are busy"),
-        "{err:?}"
-    );
-    let second = wait_for(
+    let mut first = websocket_from(&relay, loopback(1)).await?;
+    hello(&mut first, "").await?;
+    assert_eq!(answer(&mut first).await?, Ok(()));
+    let mut second = websocket_from(&relay, loopback(2)).await?;
+    hello(&mut second, "").await?;
+    match answer(&mut second).await? {
+        Err((ErrorCode::Limit, message)) => assert!(
+            message.contains("logins to target \"sshd\" are busy"),
+            "{message}"
+        ),
+        other => bail!("a second login within the grace: {other:?}"),
+    }
+    let user = wait_for(
         "the login place after the grace",
         Duration::from_secs(20),
         || async { login(&relay, &sshd, None).await.ok() },
     )
     .await?;
-    assert!(first.closed_reason().is_none(), "the first session goes on");
+    assert!(held(&mut first).await, "the first session goes on");
+    listen(&mut first).await?;
     let echo = tabtunnel_e2e::services::EchoServer::start("127.0.0.1").await?;
-    let fwd = first
+    let fwd = user
         .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
         .await?;
     assert_eq!(
-        tabtunnel_e2e::services::exchange(fwd.listen(), b"late forward").await?,
-        b"late forward"
+        tabtunnel_e2e::services::exchange(fwd.listen(), b"through sshd").await?,
+        b"through sshd"
     );
-    first.close().await;
-    second.close().await;
+    user.close().await;
     Ok(())
 }
 
