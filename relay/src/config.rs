@@ -71,6 +71,10 @@ pub struct Config {
     /// A session with no forwarded connection for this long is ended; `None`: never
     /// (like `ssh -L`). Open connections keep a session alive, however quiet.
     pub idle_timeout: Option<std::time::Duration>,
+    /// How long a session counts as logging in to its target's SSH server (against
+    /// `limits.logins_per_target`) if it sends no Listen: a little over sshd's
+    /// LoginGraceTime, after which sshd has closed a connection that did not log in.
+    pub login_grace: std::time::Duration,
     /// Access tokens by name; empty: no token needed.
     pub tokens: Vec<AccessToken>,
     /// Check the Origin of WebSocket upgrades (same origin, plus `allowed_origins`).
@@ -97,6 +101,21 @@ pub struct Limits {
     pub sessions: usize,
     /// Sessions open at once from one source IP address.
     pub sessions_per_ip: usize,
+    /// Sessions open at once with one access token (when the relay has a token file).
+    pub sessions_per_user: usize,
+    /// WebSockets open without a Hello yet, in total; beyond it the oldest of the
+    /// address with the most waiting is closed.
+    pub hellos: usize,
+    /// WebSockets open without a Hello yet from one address; beyond it that address's
+    /// oldest is closed.
+    pub hellos_per_ip: usize,
+    /// Sessions logging in at once to one target's SSH server (connected, no Listen yet,
+    /// younger than `login_grace`): keep it below sshd's MaxStartups.
+    pub logins_per_target: usize,
+    /// Sessions logging in at once from one source address (to any target).
+    pub logins_per_ip: usize,
+    /// Sessions logging in at once with one access token (to any target).
+    pub logins_per_user: usize,
     /// Forwards (listeners) one session may have.
     pub forwards_per_session: usize,
     /// Forwards open at once, in total (all sessions).
@@ -115,7 +134,13 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             sessions: 1000,
-            sessions_per_ip: 50,
+            sessions_per_ip: 10,
+            sessions_per_user: 10,
+            hellos: 256,
+            hellos_per_ip: 8,
+            logins_per_target: 8,
+            logins_per_ip: 4,
+            logins_per_user: 4,
             forwards_per_session: 10,
             forwards: 500,
             forwards_per_ip: 50,
@@ -299,6 +324,7 @@ impl Default for Config {
             ping_interval: std::time::Duration::from_secs(20),
             handshake_timeout: std::time::Duration::from_secs(10),
             idle_timeout: None,
+            login_grace: std::time::Duration::from_secs(130),
             tokens: Vec::new(),
             check_origin: true,
             allowed_origins: Vec::new(),
@@ -328,6 +354,7 @@ struct FileConfig {
     ping_interval_secs: Option<u64>,
     handshake_timeout: Option<String>,
     idle_timeout: Option<String>,
+    login_grace: Option<String>,
     token_file: Option<PathBuf>,
     check_origin: Option<bool>,
     #[serde(default)]
@@ -432,6 +459,12 @@ impl Config {
             for (key, value) in [
                 ("sessions", limits.sessions),
                 ("sessions_per_ip", limits.sessions_per_ip),
+                ("sessions_per_user", limits.sessions_per_user),
+                ("hellos", limits.hellos),
+                ("hellos_per_ip", limits.hellos_per_ip),
+                ("logins_per_target", limits.logins_per_target),
+                ("logins_per_ip", limits.logins_per_ip),
+                ("logins_per_user", limits.logins_per_user),
                 ("forwards_per_session", limits.forwards_per_session),
                 ("forwards", limits.forwards),
                 ("forwards_per_ip", limits.forwards_per_ip),
@@ -470,6 +503,10 @@ impl Config {
         if let Some(text) = &file.idle_timeout {
             config.idle_timeout =
                 parse_idle_timeout(text).map_err(|r| invalid("idle_timeout", r))?;
+        }
+        if let Some(text) = &file.login_grace {
+            config.login_grace =
+                parse_duration_within(text, LOGIN_GRACES).map_err(|r| invalid("login_grace", r))?;
         }
         Ok(config)
     }
@@ -645,6 +682,11 @@ pub fn parse_source(text: &str) -> Result<IpNet, String> {
 /// already generous to a stalled client.
 const HANDSHAKE_TIMEOUTS: RangeInclusive<std::time::Duration> =
     std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(600);
+
+/// Login graces: a second (for tests) to an hour (sshd's LoginGraceTime is 2 minutes by
+/// default; an hour of counting one silent session against a target is already too long).
+const LOGIN_GRACES: RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600);
 
 /// Idle timeouts: at least a second; at most 30 days, beyond which `off` says it better
 /// (and deadline arithmetic stays far from overflow).
@@ -830,6 +872,12 @@ mod tests {
         );
         assert!(config.forward_allowed_sources.is_empty());
         assert_eq!(config.limits.pending_accepts_per_forward, 64);
+        assert_eq!(
+            config.limits,
+            Limits::default(),
+            "the example shows the defaults"
+        );
+        assert_eq!(config.login_grace, std::time::Duration::from_secs(130));
     }
 
     #[test]
@@ -906,6 +954,12 @@ mod tests {
                 "limits.pending_accepts_per_forward",
                 "1 or more",
             ),
+            (
+                "[limits]\nlogins_per_target = 0",
+                "limits.logins_per_target",
+                "1 or more",
+            ),
+            ("login_grace = \"0s\"", "login_grace", "between 1s and 1h"),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(says), "{text}: {err}");

@@ -2,6 +2,7 @@
 //! to an SSH server its operator configured, and opens forward listeners for live
 //! sessions. See `docs/ARCHITECTURE.md` for the whole picture.
 
+mod admission;
 pub mod config;
 mod connection;
 pub mod demo;
@@ -44,67 +45,13 @@ pub struct AppState {
     shutdown: CancellationToken,
     /// The sessions, so shutdown can wait for them to say goodbye.
     sessions: TaskTracker,
-    slots: Arc<SessionSlots>,
+    /// Every place a session takes (waiting for Hello, session, login), by limit.
+    admission: Arc<admission::Admission>,
     metrics: Arc<Metrics>,
     /// The forward ports the relay holds, and the caps on forwards across sessions.
     ports: Arc<ports::PortBook>,
     /// Set when the config names a certificate and key: `run` then serves HTTPS only.
     tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-/// Counts open sessions, in total and per source address, against the limits.
-#[derive(Debug, Default)]
-struct SessionSlots {
-    open: std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
-}
-
-/// One session's place; dropping it frees the place.
-#[derive(Debug)]
-struct SessionSlot {
-    slots: Arc<SessionSlots>,
-    ip: std::net::IpAddr,
-}
-
-impl SessionSlots {
-    fn acquire(
-        self: &Arc<Self>,
-        ip: std::net::IpAddr,
-        limits: &config::Limits,
-    ) -> Result<SessionSlot, String> {
-        let mut open = self.open.lock().expect("slots lock");
-        if open.0 >= limits.sessions {
-            return Err(format!(
-                "this relay serves at most {} sessions at once and is full; try again later",
-                limits.sessions
-            ));
-        }
-        let from_ip = open.1.entry(ip).or_default();
-        if *from_ip >= limits.sessions_per_ip {
-            return Err(format!(
-                "at most {} sessions may come from one address ({ip}); close another tab's session first",
-                limits.sessions_per_ip
-            ));
-        }
-        *from_ip += 1;
-        open.0 += 1;
-        Ok(SessionSlot {
-            slots: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        let mut open = self.slots.open.lock().expect("slots lock");
-        open.0 -= 1;
-        if let Some(n) = open.1.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.1.remove(&self.ip);
-            }
-        }
-    }
 }
 
 impl AppState {
@@ -118,7 +65,7 @@ impl AppState {
             next_session: Arc::new(AtomicU64::new(1)),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
-            slots: Arc::default(),
+            admission: Arc::default(),
             ports: Arc::new(ports::PortBook::new(metrics.forward_binds.clone())),
             metrics,
         })
@@ -255,19 +202,12 @@ async fn websocket(
     let (shutdown, sessions) = (state.shutdown.clone(), state.sessions.clone());
     let metrics = state.metrics.clone();
     let book = state.ports.clone();
-    let slot = match state.slots.acquire(peer.ip(), &state.config.limits) {
-        Ok(slot) => slot,
-        Err(message) => {
-            if let Some(suppressed) = metrics.refusal_log.admit(peer.ip(), "session") {
-                tracing::info!(%peer, suppressed, "session refused: {message}");
-            }
-            metrics.refused("limit");
-            // Accept, then explain: a browser cannot read an HTTP refusal of a WebSocket.
-            return upgrade.on_upgrade(move |socket| {
-                session::refuse(socket, tabtunnel_proto::ErrorCode::Limit, message)
-            });
-        }
-    };
+    // Only a small waiting place until a valid Hello: the session's real places are taken
+    // then. Never refused here; at a cap an older silent WebSocket makes room, and is
+    // told why in an Error frame (a browser cannot read an HTTP refusal of a WebSocket).
+    let waiting = state
+        .admission
+        .wait_for_hello(peer.ip(), &state.config.limits);
     upgrade
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
@@ -276,10 +216,9 @@ async fn websocket(
         // idle session with it, 44 KiB with 16 KiB, at the same throughput).
         .read_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
-            sessions.track_future(async move {
-                let _slot = slot;
-                session::run(socket, config, metrics, peer, id, shutdown, book).await;
-            })
+            sessions.track_future(session::run(
+                socket, config, metrics, peer, id, shutdown, book, waiting,
+            ))
         })
 }
 

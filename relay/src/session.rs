@@ -21,6 +21,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::admission::{HelloSlot, LoginSlot, SessionPlace};
 use crate::config::Config;
 use crate::connection::{self, ConnHandle, ToTcp};
 use crate::listen;
@@ -67,6 +68,8 @@ pub(crate) enum Event {
 struct SessionError {
     code: ErrorCode,
     message: String,
+    /// The /metrics reason: the code's name unless a limit names its own.
+    reason: &'static str,
 }
 
 impl SessionError {
@@ -74,6 +77,14 @@ impl SessionError {
         Self {
             code,
             message: message.into(),
+            reason: code.as_str(),
+        }
+    }
+
+    fn refused(refusal: crate::admission::Refusal) -> Self {
+        Self {
+            reason: refusal.reason,
+            ..Self::new(ErrorCode::Limit, refusal.message)
         }
     }
 
@@ -96,7 +107,8 @@ impl SessionError {
     }
 }
 
-/// Serves one tab's WebSocket until it closes.
+/// Serves one tab's WebSocket until it closes. `hello` is its waiting place; the
+/// session takes its real places only after a valid Hello (see `admission`).
 pub async fn run(
     socket: WebSocket,
     config: Arc<Config>,
@@ -105,6 +117,7 @@ pub async fn run(
     id: u64,
     shutdown: CancellationToken,
     book: Arc<PortBook>,
+    hello: HelloSlot,
 ) {
     metrics.sessions_total.inc();
     let _active = GaugeGuard::new(&metrics.sessions_active);
@@ -118,10 +131,20 @@ pub async fn run(
             session: id,
             ip: peer.ip(),
         };
-        let result =
-            Session::start(&mut ws_rx, out_tx.clone(), config, metrics.clone(), holder).await;
+        let result = Session::start(
+            &mut ws_rx,
+            out_tx.clone(),
+            config,
+            metrics.clone(),
+            holder,
+            hello,
+        )
+        .await;
+        // A tab sends nothing after its Hello until the Welcome, so a session that ended
+        // before one has nothing to drain; its places are free already.
+        let welcomed = result.is_ok();
         let result = match result {
-            // Serving consumes the session: its listeners and connections end here.
+            // Serving consumes the session: its listeners, connections and places end here.
             Ok(session) => session.serve(&mut ws_rx, shutdown).await,
             Err(err) => Err(err),
         };
@@ -137,7 +160,7 @@ pub async fn run(
                         suppressed, "session failed: {}", err.message
                     );
                 }
-                metrics.refused(err.code.as_str());
+                metrics.refused(err.reason);
                 let close = Outgoing::Close(err.close_code(), err.message.clone());
                 let error = Outgoing::Frame(Frame::Error {
                     code: err.code,
@@ -150,6 +173,10 @@ pub async fn run(
         // Bounded: the queue may be full of frames for a tab that is gone.
         let _ = tokio::time::timeout(GOODBYE, out_tx.send(close)).await;
         drop(out_tx);
+        if !welcomed {
+            let _ = tokio::time::timeout(GOODBYE, writer).await;
+            return;
+        }
         // A clean close: read what the tab still sends until its Close. Dropping a socket
         // with unread data makes the kernel reset it, and the tab could then lose the
         // Error frame that says why the session ended. Bounded: the tab may be gone.
@@ -165,21 +192,6 @@ pub async fn run(
     }
     .instrument(span)
     .await
-}
-
-/// Answers a WebSocket the relay will not serve (a limit was reached) with an Error
-/// frame and a close, so the page can show why.
-pub async fn refuse(mut socket: WebSocket, code: ErrorCode, message: String) {
-    let frame = Frame::Error {
-        code,
-        message: message.clone(),
-    };
-    let _ = socket.send(Message::Binary(encode_to_bytes(&frame))).await;
-    let close = CloseFrame {
-        code: 1008,
-        reason: truncate_reason(message).into(),
-    };
-    let _ = socket.send(Message::Close(Some(close))).await;
 }
 
 /// Sends queued frames, batching what is ready into one flush.
@@ -262,6 +274,10 @@ struct Session {
     ports: Holder,
     /// Refused Listens left before the session is ended for asking too often.
     refused_listens: RefusalBudget,
+    /// Its place under the session caps, held for its whole life.
+    _place: SessionPlace,
+    /// Its place among the sessions logging in to the target; dropped at the first Listen.
+    login: Option<LoginSlot>,
 }
 
 struct ForwardEntry {
@@ -273,24 +289,33 @@ struct ForwardEntry {
 }
 
 impl Session {
-    /// Reads the Hello, reaches the target and answers Welcome.
+    /// Reads the Hello, takes the session's places, reaches the target and answers
+    /// Welcome.
     async fn start(
         ws_rx: &mut SplitStream<WebSocket>,
         out: mpsc::Sender<Outgoing>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         ports: Holder,
+        mut waiting: HelloSlot,
     ) -> Result<Self, SessionError> {
         let heard = Mutex::new(tokio::time::Instant::now());
         let limit = config.handshake_timeout;
-        let hello = tokio::time::timeout(limit, next_frame(ws_rx, &heard))
-            .await
-            .map_err(|_| {
-                SessionError::protocol(format!(
-                    "no Hello within {} of opening the WebSocket",
-                    humantime::format_duration(limit)
-                ))
-            })??;
+        let hello = tokio::select! {
+            hello = tokio::time::timeout(limit, next_frame(ws_rx, &heard)) => hello,
+            why = waiting.evicted() => {
+                return Err(SessionError::refused(crate::admission::Refusal {
+                    reason: crate::admission::HELLOS,
+                    message: why,
+                }));
+            }
+        };
+        let hello = hello.map_err(|_| {
+            SessionError::protocol(format!(
+                "no Hello within {} of opening the WebSocket",
+                humantime::format_duration(limit)
+            ))
+        })??;
         let Some(hello) = hello else {
             return Err(SessionError::protocol(
                 "the WebSocket closed before the Hello",
@@ -315,7 +340,7 @@ impl Session {
                 ),
             ));
         }
-        let mut owner_name = None;
+        let mut user = None;
         if !config.tokens.is_empty() {
             // Only the owner's name is ever logged, never the token.
             let Some(owner) = config.token_owner(&token) else {
@@ -329,7 +354,7 @@ impl Session {
                 ));
             };
             tracing::Span::current().record("user", owner);
-            owner_name = Some(owner.to_owned());
+            user = Some(owner);
         }
         // Cut short: the tab chose it, and a refusal is logged with the session's span.
         tracing::Span::current().record("target", &*crate::log_limit::clip(&target));
@@ -343,6 +368,21 @@ impl Session {
                 ),
             ));
         };
+        let place = waiting
+            .admit(user, &config.limits)
+            .map_err(SessionError::refused)?;
+        let owner = user.map(str::to_owned);
+        // From here until its first Listen, the session is one more connection the SSH
+        // server counts against its MaxStartups.
+        let login = place
+            .start_login(
+                &target,
+                &entry.address,
+                &config.limits,
+                config.login_grace,
+                tokio::time::Instant::now(),
+            )
+            .map_err(SessionError::refused)?;
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&entry.address))
             .await
         {
@@ -394,9 +434,11 @@ impl Session {
             tasks,
             metrics,
             last_activity: tokio::time::Instant::now(),
-            owner: owner_name,
+            owner,
             ports,
             refused_listens: RefusalBudget::default(),
+            _place: place,
+            login: Some(login),
         })
     }
 
@@ -477,7 +519,12 @@ impl Session {
                 forward,
                 bind,
                 port,
-            } => self.listen(forward, &bind, port).await?,
+            } => {
+                // Sent only after the SSH login succeeded: the session no longer counts
+                // as logging in.
+                self.login = None;
+                self.listen(forward, &bind, port).await?
+            }
             Frame::Unlisten { forward } => {
                 if let Some(entry) = self.forwards.remove(&forward) {
                     self.last_activity = tokio::time::Instant::now();
