@@ -139,7 +139,8 @@ pub(crate) struct ForwardEntry {
 
 pub(crate) struct ConnEntry {
     pub(crate) forward: u32,
-    /// Unbounded, yet bounded in bytes: Data is checked against `recv_window` first.
+    /// Unbounded, yet bounded in bytes and frames: Data is checked against
+    /// `recv_window` first, where each frame costs its bytes plus a fixed overhead.
     pub(crate) input: mpsc::UnboundedSender<ConnInput>,
     pub(crate) recv_window: Arc<Mutex<RecvWindow>>,
     pub(crate) send_credit: Arc<CreditGate>,
