@@ -700,6 +700,10 @@ fn route(
                     .expect("window lock")
                     .on_data(data.len())
                     .map_err(|err| ClientError::Protocol(format!("connection {conn}: {err}")))?;
+                // A decoded frame may share the transport's read buffer: queued as it
+                // is, a one-byte frame could keep a whole buffer alive. The queue holds
+                // copies, so a frame costs what credit charges for it.
+                let data = Bytes::copy_from_slice(&data);
                 let _ = entry.input.send(ConnInput::Data(data));
             }
         }

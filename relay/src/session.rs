@@ -489,6 +489,10 @@ impl Session {
                                 "connection {conn}: the tab sent {err}; reload the page"
                             ))
                         })?;
+                    // A decoded frame shares the WebSocket's read buffer (128 KiB at a
+                    // time): queued as it is, a one-byte frame would keep all of it alive.
+                    // The queue holds copies, so a frame costs what credit charges for it.
+                    let data = Bytes::copy_from_slice(&data);
                     let _ = handle.to_tcp.send(ToTcp::Data(data));
                 }
             }
