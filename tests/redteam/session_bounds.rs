@@ -102,14 +102,25 @@ struct Flood {
 /// relay counts them.
 const STALL_IN_FLIGHT: u32 = CONNECTION_WINDOW / 2 + 64;
 
-/// Opens [`STALLED`] connections to a forward of a fresh relay process, whose TCP
-/// clients never read. Fills each with full Data frames, within credit and keeping
-/// [`STALL_IN_FLIGHT`] bytes in flight, until the relay stops granting credit: its
-/// writes to the TCP client are stuck, and the kernel's buffers are full. Then sends
-/// the connections, in turns, one-byte frames for the rest of their credit counted in
-/// payload bytes, and reads the relay's peak memory once it has processed them all,
-/// or ended the session.
-async fn flood_stalled_connections(sshd: &Sshd) -> Result<Flood> {
+/// A relay process with [`STALLED`] connections of one forward, each filled with full
+/// Data frames until the relay's writes to its TCP client are stuck (see
+/// [`STALL_IN_FLIGHT`]), and one more connection the tab has closed.
+struct Stalled {
+    relay: RelayProcess,
+    pid: u32,
+    ws: Ws,
+    /// The TCP clients, which never read.
+    clients: Vec<TcpStream>,
+    conns: Vec<u32>,
+    /// A connection the tab closed: Data for it is read, then dropped.
+    closed_conn: u32,
+    /// The relay's resident memory before the stalling, and its peak after.
+    base: u64,
+    full_frames: usize,
+    full_peak: u64,
+}
+
+async fn stall_connections(sshd: &Sshd) -> Result<Stalled> {
     let target = format!("sshd={}", sshd.address());
     let relay = RelayProcess::start(&["--target", &target], "warn").await?;
     let pid = relay.pid()?;
@@ -117,7 +128,7 @@ async fn flood_stalled_connections(sshd: &Sshd) -> Result<Flood> {
 
     let mut clients = Vec::new();
     let mut conns = Vec::new();
-    for _ in 0..STALLED {
+    for _ in 0..=STALLED {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.set_recv_buffer_size(4096)?;
         clients.push(socket.connect(address.parse()?).await?);
@@ -134,6 +145,12 @@ async fn flood_stalled_connections(sshd: &Sshd) -> Result<Flood> {
         ws.send(Message::Binary(encode_to_bytes(&credit))).await?;
         conns.push(conn);
     }
+    let closed_conn = conns.pop().context("no connection")?;
+    let close = Frame::Close {
+        conn: closed_conn,
+        reason: String::new(),
+    };
+    ws.send(Message::Binary(encode_to_bytes(&close))).await?;
     let (base, _) = process_memory(pid)?;
 
     let payload = bytes::Bytes::from(vec![b'x'; MAX_DATA]);
@@ -172,6 +189,39 @@ async fn flood_stalled_connections(sshd: &Sshd) -> Result<Flood> {
         full_frames += frames;
     }
     let (_, full_peak) = process_memory(pid)?;
+    Ok(Stalled {
+        relay,
+        pid,
+        ws,
+        clients,
+        conns,
+        closed_conn,
+        base,
+        full_frames,
+        full_peak,
+    })
+}
+
+/// Opens [`STALLED`] connections to a forward of a fresh relay process, whose TCP
+/// clients never read. Fills each with full Data frames, within credit and keeping
+/// [`STALL_IN_FLIGHT`] bytes in flight, until the relay stops granting credit: its
+/// writes to the TCP client are stuck, and the kernel's buffers are full. Then sends
+/// the connections, in turns, one-byte frames for the rest of their credit counted in
+/// payload bytes, and reads the relay's peak memory once it has processed them all,
+/// or ended the session.
+async fn flood_stalled_connections(sshd: &Sshd) -> Result<Flood> {
+    let Stalled {
+        relay: _relay,
+        pid,
+        ws,
+        clients,
+        conns,
+        base,
+        full_frames,
+        full_peak,
+        ..
+    } = stall_connections(sshd).await?;
+    let payload = bytes::Bytes::from(vec![b'x'; MAX_DATA]);
 
     let (mut tx, mut rx) = ws.split();
     let closed = Arc::new(AtomicBool::new(false));
@@ -293,6 +343,84 @@ async fn one_byte_data_frames_cannot_outgrow_the_window() -> Result<()> {
         flood.tiny_growth < MEMORY_BOUND,
         "four stalled connections grew the relay by {:.1} MiB",
         flood.tiny_growth as f64 / MIB
+    );
+    Ok(())
+}
+
+/// A queued Data frame must hold no more memory than it is charged for. A frame read
+/// from the WebSocket shares the buffer it was read into (tungstenite reads 128 KiB at
+/// a time), so one one-byte frame queued for a stalled connection, read with 128 KiB
+/// of frames that went elsewhere, kept that whole buffer alive: a window's worth of
+/// such frames could hold hundreds of MiB. What a connection queues is its own copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_one_byte_frame_does_not_pin_its_read_buffer() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let Stalled {
+        relay: _relay,
+        pid,
+        mut ws,
+        clients: _clients,
+        conns,
+        closed_conn,
+        ..
+    } = stall_connections(&sshd).await?;
+    let (before, _) = process_memory(pid)?;
+    // Well within the stalled connections' credit, however the relay counts it.
+    const ROUNDS: usize = 1000;
+    let payload = bytes::Bytes::from(vec![b'x'; MAX_DATA]);
+    for round in 0..ROUNDS {
+        let conn = conns[round % STALLED];
+        let tiny = Frame::Data {
+            conn,
+            data: payload.slice(..1),
+        };
+        ws.feed(Message::Binary(encode_to_bytes(&tiny))).await?;
+        // Read, then dropped: the connection is closed.
+        for _ in 0..2 {
+            let full = Frame::Data {
+                conn: closed_conn,
+                data: payload.clone(),
+            };
+            ws.feed(Message::Binary(encode_to_bytes(&full))).await?;
+        }
+        if round % 16 == 0 {
+            ws.flush().await?;
+        }
+    }
+    // The relay answers a ping after it has processed every frame sent before it.
+    ws.send(Message::Ping(b"barrier".to_vec().into())).await?;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ws
+                .next()
+                .await
+                .context("the relay closed the WebSocket")??
+            {
+                Message::Pong(data) if &data[..] == b"barrier" => return Ok(()),
+                Message::Binary(data) => {
+                    if let Frame::Error { code, message } = decode(data)? {
+                        anyhow::bail!("the relay refused: {code:?} {message}");
+                    }
+                }
+                Message::Close(frame) => anyhow::bail!("the relay closed: {frame:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .context("the relay did not answer the barrier ping within 30 s")??;
+    let (_, peak) = process_memory(pid)?;
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "{ROUNDS} one-byte frames queued for {STALLED} stalled connections, each read with \
+         128 KiB of other frames: relay RSS +{:.2} MiB",
+        growth as f64 / MIB
+    );
+    assert!(
+        growth < MEMORY_BOUND,
+        "{ROUNDS} queued one-byte frames grew the relay by {:.1} MiB",
+        growth as f64 / MIB
     );
     Ok(())
 }
