@@ -425,6 +425,46 @@ async fn a_queued_one_byte_frame_does_not_pin_its_read_buffer() -> Result<()> {
     Ok(())
 }
 
+/// Charging frames their overhead changed what credit means, so it is protocol version
+/// 2: a page of version 1 (cached in a browser) would overrun the relay's windows. The
+/// relay refuses it at the Hello and says to reload.
+#[tokio::test]
+async fn a_page_of_the_previous_protocol_version_is_told_to_reload() -> Result<()> {
+    init_logging();
+    let relay = Relay::start(&[("sshd", "127.0.0.1:9")]).await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(relay.ws_url()).await?;
+    let hello = Frame::Hello {
+        version: 1,
+        target: "sshd".into(),
+        token: String::new(),
+    };
+    ws.send(Message::Binary(encode_to_bytes(&hello))).await?;
+    let (mut error, mut close) = (None, None);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(message)) = ws.next().await {
+            match message {
+                Message::Binary(data) => {
+                    if let Ok(Frame::Error { code, message }) = decode(data) {
+                        error = Some((code, message));
+                    }
+                }
+                Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .context("the relay did not close within 20 s")?;
+    let (code, message) = error.context("no Error frame")?;
+    assert_eq!(code, ErrorCode::Version);
+    assert!(
+        message.contains("protocol version 1") && message.contains("reload the page"),
+        "{message}"
+    );
+    assert_eq!(close, Some(1002));
+    Ok(())
+}
+
 /// Finding 13: a tab that breaks the WebSocket protocol (RFC 6455) is told so with
 /// `Error{Protocol}` and close code 1002, not an orderly 1000.
 #[tokio::test]
