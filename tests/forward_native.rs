@@ -345,7 +345,7 @@ async fn a_malformed_frame_ends_only_that_session() -> Result<()> {
     let (mut rogue, _) = tokio_tungstenite::connect_async(s.relay.ws_url()).await?;
     use tokio_tungstenite::tungstenite::Message;
     let hello = tabtunnel_proto::encode_to_bytes(&tabtunnel_proto::Frame::Hello {
-        version: 1,
+        version: tabtunnel_proto::VERSION,
         target: "sshd".into(),
         token: String::new(),
     });

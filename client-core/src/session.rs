@@ -139,7 +139,8 @@ pub(crate) struct ForwardEntry {
 
 pub(crate) struct ConnEntry {
     pub(crate) forward: u32,
-    /// Unbounded, yet bounded in bytes: Data is checked against `recv_window` first.
+    /// Unbounded, yet bounded in bytes and frames: Data is checked against
+    /// `recv_window` first, where each frame costs its bytes plus a fixed overhead.
     pub(crate) input: mpsc::UnboundedSender<ConnInput>,
     pub(crate) recv_window: Arc<Mutex<RecvWindow>>,
     pub(crate) send_credit: Arc<CreditGate>,
@@ -699,6 +700,10 @@ fn route(
                     .expect("window lock")
                     .on_data(data.len())
                     .map_err(|err| ClientError::Protocol(format!("connection {conn}: {err}")))?;
+                // A decoded frame may share the transport's read buffer: queued as it
+                // is, a one-byte frame could keep a whole buffer alive. The queue holds
+                // copies, so a frame costs what credit charges for it.
+                let data = Bytes::copy_from_slice(&data);
                 let _ = entry.input.send(ConnInput::Data(data));
             }
         }

@@ -29,8 +29,10 @@
 //!
 //! Forward ids are chosen by the tab, connection ids by the relay; the frame kind says
 //! which space a stream number belongs to. Data for a connection may only be sent
-//! within the credit its receiver granted (see [`credit`]); that is what keeps every
-//! hop's memory bounded, since a browser cannot pause a WebSocket.
+//! within the credit its receiver granted (see [`credit`]); each Data frame costs its
+//! bytes plus [`DATA_FRAME_OVERHEAD`], so that even one-byte frames cannot queue more
+//! than a window's worth of memory. That is what keeps every hop's memory bounded,
+//! since a browser cannot pause a WebSocket.
 //!
 //! This crate knows nothing of tokio, axum, russh or web-sys: it builds for wasm32 and
 //! native alike, and both sides of the wire use it.
@@ -40,11 +42,17 @@ pub mod credit;
 pub mod frame;
 
 pub use codec::{DecodeError, decode, encode, encode_to_bytes};
-pub use credit::{CreditError, CreditGate, RecvWindow, SendCredit};
+pub use credit::{
+    CreditError, CreditGate, DATA_FRAME_OVERHEAD, RecvWindow, SendCredit, frame_cost,
+};
 pub use frame::{ErrorCode, Frame};
 
 /// Protocol version sent in Hello and Welcome. A relay refuses any other version.
-pub const VERSION: u16 = 1;
+///
+/// - 1: the first.
+/// - 2: a Data frame costs [`DATA_FRAME_OVERHEAD`] bytes of credit beyond its payload
+///   (see [`credit`]). A version-1 peer would overrun a version-2 receiver's window.
+pub const VERSION: u16 = 2;
 
 /// Size of the frame header: kind (1 byte) and stream (4 bytes).
 pub const HEADER_LEN: usize = 5;
@@ -65,5 +73,6 @@ pub const MAX_PINNED_KEYS: usize = 64;
 pub const STREAM_SESSION: u32 = 0;
 
 /// Credit each receiver grants per connection when it opens: bytes in flight per
-/// direction per connection never exceed this.
+/// direction per connection, counting each Data frame's [`DATA_FRAME_OVERHEAD`], never
+/// exceed this.
 pub const CONNECTION_WINDOW: u32 = 256 * 1024;

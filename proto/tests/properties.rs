@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use tabtunnel_proto::{ErrorCode, Frame, MAX_DATA, decode, encode_to_bytes};
+use tabtunnel_proto::{
+    ErrorCode, Frame, MAX_DATA, RecvWindow, SendCredit, decode, encode_to_bytes, frame_cost,
+};
 
 fn text() -> impl Strategy<Value = String> {
     // Up to 1024 bytes even with 4-byte characters: within MAX_TEXT.
@@ -88,5 +90,47 @@ proptest! {
             raw[at] ^= xor;
         }
         let _ = decode(Bytes::from(raw));
+    }
+}
+
+proptest! {
+    // Each case is a whole exchange of up to 400 frames.
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever the frame sizes and however slowly the receiver writes frames out, an
+    /// honest sender never overruns the receiver's window, the receiver never holds more
+    /// than a window of credit (frame overheads included), and credit keeps flowing.
+    #[test]
+    fn an_honest_sender_never_overruns_and_never_stalls(
+        window in (2 * (tabtunnel_proto::DATA_FRAME_OVERHEAD + 1))..=(1u32 << 20),
+        steps in proptest::collection::vec((prop_oneof![1usize..=8, 1usize..=MAX_DATA], 0u8..4), 1..400),
+    ) {
+        let mut sender = SendCredit::new();
+        let mut receiver = RecvWindow::new(window);
+        sender.grant(receiver.initial_grant()).unwrap();
+        let mut queue = std::collections::VecDeque::new();
+        let mut queued = 0u64; // the credit the queued frames cost
+        for (want, drain) in steps {
+            let sent = sender.take(want);
+            if sent > 0 {
+                prop_assert!(receiver.on_data(sent).is_ok());
+                queue.push_back(sent);
+                queued += frame_cost(sent);
+            }
+            prop_assert!(queued <= u64::from(window));
+            // The receiver writes out 0 to 3 frames, or everything when the sender waits.
+            let drain = if sent == 0 { queue.len() } else { usize::from(drain) };
+            for _ in 0..drain {
+                let Some(len) = queue.pop_front() else { break };
+                queued -= frame_cost(len);
+                if let Some(grant) = receiver.on_consumed(len) {
+                    sender.grant(grant).unwrap();
+                }
+            }
+            // With everything written out, the sender can always send again.
+            if queue.is_empty() {
+                prop_assert!(sender.available() > 0, "the sender waits for ever");
+            }
+        }
     }
 }

@@ -28,8 +28,10 @@ pub(crate) enum ToTcp {
 #[derive(Debug)]
 pub(crate) struct ConnHandle {
     pub forward: u32,
-    /// Unbounded, yet bounded in bytes: the session checks each Data against
-    /// `recv_window` before queueing it, so at most one window is queued.
+    /// Unbounded, yet bounded: the session checks each Data against `recv_window`
+    /// before queueing it, and a frame costs its bytes plus a fixed overhead there, so
+    /// at most one window is queued, in bytes and in frames (a 256 KiB window holds at
+    /// most 4032 frames, however small).
     pub to_tcp: mpsc::UnboundedSender<ToTcp>,
     pub recv_window: Arc<Mutex<RecvWindow>>,
     pub send_credit: Arc<CreditGate>,

@@ -556,8 +556,14 @@ impl Session {
                         .expect("window lock")
                         .on_data(data.len())
                         .map_err(|err| {
-                            SessionError::protocol(format!("connection {conn}: {err}"))
+                            SessionError::protocol(format!(
+                                "connection {conn}: the tab sent {err}; reload the page"
+                            ))
                         })?;
+                    // A decoded frame shares the WebSocket's read buffer (128 KiB at a
+                    // time): queued as it is, a one-byte frame would keep all of it alive.
+                    // The queue holds copies, so a frame costs what credit charges for it.
+                    let data = Bytes::copy_from_slice(&data);
                     let _ = handle.to_tcp.send(ToTcp::Data(data));
                 }
             }
@@ -894,15 +900,13 @@ async fn next_frame(
         let message = match next {
             None => return Ok(None),
             Some(Err(err)) => {
-                // A message over the limit (axum's max_message_size) is the tab's fault:
-                // say so, rather than end as if the tab had left.
-                if let Some(tungstenite::Error::Capacity(what)) = std::error::Error::source(&err)
+                // A message over the limit or a broken WebSocket frame is the tab's fault:
+                // say so, and close with 1002, rather than end as if the tab had left.
+                if let Some(fault) = std::error::Error::source(&err)
                     .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+                    .and_then(tab_fault)
                 {
-                    return Err(SessionError::protocol(format!(
-                        "the tab sent a WebSocket message over the protocol's {}-byte limit ({what}); reload the page",
-                        tabtunnel_proto::MAX_FRAME
-                    )));
+                    return Err(SessionError::protocol(fault));
                 }
                 debug!("WebSocket read failed: {err}");
                 return Ok(None);
@@ -923,6 +927,32 @@ async fn next_frame(
                 ));
             }
         }
+    }
+}
+
+/// What the tab did wrong when reading its WebSocket failed through its fault: a
+/// message over the limit (axum's max_message_size), or a frame that breaks RFC 6455
+/// (unmasked, reserved bits set, an unknown opcode, a fragmented or oversized control
+/// frame, invalid UTF-8). `None` when the connection merely ended.
+fn tab_fault(err: &tungstenite::Error) -> Option<String> {
+    use tungstenite::error::ProtocolError;
+    match err {
+        tungstenite::Error::Capacity(what) => Some(format!(
+            "the tab sent a WebSocket message over the protocol's {}-byte limit ({what}); reload the page",
+            tabtunnel_proto::MAX_FRAME
+        )),
+        // A connection dropped without a close handshake is a tab that left (a crashed
+        // browser, a closed laptop), not one that broke the protocol.
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        tungstenite::Error::Protocol(what) => Some(format!(
+            "the tab broke the WebSocket protocol: {what}; reload the page"
+        )),
+        // Not the text itself: it is the tab's, and may be long.
+        tungstenite::Error::Utf8(_) => Some(
+            "the tab broke the WebSocket protocol: invalid UTF-8 in a text message or close reason; reload the page"
+                .into(),
+        ),
+        _ => None,
     }
 }
 
