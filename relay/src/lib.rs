@@ -2,22 +2,23 @@
 //! to an SSH server its operator configured, and opens forward listeners for live
 //! sessions. See `docs/ARCHITECTURE.md` for the whole picture.
 
+pub mod client_addr;
 pub mod config;
 mod connection;
 pub mod demo;
 pub mod listen;
 pub mod metrics;
+mod serve;
 mod session;
 pub mod tls;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{State, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tabtunnel_proto::MAX_FRAME;
@@ -30,6 +31,7 @@ use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
 
+pub use client_addr::ClientAddr;
 pub use config::Config;
 
 /// What every request handler shares.
@@ -148,31 +150,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (token, sessions) = (state.shutdown.clone(), state.sessions.clone());
-    let graceful = async move {
-        shutdown.await;
-        token.cancel();
-    };
-    let result = match state.tls.clone() {
-        None => {
-            axum::serve(
-                listener,
-                app(state).into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(graceful)
-            .await
-        }
-        Some(config) => {
-            // `tap_io` only to get axum's ConnectInfo for a listener of our own.
-            let listener =
-                axum::serve::ListenerExt::tap_io(tls::TlsListener::new(listener, config)?, |_| {});
-            axum::serve(
-                listener,
-                app(state).into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(graceful)
-            .await
-        }
-    };
+    let (config, tls) = (state.config.clone(), state.tls.clone());
+    // The relay's own accept loop: connection caps, TLS, HTTP timeouts (see serve.rs).
+    let result = serve::serve(listener, app(state), config, tls, token, shutdown).await;
     sessions.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await;
     result
@@ -214,7 +194,7 @@ async fn targets(State(state): State<AppState>) -> Json<serde_json::Value> {
 async fn websocket(
     upgrade: WebSocketUpgrade,
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: ClientAddr,
     headers: axum::http::HeaderMap,
 ) -> Response {
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
@@ -235,6 +215,7 @@ async fn websocket(
     let config = state.config.clone();
     let (shutdown, sessions) = (state.shutdown.clone(), state.sessions.clone());
     let metrics = state.metrics.clone();
+    // Behind a trusted proxy, the client it names (see client_addr.rs).
     let slot = match state.slots.acquire(peer.ip(), &state.config.limits) {
         Ok(slot) => slot,
         Err(message) => {

@@ -301,11 +301,12 @@ pub async fn run(options: &LoadOptions) -> Result<()> {
         .prefix("tabtunnel-load-")
         .tempdir()?;
     let config = config_dir.path().join("relay.toml");
-    // All sessions come from 127.0.0.1, so the per-address cap must allow them all.
+    // All sessions come from 127.0.0.1, so the per-address caps must allow them all
+    // (each session is a TCP connection to the relay too).
     std::fs::write(
         &config,
         format!(
-            "[limits]\nsessions = {cap}\nsessions_per_ip = {cap}\n",
+            "[limits]\nsessions = {cap}\nsessions_per_ip = {cap}\nconnections_per_ip = {cap}\n",
             cap = n + 16
         ),
     )?;
