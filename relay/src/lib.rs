@@ -150,9 +150,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (token, sessions) = (state.shutdown.clone(), state.sessions.clone());
-    let (config, tls) = (state.config.clone(), state.tls.clone());
+    let (config, tls, metrics) = (
+        state.config.clone(),
+        state.tls.clone(),
+        state.metrics.clone(),
+    );
     // The relay's own accept loop: connection caps, TLS, HTTP timeouts (see serve.rs).
-    let result = serve::serve(listener, app(state), config, tls, token, shutdown).await;
+    let result = serve::serve(listener, app(state), config, tls, metrics, token, shutdown).await;
     sessions.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await;
     result

@@ -27,6 +27,7 @@ use tower::ServiceExt;
 
 use crate::client_addr::ClientAddr;
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// How long shutdown waits for HTTP requests in progress (WebSocket sessions have their
 /// own grace in `run`).
@@ -55,10 +56,11 @@ pub(crate) async fn serve(
     router: Router,
     config: Arc<Config>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    metrics: Arc<Metrics>,
     sessions_stop: CancellationToken,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let door = Arc::new(Door::new(config, tls, router));
+    let door = Arc::new(Door::new(config, tls, router, metrics));
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
@@ -98,6 +100,7 @@ struct Door {
     handshakes: Arc<AddressSlots>,
     /// Refusals are warned about at most every few seconds, with a count.
     refusals: RefusalLog,
+    metrics: Arc<Metrics>,
     /// The clock the idle watchdog reads activity against.
     epoch: Instant,
 }
@@ -112,7 +115,12 @@ struct Admitted {
 }
 
 impl Door {
-    fn new(config: Arc<Config>, tls: Option<Arc<rustls::ServerConfig>>, router: Router) -> Self {
+    fn new(
+        config: Arc<Config>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        router: Router,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let connections = connection_cap(config.limits.connections);
         Self {
             router,
@@ -131,6 +139,7 @@ impl Door {
             )),
             config,
             refusals: RefusalLog::default(),
+            metrics,
             epoch: Instant::now(),
         }
     }
@@ -145,6 +154,7 @@ impl Door {
         let slot = match self.connections.acquire(ip, proxy) {
             Ok(slot) => slot,
             Err(refusal) => {
+                self.metrics.refused("connections");
                 self.warn_refusal(format_args!(
                     "connection from {peer} closed: {refusal}; raise limits.connections or limits.connections_per_ip if this is legitimate"
                 ));
@@ -160,6 +170,7 @@ impl Door {
             Some(_) => match self.handshakes.acquire(ip, proxy) {
                 Ok(slot) => Some(slot),
                 Err(refusal) => {
+                    self.metrics.refused("tls-handshakes");
                     self.warn_refusal(format_args!(
                         "connection from {peer} closed: {refusal}; raise limits.tls_handshakes_per_ip if this is legitimate"
                     ));

@@ -488,3 +488,97 @@ async fn behind_a_trusted_proxy_limits_and_logs_see_the_real_client() -> Result<
     third.close().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_trusted_proxy_is_not_capped_per_address_but_others_are() -> Result<()> {
+    init_logging();
+    let relay = Relay::start_with(Config {
+        http_header_timeout: Duration::from_secs(60),
+        trusted_proxies: vec!["127.0.0.1/32".parse()?],
+        limits: tabtunnel_relay::config::Limits {
+            connections_per_ip: 4,
+            ..relay_limits()
+        },
+        ..config()
+    })
+    .await?;
+    // Every user arrives from the proxy: its connections are many, and all are kept.
+    let proxy = silent_connections(relay.addr, 10).await?;
+    let mut others = Vec::new();
+    for _ in 0..10 {
+        others.push(connect_from("127.0.0.2", relay.addr).await?.into_std()?);
+    }
+    let open = wait_until_steady(
+        "the relay to close connections over the cap",
+        Duration::from_secs(20),
+        || count_open(&others),
+    )
+    .await?;
+    assert_eq!(open, 4, "127.0.0.2 keeps its 4");
+    assert_eq!(
+        count_open(&proxy),
+        10,
+        "the trusted proxy keeps all its connections"
+    );
+    let mut metrics = connect_from("127.0.0.3", relay.addr).await?;
+    metrics
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", relay.addr).as_bytes())
+        .await?;
+    let mut text = String::new();
+    metrics.read_to_string(&mut text).await?;
+    assert!(
+        text.contains("tabtunnel_refusals_total{reason=\"connections\"} 6"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// The TCP state of the relay's side of the connection from local port `client` to
+/// `relay`, from /proc/net/tcp (`01` established, `04` FIN-WAIT-1: closed by the relay
+/// with data still unsent).
+fn relay_side_state(relay: SocketAddr, client: u16) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!(":{:04X}", relay.port());
+    let remote = format!(":{client:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.len() > 3 && fields[1].ends_with(&local) && fields[2].ends_with(&remote))
+            .then(|| fields[3].to_owned())
+    })
+}
+
+#[tokio::test]
+async fn a_response_the_client_does_not_read_is_dropped_after_the_idle_timeout() -> Result<()> {
+    init_logging();
+    let web = tempfile::tempdir()?;
+    let size = 8 << 20;
+    std::fs::write(web.path().join("big.bin"), tabtunnel_e2e::pattern(7, size))?;
+    let relay = Relay::start_with(Config {
+        web_dir: web.path().to_owned(),
+        http_header_timeout: Duration::from_secs(60),
+        http_idle_timeout: Duration::from_secs(1),
+        ..config()
+    })
+    .await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut stream = socket.connect(relay.addr).await?;
+    let port = stream.local_addr()?.port();
+    stream
+        .write_all(format!("GET /big.bin HTTP/1.1\r\nHost: {}\r\n\r\n", relay.addr).as_bytes())
+        .await?;
+    // The client reads nothing: the relay's writes stall, and the watchdog closes it.
+    wait_for(
+        "the relay to close the stalled connection",
+        Duration::from_secs(20),
+        || async { (relay_side_state(relay.addr, port)? != "01").then_some(()) },
+    )
+    .await?;
+    let got = closed_by_relay(&mut stream, "a stalled response", Duration::from_secs(20)).await?;
+    assert!(
+        got.len() < size,
+        "the response was cut: {} bytes",
+        got.len()
+    );
+    Ok(())
+}
