@@ -84,6 +84,9 @@ pub struct Config {
     /// Reverse proxies whose `Forwarded`/`X-Forwarded-For` headers name the real client
     /// (see `client_addr`); from anyone else those headers are ignored.
     pub trusted_proxies: Vec<IpNet>,
+    /// Connections from `trusted_proxies` start with a PROXY protocol header (v1 or v2)
+    /// naming the client; a connection from them without one is closed.
+    pub proxy_protocol: bool,
     /// How long a client has to send a request's headers, counted from when the relay
     /// starts waiting for them: a new connection, or the end of the previous response on
     /// a kept-alive one (so it also closes idle keep-alive connections).
@@ -252,6 +255,7 @@ impl Default for Config {
             tls_key: None,
             public_host: None,
             trusted_proxies: Vec::new(),
+            proxy_protocol: false,
             http_header_timeout: std::time::Duration::from_secs(10),
             http_idle_timeout: std::time::Duration::from_secs(60),
             tls_first_byte_timeout: std::time::Duration::from_secs(2),
@@ -286,6 +290,7 @@ struct FileConfig {
     public_host: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    proxy_protocol: Option<bool>,
     http_header_timeout: Option<String>,
     http_idle_timeout: Option<String>,
     tls_first_byte_timeout: Option<String>,
@@ -422,6 +427,9 @@ impl Config {
             let net = parse_source(&source).map_err(|r| invalid("trusted_proxies", r))?;
             config.trusted_proxies.push(net);
         }
+        if let Some(on) = file.proxy_protocol {
+            config.proxy_protocol = on;
+        }
         for (key, text, range, field) in [
             (
                 "http_header_timeout",
@@ -486,6 +494,12 @@ impl Config {
                     "range {lo}-{hi} includes ports below 1024, which need root-level privilege \
                      (CAP_NET_BIND_SERVICE); start it at 1024 or set allow_privileged_ports"
                 ),
+            ));
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(invalid(
+                "proxy_protocol",
+                "is on but trusted_proxies is empty: name the proxies (--trust-proxy) whose connections start with a PROXY header",
             ));
         }
         if self.tls_first_byte_timeout > self.tls_handshake_timeout {
@@ -942,6 +956,12 @@ mod tests {
                 .unwrap();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("longer than tls_handshake_timeout"), "{err}");
+        let config = Config::from_toml("proxy_protocol = true").unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("proxy_protocol") && err.contains("trusted_proxies is empty"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod connection;
 pub mod demo;
 pub mod listen;
 pub mod metrics;
+mod proxy_protocol;
 mod serve;
 mod session;
 pub mod tls;

@@ -188,11 +188,29 @@ impl Door {
 
     async fn connection(self: Arc<Self>, conn: Admitted, stop: CancellationToken) {
         let Admitted {
-            tcp,
-            peer,
+            mut tcp,
+            mut peer,
             slot,
             handshake,
         } = conn;
+        if self.config.proxy_protocol && self.config.proxy_trusted(peer.ip()) {
+            let header = tokio::time::timeout(
+                self.config.http_header_timeout,
+                crate::proxy_protocol::read_header(&mut tcp),
+            );
+            match header.await {
+                Ok(Ok(Some(client))) => peer = client,
+                Ok(Ok(None)) => {}
+                Ok(Err(reason)) => {
+                    tracing::debug!(%peer, "connection from a trusted proxy closed: {reason}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "connection from a trusted proxy closed: no PROXY header in time");
+                    return;
+                }
+            }
+        }
         // Keystrokes in an SSH session are small writes; Nagle would hold them back.
         let _ = tcp.set_nodelay(true);
         match &self.tls {

@@ -305,24 +305,35 @@ async fn silent_connections_from_one_address_do_not_stall_tls_for_another() -> R
     Ok(())
 }
 
+/// What a [`Proxy`] tells the relay about its client.
+#[derive(Debug, Clone)]
+enum Names {
+    /// A header line added to the first request, e.g. `X-Forwarded-For: 198.51.100.1`.
+    Header(String),
+    /// A PROXY protocol v1 line sent before the request, e.g.
+    /// `PROXY TCP4 198.51.100.1 127.0.0.1 5555 80`.
+    ProxyProtocol(String),
+}
+
 /// A reverse proxy, as far as the relay can tell: accepts on a loopback port, connects to
-/// the relay from `source`, and adds `header` (and the relay's own Host) to each
-/// connection's first request, then carries bytes both ways. Stopped on drop.
+/// the relay from `source`, names the client as `names` says (and sets the relay's own
+/// Host) on each connection's first request, then carries bytes both ways. Stopped on
+/// drop.
 struct Proxy {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    async fn start(relay: SocketAddr, source: &'static str, header: String) -> Result<Self> {
+    async fn start(relay: SocketAddr, source: &'static str, names: Names) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
-                let header = header.clone();
+                let names = names.clone();
                 conns.spawn(async move {
-                    let _ = Self::carry(client, relay, source, &header).await;
+                    let _ = Self::carry(client, relay, source, &names).await;
                 });
             }
         });
@@ -333,7 +344,7 @@ impl Proxy {
         mut client: TcpStream,
         relay: SocketAddr,
         source: &str,
-        header: &str,
+        names: &Names,
     ) -> Result<()> {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
@@ -350,8 +361,13 @@ impl Proxy {
             .collect();
         let host = format!("Host: {relay}");
         lines.insert(1, &host);
-        lines.push(header);
         let mut upstream = connect_from(source, relay).await?;
+        match names {
+            Names::Header(header) => lines.push(header),
+            Names::ProxyProtocol(line) => {
+                upstream.write_all(format!("{line}\r\n").as_bytes()).await?
+            }
+        }
         upstream
             .write_all(format!("{}\r\n\r\n", lines.join("\r\n")).as_bytes())
             .await?;
@@ -427,11 +443,16 @@ async fn behind_a_trusted_proxy_limits_and_logs_see_the_real_client() -> Result<
     .await?;
     let addr: SocketAddr = relay.addr.parse()?;
     // Two users behind the trusted proxy (on 127.0.0.1), one per header form.
-    let alice = Proxy::start(addr, "127.0.0.1", "X-Forwarded-For: 198.51.100.1".into()).await?;
+    let alice = Proxy::start(
+        addr,
+        "127.0.0.1",
+        Names::Header("X-Forwarded-For: 198.51.100.1".into()),
+    )
+    .await?;
     let bob = Proxy::start(
         addr,
         "127.0.0.1",
-        r#"Forwarded: for="[2001:db8::7]:4711";proto=http"#.into(),
+        Names::Header(r#"Forwarded: for="[2001:db8::7]:4711";proto=http"#.into()),
     )
     .await?;
     let first = log_in(&alice.ws_url(), sshd_login(&sshd)).await?;
@@ -446,7 +467,12 @@ async fn behind_a_trusted_proxy_limits_and_logs_see_the_real_client() -> Result<
 
     // From an untrusted peer (127.0.0.2) the header is ignored: the peer is the client,
     // and claiming alice's address takes nothing from her.
-    let spoofer = Proxy::start(addr, "127.0.0.2", "X-Forwarded-For: 198.51.100.9".into()).await?;
+    let spoofer = Proxy::start(
+        addr,
+        "127.0.0.2",
+        Names::Header("X-Forwarded-For: 198.51.100.9".into()),
+    )
+    .await?;
     let third = log_in(&spoofer.ws_url(), sshd_login(&sshd)).await?;
     let err = log_in(&spoofer.ws_url(), sshd_login(&sshd))
         .await
@@ -580,5 +606,50 @@ async fn a_response_the_client_does_not_read_is_dropped_after_the_idle_timeout()
         "the response was cut: {} bytes",
         got.len()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_proxy_protocol_from_a_trusted_proxy_names_the_client() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let mut config = Config {
+        trusted_proxies: vec!["127.0.0.1/32".parse()?],
+        proxy_protocol: true,
+        limits: tabtunnel_relay::config::Limits {
+            sessions_per_ip: 1,
+            ..relay_limits()
+        },
+        ..config()
+    };
+    config.add_target("sshd", &sshd.address(), "test")?;
+    let relay = Relay::start_with(config).await?;
+    let line = |client: &str| {
+        Names::ProxyProtocol(format!(
+            "PROXY TCP4 {client} 127.0.0.1 5555 {}",
+            relay.addr.port()
+        ))
+    };
+    let alice = Proxy::start(relay.addr, "127.0.0.1", line("198.51.100.1")).await?;
+    let bob = Proxy::start(relay.addr, "127.0.0.1", line("198.51.100.2")).await?;
+    let first = log_in(&alice.ws_url(), sshd_login(&sshd)).await?;
+    let err = log_in(&alice.ws_url(), sshd_login(&sshd))
+        .await
+        .err()
+        .context("a second session from 198.51.100.1 is over sessions_per_ip = 1")?;
+    let message = limit_message(&err).with_context(|| format!("{err:?}"))?;
+    assert!(message.contains("(198.51.100.1)"), "{message}");
+    let second = log_in(&bob.ws_url(), sshd_login(&sshd)).await?;
+    // From the trusted proxy, a connection without the header is closed unanswered; from
+    // anyone else no header is expected.
+    let unnamed = healthz_from("127.0.0.1", relay.addr).await;
+    assert!(
+        unnamed.as_ref().map_or(true, |answer| answer.is_empty()),
+        "closed without an answer (a reset is fine): {unnamed:?}"
+    );
+    let direct = healthz_from("127.0.0.2", relay.addr).await?;
+    assert!(direct.ends_with("ok\n"), "{direct}");
+    first.close().await;
+    second.close().await;
     Ok(())
 }
