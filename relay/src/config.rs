@@ -91,6 +91,24 @@ pub struct Config {
     /// The name (or IP) users reach the relay host by, for the page to show with each
     /// forward's port when the relay sits behind NAT or has several addresses.
     pub public_host: Option<String>,
+    /// Reverse proxies whose `Forwarded`/`X-Forwarded-For` headers name the real client
+    /// (see `client_addr`); from anyone else those headers are ignored.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Connections from `trusted_proxies` start with a PROXY protocol header (v1 or v2)
+    /// naming the client; a connection from them without one is closed.
+    pub proxy_protocol: bool,
+    /// How long a client has to send a request's headers, counted from when the relay
+    /// starts waiting for them: a new connection, or the end of the previous response on
+    /// a kept-alive one (so it also closes idle keep-alive connections).
+    pub http_header_timeout: std::time::Duration,
+    /// An HTTP connection with a request in progress that moves no byte either way for
+    /// this long (a response the client does not read, a body that stopped) is closed.
+    /// WebSocket sessions are not affected: they have their own pings.
+    pub http_idle_timeout: std::time::Duration,
+    /// With TLS: how long a new connection has to send its first byte (the ClientHello).
+    pub tls_first_byte_timeout: std::time::Duration,
+    /// With TLS: how long a whole TLS handshake may take.
+    pub tls_handshake_timeout: std::time::Duration,
 }
 
 /// Caps that keep one user (or one script) from taking the relay from everyone else.
@@ -128,6 +146,14 @@ pub struct Limits {
     pub connections_per_forward: usize,
     /// TCP connections of one forward that wait for the tab to open their SSH channel.
     pub pending_accepts_per_forward: usize,
+    /// TCP connections to the relay's HTTP(S) port open at once, in total (WebSocket
+    /// sessions included). Also kept below what the open-files limit leaves room for.
+    pub connections: usize,
+    /// TCP connections to the relay's HTTP(S) port open at once from one address.
+    /// Trusted proxies are exempt (every user arrives from them).
+    pub connections_per_ip: usize,
+    /// TLS handshakes in progress at once from one address (trusted proxies exempt).
+    pub tls_handshakes_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -147,6 +173,9 @@ impl Default for Limits {
             forwards_per_user: 50,
             connections_per_forward: 200,
             pending_accepts_per_forward: 64,
+            connections: 4096,
+            connections_per_ip: 64,
+            tls_handshakes_per_ip: 16,
         }
     }
 }
@@ -333,6 +362,12 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             public_host: None,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            http_header_timeout: std::time::Duration::from_secs(10),
+            http_idle_timeout: std::time::Duration::from_secs(60),
+            tls_first_byte_timeout: std::time::Duration::from_secs(2),
+            tls_handshake_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -365,6 +400,13 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     public_host: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    proxy_protocol: Option<bool>,
+    http_header_timeout: Option<String>,
+    http_idle_timeout: Option<String>,
+    tls_first_byte_timeout: Option<String>,
+    tls_handshake_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -474,6 +516,9 @@ impl Config {
                     "pending_accepts_per_forward",
                     limits.pending_accepts_per_forward,
                 ),
+                ("connections", limits.connections),
+                ("connections_per_ip", limits.connections_per_ip),
+                ("tls_handshakes_per_ip", limits.tls_handshakes_per_ip),
             ] {
                 if value == 0 {
                     return Err(invalid(format!("limits.{key}"), "must be 1 or more"));
@@ -508,6 +553,43 @@ impl Config {
             config.login_grace =
                 parse_duration_within(text, LOGIN_GRACES).map_err(|r| invalid("login_grace", r))?;
         }
+        for source in file.trusted_proxies {
+            let net = parse_source(&source).map_err(|r| invalid("trusted_proxies", r))?;
+            config.trusted_proxies.push(net);
+        }
+        if let Some(on) = file.proxy_protocol {
+            config.proxy_protocol = on;
+        }
+        for (key, text, range, field) in [
+            (
+                "http_header_timeout",
+                &file.http_header_timeout,
+                HTTP_TIMEOUTS,
+                &mut config.http_header_timeout,
+            ),
+            (
+                "http_idle_timeout",
+                &file.http_idle_timeout,
+                HTTP_TIMEOUTS,
+                &mut config.http_idle_timeout,
+            ),
+            (
+                "tls_first_byte_timeout",
+                &file.tls_first_byte_timeout,
+                TLS_FIRST_BYTE_TIMEOUTS,
+                &mut config.tls_first_byte_timeout,
+            ),
+            (
+                "tls_handshake_timeout",
+                &file.tls_handshake_timeout,
+                HTTP_TIMEOUTS,
+                &mut config.tls_handshake_timeout,
+            ),
+        ] {
+            if let Some(text) = text {
+                *field = parse_duration_within(text, range).map_err(|r| invalid(key, r))?;
+            }
+        }
         Ok(config)
     }
 
@@ -541,6 +623,22 @@ impl Config {
                 format!(
                     "range {lo}-{hi} includes ports below 1024, which need root-level privilege \
                      (CAP_NET_BIND_SERVICE); start it at 1024 or set allow_privileged_ports"
+                ),
+            ));
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(invalid(
+                "proxy_protocol",
+                "is on but trusted_proxies is empty: name the proxies (--trust-proxy) whose connections start with a PROXY header",
+            ));
+        }
+        if self.tls_first_byte_timeout > self.tls_handshake_timeout {
+            return Err(invalid(
+                "tls_first_byte_timeout",
+                format!(
+                    "{} is longer than tls_handshake_timeout ({}), which includes it; shorten it or lengthen tls_handshake_timeout",
+                    humantime::format_duration(self.tls_first_byte_timeout),
+                    humantime::format_duration(self.tls_handshake_timeout)
                 ),
             ));
         }
@@ -585,6 +683,13 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether a TCP peer at `ip` is one of the `trusted_proxies`. IPv4 peers of a
+    /// dual-stack listener arrive as `::ffff:a.b.c.d`; they are checked as IPv4.
+    pub fn proxy_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
     /// Whether a TCP client from `ip` may use a forward. IPv4 clients of a dual-stack
@@ -687,6 +792,16 @@ const HANDSHAKE_TIMEOUTS: RangeInclusive<std::time::Duration> =
 /// default; an hour of counting one silent session against a target is already too long).
 const LOGIN_GRACES: RangeInclusive<std::time::Duration> =
     std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600);
+
+/// HTTP header and idle timeouts, and the whole TLS handshake: a second is tight on a
+/// slow mobile network already; beyond an hour the bound no longer protects anything.
+const HTTP_TIMEOUTS: RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600);
+
+/// A TLS client sends its ClientHello at once; 100 ms is near a slow network's round
+/// trip, and a minute is already generous to a silent connection.
+const TLS_FIRST_BYTE_TIMEOUTS: RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(60);
 
 /// Idle timeouts: at least a second; at most 30 days, beyond which `off` says it better
 /// (and deadline arithmetic stays far from overflow).
@@ -964,6 +1079,76 @@ mod tests {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(says), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn front_door_keys_parse_and_are_checked() {
+        let config = Config::from_toml(
+            "trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/24\"]\nhttp_header_timeout = \"5s\"\n\
+             http_idle_timeout = \"2m\"\ntls_first_byte_timeout = \"500ms\"\n\
+             tls_handshake_timeout = \"3s\"\n[limits]\nconnections = 100\nconnections_per_ip = 7\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert!(config.proxy_trusted("10.0.0.9".parse().unwrap()));
+        assert!(config.proxy_trusted("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!config.proxy_trusted("127.0.0.2".parse().unwrap()));
+        assert!(!Config::default().proxy_trusted("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            config.http_header_timeout,
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(
+            config.http_idle_timeout,
+            std::time::Duration::from_secs(120)
+        );
+        assert_eq!(
+            config.tls_first_byte_timeout,
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(config.limits.connections_per_ip, 7);
+        assert_eq!(config.limits.tls_handshakes_per_ip, 16);
+        for (text, key, says) in [
+            (
+                "trusted_proxies = [\"proxy\"]",
+                "trusted_proxies",
+                "10.0.0.0/8",
+            ),
+            (
+                "http_header_timeout = \"0s\"",
+                "http_header_timeout",
+                "between 1s",
+            ),
+            (
+                "http_idle_timeout = \"soon\"",
+                "http_idle_timeout",
+                "30s, 10m",
+            ),
+            (
+                "tls_first_byte_timeout = \"2m\"",
+                "tls_first_byte_timeout",
+                "1m",
+            ),
+            (
+                "[limits]\nconnections_per_ip = 0",
+                "limits.connections_per_ip",
+                "1 or more",
+            ),
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(says), "{text}: {err}");
+        }
+        let config =
+            Config::from_toml("tls_first_byte_timeout = \"20s\"\ntls_handshake_timeout = \"5s\"")
+                .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("longer than tls_handshake_timeout"), "{err}");
+        let config = Config::from_toml("proxy_protocol = true").unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("proxy_protocol") && err.contains("trusted_proxies is empty"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! sessions. See `docs/ARCHITECTURE.md` for the whole picture.
 
 mod admission;
+pub mod client_addr;
 pub mod config;
 mod connection;
 pub mod demo;
@@ -10,18 +11,19 @@ pub mod listen;
 pub mod log_limit;
 pub mod metrics;
 pub mod ports;
+mod proxy_protocol;
+mod serve;
 mod session;
 pub mod tls;
 pub mod web_guard;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{State, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tabtunnel_proto::MAX_FRAME;
@@ -34,6 +36,7 @@ use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
 
+pub use client_addr::ClientAddr;
 pub use config::Config;
 
 /// What every request handler shares.
@@ -111,31 +114,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (token, sessions) = (state.shutdown.clone(), state.sessions.clone());
-    let graceful = async move {
-        shutdown.await;
-        token.cancel();
-    };
-    let result = match state.tls.clone() {
-        None => {
-            axum::serve(
-                listener,
-                app(state).into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(graceful)
-            .await
-        }
-        Some(config) => {
-            // `tap_io` only to get axum's ConnectInfo for a listener of our own.
-            let listener =
-                axum::serve::ListenerExt::tap_io(tls::TlsListener::new(listener, config)?, |_| {});
-            axum::serve(
-                listener,
-                app(state).into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(graceful)
-            .await
-        }
-    };
+    let (config, tls, metrics) = (
+        state.config.clone(),
+        state.tls.clone(),
+        state.metrics.clone(),
+    );
+    // The relay's own accept loop: connection caps, TLS, HTTP timeouts (see serve.rs).
+    let result = serve::serve(listener, app(state), config, tls, metrics, token, shutdown).await;
     sessions.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await;
     result
@@ -177,7 +162,7 @@ async fn targets(State(state): State<AppState>) -> Json<serde_json::Value> {
 async fn websocket(
     upgrade: WebSocketUpgrade,
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    peer: ClientAddr,
     headers: axum::http::HeaderMap,
 ) -> Response {
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
@@ -205,6 +190,7 @@ async fn websocket(
     // Only a small waiting place until a valid Hello: the session's real places are taken
     // then. Never refused here; at a cap an older silent WebSocket makes room, and is
     // told why in an Error frame (a browser cannot read an HTTP refusal of a WebSocket).
+    // Behind a trusted proxy, `peer` is the client it names (see client_addr.rs).
     let waiting = state
         .admission
         .wait_for_hello(peer.ip(), &state.config.limits);

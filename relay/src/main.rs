@@ -36,6 +36,10 @@ struct Args {
     /// adds to forward_allowed_sources; without any, every source is accepted).
     #[arg(long = "allow-source", value_name = "CIDR", value_parser = parse_source)]
     allow_sources: Vec<tabtunnel_relay::config::IpNet>,
+    /// Trust this reverse proxy's Forwarded / X-Forwarded-For headers to name the real
+    /// client, e.g. 127.0.0.1 or 10.0.0.0/24 (repeatable; adds to trusted_proxies).
+    #[arg(long = "trust-proxy", value_name = "CIDR", value_parser = parse_source)]
+    trust_proxies: Vec<tabtunnel_relay::config::IpNet>,
     /// End sessions that had no forwarded connection for this long, e.g. 8h, or `off`.
     #[arg(long, value_name = "DURATION", value_parser = |text: &str| parse_idle_timeout(text).map(IdleTimeout))]
     idle_timeout: Option<IdleTimeout>,
@@ -109,6 +113,9 @@ async fn main() -> Result<()> {
     config
         .forward_allowed_sources
         .extend(args.allow_sources.iter().copied());
+    config
+        .trusted_proxies
+        .extend(args.trust_proxies.iter().copied());
     if let Some(IdleTimeout(idle)) = args.idle_timeout {
         config.idle_timeout = idle;
     }

@@ -113,7 +113,7 @@ pub async fn run(
     socket: WebSocket,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
-    peer: SocketAddr,
+    peer: crate::ClientAddr,
     id: u64,
     shutdown: CancellationToken,
     book: Arc<PortBook>,

@@ -1,5 +1,6 @@
 //! HTTPS for the page and `wss://` for sessions: the operator's certificate and key,
-//! checked at start, and a listener that hands axum finished TLS connections.
+//! checked at start, and the handshake of each connection the front door (`serve`)
+//! accepts.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,9 +10,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -130,12 +129,6 @@ fn pem_error(what: &'static str, path: &Path, err: rustls::pki_types::pem::Error
     }
 }
 
-/// A TLS handshake that has not finished by then is dropped, so half-open connections
-/// cannot pile up.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// TLS handshakes in progress at once; more connections wait in the listen backlog.
-const MAX_HANDSHAKES: usize = 256;
-
 /// The first byte of every TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -144,111 +137,52 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 const PLAIN_HTTP_ANSWER: &str =
     "This relay speaks HTTPS only: use https:// (wss:// for WebSockets) on this port.\n";
 
-/// Accepts TCP connections and completes their TLS handshakes concurrently, each in its
-/// own task, so a slow or silent client delays nobody else. axum's `serve` takes the
-/// finished connections, which keeps its graceful shutdown for TLS as well.
-#[derive(Debug)]
-pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local_addr: SocketAddr,
-    /// Ends the accept loop and every handshake when the listener is dropped.
-    _accepting: tokio_util::task::AbortOnDropHandle<()>,
-}
-
-impl TlsListener {
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
-        let local_addr = listener.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        let accepting = tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), tx));
-        Ok(Self {
-            ready,
-            local_addr,
-            _accepting: tokio_util::task::AbortOnDropHandle::new(accepting),
-        })
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    let mut handshakes = JoinSet::new();
-    loop {
-        tokio::select! {
-            // At most MAX_HANDSHAKES at once: a flood of slow or idle ClientHellos then
-            // costs a bounded number of sockets and CPU, and waits in the kernel's backlog.
-            accepted = listener.accept(), if handshakes.len() < MAX_HANDSHAKES => match accepted {
-                Ok((tcp, peer)) => {
-                    let (acceptor, ready) = (acceptor.clone(), ready.clone());
-                    handshakes.spawn(async move {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, peer, acceptor)).await {
-                            Ok(Some(tls)) => {
-                                let _ = ready.send((tls, peer)).await;
-                            }
-                            Ok(None) => {}
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        }
-                    });
-                }
-                // Out of file descriptors and the like: wait rather than spin, as axum does.
-                Err(err) => {
-                    tracing::warn!("cannot accept a connection: {err}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            },
-            Some(_) = handshakes.join_next() => {}
-        }
-    }
-}
-
-async fn handshake(
+/// Completes the TLS handshake of a new connection, or gives up: a client has
+/// `first_byte` to start (browsers send their ClientHello at once, so a silent connection
+/// is let go quickly) and `whole` for the entire handshake. Each connection runs this in
+/// its own task (see `serve`), so a slow or silent client delays nobody else.
+pub(crate) async fn handshake(
     mut tcp: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
+    first_byte: Duration,
+    whole: Duration,
 ) -> Option<TlsStream<TcpStream>> {
+    let started = tokio::time::Instant::now();
     let mut first = [0u8; 1];
-    match tcp.peek(&mut first).await {
-        Ok(1) if first[0] != TLS_HANDSHAKE_RECORD => {
+    match tokio::time::timeout(first_byte, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
             tracing::debug!(%peer, "plain HTTP on the HTTPS port; told the client to use https://");
             let answer = format!(
                 "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
                  Content-Length: {}\r\nConnection: close\r\n\r\n{PLAIN_HTTP_ANSWER}",
                 PLAIN_HTTP_ANSWER.len()
             );
-            let _ = tcp.write_all(answer.as_bytes()).await;
-            let _ = tcp.shutdown().await;
+            let _ = tokio::time::timeout(first_byte, async {
+                let _ = tcp.write_all(answer.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            })
+            .await;
             return None;
         }
-        Ok(1) => {}
-        _ => return None,
+        Ok(Ok(1)) => {}
+        Ok(_) => return None,
+        Err(_) => {
+            tracing::debug!(%peer, "TLS connection closed: no byte within {first_byte:?}");
+            return None;
+        }
     }
-    // Keystrokes in an SSH session are small writes; Nagle would hold them back.
-    let _ = tcp.set_nodelay(true);
-    match acceptor.accept(tcp).await {
-        Ok(tls) => Some(tls),
-        Err(err) => {
+    match tokio::time::timeout_at(started + whole, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(err)) => {
             // Typically a browser that does not trust the certificate.
             tracing::debug!(%peer, "TLS handshake failed: {err}");
             None
         }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The accept loop never ends while this listener lives.
-            None => std::future::pending().await,
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out after {whole:?}");
+            None
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local_addr)
     }
 }
 

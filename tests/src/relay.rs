@@ -117,14 +117,32 @@ impl RelayProcess {
     /// Starts `relay --listen 127.0.0.1:0 --forward-ports <test range>` plus `args`, with
     /// RUST_LOG=`log`, and waits until it says where it serves.
     pub async fn start(args: &[&str], log: &str) -> Result<Self> {
+        Self::start_limited(args, log, None).await
+    }
+
+    /// [`RelayProcess::start`], with the open-files limit (soft and hard) set to
+    /// `open_files` as `ulimit -n` would (through util-linux's `prlimit`, which then runs
+    /// the relay in its own process).
+    pub async fn start_limited(args: &[&str], log: &str, open_files: Option<u64>) -> Result<Self> {
         use tokio::io::AsyncBufReadExt;
         let binary = relay_binary()?;
+        let mut command = match open_files {
+            None => tokio::process::Command::new(binary),
+            Some(n) => {
+                let mut command = tokio::process::Command::new("prlimit");
+                command
+                    .arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(binary);
+                command
+            }
+        };
         let range = format!(
             "{}-{}",
             TEST_FORWARD_PORTS.start(),
             TEST_FORWARD_PORTS.end()
         );
-        let mut child = tokio::process::Command::new(binary)
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--forward-ports", &range])
             .args(args)
             .env("RUST_LOG", log)

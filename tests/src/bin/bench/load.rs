@@ -302,12 +302,14 @@ pub async fn run(options: &LoadOptions) -> Result<()> {
         .tempdir()?;
     let config = config_dir.path().join("relay.toml");
     // All sessions come from 127.0.0.1, so the per-address caps must allow them all (a
-    // forward each); the bench bounds the logins in flight below sshd's MaxStartups itself.
+    // forward each, and each session is a TCP connection to the relay too); the bench
+    // bounds the logins in flight below sshd's MaxStartups itself.
     std::fs::write(
         &config,
         format!(
             "[limits]\nsessions = {cap}\nsessions_per_ip = {cap}\nhellos_per_ip = {cap}\n\
-             logins_per_target = {cap}\nlogins_per_ip = {cap}\nforwards = {cap}\nforwards_per_ip = {cap}\n",
+             logins_per_target = {cap}\nlogins_per_ip = {cap}\nforwards = {cap}\n\
+             forwards_per_ip = {cap}\nconnections_per_ip = {cap}\n",
             cap = n + 16
         ),
     )?;
