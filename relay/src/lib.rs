@@ -12,6 +12,7 @@ pub mod log_limit;
 pub mod metrics;
 pub mod ports;
 mod proxy_protocol;
+mod rate;
 mod serve;
 mod session;
 pub mod tls;

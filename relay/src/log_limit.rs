@@ -13,6 +13,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::rate::TokenBucket;
+
 /// Lines one source may log at once.
 const SOURCE_BURST: f64 = 10.0;
 /// One more line per source this often.
@@ -36,32 +38,15 @@ pub struct RefusalLog {
 
 #[derive(Debug)]
 struct State {
-    sources: HashMap<(IpAddr, &'static str), Bucket>,
-    global: Bucket,
+    sources: HashMap<(IpAddr, &'static str), Source>,
+    global: TokenBucket,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+struct Source {
+    lines: TokenBucket,
     /// Refusals left out since this source's last line.
     suppressed: u64,
-}
-
-impl Bucket {
-    fn full(burst: f64, now: Instant) -> Self {
-        Self {
-            tokens: burst,
-            at: now,
-            suppressed: 0,
-        }
-    }
-
-    fn refill(&mut self, burst: f64, per_sec: f64, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * per_sec).min(burst);
-        self.at = now;
-    }
 }
 
 impl Default for RefusalLog {
@@ -69,7 +54,7 @@ impl Default for RefusalLog {
         Self {
             state: Mutex::new(State {
                 sources: HashMap::new(),
-                global: Bucket::full(GLOBAL_BURST, Instant::now()),
+                global: TokenBucket::new(GLOBAL_BURST, GLOBAL_PER_SEC, Instant::now()),
             }),
         }
     }
@@ -90,17 +75,17 @@ impl RefusalLog {
         if sources.len() >= MAX_SOURCES && !sources.contains_key(&key) {
             sources.clear();
         }
-        let bucket = sources
-            .entry(key)
-            .or_insert_with(|| Bucket::full(SOURCE_BURST, now));
-        bucket.refill(SOURCE_BURST, 1.0 / SOURCE_REFILL.as_secs_f64(), now);
-        global.refill(GLOBAL_BURST, GLOBAL_PER_SEC, now);
-        if bucket.tokens >= 1.0 && global.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            global.tokens -= 1.0;
-            Some(std::mem::take(&mut bucket.suppressed))
+        let source = sources.entry(key).or_insert_with(|| Source {
+            lines: TokenBucket::new(SOURCE_BURST, 1.0 / SOURCE_REFILL.as_secs_f64(), now),
+            suppressed: 0,
+        });
+        // Both budgets must allow the line; only then is a token taken from each.
+        if source.lines.ready(now) && global.ready(now) {
+            source.lines.take(now);
+            global.take(now);
+            Some(std::mem::take(&mut source.suppressed))
         } else {
-            bucket.suppressed += 1;
+            source.suppressed += 1;
             None
         }
     }

@@ -325,33 +325,26 @@ pub fn sizing_warnings(config: &Config) -> Vec<String> {
 /// few refusals in a row; a script trying ports (or costing the relay a bind each time)
 /// does.
 #[derive(Debug)]
-pub struct RefusalBudget {
-    tokens: f64,
-    last: tokio::time::Instant,
-}
+pub struct RefusalBudget(crate::rate::TokenBucket);
 
 impl Default for RefusalBudget {
     fn default() -> Self {
-        Self {
-            tokens: f64::from(REFUSED_LISTEN_BURST),
-            last: tokio::time::Instant::now(),
-        }
+        Self::new(tokio::time::Instant::now())
     }
 }
 
 impl RefusalBudget {
+    fn new(now: tokio::time::Instant) -> Self {
+        Self(crate::rate::TokenBucket::new(
+            f64::from(REFUSED_LISTEN_BURST),
+            f64::from(REFUSED_LISTENS_PER_SEC),
+            now.into_std(),
+        ))
+    }
+
     /// Spends a token for one refused Listen at `now`; `false` when none is left.
     pub fn spend(&mut self, now: tokio::time::Instant) -> bool {
-        let earned =
-            now.duration_since(self.last).as_secs_f64() * f64::from(REFUSED_LISTENS_PER_SEC);
-        self.tokens = (self.tokens + earned).min(f64::from(REFUSED_LISTEN_BURST));
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.0.take(now.into_std())
     }
 }
 
@@ -531,10 +524,7 @@ mod tests {
     #[test]
     fn refused_listens_have_a_burst_then_a_rate() {
         let start = tokio::time::Instant::now();
-        let mut budget = RefusalBudget {
-            tokens: f64::from(REFUSED_LISTEN_BURST),
-            last: start,
-        };
+        let mut budget = RefusalBudget::new(start);
         for _ in 0..REFUSED_LISTEN_BURST {
             assert!(budget.spend(start));
         }
