@@ -187,7 +187,11 @@ async fn websocket(
     let config = state.config.clone();
     let (shutdown, sessions) = (state.shutdown.clone(), state.sessions.clone());
     let metrics = state.metrics.clone();
-    let book = state.ports.clone();
+    let holder = ports::Holder {
+        book: state.ports.clone(),
+        session: id,
+        ip: peer.ip(),
+    };
     // Only a small waiting place until a valid Hello: the session's real places are taken
     // then. Never refused here; at a cap an older silent WebSocket makes room, and is
     // told why in an Error frame (a browser cannot read an HTTP refusal of a WebSocket).
@@ -204,7 +208,7 @@ async fn websocket(
         .read_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
             sessions.track_future(session::run(
-                socket, config, metrics, peer, id, shutdown, book, waiting,
+                socket, config, metrics, peer, shutdown, holder, waiting,
             ))
         })
 }

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::connection::{self, ConnHandle, ToTcp};
 use crate::listen;
 use crate::metrics::{GaugeGuard, Metrics};
-use crate::ports::{self, Holder, Lease, PortBook, RefusalBudget};
+use crate::ports::{self, Holder, Lease, RefusalBudget};
 
 /// How long the relay tries to reach a target's SSH server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,29 +108,25 @@ impl SessionError {
 }
 
 /// Serves one tab's WebSocket until it closes. `hello` is its waiting place; the
-/// session takes its real places only after a valid Hello (see `admission`).
+/// session takes its real places only after a valid Hello (see `admission`). `holder`
+/// names the session (its id) and its client address in the book of forward ports.
 pub async fn run(
     socket: WebSocket,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     peer: crate::ClientAddr,
-    id: u64,
     shutdown: CancellationToken,
-    book: Arc<PortBook>,
+    holder: Holder,
     hello: HelloSlot,
 ) {
     metrics.sessions_total.inc();
     let _active = GaugeGuard::new(&metrics.sessions_active);
+    let id = holder.session;
     let span = info_span!("session", id, %peer, user = tracing::field::Empty, target = tracing::field::Empty);
     async move {
         let (ws_tx, mut ws_rx) = socket.split();
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let writer = tokio::spawn(write_loop(ws_tx, out_rx).in_current_span());
-        let holder = Holder {
-            book,
-            session: id,
-            ip: peer.ip(),
-        };
         let result = Session::start(
             &mut ws_rx,
             out_tx.clone(),
