@@ -72,7 +72,9 @@ pub(crate) async fn serve(
                 // Out of file descriptors and the like: pause rather than spin. The caps
                 // keep the relay below its open-files limit, so this is rare.
                 Err(err) => {
-                    door.warn_refusal(format_args!("cannot accept a connection: {err}"));
+                    // Not a peer's doing: logged under the relay's own (unspecified) address.
+                    let relay = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+                    door.warn_refusal(relay, "accept", format_args!("cannot accept a connection: {err}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -98,8 +100,6 @@ struct Door {
     tls: Option<tokio_rustls::TlsAcceptor>,
     connections: Arc<AddressSlots>,
     handshakes: Arc<AddressSlots>,
-    /// Refusals are warned about at most every few seconds, with a count.
-    refusals: RefusalLog,
     metrics: Arc<Metrics>,
     /// The clock the idle watchdog reads activity against.
     epoch: Instant,
@@ -138,7 +138,6 @@ impl Door {
                 config.limits.tls_handshakes_per_ip,
             )),
             config,
-            refusals: RefusalLog::default(),
             metrics,
             epoch: Instant::now(),
         }
@@ -155,7 +154,7 @@ impl Door {
             Ok(slot) => slot,
             Err(refusal) => {
                 self.metrics.refused("connections");
-                self.warn_refusal(format_args!(
+                self.warn_refusal(ip, "connection", format_args!(
                     "connection from {peer} closed: {refusal}; raise limits.connections or limits.connections_per_ip if this is legitimate"
                 ));
                 if self.tls.is_none() {
@@ -171,7 +170,7 @@ impl Door {
                 Ok(slot) => Some(slot),
                 Err(refusal) => {
                     self.metrics.refused("tls-handshakes");
-                    self.warn_refusal(format_args!(
+                    self.warn_refusal(ip, "tls-handshake", format_args!(
                         "connection from {peer} closed: {refusal}; raise limits.tls_handshakes_per_ip if this is legitimate"
                     ));
                     return None;
@@ -300,8 +299,11 @@ impl Door {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn warn_refusal(&self, message: std::fmt::Arguments<'_>) {
-        self.refusals.warn(message);
+    /// Warns within the refusal log's budget for `ip` and `kind` (see `log_limit`).
+    fn warn_refusal(&self, ip: IpAddr, kind: &'static str, message: std::fmt::Arguments<'_>) {
+        if let Some(suppressed) = self.metrics.refusal_log.admit(ip, kind) {
+            tracing::warn!(suppressed, "{message}");
+        }
     }
 }
 
@@ -467,37 +469,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// Warns about refused connections at most every few seconds, with how many there were:
-/// a flood must not become a flood of log lines.
-#[derive(Default)]
-struct RefusalLog {
-    state: Mutex<Option<(Instant, u64)>>,
-}
-
-/// The least time between two refusal warnings.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-impl RefusalLog {
-    fn warn(&self, message: std::fmt::Arguments<'_>) {
-        let mut state = self.state.lock().expect("refusal log lock");
-        let now = Instant::now();
-        match &mut *state {
-            Some((since, suppressed)) if now.duration_since(*since) < REFUSAL_LOG_INTERVAL => {
-                *suppressed += 1;
-            }
-            _ => {
-                let suppressed = state.map_or(0, |(_, n)| n);
-                if suppressed > 0 {
-                    tracing::warn!("{message} (and {suppressed} more refusals not shown)");
-                } else {
-                    tracing::warn!("{message}");
-                }
-                *state = Some((now, 0));
-            }
-        }
     }
 }
 
