@@ -11,7 +11,7 @@ use tabtunnel_e2e::page::{
     ONE_BROWSER, accept_host_key, log_in_with_password, open_forwards_with_key, page, page_with,
     require_bundle, row_listen_address,
 };
-use tabtunnel_e2e::relay::{Relay, RelayProcess, web_dir};
+use tabtunnel_e2e::relay::{Relay, RelayProcess, TokenFile, test_config, web_dir};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
 use tabtunnel_e2e::sshd::{Sshd, SshdOptions};
 use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for, wait_until_port_free};
@@ -464,16 +464,8 @@ async fn a_token_link_lets_the_page_in_and_keeps_the_token_out_of_the_address() 
     init_logging();
     require_bundle()?;
     let sshd = Sshd::start().await?;
-    let dir = tempfile::tempdir()?;
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "carol carol-0123456789abcdef\n")?;
-    let mut config = tabtunnel_relay::Config {
-        forward_ports: tabtunnel_e2e::relay::TEST_FORWARD_PORTS,
-        web_dir: web_dir(),
-        ..Default::default()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    config.load_tokens(&tokens)?;
+    let tokens = TokenFile::new("carol carol-0123456789abcdef\n")?;
+    let config = test_config("", &sshd.address(), Some(&tokens))?;
     let relay = Relay::start_with(config).await?;
     let browser = Browser::start().await?;
     browser

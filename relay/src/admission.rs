@@ -156,12 +156,14 @@ impl Admission {
         }
         if places.waiting.len() >= limits.hellos {
             // The address with the most waiting pays: a flood from one address cannot
-            // push out a lone tab elsewhere.
+            // push out a lone tab elsewhere. Among equals, the one waiting longest, so a
+            // flood from many addresses pushes out its own older sockets first.
+            let most = places.waiting_by_ip.values().copied().max().unwrap_or(0);
             let heaviest = places
-                .waiting_by_ip
-                .iter()
-                .max_by_key(|(_, n)| **n)
-                .map(|(ip, _)| *ip);
+                .waiting
+                .values()
+                .map(|w| w.ip)
+                .find(|ip| places.waiting_by_ip.get(ip) == Some(&most));
             if let Some(heaviest) = heaviest {
                 places.evict_oldest_of(
                     heaviest,

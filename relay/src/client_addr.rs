@@ -281,6 +281,16 @@ fn node(text: &str) -> Hop {
     }
 }
 
+/// What every per-address limit counts on: the address, except that all of an IPv6 /64
+/// counts as one. One host commonly holds a whole /64 (SLAAC, an ISP's prefix) and could
+/// otherwise take a fresh address for every connection; like a NAT, a /64 is one source.
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;

@@ -190,7 +190,7 @@ async fn websocket(
     let holder = ports::Holder {
         book: state.ports.clone(),
         session: id,
-        ip: peer.ip(),
+        ip: client_addr::limit_key(peer.ip()),
     };
     // Only a small waiting place until a valid Hello: the session's real places are taken
     // then. Never refused here; at a cap an older silent WebSocket makes room, and is
@@ -198,7 +198,7 @@ async fn websocket(
     // Behind a trusted proxy, `peer` is the client it names (see client_addr.rs).
     let waiting = state
         .admission
-        .wait_for_hello(peer.ip(), &state.config.limits);
+        .wait_for_hello(client_addr::limit_key(peer.ip()), &state.config.limits);
     upgrade
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)

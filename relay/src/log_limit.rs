@@ -71,7 +71,7 @@ impl RefusalLog {
     pub fn admit_at(&self, source: IpAddr, kind: &'static str, now: Instant) -> Option<u64> {
         let mut state = self.state.lock().expect("refusal log lock");
         let State { sources, global } = &mut *state;
-        let key = (source_key(source), kind);
+        let key = (crate::client_addr::limit_key(source), kind);
         if sources.len() >= MAX_SOURCES && !sources.contains_key(&key) {
             sources.clear();
         }
@@ -88,17 +88,6 @@ impl RefusalLog {
             source.suppressed += 1;
             None
         }
-    }
-}
-
-/// Sources are addresses, except IPv6, where one host commonly holds a whole /64.
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(bits.into())
-        }
-        v4 => v4,
     }
 }
 

@@ -45,8 +45,8 @@ const RESERVED_FDS: u64 = 64;
 
 /// What a plain-HTTP client over its connection cap reads before the relay closes.
 const OVER_CAP_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-Content-Type: text/plain; charset=utf-8\r\nContent-Length: 72\r\nConnection: close\r\n\r\n\
-Too many connections from your address to this relay; close some first.\n";
+Content-Type: text/plain; charset=utf-8\r\nContent-Length: 86\r\nConnection: close\r\n\r\n\
+Too many connections to this relay (from your address, or in all); try again shortly.\n";
 
 /// Serves `router` on `listener` until `shutdown` resolves; then cancels `sessions_stop`
 /// (sessions tell their tabs), stops accepting, lets requests in progress finish for a
@@ -146,7 +146,7 @@ impl Door {
     /// Takes the connection's places, or closes it at once: over a cap, waiting would
     /// only hold a file descriptor for someone who already holds many.
     fn admit(&self, tcp: TcpStream, peer: SocketAddr) -> Option<Admitted> {
-        let ip = peer.ip().to_canonical();
+        let ip = crate::client_addr::limit_key(peer.ip());
         // A trusted proxy carries every user's connections: capping it per address would
         // lock the whole class out. Its connections still count toward the total.
         let proxy = self.config.proxy_trusted(ip);
@@ -189,8 +189,8 @@ impl Door {
         let Admitted {
             mut tcp,
             mut peer,
-            slot,
-            handshake,
+            mut slot,
+            mut handshake,
         } = conn;
         if self.config.proxy_protocol && self.config.proxy_trusted(peer.ip()) {
             let header = tokio::time::timeout(
@@ -198,7 +198,14 @@ impl Door {
                 crate::proxy_protocol::read_header(&mut tcp),
             );
             match header.await {
-                Ok(Ok(Some(client))) => peer = client,
+                Ok(Ok(Some(client))) => {
+                    // The connection is the client's, not the (exempt) proxy's: it counts
+                    // against the client's own caps from here on.
+                    if !self.rekey(client, &mut slot, &mut handshake) {
+                        return;
+                    }
+                    peer = client;
+                }
                 Ok(Ok(None)) => {}
                 Ok(Err(reason)) => {
                     tracing::debug!(%peer, "connection from a trusted proxy closed: {reason}");
@@ -231,6 +238,36 @@ impl Door {
                 }
             }
         }
+    }
+
+    /// Moves a connection's places from its trusted proxy to `client`, which the PROXY
+    /// header named; `false` (and the connection is to be closed) when the client is at a
+    /// cap.
+    fn rekey(&self, client: SocketAddr, slot: &mut Slot, handshake: &mut Option<Slot>) -> bool {
+        let ip = crate::client_addr::limit_key(client.ip());
+        match self.connections.acquire(ip, false) {
+            Ok(own) => *slot = own,
+            Err(refusal) => {
+                self.metrics.refused("connections");
+                self.warn_refusal(ip, "connection", format_args!(
+                    "connection from {client} (through a trusted proxy) closed: {refusal}; raise limits.connections_per_ip if this is legitimate"
+                ));
+                return false;
+            }
+        }
+        if handshake.is_some() {
+            match self.handshakes.acquire(ip, false) {
+                Ok(own) => *handshake = Some(own),
+                Err(refusal) => {
+                    self.metrics.refused("tls-handshakes");
+                    self.warn_refusal(ip, "tls-handshake", format_args!(
+                        "connection from {client} (through a trusted proxy) closed: {refusal}; raise limits.tls_handshakes_per_ip if this is legitimate"
+                    ));
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Serves HTTP/1.1 on one connection until it closes, times out, or is upgraded (a

@@ -146,7 +146,10 @@ pub async fn run(
         };
         let close = match result {
             Ok(reason) => {
-                info!("session ended: {reason}");
+                // Within a budget too: sessions that come and go are a flood of their own.
+                if let Some(suppressed) = metrics.refusal_log.admit(peer.ip(), "ended") {
+                    info!(suppressed, "session ended: {reason}");
+                }
                 Outgoing::Close(1000, reason)
             }
             Err(err) => {
@@ -169,8 +172,13 @@ pub async fn run(
         // Bounded: the queue may be full of frames for a tab that is gone.
         let _ = tokio::time::timeout(GOODBYE, out_tx.send(close)).await;
         drop(out_tx);
+        // The writer may be stuck on a tab that stopped reading: abort it rather than
+        // leave it holding the socket (and its connection's place) for ever.
+        let mut writer = writer;
         if !welcomed {
-            let _ = tokio::time::timeout(GOODBYE, writer).await;
+            if tokio::time::timeout(GOODBYE, &mut writer).await.is_err() {
+                writer.abort();
+            }
             return;
         }
         // A clean close: read what the tab still sends until its Close. Dropping a socket
@@ -184,7 +192,12 @@ pub async fn run(
             }
         };
         let _ = tokio::time::timeout(GOODBYE, drain).await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+        if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
     }
     .instrument(span)
     .await
@@ -359,7 +372,8 @@ impl Session {
             return Err(SessionError::new(
                 ErrorCode::UnknownTarget,
                 format!(
-                    "unknown target {target:?}; this relay offers: {}",
+                    "unknown target {:?}; this relay offers: {}",
+                    crate::log_limit::clip(&target),
                     known.join(", ")
                 ),
             ));
@@ -384,7 +398,9 @@ impl Session {
         {
             Ok(Ok(stream)) => stream,
             Ok(Err(err)) => {
-                warn!(address = %entry.address, "cannot reach SSH server: {err}");
+                if let Some(suppressed) = metrics.refusal_log.admit(ports.ip, "target") {
+                    warn!(address = %entry.address, suppressed, "cannot reach SSH server: {err}");
+                }
                 return Err(SessionError::new(
                     ErrorCode::TargetUnreachable,
                     format!(
@@ -393,7 +409,9 @@ impl Session {
                 ));
             }
             Err(_) => {
-                warn!(address = %entry.address, "SSH server connect timed out");
+                if let Some(suppressed) = metrics.refusal_log.admit(ports.ip, "target") {
+                    warn!(address = %entry.address, suppressed, "SSH server connect timed out");
+                }
                 return Err(SessionError::new(
                     ErrorCode::TargetUnreachable,
                     format!(
@@ -403,7 +421,7 @@ impl Session {
             }
         };
         let _ = stream.set_nodelay(true);
-        info!(address = %entry.address, "connected to SSH server");
+        debug!(address = %entry.address, "connected to SSH server");
         let welcome = Frame::Welcome {
             version: VERSION,
             pinned_host_keys: entry.pinned_host_keys.clone(),
@@ -516,10 +534,14 @@ impl Session {
                 bind,
                 port,
             } => {
-                // Sent only after the SSH login succeeded: the session no longer counts
-                // as logging in.
-                self.login = None;
-                self.listen(forward, &bind, port).await?
+                // The page sends Listen only after the SSH login succeeded: a forward it
+                // opened ends the session's count as logging in. A refused one proves
+                // nothing (it costs no forward), so it leaves the count as it is.
+                let opened = !self.forwards.contains_key(&forward);
+                self.listen(forward, &bind, port).await?;
+                if opened && self.forwards.contains_key(&forward) {
+                    self.login = None;
+                }
             }
             Frame::Unlisten { forward } => {
                 if let Some(entry) = self.forwards.remove(&forward) {
@@ -530,7 +552,7 @@ impl Session {
                             handle.task.abort();
                         }
                     }
-                    info!(forward, "forward closed by the tab");
+                    debug!(forward, "forward closed by the tab");
                 }
             }
             Frame::Data { conn, data } => {
@@ -646,7 +668,7 @@ impl Session {
                     .local_addr()
                     .map(|a| a.to_string())
                     .unwrap_or_else(|_| format!("{bind}:{port}"));
-                info!(forward, %address, "listening");
+                debug!(forward, %address, "listening");
                 let events = self.events_tx.clone();
                 let listen::Bound { listeners, lease } = bound;
                 let listener = self

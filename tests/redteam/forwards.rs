@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use futures::{SinkExt, StreamExt};
-use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS, web_dir};
+use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS, TokenFile, test_config};
 use tabtunnel_e2e::services::{EchoServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, log_in, sshd_login};
 use tabtunnel_proto::{ErrorCode, Frame, VERSION, decode, encode_to_bytes};
-use tabtunnel_relay::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -27,26 +26,16 @@ async fn relay(
     sshd: &Sshd,
     toml: &str,
     ports: std::ops::RangeInclusive<u16>,
-    tokens: Option<&std::path::Path>,
+    tokens: Option<&TokenFile>,
 ) -> Result<Relay> {
-    let mut config = Config::from_toml(toml)?;
+    let mut config = test_config(toml, &sshd.address(), tokens)?;
     config.forward_ports = ports;
-    config.web_dir = web_dir();
-    if let Some(path) = tokens {
-        config.load_tokens(path)?;
-    }
-    config.add_target("sshd", &sshd.address(), "test")?;
     Relay::start_with(config).await
 }
 
-/// A token file for alice and bob; returns the folder that holds it.
-fn tokens() -> Result<tempfile::TempDir> {
-    let dir = tempfile::tempdir()?;
-    std::fs::write(
-        dir.path().join("tokens"),
-        format!("alice {ALICE}\nbob {BOB}\n"),
-    )?;
-    Ok(dir)
+/// A token file for alice and bob.
+fn tokens() -> Result<TokenFile> {
+    TokenFile::new(&format!("alice {ALICE}\nbob {BOB}\n"))
 }
 const ALICE: &str = "alice-0123456789abcdef";
 const BOB: &str = "bob-0123456789abcdef01";
@@ -384,13 +373,12 @@ async fn forwards_are_capped_in_total_and_come_back_with_unlisten() -> Result<()
 async fn a_token_holder_keeps_to_their_share_and_their_block() -> Result<()> {
     init_logging();
     let sshd = Sshd::start().await?;
-    let dir = tokens()?;
-    let path = dir.path().join("tokens");
+    let tokens = tokens()?;
     let relay_a = relay(
         &sshd,
         "[limits]\nforwards_per_user = 3",
         TEST_FORWARD_PORTS,
-        Some(&path),
+        Some(&tokens),
     )
     .await?;
     let mut alice = Tab::open(&relay_a, "127.0.0.1", ALICE).await?;
@@ -414,7 +402,7 @@ async fn a_token_holder_keeps_to_their_share_and_their_block() -> Result<()> {
     // Port blocks: 5 ports each, in token-file order.
     let range = free_run(10)?;
     let lo = *range.start();
-    let relay_b = relay(&sshd, "forward_ports_per_user = 5", range, Some(&path)).await?;
+    let relay_b = relay(&sshd, "forward_ports_per_user = 5", range, Some(&tokens)).await?;
     let mut alice = Tab::open(&relay_b, "127.0.0.1", ALICE).await?;
     let mut bob = Tab::open(&relay_b, "127.0.0.1", BOB).await?;
     let mut alices = alice.listen_many(5).await?;

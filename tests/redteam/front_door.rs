@@ -653,3 +653,96 @@ async fn the_proxy_protocol_from_a_trusted_proxy_names_the_client() -> Result<()
     second.close().await;
     Ok(())
 }
+
+/// One host commonly holds a whole IPv6 /64 and could take a fresh address for every
+/// connection: every per-address limit counts a /64 as one address. Shown through a
+/// trusted proxy, which names the clients (tests use loopback addresses only).
+#[tokio::test]
+async fn one_ipv6_64_counts_as_one_address() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let mut config = Config {
+        trusted_proxies: vec!["127.0.0.1/32".parse()?],
+        limits: tabtunnel_relay::config::Limits {
+            sessions_per_ip: 1,
+            ..relay_limits()
+        },
+        ..config()
+    };
+    config.add_target("sshd", &sshd.address(), "test")?;
+    let relay = Relay::start_with(config).await?;
+    let via = |client: &str| Names::Header(format!("X-Forwarded-For: {client}"));
+    let first = Proxy::start(relay.addr, "127.0.0.1", via("2001:db8:0:7::1")).await?;
+    let neighbour = Proxy::start(relay.addr, "127.0.0.1", via("2001:db8:0:7::2")).await?;
+    let elsewhere = Proxy::start(relay.addr, "127.0.0.1", via("2001:db8:0:8::1")).await?;
+    let session = log_in(&first.ws_url(), sshd_login(&sshd)).await?;
+    let err = log_in(&neighbour.ws_url(), sshd_login(&sshd))
+        .await
+        .err()
+        .context("another address of the same /64 is over sessions_per_ip = 1")?;
+    let message = limit_message(&err).with_context(|| format!("{err:?}"))?;
+    assert!(message.contains("at most 1 sessions"), "{message}");
+    let other = log_in(&elsewhere.ws_url(), sshd_login(&sshd)).await?;
+    session.close().await;
+    other.close().await;
+    Ok(())
+}
+
+/// Behind a proxy that sends the PROXY protocol, the connection caps count the client the
+/// header names, not the proxy (which is exempt): otherwise one client behind it could
+/// take every connection place of the relay.
+#[tokio::test]
+async fn proxy_protocol_clients_are_capped_per_address() -> Result<()> {
+    init_logging();
+    let config = Config {
+        trusted_proxies: vec!["127.0.0.1/32".parse()?],
+        proxy_protocol: true,
+        limits: tabtunnel_relay::config::Limits {
+            connections_per_ip: 2,
+            ..relay_limits()
+        },
+        ..config()
+    };
+    let relay = Relay::start_with(config).await?;
+    let port = relay.addr.port();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect_from("127.0.0.1", relay.addr).await?;
+        stream
+            .write_all(format!("PROXY TCP4 198.51.100.9 127.0.0.1 5555 {port}\r\n").as_bytes())
+            .await?;
+        held.push(stream);
+    }
+    // The third connection of 198.51.100.9 is over its cap of 2 and closed at once.
+    let mut third = held.pop().context("three connections")?;
+    closed_by_relay(
+        &mut third,
+        "a third connection of one client",
+        Duration::from_secs(5),
+    )
+    .await?;
+    // The first two are still open, and another client behind the proxy is served.
+    let held: Vec<std::net::TcpStream> = held
+        .into_iter()
+        .map(|s| s.into_std())
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(
+        count_open(&held),
+        2,
+        "the client's first two connections stay"
+    );
+    let mut other = connect_from("127.0.0.1", relay.addr).await?;
+    other
+        .write_all(
+            format!(
+                "PROXY TCP4 198.51.100.10 127.0.0.1 5555 {port}\r\nGET /healthz HTTP/1.0\r\nHost: {}\r\n\r\n",
+                relay.addr
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), other.read_to_string(&mut answer)).await??;
+    assert!(answer.ends_with("ok\n"), "{answer}");
+    Ok(())
+}

@@ -6,7 +6,7 @@ use anyhow::Result;
 use fantoccini::Locator;
 use tabtunnel_e2e::browser::Browser;
 use tabtunnel_e2e::page::{ONE_BROWSER, log_in_with_password, require_bundle};
-use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS, web_dir};
+use tabtunnel_e2e::relay::{Relay, TokenFile, test_config};
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, wait_for};
 
@@ -20,16 +20,8 @@ async fn a_damaged_token_link_is_named_and_the_page_still_works() -> Result<()> 
     init_logging();
     require_bundle()?;
     let sshd = Sshd::start().await?;
-    let dir = tempfile::tempdir()?;
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "dave dave-0123456789abcdef\n")?;
-    let mut config = tabtunnel_relay::Config {
-        forward_ports: TEST_FORWARD_PORTS,
-        web_dir: web_dir(),
-        ..Default::default()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    config.load_tokens(&tokens)?;
+    let tokens = TokenFile::new("dave dave-0123456789abcdef\n")?;
+    let config = test_config("", &sshd.address(), Some(&tokens))?;
     let relay = Relay::start_with(config).await?;
     let browser = Browser::start().await?;
     let c = &browser.client;

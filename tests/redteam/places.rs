@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use futures::{SinkExt, StreamExt};
 use tabtunnel_client::{ClientError, ConnectOptions, ErrorCode, Session};
-use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
+use tabtunnel_e2e::relay::{Relay, TokenFile, test_config};
 use tabtunnel_e2e::sshd::{Sshd, SshdOptions};
 use tabtunnel_e2e::{init_logging, log_in, sshd_login, wait_for};
 use tabtunnel_proto::{Frame, VERSION, decode, encode_to_bytes};
@@ -25,18 +25,13 @@ const BOB: &str = "bob-fedcba9876543210";
 const ANSWER: Duration = Duration::from_secs(15);
 
 /// A relay to `sshd` as target "sshd", configured by `toml`, with the tokens of alice and
-/// bob if `tokens`. The folder holds the token file.
-async fn relay(sshd: &Sshd, toml: &str, tokens: bool) -> Result<(Relay, tempfile::TempDir)> {
-    let dir = tempfile::tempdir()?;
-    let mut config = tabtunnel_relay::Config::from_toml(toml)?;
-    config.forward_ports = TEST_FORWARD_PORTS;
-    config.add_target("sshd", &sshd.address(), "test")?;
-    if tokens {
-        let path = dir.path().join("tokens");
-        std::fs::write(&path, format!("alice {ALICE}\nbob {BOB}\n"))?;
-        config.load_tokens(&path)?;
-    }
-    Ok((Relay::start_with(config).await?, dir))
+/// bob if `tokens`. The token file lives as long as the second value.
+async fn relay(sshd: &Sshd, toml: &str, tokens: bool) -> Result<(Relay, Option<TokenFile>)> {
+    let tokens = tokens
+        .then(|| TokenFile::new(&format!("alice {ALICE}\nbob {BOB}\n")))
+        .transpose()?;
+    let config = test_config(toml, &sshd.address(), tokens.as_ref())?;
+    Ok((Relay::start_with(config).await?, tokens))
 }
 
 type Ws = WebSocketStream<TcpStream>;
@@ -434,5 +429,42 @@ async fn a_token_holder_has_at_most_10_sessions() -> Result<()> {
     for ws in &mut alice {
         assert!(held(ws).await, "alice's sessions go on");
     }
+    Ok(())
+}
+
+/// A refused Listen costs no forward and proves nothing, so it must not end a session's
+/// count as logging in: otherwise anyone could free the place at once and hold sshd's
+/// unauthenticated connections past `logins_per_target`.
+#[tokio::test]
+async fn a_refused_listen_does_not_free_a_login_place() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let (relay, _tokens) = relay(&sshd, "[limits]\nlogins_per_target = 1\n", false).await?;
+    let mut first = websocket_from(&relay, loopback(1)).await?;
+    hello(&mut first, "").await?;
+    assert_eq!(answer(&mut first).await?, Ok(()));
+    let refused = Frame::Listen {
+        forward: 1,
+        bind: "not-an-address".into(),
+        port: 0,
+    };
+    send(&mut first, &refused).await?;
+    match next_frame(&mut first).await? {
+        Some(Frame::ListenFailed { .. }) => {}
+        other => bail!("expected ListenFailed, got {other:?}"),
+    }
+    let mut second = websocket_from(&relay, loopback(2)).await?;
+    hello(&mut second, "").await?;
+    let (code, message) = answer(&mut second)
+        .await?
+        .err()
+        .context("the first session still counts as logging in")?;
+    assert_eq!(code, ErrorCode::Limit, "{message}");
+    assert!(message.contains("busy"), "{message}");
+    // A Listen that opens a forward does end the count.
+    listen(&mut first).await?;
+    let mut third = websocket_from(&relay, loopback(3)).await?;
+    hello(&mut third, "").await?;
+    assert_eq!(answer(&mut third).await?, Ok(()));
     Ok(())
 }

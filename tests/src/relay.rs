@@ -21,6 +21,37 @@ pub fn occupy_forward_port() -> Result<std::net::TcpListener> {
         .ok_or_else(|| anyhow::anyhow!("no free port in {TEST_FORWARD_PORTS:?}"))
 }
 
+/// A token file (`NAME TOKEN` lines) in a folder of its own, removed on drop.
+#[derive(Debug)]
+pub struct TokenFile {
+    dir: tempfile::TempDir,
+}
+
+impl TokenFile {
+    pub fn new(lines: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("tokens"), lines)?;
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("tokens")
+    }
+}
+
+/// A config with the test defaults (the test port range, the built page), then the
+/// settings of `toml`, target "sshd" at `sshd`, and the tokens of `tokens`.
+pub fn test_config(toml: &str, sshd: &str, tokens: Option<&TokenFile>) -> Result<Config> {
+    let mut config = Config::from_toml(toml)?;
+    config.forward_ports = TEST_FORWARD_PORTS;
+    config.web_dir = web_dir();
+    config.add_target("sshd", sshd, "test")?;
+    if let Some(tokens) = tokens {
+        config.load_tokens(&tokens.path())?;
+    }
+    Ok(config)
+}
+
 #[derive(Debug)]
 pub struct Relay {
     pub addr: SocketAddr,
