@@ -746,3 +746,122 @@ async fn proxy_protocol_clients_are_capped_per_address() -> Result<()> {
     assert!(answer.ends_with("ok\n"), "{answer}");
     Ok(())
 }
+
+/// nginx (Debian's nginx-light) on a free loopback port in front of `relay`, passing
+/// WebSocket upgrades and appending the client to `X-Forwarded-For`, as the README says to
+/// set it up. One process (no master, no daemon), killed on drop.
+struct Nginx {
+    addr: SocketAddr,
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    async fn start(relay: SocketAddr) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = tabtunnel_e2e::sshd::free_port()?;
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log stderr warn;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+             proxy_pass http://{relay};\n      proxy_http_version 1.1;\n\
+             proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection \"upgrade\";\n\
+             proxy_set_header Host $host;\n\
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    }}\n  }}\n}}\n"
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let child = tokio::process::Command::new("nginx")
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg("stderr")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("nginx (Debian's nginx-light; `cargo xtask setup` installs it)")?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        wait_for("nginx to listen", Duration::from_secs(10), || async {
+            TcpStream::connect(addr).await.ok().map(drop)
+        })
+        .await?;
+        Ok(Self {
+            addr,
+            _child: child,
+            _dir: dir,
+        })
+    }
+}
+
+/// A Hello through nginx from the loopback address `source`: `Ok` for a Welcome, else
+/// the Error's message.
+async fn hello_through(nginx: &Nginx, source: &str) -> Result<(Tab, Result<(), String>)> {
+    use futures::SinkExt;
+    use tabtunnel_proto::{Frame, VERSION, decode, encode_to_bytes};
+    use tokio_tungstenite::tungstenite::Message;
+    let stream = connect_from(source, nginx.addr).await?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/ws", nginx.addr), stream).await?;
+    let hello = Frame::Hello {
+        version: VERSION,
+        target: "sshd".into(),
+        token: String::new(),
+    };
+    ws.send(Message::Binary(encode_to_bytes(&hello))).await?;
+    let answer = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(message) = ws.next().await {
+            if let Ok(Message::Binary(data)) = message {
+                match decode(data)? {
+                    Frame::Welcome { .. } => return Ok(Ok(())),
+                    Frame::Error { message, .. } => return Ok(Err(message)),
+                    _ => continue,
+                }
+            }
+        }
+        anyhow::bail!("the relay closed without an answer")
+    })
+    .await
+    .context("no answer to the Hello through nginx")??;
+    Ok((ws, answer))
+}
+
+type Tab = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// Finding 10 through a real reverse proxy: behind nginx every client arrives from
+/// nginx's address, so without `trusted_proxies` one user's sessions use up the whole
+/// class's per-address limit. With nginx trusted, each client is counted on its own.
+#[tokio::test]
+async fn behind_nginx_each_client_has_its_own_limits() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let mut config = Config {
+        trusted_proxies: vec!["127.0.0.1/32".parse()?],
+        limits: tabtunnel_relay::config::Limits {
+            sessions_per_ip: 1,
+            ..relay_limits()
+        },
+        ..config()
+    };
+    config.add_target("sshd", &sshd.address(), "test")?;
+    let relay = Relay::start_with(config).await?;
+    let nginx = Nginx::start(relay.addr).await?;
+    let (_alice, welcome) = hello_through(&nginx, "127.0.0.2").await?;
+    assert_eq!(welcome, Ok(()), "alice's first session");
+    let (_bob, welcome) = hello_through(&nginx, "127.0.0.3").await?;
+    assert_eq!(
+        welcome,
+        Ok(()),
+        "bob, behind the same nginx, has a place of his own"
+    );
+    let (_again, refused) = hello_through(&nginx, "127.0.0.2").await?;
+    let message = refused
+        .err()
+        .context("alice's second session is over sessions_per_ip = 1")?;
+    assert!(message.contains("(127.0.0.2)"), "{message}");
+    Ok(())
+}

@@ -18,6 +18,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
     "openssl",
+    // A real reverse proxy for the trusted-proxies test.
+    "nginx-light",
 ];
 
 /// Debian packages the wasm build needs (ring's C code for wasm32 needs clang).
