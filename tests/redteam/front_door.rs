@@ -865,3 +865,139 @@ async fn behind_nginx_each_client_has_its_own_limits() -> Result<()> {
     assert!(message.contains("(127.0.0.2)"), "{message}");
     Ok(())
 }
+
+/// A tab that stops reading while the relay has frames for it, then breaks the protocol:
+/// the relay's writer is stuck on the full socket. The session must still let go of the
+/// socket, and so of its connection's place, within its goodbye time; a detached writer
+/// used to hold both for ever.
+#[tokio::test]
+async fn a_tab_that_stops_reading_does_not_keep_its_connection_place() -> Result<()> {
+    use futures::SinkExt;
+    use tabtunnel_proto::{Frame, VERSION, encode_to_bytes};
+    use tokio_tungstenite::tungstenite::Message;
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let mut config = Config {
+        limits: tabtunnel_relay::config::Limits {
+            connections_per_ip: 1,
+            ..relay_limits()
+        },
+        ..config()
+    };
+    config.add_target("sshd", &sshd.address(), "test")?;
+    let relay = Relay::start_with(config).await?;
+
+    // The tab, from 127.0.0.2 with a small receive buffer, takes that address's only place.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.2:0".parse()?)?;
+    socket.set_recv_buffer_size(4096)?;
+    let stream = socket.connect(relay.addr).await?;
+    let (mut tab, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/ws", relay.addr), stream).await?;
+    let send = |frame: Frame| Message::Binary(encode_to_bytes(&frame));
+    tab.send(send(Frame::Hello {
+        version: VERSION,
+        target: "sshd".into(),
+        token: String::new(),
+    }))
+    .await?;
+    tab.send(send(Frame::Listen {
+        forward: 1,
+        bind: "127.0.0.1".into(),
+        port: 0,
+    }))
+    .await?;
+    let Frame::Listening { address, .. } =
+        next_frame(&mut tab, |f| matches!(f, Frame::Listening { .. })).await?
+    else {
+        unreachable!()
+    };
+    // A TCP client of the forward offers 64 MiB and the tab grants all of it, then reads no
+    // more: the relay's sends fill its socket's buffers and its writer is stuck.
+    let mut client = TcpStream::connect(&address).await?;
+    let Frame::Accept { conn, .. } =
+        next_frame(&mut tab, |f| matches!(f, Frame::Accept { .. })).await?
+    else {
+        unreachable!()
+    };
+    tab.send(send(Frame::Credit {
+        conn,
+        bytes: 64 << 20,
+    }))
+    .await?;
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..1024 {
+            if client.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        client
+    });
+    // Stuck: what the relay read from the TCP client for the tab stops growing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut last = 0;
+    loop {
+        let bytes = metric(relay.addr, "tabtunnel_bytes_up_total").await?;
+        if bytes == last && bytes > 1 << 20 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the relay still sends to a tab that reads nothing ({bytes} bytes)"
+        );
+        last = bytes;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tab.send(Message::Text("not a frame".into())).await?;
+    let _ = healthz_from("127.0.0.2", relay.addr).await; // refused while the tab holds it
+    wait_for(
+        "the relay to let go of the stuck tab's connection place",
+        Duration::from_secs(30),
+        || async {
+            healthz_from("127.0.0.2", relay.addr)
+                .await
+                .ok()
+                .filter(|answer| answer.ends_with("ok\n"))
+        },
+    )
+    .await?;
+    writer.abort();
+    drop(tab);
+    Ok(())
+}
+
+/// The next frame `wanted` picks from `tab`, within 15 s.
+async fn next_frame(
+    tab: &mut Tab,
+    wanted: fn(&tabtunnel_proto::Frame) -> bool,
+) -> Result<tabtunnel_proto::Frame> {
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(Ok(message)) = tab.next().await {
+            if let Message::Binary(data) = message {
+                let frame = tabtunnel_proto::decode(data)?;
+                if wanted(&frame) {
+                    return Ok(frame);
+                }
+            }
+        }
+        anyhow::bail!("the relay closed the session")
+    })
+    .await
+    .context("no answer from the relay")?
+}
+
+/// A counter of the relay's /metrics, read from 127.0.0.1.
+async fn metric(addr: SocketAddr, name: &str) -> Result<u64> {
+    let mut stream = connect_from("127.0.0.1", addr).await?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    body.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("{name} is not in /metrics"))
+}
