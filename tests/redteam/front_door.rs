@@ -411,6 +411,22 @@ fn plain_output(relay: &RelayProcess) -> Vec<String> {
         .collect()
 }
 
+/// A relay for `sshd` that trusts 127.0.0.1 as its proxy (by header, or by the PROXY
+/// protocol with `proxy_protocol`), with one session per client address.
+async fn relay_behind_proxy(sshd: &Sshd, proxy_protocol: bool) -> Result<Relay> {
+    let mut config = Config {
+        trusted_proxies: vec!["127.0.0.1/32".parse()?],
+        proxy_protocol,
+        limits: tabtunnel_relay::config::Limits {
+            sessions_per_ip: 1,
+            ..relay_limits()
+        },
+        ..config()
+    };
+    config.add_target("sshd", &sshd.address(), "test")?;
+    Relay::start_with(config).await
+}
+
 fn limit_message(err: &ClientError) -> Option<String> {
     match err {
         ClientError::Relay {
@@ -613,17 +629,7 @@ async fn a_response_the_client_does_not_read_is_dropped_after_the_idle_timeout()
 async fn the_proxy_protocol_from_a_trusted_proxy_names_the_client() -> Result<()> {
     init_logging();
     let sshd = Sshd::start().await?;
-    let mut config = Config {
-        trusted_proxies: vec!["127.0.0.1/32".parse()?],
-        proxy_protocol: true,
-        limits: tabtunnel_relay::config::Limits {
-            sessions_per_ip: 1,
-            ..relay_limits()
-        },
-        ..config()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    let relay = Relay::start_with(config).await?;
+    let relay = relay_behind_proxy(&sshd, true).await?;
     let line = |client: &str| {
         Names::ProxyProtocol(format!(
             "PROXY TCP4 {client} 127.0.0.1 5555 {}",
@@ -661,16 +667,7 @@ async fn the_proxy_protocol_from_a_trusted_proxy_names_the_client() -> Result<()
 async fn one_ipv6_64_counts_as_one_address() -> Result<()> {
     init_logging();
     let sshd = Sshd::start().await?;
-    let mut config = Config {
-        trusted_proxies: vec!["127.0.0.1/32".parse()?],
-        limits: tabtunnel_relay::config::Limits {
-            sessions_per_ip: 1,
-            ..relay_limits()
-        },
-        ..config()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    let relay = Relay::start_with(config).await?;
+    let relay = relay_behind_proxy(&sshd, false).await?;
     let via = |client: &str| Names::Header(format!("X-Forwarded-For: {client}"));
     let first = Proxy::start(relay.addr, "127.0.0.1", via("2001:db8:0:7::1")).await?;
     let neighbour = Proxy::start(relay.addr, "127.0.0.1", via("2001:db8:0:7::2")).await?;
@@ -839,16 +836,7 @@ type Tab = tokio_tungstenite::WebSocketStream<TcpStream>;
 async fn behind_nginx_each_client_has_its_own_limits() -> Result<()> {
     init_logging();
     let sshd = Sshd::start().await?;
-    let mut config = Config {
-        trusted_proxies: vec!["127.0.0.1/32".parse()?],
-        limits: tabtunnel_relay::config::Limits {
-            sessions_per_ip: 1,
-            ..relay_limits()
-        },
-        ..config()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    let relay = Relay::start_with(config).await?;
+    let relay = relay_behind_proxy(&sshd, false).await?;
     let nginx = Nginx::start(relay.addr).await?;
     let (_alice, welcome) = hello_through(&nginx, "127.0.0.2").await?;
     assert_eq!(welcome, Ok(()), "alice's first session");
