@@ -6,7 +6,9 @@
 //! gets a small budget of lines, refilled slowly, under a budget for the whole relay; what
 //! is left out is counted and reported with the source's next line. Each kind of refusal
 //! (an Origin, a session, a Listen, a TCP client) has its own budget per source, so the
-//! first refusals of every kind are seen. Metrics still count every refusal.
+//! first refusals of every kind are seen. Metrics still count every refusal. Sessions
+//! starting and ending go through the same budgets, since connecting and leaving in a loop
+//! is a flood of its own.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

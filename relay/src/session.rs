@@ -421,7 +421,10 @@ impl Session {
             }
         };
         let _ = stream.set_nodelay(true);
-        debug!(address = %entry.address, "connected to SSH server");
+        // Within a budget: sessions that come and go are a flood of their own.
+        if let Some(suppressed) = metrics.refusal_log.admit(ports.ip, "started") {
+            info!(address = %entry.address, suppressed, "connected to SSH server");
+        }
         let welcome = Frame::Welcome {
             version: VERSION,
             pinned_host_keys: entry.pinned_host_keys.clone(),
