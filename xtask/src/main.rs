@@ -1,8 +1,9 @@
-//! Project automation: `cargo xtask <setup|wasm|demo|test|ci|bench|fuzz>`.
+//! Project automation: `cargo xtask <setup|wasm|demo|test|ci|imports|bench|fuzz>`.
 
 mod cmd;
 mod e2e;
 mod fuzz;
+mod imports;
 mod setup;
 mod tasks;
 
@@ -48,6 +49,9 @@ enum Task {
         #[arg(long)]
         load: bool,
     },
+    /// Check that no module imports a module that imports it, in any crate (also a step
+    /// of `test`).
+    Imports,
     /// What CI runs: the same as `test`.
     Ci,
     /// Fuzz the codec and the command-line parsers with cargo-fuzz (installed into
@@ -84,6 +88,7 @@ fn main() -> Result<()> {
         Task::Wasm => tasks::wasm(&root),
         Task::Demo { listen } => tasks::demo(&root, &listen),
         Task::Test | Task::Ci => tasks::test(&root),
+        Task::Imports => imports::check(&root),
         Task::Bench { load } => tasks::bench(&root, load),
         Task::Fuzz {
             seconds,
