@@ -3,7 +3,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::frame::{ErrorCode, Frame};
+use crate::frame::{ErrorCode, Frame, Kind};
 use crate::{HEADER_LEN, MAX_DATA, MAX_FRAME, MAX_PINNED_KEYS, MAX_TEXT, STREAM_SESSION};
 
 /// Why a buffer is not a valid frame. Each variant says enough to find the sender's bug.
@@ -162,12 +162,13 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
     let mut buf = message;
     let kind = buf.get_u8();
     let stream = buf.get_u32();
+    let kind = Kind::from_u8(kind).ok_or(DecodeError::UnknownKind { kind })?;
     let mut r = Reader {
         buf,
-        frame: kind_name(kind).ok_or(DecodeError::UnknownKind { kind })?,
+        frame: kind.name(),
     };
     let frame = match kind {
-        1 => {
+        Kind::Hello => {
             r.session(stream)?;
             let version = r.u16("version")?;
             let target_len = usize::from(r.u16("target length")?);
@@ -178,7 +179,7 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
                 token: r.rest_text("token")?,
             }
         }
-        2 => {
+        Kind::Welcome => {
             r.session(stream)?;
             let version = r.u16("version")?;
             let count = r.u16("key count")?;
@@ -197,7 +198,7 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
                 pinned_host_keys,
             }
         }
-        3 => {
+        Kind::Error => {
             r.session(stream)?;
             let code = ErrorCode::from_u16(r.u16("code")?);
             Frame::Error {
@@ -205,11 +206,11 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
                 message: r.rest_text("message")?,
             }
         }
-        4 => {
+        Kind::Ssh => {
             r.session(stream)?;
             Frame::Ssh(r.buf)
         }
-        5 => {
+        Kind::Listen => {
             let forward = r.stream(stream)?;
             let port = r.u16("port")?;
             Frame::Listen {
@@ -218,14 +219,14 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
                 bind: r.rest_text("bind address")?,
             }
         }
-        6 => {
+        Kind::Listening => {
             let forward = r.stream(stream)?;
             Frame::Listening {
                 forward,
                 address: r.rest_text("address")?,
             }
         }
-        7 => {
+        Kind::ListenFailed => {
             let forward = r.stream(stream)?;
             let code = ErrorCode::from_u16(r.u16("code")?);
             Frame::ListenFailed {
@@ -234,12 +235,12 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
                 message: r.rest_text("message")?,
             }
         }
-        8 => {
+        Kind::Unlisten => {
             let forward = r.stream(stream)?;
             r.end()?;
             Frame::Unlisten { forward }
         }
-        9 => {
+        Kind::Accept => {
             let conn = r.stream(stream)?;
             let forward = r.u32("forward id")?;
             Frame::Accept {
@@ -248,50 +249,30 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
                 peer: r.rest_text("peer address")?,
             }
         }
-        10 => {
+        Kind::Data => {
             let conn = r.stream(stream)?;
             Frame::Data { conn, data: r.buf }
         }
-        11 => {
+        Kind::Credit => {
             let conn = r.stream(stream)?;
             let bytes = r.u32("credit")?;
             r.end()?;
             Frame::Credit { conn, bytes }
         }
-        12 => {
+        Kind::Eof => {
             let conn = r.stream(stream)?;
             r.end()?;
             Frame::Eof { conn }
         }
-        13 => {
+        Kind::Close => {
             let conn = r.stream(stream)?;
             Frame::Close {
                 conn,
                 reason: r.rest_text("reason")?,
             }
         }
-        _ => unreachable!("kind_name accepted kind {kind}"),
     };
     Ok(frame)
-}
-
-fn kind_name(kind: u8) -> Option<&'static str> {
-    Some(match kind {
-        1 => "Hello",
-        2 => "Welcome",
-        3 => "Error",
-        4 => "Ssh",
-        5 => "Listen",
-        6 => "Listening",
-        7 => "ListenFailed",
-        8 => "Unlisten",
-        9 => "Accept",
-        10 => "Data",
-        11 => "Credit",
-        12 => "Eof",
-        13 => "Close",
-        _ => return None,
-    })
 }
 
 /// Cursor over a frame's payload that names the frame and field in every error.

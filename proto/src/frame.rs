@@ -58,143 +58,187 @@ pub enum Frame {
     Close { conn: u32, reason: String },
 }
 
+/// Declares the frame kinds once: each row is a frame's wire number and its `Frame`
+/// variant, whose name is also the kind's name in logs and errors. From it come
+/// [`Kind`], its number and name, and [`Frame::kind`] (the style of the `http` crate's
+/// status-code table: one row per code, no parallel match arms to keep in step).
+macro_rules! frame_kinds {
+    ($( ($number:literal, $name:ident); )+) => {
+        /// What a frame is, as the first byte of its encoding says.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum Kind {
+            $( #[doc = concat!("See [`Frame::", stringify!($name), "`].")] $name = $number, )+
+        }
+
+        impl Kind {
+            /// Every kind, in wire order.
+            pub const ALL: &'static [Kind] = &[$(Kind::$name),+];
+
+            /// The kind with wire number `number`, if there is one.
+            pub fn from_u8(number: u8) -> Option<Kind> {
+                match number {
+                    $( $number => Some(Kind::$name), )+
+                    _ => None,
+                }
+            }
+
+            /// Its wire number.
+            pub fn number(self) -> u8 {
+                self as u8
+            }
+
+            /// Short name for logs and error messages.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Kind::$name => stringify!($name), )+
+                }
+            }
+        }
+
+        impl Frame {
+            /// What this frame is.
+            pub fn frame_kind(&self) -> Kind {
+                match self {
+                    $( Frame::$name { .. } => Kind::$name, )+
+                }
+            }
+        }
+    };
+}
+
+frame_kinds! {
+    (1, Hello);
+    (2, Welcome);
+    (3, Error);
+    (4, Ssh);
+    (5, Listen);
+    (6, Listening);
+    (7, ListenFailed);
+    (8, Unlisten);
+    (9, Accept);
+    (10, Data);
+    (11, Credit);
+    (12, Eof);
+    (13, Close);
+}
+
 impl Frame {
     /// Wire kind byte of this frame.
     pub fn kind(&self) -> u8 {
-        match self {
-            Frame::Hello { .. } => 1,
-            Frame::Welcome { .. } => 2,
-            Frame::Error { .. } => 3,
-            Frame::Ssh(_) => 4,
-            Frame::Listen { .. } => 5,
-            Frame::Listening { .. } => 6,
-            Frame::ListenFailed { .. } => 7,
-            Frame::Unlisten { .. } => 8,
-            Frame::Accept { .. } => 9,
-            Frame::Data { .. } => 10,
-            Frame::Credit { .. } => 11,
-            Frame::Eof { .. } => 12,
-            Frame::Close { .. } => 13,
-        }
+        self.frame_kind().number()
     }
 
     /// Short name for logs and error messages.
     pub fn name(&self) -> &'static str {
-        match self {
-            Frame::Hello { .. } => "Hello",
-            Frame::Welcome { .. } => "Welcome",
-            Frame::Error { .. } => "Error",
-            Frame::Ssh(_) => "Ssh",
-            Frame::Listen { .. } => "Listen",
-            Frame::Listening { .. } => "Listening",
-            Frame::ListenFailed { .. } => "ListenFailed",
-            Frame::Unlisten { .. } => "Unlisten",
-            Frame::Accept { .. } => "Accept",
-            Frame::Data { .. } => "Data",
-            Frame::Credit { .. } => "Credit",
-            Frame::Eof { .. } => "Eof",
-            Frame::Close { .. } => "Close",
-        }
+        self.frame_kind().name()
     }
 }
 
-/// Why the relay refused something. Sent in Error and ListenFailed; the message that
-/// travels with it is for people, the code is for programs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
+/// Declares the error codes once: each row is a code's wire number, its variant (with
+/// its documentation) and the stable identifier programs see. Numbers this build does
+/// not know travel as [`ErrorCode::Unknown`], so a newer peer's codes survive.
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* ($number:literal, $name:ident, $id:literal); )+) => {
+        /// Why the relay refused something. Sent in Error and ListenFailed; the message
+        /// that travels with it is for people, the code is for programs.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $name, )+
+            /// A code this build does not know (from a newer peer).
+            Unknown(u16),
+        }
+
+        impl ErrorCode {
+            /// Every code this build knows, in wire order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$name),+];
+
+            /// The code's number on the wire.
+            pub fn to_u16(self) -> u16 {
+                match self {
+                    $( ErrorCode::$name => $number, )+
+                    ErrorCode::Unknown(n) => n,
+                }
+            }
+
+            /// The code for a wire number; numbers this build does not know are kept
+            /// as `Unknown`.
+            pub fn from_u16(n: u16) -> Self {
+                match n {
+                    $( $number => ErrorCode::$name, )+
+                    n => ErrorCode::Unknown(n),
+                }
+            }
+
+            /// A stable identifier for programs (the page, the JS API's `code`).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( ErrorCode::$name => $id, )+
+                    ErrorCode::Unknown(_) => "unknown",
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
     /// The peer broke the protocol (bad frame, credit overrun, unknown id).
-    Protocol,
+    (1, Protocol, "protocol");
     /// The Hello's version is not one the relay speaks.
-    Version,
+    (2, Version, "version");
     /// The Hello named a target the relay's operator did not configure.
-    UnknownTarget,
+    (3, UnknownTarget, "unknown-target");
     /// The relay could not reach the target's SSH server.
-    TargetUnreachable,
+    (4, TargetUnreachable, "target-unreachable");
     /// The requested listen port is outside the operator's range, or privileged.
-    PortNotAllowed,
+    (5, PortNotAllowed, "port-not-allowed");
     /// The requested listen port is taken.
-    PortInUse,
+    (6, PortInUse, "port-in-use");
     /// The requested bind address is not allowed by the operator.
-    BindNotAllowed,
+    (7, BindNotAllowed, "bind-not-allowed");
     /// A forward id was reused while still active.
-    DuplicateForward,
+    (8, DuplicateForward, "duplicate-forward");
     /// An operator limit was reached.
-    Limit,
+    (9, Limit, "limit");
     /// The relay is shutting down.
-    ShuttingDown,
+    (10, ShuttingDown, "shutting-down");
     /// Anything else; the message says what.
-    Internal,
+    (11, Internal, "internal");
     /// The relay needs an access token, and none or a wrong one was given.
-    Unauthorized,
+    (12, Unauthorized, "unauthorized");
     /// A TCP client's source address is not in the operator's allowed sources.
-    SourceNotAllowed,
+    (13, SourceNotAllowed, "source-not-allowed");
     /// The session carried no connection for the operator's idle timeout.
-    Idle,
-    /// A code this build does not know (from a newer peer).
-    Unknown(u16),
+    (14, Idle, "idle");
 }
 
-impl ErrorCode {
-    /// The code's number on the wire.
-    pub fn to_u16(self) -> u16 {
-        match self {
-            ErrorCode::Protocol => 1,
-            ErrorCode::Version => 2,
-            ErrorCode::UnknownTarget => 3,
-            ErrorCode::TargetUnreachable => 4,
-            ErrorCode::PortNotAllowed => 5,
-            ErrorCode::PortInUse => 6,
-            ErrorCode::BindNotAllowed => 7,
-            ErrorCode::DuplicateForward => 8,
-            ErrorCode::Limit => 9,
-            ErrorCode::ShuttingDown => 10,
-            ErrorCode::Internal => 11,
-            ErrorCode::Unauthorized => 12,
-            ErrorCode::SourceNotAllowed => 13,
-            ErrorCode::Idle => 14,
-            ErrorCode::Unknown(n) => n,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_have_distinct_numbers_and_names_and_round_trip() {
+        let mut numbers = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
+        for &kind in Kind::ALL {
+            assert!(numbers.insert(kind.number()), "{kind:?}");
+            assert!(names.insert(kind.name()), "{kind:?}");
+            assert_eq!(Kind::from_u8(kind.number()), Some(kind));
         }
+        assert_eq!(Kind::from_u8(0), None);
+        assert_eq!(Kind::from_u8(14), None);
     }
 
-    /// The code for a wire number; numbers this build does not know are kept as `Unknown`.
-    pub fn from_u16(n: u16) -> Self {
-        match n {
-            1 => ErrorCode::Protocol,
-            2 => ErrorCode::Version,
-            3 => ErrorCode::UnknownTarget,
-            4 => ErrorCode::TargetUnreachable,
-            5 => ErrorCode::PortNotAllowed,
-            6 => ErrorCode::PortInUse,
-            7 => ErrorCode::BindNotAllowed,
-            8 => ErrorCode::DuplicateForward,
-            9 => ErrorCode::Limit,
-            10 => ErrorCode::ShuttingDown,
-            11 => ErrorCode::Internal,
-            12 => ErrorCode::Unauthorized,
-            13 => ErrorCode::SourceNotAllowed,
-            14 => ErrorCode::Idle,
-            n => ErrorCode::Unknown(n),
+    #[test]
+    fn error_codes_have_distinct_numbers_and_identifiers_and_round_trip() {
+        let mut numbers = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        for &code in ErrorCode::ALL {
+            assert!(numbers.insert(code.to_u16()), "{code:?}");
+            assert!(ids.insert(code.as_str()), "{code:?}");
+            assert_eq!(ErrorCode::from_u16(code.to_u16()), code);
         }
-    }
-
-    /// A stable identifier for programs (the page, the JS API's `code`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::Protocol => "protocol",
-            ErrorCode::Version => "version",
-            ErrorCode::UnknownTarget => "unknown-target",
-            ErrorCode::TargetUnreachable => "target-unreachable",
-            ErrorCode::PortNotAllowed => "port-not-allowed",
-            ErrorCode::PortInUse => "port-in-use",
-            ErrorCode::BindNotAllowed => "bind-not-allowed",
-            ErrorCode::DuplicateForward => "duplicate-forward",
-            ErrorCode::Limit => "limit",
-            ErrorCode::ShuttingDown => "shutting-down",
-            ErrorCode::Internal => "internal",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::SourceNotAllowed => "source-not-allowed",
-            ErrorCode::Idle => "idle",
-            ErrorCode::Unknown(_) => "unknown",
-        }
+        assert_eq!(ErrorCode::from_u16(999), ErrorCode::Unknown(999));
+        assert_eq!(ErrorCode::Unknown(999).as_str(), "unknown");
     }
 }

@@ -45,7 +45,7 @@ pub use codec::{DecodeError, decode, encode, encode_to_bytes};
 pub use credit::{
     CreditError, CreditGate, DATA_FRAME_OVERHEAD, RecvWindow, SendCredit, frame_cost,
 };
-pub use frame::{ErrorCode, Frame};
+pub use frame::{ErrorCode, Frame, Kind};
 
 /// Protocol version sent in Hello and Welcome. A relay refuses any other version.
 ///
