@@ -102,7 +102,10 @@ pub fn app(state: AppState) -> Router {
         .fallback_service(static_files)
         // Last, so it wraps every route and the fallback: Host check and security headers.
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            web_guard::Guard {
+                config: state.config.clone(),
+                metrics: state.metrics.clone(),
+            },
             web_guard::guard,
         ))
         .with_state(state)

@@ -18,8 +18,8 @@ use axum::http::{HeaderValue, StatusCode, Version, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::AppState;
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// What the page loads, and from where (web/index.html, web/app.js and wasm-bindgen's
 /// `client_wasm.js`): its own scripts and styles (no inline ones), the wasm bundle,
@@ -44,9 +44,16 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 4] = [
 /// Longest piece of a refused Host header repeated in answers and logs.
 const SHOWN_HOST_LEN: usize = 80;
 
+/// What the guard reads: the allowed names, and where it counts refusals.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Refuses requests for names that are not the relay's, then adds the security headers
 /// to whatever the answer is.
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn guard(State(state): State<Guard>, request: Request, next: Next) -> Response {
     let mut response = match check_host(&state.config, &request) {
         Ok(()) => next.run(request).await,
         Err(refusal) => {
