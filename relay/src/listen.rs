@@ -10,15 +10,8 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::config::Config;
-use crate::ports::{self, Holder, Lease, PORT_ZERO_ATTEMPTS, PortBook, Want};
+use crate::ports::{self, Holder, Lease, PORT_ZERO_ATTEMPTS, PortBook, Refusal, Want};
 use crate::session::Event;
-
-/// Why a Listen was refused; both parts travel to the tab in ListenFailed.
-#[derive(Debug)]
-pub struct Refusal {
-    pub code: ErrorCode,
-    pub message: String,
-}
 
 fn refuse(code: ErrorCode, message: String) -> Refusal {
     Refusal { code, message }

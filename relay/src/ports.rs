@@ -14,7 +14,14 @@ use prometheus_client::metrics::counter::Counter;
 use tabtunnel_proto::ErrorCode;
 
 use crate::config::{Config, Limits};
-use crate::listen::Refusal;
+
+/// Why a Listen was refused, by the book or by the bind; both parts travel to the tab
+/// in ListenFailed.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
 
 /// How many ports one `Listen{port 0}` may try to bind: ports the book does not hold but
 /// other programs on the host do cost a `bind()` each, so the search stops here.
