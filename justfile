@@ -24,10 +24,6 @@ test:
 fuzz *ARGS:
     cargo xtask fuzz {{ARGS}}
 
-# What CI runs (same as `test`).
-ci:
-    cargo xtask ci
-
 # Throughput table: native client, browser tab and ssh -L over the same sshd; wasm size.
 bench:
     cargo xtask bench

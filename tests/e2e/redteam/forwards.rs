@@ -7,19 +7,16 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
+use tabtunnel_e2e::fake_tab::FakeTab;
 use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS, TokenFile, test_config};
 use tabtunnel_e2e::services::{EchoServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, log_in, sshd_login};
-use tabtunnel_proto::{ErrorCode, Frame, VERSION, decode, encode_to_bytes};
+use tabtunnel_proto::{ErrorCode, Frame, encode_to_bytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-
-/// How long one answer from the relay may take on a busy machine.
-const ANSWER: Duration = Duration::from_secs(10);
 
 /// A relay for `sshd` (target `sshd`) from `toml`, on `ports`.
 async fn relay(
@@ -56,85 +53,38 @@ impl Answer {
     }
 }
 
-/// A tab that sends hand-made frames and never speaks SSH.
-struct Tab {
-    ws: WebSocketStream<TcpStream>,
-    next_forward: u32,
-}
+/// A fake tab for target `sshd` that reads the answers to its Listens as [`Answer`]s.
+struct Tab(FakeTab);
 
 impl Tab {
     /// Opens a session from source address `from` (a loopback address) with `token`.
     async fn open(relay: &Relay, from: &str, token: &str) -> Result<Self> {
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind(format!("{from}:0").parse()?)?;
-        let stream = socket.connect(relay.addr).await?;
-        let (ws, _) = tokio_tungstenite::client_async(relay.ws_url(), stream).await?;
-        let mut tab = Self {
-            ws,
-            next_forward: 1,
-        };
-        tab.send(&Frame::Hello {
-            version: VERSION,
-            target: "sshd".into(),
-            token: token.into(),
-        })
-        .await?;
-        match tab.next().await? {
-            Frame::Welcome { .. } => Ok(tab),
-            other => bail!("expected Welcome, got {other:?}"),
+        let mut tab = FakeTab::connect_from(&relay.ws_url(), from.parse()?).await?;
+        tab.send_hello("sshd", token).await?;
+        match tab.welcome().await? {
+            Ok(()) => Ok(Self(tab)),
+            Err(refusal) => bail!("expected Welcome, got {refusal:?}"),
         }
     }
 
     async fn send(&mut self, frame: &Frame) -> Result<()> {
-        self.ws
-            .send(Message::Binary(encode_to_bytes(frame)))
-            .await?;
-        Ok(())
+        self.0.send(frame).await
     }
 
     /// The next frame other than SSH bytes (sshd's banner).
     async fn next(&mut self) -> Result<Frame> {
-        loop {
-            let message = tokio::time::timeout(ANSWER, self.ws.next())
-                .await
-                .context("no frame from the relay in time")?
-                .context("the relay closed the WebSocket")??;
-            if let Message::Binary(data) = message {
-                match decode(data)? {
-                    Frame::Ssh(_) => continue,
-                    frame => return Ok(frame),
-                }
-            }
-        }
+        self.0
+            .next()
+            .await?
+            .context("the relay closed the WebSocket")
     }
 
     /// Sends a Listen and returns the relay's answer to it.
     async fn listen(&mut self, bind: &str, port: u16) -> Result<Answer> {
-        let forward = self.next_forward;
-        self.next_forward += 1;
-        self.send(&Frame::Listen {
-            forward,
-            bind: bind.into(),
-            port,
+        Ok(match self.0.listen(bind, port).await? {
+            Ok(address) => Answer::Listening(address),
+            Err((code, message)) => Answer::Failed(code, message),
         })
-        .await?;
-        loop {
-            match self.next().await? {
-                Frame::Listening {
-                    forward: f,
-                    address,
-                } if f == forward => {
-                    return Ok(Answer::Listening(address));
-                }
-                Frame::ListenFailed {
-                    forward: f,
-                    code,
-                    message,
-                } if f == forward => return Ok(Answer::Failed(code, message)),
-                Frame::Error { code, message } => bail!("session ended: {code:?}: {message}"),
-                _ => {}
-            }
-        }
     }
 
     /// Listens on `port 0` `n` times; returns the ports it got.
@@ -258,6 +208,7 @@ async fn refused_listens_beyond_the_budget_end_the_session() -> Result<()> {
             port: 80,
         };
         if tab
+            .0
             .ws
             .feed(Message::Binary(encode_to_bytes(&listen)))
             .await
@@ -266,7 +217,7 @@ async fn refused_listens_beyond_the_budget_end_the_session() -> Result<()> {
             break;
         }
     }
-    let _ = tab.ws.flush().await;
+    let _ = tab.0.ws.flush().await;
     let mut refused = 0;
     let ended = loop {
         match tab.next().await {
