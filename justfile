@@ -16,7 +16,7 @@ wasm:
 demo *ARGS:
     cargo xtask demo {{ARGS}}
 
-# Setup, wasm, fmt, clippy, the whole test suite and a short fuzzing run.
+# Setup, wasm, fmt, clippy, the whole test suite and a short fuzzing run (what CI runs).
 test:
     cargo xtask test
 

@@ -7,9 +7,9 @@ use anyhow::Result;
 use futures::SinkExt;
 use tabtunnel_client::Session;
 use tabtunnel_e2e::fake_tab::FakeTab;
-use tabtunnel_e2e::lab::Lab;
+use tabtunnel_e2e::lab::{Lab, echo_forward};
 use tabtunnel_e2e::relay::RelayProcess;
-use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
+use tabtunnel_e2e::services::{BulkServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, log_in, sshd_login, wait_for, wait_until_port_free};
 use tabtunnel_proto::Frame;
@@ -86,10 +86,7 @@ async fn a_vanished_tab_frees_its_listeners_within_a_second() -> Result<()> {
 async fn a_flood_of_garbage_ends_only_its_own_session() -> Result<()> {
     let Lab { sshd, relay, .. } = Lab::start().await?;
     let good = login(&relay.ws_url(), &sshd).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = good
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&good).await?;
 
     let FakeTab { ws: mut rogue, .. } = FakeTab::hello(&relay.ws_url(), "sshd", "").await?;
     let mut noise = 0x9e37_79b9_u32;
@@ -131,10 +128,7 @@ async fn sigterm_tells_the_tabs_and_exits_zero() -> Result<()> {
     let target = format!("sshd={}", sshd.address());
     let mut relay = RelayProcess::start(&["--target", &target], "warn").await?;
     let session = login(&relay.ws_url(), &sshd).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
 
     relay.terminate_cleanly(&session, fwd.listen()).await
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use tabtunnel_client::{ClientError, ErrorCode, Session};
 use tabtunnel_e2e::fake_tab::FakeTab;
-use tabtunnel_e2e::lab::Lab;
+use tabtunnel_e2e::lab::{Lab, echo_forward};
 use tabtunnel_e2e::relay::Relay;
 use tabtunnel_e2e::services::{EchoServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
@@ -146,10 +146,7 @@ async fn healthz_and_metrics_report_sessions_connections_and_bytes() -> Result<(
             .ends_with("\r\n\r\nok\n")
     );
     let session = login(&relay, &sshd).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
     assert_eq!(exchange(fwd.listen(), &[7u8; 5000]).await?, vec![7u8; 5000]);
     let metrics = wait_for(
         "the connection to be counted closed",
@@ -478,10 +475,7 @@ async fn an_oversized_frame_ends_only_its_own_session() -> Result<()> {
     use tokio_tungstenite::tungstenite::Message;
     let Lab { sshd, relay, .. } = Lab::start().await?;
     let session = login(&relay, &sshd).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
 
     let mut rogue = FakeTab::hello(&relay.ws_url(), "sshd", "").await?;
     // One byte over the limit: an Ssh frame with a payload of MAX_DATA + 1.

@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tabtunnel_client::{Auth, ConnectOptions, Credentials, Keepalive, PromptCallback, Session};
 use tabtunnel_e2e::fake_tab::FakeTab;
-use tabtunnel_e2e::lab::Lab;
+use tabtunnel_e2e::lab::{Lab, echo_forward};
 use tabtunnel_e2e::relay::RelayProcess;
-use tabtunnel_e2e::services::{EchoServer, exchange};
+use tabtunnel_e2e::services::exchange;
 use tabtunnel_e2e::sshd::{Sshd, signal};
 use tabtunnel_e2e::{init_logging, log_in, sshd_login, wait_until_port_free};
 
@@ -49,10 +49,7 @@ async fn ended(session: &Session) -> Result<String> {
 async fn a_frozen_ssh_server_is_noticed_by_the_keepalive() -> Result<()> {
     let Lab { sshd, relay, .. } = Lab::start().await?;
     let session = login(&relay.ws_url(), &sshd, Some(FAST), password(&sshd)).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
     assert_eq!(exchange(fwd.listen(), b"alive").await?, b"alive");
     // An idle but healthy session survives several keepalive intervals.
     tokio::time::timeout(Duration::from_millis(3500), session.closed())

@@ -13,7 +13,7 @@ use fantoccini::Locator;
 use tabtunnel_client::native::NativeTransport;
 use tabtunnel_client::{ConnectOptions, Session};
 use tabtunnel_e2e::browser::Browser;
-use tabtunnel_e2e::lab::Lab;
+use tabtunnel_e2e::lab::{Lab, echo_forward};
 use tabtunnel_e2e::page::{browser_turn, log_in_with_password, row_listen_address};
 use tabtunnel_e2e::relay::{RelayProcess, relay_binary};
 use tabtunnel_e2e::services::{EchoServer, exchange};
@@ -104,10 +104,7 @@ async fn the_native_client_forwards_over_wss() -> Result<()> {
     assert!(relay.ws_url().starts_with("wss://127.0.0.1:"));
 
     let session = log_in_tls(&relay.ws_url(), sshd_login(&sshd), cert.client_config()?).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
     let data = pattern(7, 1 << 20);
     let back = exchange(fwd.listen(), &data).await?;
     assert!(
@@ -153,10 +150,7 @@ async fn plain_http_and_untrusting_clients_fail_cleanly_and_the_relay_serves_on(
 
     // The relay serves on.
     let session = log_in_tls(&relay.ws_url(), sshd_login(&sshd), cert.client_config()?).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
     assert_eq!(exchange(fwd.listen(), b"still here").await?, b"still here");
     Ok(())
 }
@@ -318,10 +312,7 @@ async fn sigterm_under_tls_tells_the_tabs_and_exits_zero() -> Result<()> {
     .await?;
     assert!(relay.ws_url().starts_with("wss://"), "{}", relay.ws_url());
     let session = log_in_tls(&relay.ws_url(), sshd_login(&sshd), cert.client_config()?).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
     assert_eq!(exchange(fwd.listen(), b"before").await?, b"before");
 
     relay.terminate_cleanly(&session, fwd.listen()).await

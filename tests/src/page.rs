@@ -6,6 +6,7 @@ use anyhow::Result;
 use fantoccini::Locator;
 
 use crate::browser::Browser;
+use crate::lab::Lab;
 use crate::relay::{Relay, web_dir};
 use crate::sshd::{Sshd, SshdOptions};
 use crate::{init_logging, wait_for};
@@ -73,8 +74,11 @@ pub async fn page_with(
     options: SshdOptions,
 ) -> Result<(Browser, Sshd, Relay, tokio::sync::MutexGuard<'static, ()>)> {
     let one = browser_turn().await?;
-    let sshd = Sshd::start_with(options).await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let mut lab = Lab::builder();
+    for line in options.extra_config {
+        lab = lab.sshd_config(line);
+    }
+    let Lab { sshd, relay, .. } = lab.start().await?;
     let browser = open(&relay.http_url()).await?;
     Ok((browser, sshd, relay, one))
 }

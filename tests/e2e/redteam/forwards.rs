@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use futures::SinkExt;
 use tabtunnel_e2e::fake_tab::FakeTab;
+use tabtunnel_e2e::lab::echo_forward;
 use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS, TokenFile, test_config};
-use tabtunnel_e2e::services::{EchoServer, exchange};
+use tabtunnel_e2e::services::exchange;
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, log_in, sshd_login};
 use tabtunnel_proto::{ErrorCode, Frame, encode_to_bytes};
@@ -389,10 +390,7 @@ async fn a_localhost_forward_holds_both_loopback_families() -> Result<()> {
     let sshd = Sshd::start().await?;
     let relay = relay(&sshd, "", TEST_FORWARD_PORTS, None).await?;
     let victim = log_in(&relay.ws_url(), sshd_login(&sshd)).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let forward = victim
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, forward) = echo_forward(&victim).await?;
     let port = forward.listen().parse::<SocketAddr>()?.port();
     ensure!(
         forward.listen() == format!("127.0.0.1:{port}"),

@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::{SinkExt, StreamExt};
 use tabtunnel_e2e::fake_tab::FakeTab;
-use tabtunnel_e2e::lab::Lab;
+use tabtunnel_e2e::lab::{Lab, echo_forward};
 use tabtunnel_e2e::relay::{Relay, RelayProcess};
-use tabtunnel_e2e::services::{EchoServer, exchange};
+use tabtunnel_e2e::services::exchange;
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, log_in, process_memory, sshd_login};
 use tabtunnel_proto::{CONNECTION_WINDOW, ErrorCode, Frame, MAX_DATA, decode, encode_to_bytes};
@@ -403,10 +403,7 @@ async fn a_page_of_the_previous_protocol_version_is_told_to_reload() -> Result<(
 async fn websocket_protocol_violations_end_the_session_with_1002() -> Result<()> {
     let Lab { sshd, relay, .. } = Lab::start().await?;
     let good = log_in(&relay.ws_url(), sshd_login(&sshd)).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = good
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&good).await?;
 
     let binary = encode_to_bytes(&Frame::Ssh(bytes::Bytes::from_static(b"x")));
     let violations: [(&str, Vec<u8>); 5] = [
