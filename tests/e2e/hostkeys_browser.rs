@@ -11,7 +11,7 @@ use tabtunnel_e2e::browser::Browser;
 use tabtunnel_e2e::page::{
     browser_turn, fill_login, log_in_with_password, open, page, status, wait_until_connected,
 };
-use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
+use tabtunnel_e2e::relay::{Relay, test_config};
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::wait_for;
 
@@ -238,13 +238,11 @@ async fn a_new_key_type_is_asked_with_a_warning_even_when_pinned() -> Result<()>
 
 /// A relay whose targets all lead to `sshd`, each with the operator's pinned fingerprint.
 async fn relay_with_pins(sshd: &Sshd, targets: &[(&str, String)]) -> Result<Relay> {
-    let mut config = tabtunnel_relay::Config {
-        forward_ports: TEST_FORWARD_PORTS,
-        web_dir: tabtunnel_e2e::relay::web_dir(),
-        ..Default::default()
-    };
+    let mut config = test_config("", &sshd.address(), None)?;
     for (name, pin) in targets {
-        config.add_target(name, &sshd.address(), "test")?;
+        if !config.targets.contains_key(*name) {
+            config.add_target(name, &sshd.address(), "test")?;
+        }
         config
             .targets
             .get_mut(*name)

@@ -28,17 +28,6 @@ async fn login(relay: &Relay, sshd: &Sshd) -> Result<Session, ClientError> {
     log_in(&relay.ws_url(), sshd_login(sshd)).await
 }
 
-/// `GET path` over plain HTTP/1.0; returns the whole response.
-async fn http_get(relay: &Relay, path: &str) -> Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(relay.addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", relay.addr).as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
-}
-
 fn is_limit(err: &ClientError) -> bool {
     matches!(
         err,
@@ -82,7 +71,7 @@ async fn forwards_and_connections_are_capped_per_session_and_forward() -> Result
     held.read_exact(&mut buf).await?;
     assert_eq!(&buf, b"two");
 
-    let metrics = http_get(&relay, "/metrics").await?;
+    let metrics = relay.get("/metrics").await?;
     assert!(
         metrics.contains("tabtunnel_refusals_total{reason=\"limit\"} 2"),
         "{metrics}"
@@ -140,11 +129,7 @@ async fn sessions_are_capped_in_total_and_per_address_and_places_come_back() -> 
 #[tokio::test]
 async fn healthz_and_metrics_report_sessions_connections_and_bytes() -> Result<()> {
     let Lab { sshd, relay, .. } = Lab::start().await?;
-    assert!(
-        http_get(&relay, "/healthz")
-            .await?
-            .ends_with("\r\n\r\nok\n")
-    );
+    assert!(relay.get("/healthz").await?.ends_with("\r\n\r\nok\n"));
     let session = login(&relay, &sshd).await?;
     let (_echo, fwd) = echo_forward(&session).await?;
     assert_eq!(exchange(fwd.listen(), &[7u8; 5000]).await?, vec![7u8; 5000]);
@@ -152,7 +137,7 @@ async fn healthz_and_metrics_report_sessions_connections_and_bytes() -> Result<(
         "the connection to be counted closed",
         Duration::from_secs(10),
         || async {
-            let text = http_get(&relay, "/metrics").await.ok()?;
+            let text = relay.get("/metrics").await.ok()?;
             text.contains("tabtunnel_connections_active 0")
                 .then_some(text)
         },
@@ -270,7 +255,7 @@ async fn metrics_show(relay: &Relay, line: &str) -> Result<String> {
         &format!("{line:?} in /metrics"),
         Duration::from_secs(10),
         || async {
-            let text = http_get(relay, "/metrics").await.ok()?;
+            let text = relay.get("/metrics").await.ok()?;
             text.lines().any(|l| l == line).then_some(text)
         },
     )

@@ -15,8 +15,6 @@ use tabtunnel_e2e::services::exchange;
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, log_in, sshd_login};
 use tabtunnel_proto::{ErrorCode, Frame, encode_to_bytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A relay for `sshd` (target `sshd`) from `toml`, on `ports`.
@@ -100,20 +98,9 @@ impl Tab {
     }
 }
 
-/// `GET /metrics` over plain HTTP/1.0.
-async fn metrics(relay: &Relay) -> Result<String> {
-    let mut stream = TcpStream::connect(relay.addr).await?;
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", relay.addr).as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
-}
-
 /// `bind()` calls the relay made for forwards so far (`tabtunnel_forward_binds_total`).
 async fn forward_binds(relay: &Relay) -> Result<u64> {
-    let text = metrics(relay).await?;
+    let text = relay.get("/metrics").await?;
     text.lines()
         .find_map(|l| l.strip_prefix("tabtunnel_forward_binds_total "))
         .context("the relay does not count its bind() calls for forwards")?
