@@ -5,10 +5,12 @@
 //! (`tests/src/`): [`tabtunnel_e2e::lab::Lab`] for sshd plus relay, `page` for the browser
 //! steps, `fake_tab` for a tab that speaks frames by hand.
 //!
-//! No test here needs a process of its own: none sets rlimits, environment variables or a
-//! global subscriber on this process (the open-files test limits the relay binary it starts
-//! through `prlimit`, and `no_leaks` reads the relay process's logs, not this one's).
-//! Browser tests take turns through `page::ONE_BROWSER`, now across the whole suite.
+//! No test here needs a process of its own: none sets rlimits or environment variables in
+//! this process or counts its threads or files (the open-files test limits the relay binary
+//! it starts, through `prlimit`; `no_leaks` and the memory tests read the relay process's
+//! logs and /proc, not this one's), and the one tracing subscriber (`init_logging`) is
+//! installed by whichever test comes first and shared. Browser tests take turns through
+//! `page::ONE_BROWSER`, now across the whole suite.
 //!
 //! Run one area with a filter: `cargo test -p tabtunnel-e2e -- forward_native::`.
 
