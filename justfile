@@ -16,17 +16,13 @@ wasm:
 demo *ARGS:
     cargo xtask demo {{ARGS}}
 
-# Setup, wasm, fmt, clippy, the whole test suite and a short fuzzing run.
+# Setup, wasm, fmt, clippy, the whole test suite and a short fuzzing run (what CI runs).
 test:
     cargo xtask test
 
 # Fuzz the frame decoder and the command-line parsers (e.g. `just fuzz --seconds 600 frame_decode`).
 fuzz *ARGS:
     cargo xtask fuzz {{ARGS}}
-
-# What CI runs (same as `test`).
-ci:
-    cargo xtask ci
 
 # Throughput table: native client, browser tab and ssh -L over the same sshd; wasm size.
 bench:

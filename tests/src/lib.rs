@@ -1,9 +1,12 @@
 //! Test harness: real components only. `Sshd` runs OpenSSH's sshd on a free loopback
-//! port, `Relay` runs the relay in-process, `services` are TCP destinations, and
-//! `Browser` drives headless Chromium through chromedriver. Everything started here is
-//! stopped on drop.
+//! port, `Relay` runs the relay in-process (`RelayProcess` as its binary), `Lab` is the two
+//! together, `services` are TCP destinations, `Browser` drives headless Chromium through
+//! chromedriver and `page` the relay's page in it, and `FakeTab` speaks frames by hand.
+//! Everything started here is stopped on drop.
 
 pub mod browser;
+pub mod fake_tab;
+pub mod lab;
 pub mod page;
 pub mod relay;
 pub mod services;

@@ -6,6 +6,7 @@ use anyhow::Result;
 use fantoccini::Locator;
 
 use crate::browser::Browser;
+use crate::lab::Lab;
 use crate::relay::{Relay, web_dir};
 use crate::sshd::{Sshd, SshdOptions};
 use crate::{init_logging, wait_for};
@@ -24,6 +25,44 @@ pub fn require_bundle() -> Result<()> {
     Ok(())
 }
 
+/// Waits for the browser's turn (see [`ONE_BROWSER`]; keep the guard for the whole test),
+/// with logging on and the page's bundle checked.
+pub async fn browser_turn() -> Result<tokio::sync::MutexGuard<'static, ()>> {
+    let one = ONE_BROWSER.lock().await;
+    init_logging();
+    require_bundle()?;
+    Ok(one)
+}
+
+/// A browser showing `url`.
+pub async fn open(url: &str) -> Result<Browser> {
+    let browser = Browser::start().await?;
+    browser.client.goto(url).await?;
+    Ok(browser)
+}
+
+/// The page's status line.
+pub async fn status(c: &fantoccini::Client) -> Result<String> {
+    Ok(c.find(Locator::Id("status")).await?.text().await?)
+}
+
+/// Waits until the status says the page is connected.
+pub async fn wait_until_connected(c: &fantoccini::Client) -> Result<()> {
+    wait_for(
+        "the status to say connected",
+        Duration::from_secs(30),
+        || async {
+            status(c)
+                .await
+                .ok()?
+                .to_lowercase()
+                .contains("connected as")
+                .then_some(())
+        },
+    )
+    .await
+}
+
 /// The browser's turn, a real sshd, the relay with target "sshd", and the relay's page
 /// loaded in Chromium. Keep the relay and the guard alive for the whole test.
 pub async fn page() -> Result<(Browser, Sshd, Relay, tokio::sync::MutexGuard<'static, ()>)> {
@@ -34,13 +73,13 @@ pub async fn page() -> Result<(Browser, Sshd, Relay, tokio::sync::MutexGuard<'st
 pub async fn page_with(
     options: SshdOptions,
 ) -> Result<(Browser, Sshd, Relay, tokio::sync::MutexGuard<'static, ()>)> {
-    let one = ONE_BROWSER.lock().await;
-    init_logging();
-    require_bundle()?;
-    let sshd = Sshd::start_with(options).await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
-    let browser = Browser::start().await?;
-    browser.client.goto(&relay.http_url()).await?;
+    let one = browser_turn().await?;
+    let mut lab = Lab::builder();
+    for line in options.extra_config {
+        lab = lab.sshd_config(line);
+    }
+    let Lab { sshd, relay, .. } = lab.start().await?;
+    let browser = open(&relay.http_url()).await?;
     Ok((browser, sshd, relay, one))
 }
 
@@ -91,22 +130,7 @@ pub async fn log_in_with_password(
     fill_login(c, target, user, password).await?;
     c.find(Locator::Id("connect")).await?.click().await?;
     accept_host_key(c).await?;
-    let status = c.find(Locator::Id("status")).await?;
-    wait_for(
-        "the status to say connected",
-        Duration::from_secs(30),
-        || async {
-            status
-                .text()
-                .await
-                .ok()?
-                .to_lowercase()
-                .contains("connected as")
-                .then_some(())
-        },
-    )
-    .await?;
-    Ok(())
+    wait_until_connected(c).await
 }
 
 /// Waits for the forward row matching `row` (a CSS selector) to show its listen address.

@@ -112,6 +112,18 @@ impl Relay {
     pub fn http_url(&self) -> String {
         http_url(self.addr, self.tls)
     }
+
+    /// `GET path` over plain HTTP/1.0 (for /metrics and /healthz); the whole response.
+    pub async fn get(&self, path: &str) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes())
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok(response)
+    }
 }
 
 impl Drop for Relay {

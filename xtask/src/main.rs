@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask <setup|wasm|demo|test|ci|imports|bench|fuzz>`.
+//! Project automation: `cargo xtask <setup|wasm|demo|test|imports|bench|fuzz>`.
 
 mod cmd;
 mod e2e;
@@ -37,7 +37,7 @@ enum Task {
         listen: String,
     },
     /// Setup, wasm, fmt check, clippy (native and wasm32), all tests, then each fuzz target
-    /// for FUZZ_SECONDS (60; 0 skips), with timings.
+    /// for FUZZ_SECONDS (60; 0 skips), with timings. What CI runs (`.ci/run`).
     Test,
     /// Throughput of a forward (native client, browser tab, and OpenSSH ssh -L as the
     /// reference), the wasm bundle's size, and the relay process under load (memory and
@@ -52,8 +52,6 @@ enum Task {
     /// Check that no module imports a module that imports it, in any crate (also a step
     /// of `test`).
     Imports,
-    /// What CI runs: the same as `test`.
-    Ci,
     /// Fuzz the codec and the command-line parsers with cargo-fuzz (installed into
     /// .tools/ if missing; built with AddressSanitizer on the stable toolchain).
     Fuzz {
@@ -87,7 +85,7 @@ fn main() -> Result<()> {
         }
         Task::Wasm => tasks::wasm(&root),
         Task::Demo { listen } => tasks::demo(&root, &listen),
-        Task::Test | Task::Ci => tasks::test(&root),
+        Task::Test => tasks::test(&root),
         Task::Imports => imports::check(&root),
         Task::Bench { load } => tasks::bench(&root, load),
         Task::Fuzz {

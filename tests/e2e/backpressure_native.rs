@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tabtunnel_e2e::relay::Relay;
+use tabtunnel_e2e::lab::Lab;
 use tabtunnel_e2e::services::{EchoServer, FloodServer, exchange};
-use tabtunnel_e2e::sshd::Sshd;
-use tabtunnel_e2e::{init_logging, log_in, pattern, sshd_login, wait_until_steady};
+use tabtunnel_e2e::{log_in, pattern, sshd_login, wait_until_steady};
 use tokio::io::AsyncReadExt;
 
 const GIB: u64 = 1 << 30;
@@ -16,9 +15,7 @@ const MIB: u64 = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_holds_back_only_its_own_connection() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let Lab { sshd, relay, .. } = Lab::start().await?;
     let session = log_in(&relay.ws_url(), sshd_login(&sshd)).await?;
     let flood = FloodServer::start(GIB).await?;
     let echo = EchoServer::start("127.0.0.1").await?;

@@ -13,12 +13,12 @@ use fantoccini::Locator;
 use tabtunnel_client::native::NativeTransport;
 use tabtunnel_client::{ConnectOptions, Session};
 use tabtunnel_e2e::browser::Browser;
-use tabtunnel_e2e::page::{ONE_BROWSER, log_in_with_password, require_bundle, row_listen_address};
-use tabtunnel_e2e::relay::{Relay, RelayProcess, TEST_FORWARD_PORTS, relay_binary, web_dir};
+use tabtunnel_e2e::lab::{Lab, echo_forward};
+use tabtunnel_e2e::page::{browser_turn, log_in_with_password, row_listen_address};
+use tabtunnel_e2e::relay::{RelayProcess, relay_binary};
 use tabtunnel_e2e::services::{EchoServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, pattern, sshd_login, wait_for, wait_until_port_free};
-use tabtunnel_relay::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A self-signed certificate for 127.0.0.1 and localhost, written as PEM files.
@@ -85,31 +85,26 @@ async fn log_in_tls(
     Ok(tabtunnel_client::connect(transport, options).await?)
 }
 
-async fn tls_relay(cert: &TestCert, sshd: &Sshd) -> Result<Relay> {
-    let mut config = Config {
-        forward_ports: TEST_FORWARD_PORTS,
-        web_dir: web_dir(),
-        tls_cert: Some(cert.cert.clone()),
-        tls_key: Some(cert.key.clone()),
-        ..Config::default()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    Relay::start_with(config).await
+/// A lab whose relay serves HTTPS and wss:// with `cert`.
+async fn tls_lab(cert: &TestCert) -> Result<Lab> {
+    let (tls_cert, tls_key) = (cert.cert.clone(), cert.key.clone());
+    Lab::builder()
+        .configure(move |config| {
+            config.tls_cert = Some(tls_cert);
+            config.tls_key = Some(tls_key);
+        })
+        .start()
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_native_client_forwards_over_wss() -> Result<()> {
-    init_logging();
     let cert = TestCert::new()?;
-    let sshd = Sshd::start().await?;
-    let relay = tls_relay(&cert, &sshd).await?;
+    let Lab { sshd, relay, .. } = tls_lab(&cert).await?;
     assert!(relay.ws_url().starts_with("wss://127.0.0.1:"));
 
     let session = log_in_tls(&relay.ws_url(), sshd_login(&sshd), cert.client_config()?).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
     let data = pattern(7, 1 << 20);
     let back = exchange(fwd.listen(), &data).await?;
     assert!(
@@ -123,10 +118,8 @@ async fn the_native_client_forwards_over_wss() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_and_untrusting_clients_fail_cleanly_and_the_relay_serves_on() -> Result<()> {
-    init_logging();
     let cert = TestCert::new()?;
-    let sshd = Sshd::start().await?;
-    let relay = tls_relay(&cert, &sshd).await?;
+    let Lab { sshd, relay, .. } = tls_lab(&cert).await?;
 
     // http:// to the TLS port: a readable answer, not a hang or a garbled handshake.
     let mut tcp = tokio::net::TcpStream::connect(relay.addr).await?;
@@ -157,10 +150,7 @@ async fn plain_http_and_untrusting_clients_fail_cleanly_and_the_relay_serves_on(
 
     // The relay serves on.
     let session = log_in_tls(&relay.ws_url(), sshd_login(&sshd), cert.client_config()?).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
     assert_eq!(exchange(fwd.listen(), b"still here").await?, b"still here");
     Ok(())
 }
@@ -322,10 +312,7 @@ async fn sigterm_under_tls_tells_the_tabs_and_exits_zero() -> Result<()> {
     .await?;
     assert!(relay.ws_url().starts_with("wss://"), "{}", relay.ws_url());
     let session = log_in_tls(&relay.ws_url(), sshd_login(&sshd), cert.client_config()?).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
     assert_eq!(exchange(fwd.listen(), b"before").await?, b"before");
 
     relay.terminate_cleanly(&session, fwd.listen()).await
@@ -349,23 +336,20 @@ async fn add_forward(c: &fantoccini::Client, spec: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_over_https_says_where_and_who_can_reach_a_forward() -> Result<()> {
-    let _one = ONE_BROWSER.lock().await;
-    init_logging();
-    require_bundle()?;
+    let _one = browser_turn().await?;
     let cert = TestCert::new()?;
-    let sshd = Sshd::start().await?;
-    let mut config = Config {
-        forward_ports: TEST_FORWARD_PORTS,
-        web_dir: web_dir(),
-        tls_cert: Some(cert.cert.clone()),
-        tls_key: Some(cert.key.clone()),
-        public_host: Some("relay.lab.example".into()),
-        forward_allowed_sources: vec!["127.0.0.0/8".parse()?, "10.0.0.0/8".parse()?],
-        ..Config::default()
-    };
-    config.allowed_binds.push("0.0.0.0".parse()?);
-    config.add_target("sshd", &sshd.address(), "test")?;
-    let relay = Relay::start_with(config).await?;
+    let (tls_cert, tls_key) = (cert.cert.clone(), cert.key.clone());
+    let sources = vec!["127.0.0.0/8".parse()?, "10.0.0.0/8".parse()?];
+    let Lab { sshd, relay, .. } = Lab::builder()
+        .configure(move |config| {
+            config.tls_cert = Some(tls_cert);
+            config.tls_key = Some(tls_key);
+            config.public_host = Some("relay.lab.example".into());
+            config.forward_allowed_sources = sources;
+            config.allowed_binds.push("0.0.0.0".parse().unwrap());
+        })
+        .start()
+        .await?;
     // Chromium trusts exactly this certificate's key, nothing else.
     let browser = Browser::start_with_args(&[format!(
         "--ignore-certificate-errors-spki-list={}",

@@ -4,11 +4,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use fantoccini::Locator;
-use tabtunnel_e2e::browser::Browser;
-use tabtunnel_e2e::page::{ONE_BROWSER, log_in_with_password, require_bundle};
-use tabtunnel_e2e::relay::{Relay, TokenFile, test_config};
-use tabtunnel_e2e::sshd::Sshd;
-use tabtunnel_e2e::{init_logging, wait_for};
+use tabtunnel_e2e::lab::Lab;
+use tabtunnel_e2e::page::{browser_turn, log_in_with_password, open};
+use tabtunnel_e2e::wait_for;
 
 /// A `%` that is not followed by two hex digits makes `decodeURIComponent` throw; at the
 /// top level of the page's script that stopped the page from starting (no targets, no
@@ -16,17 +14,13 @@ use tabtunnel_e2e::{init_logging, wait_for};
 /// token typed by hand logs in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_token_link_is_named_and_the_page_still_works() -> Result<()> {
-    let _one = ONE_BROWSER.lock().await;
-    init_logging();
-    require_bundle()?;
-    let sshd = Sshd::start().await?;
-    let tokens = TokenFile::new("dave dave-0123456789abcdef\n")?;
-    let config = test_config("", &sshd.address(), Some(&tokens))?;
-    let relay = Relay::start_with(config).await?;
-    let browser = Browser::start().await?;
-    let c = &browser.client;
-    c.goto(&format!("{}/#token=dave-%E0%A4%A", relay.http_url()))
+    let _one = browser_turn().await?;
+    let Lab { sshd, relay, .. } = Lab::builder()
+        .tokens("dave dave-0123456789abcdef\n")
+        .start()
         .await?;
+    let browser = open(&format!("{}/#token=dave-%E0%A4%A", relay.http_url())).await?;
+    let c = &browser.client;
     let error = c.find(Locator::Id("session-error")).await?;
     let said = wait_for(
         "the page to name the damaged link",

@@ -4,45 +4,33 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use tabtunnel_client::native::NativeTransport;
 use tabtunnel_client::{
     Auth, ClientError, ConnectOptions, ErrorCode, HostKeyPolicy, Session, connect,
 };
+use tabtunnel_e2e::fake_tab::{ANSWER, FakeTab};
+use tabtunnel_e2e::lab::{Lab, echo_forward};
 use tabtunnel_e2e::relay::Relay;
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
-use tabtunnel_e2e::{
-    init_logging, pattern, sha256_hex, sshd_login, wait_for, wait_until_port_free,
-};
+use tabtunnel_e2e::{pattern, sha256_hex, sshd_login, wait_for, wait_until_port_free};
+use tabtunnel_proto::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
 
-/// Everything a test needs: sshd, a relay with target "sshd", and a logged-in session.
+/// The lab and a session logged in with the password and a keepalive.
 struct Setup {
-    sshd: Sshd,
-    relay: Relay,
+    lab: Lab,
     session: Session,
 }
 
 async fn setup() -> Result<Setup> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
-    let session = open(&relay, &sshd, Auth::Password(sshd.password.into())).await?;
-    Ok(Setup {
-        sshd,
-        relay,
-        session,
-    })
-}
-
-/// An echo server and a forward to it.
-async fn echo_forward(session: &Session) -> Result<(EchoServer, tabtunnel_client::Forward)> {
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
+    let lab = Lab::start().await?;
+    let session = lab
+        .log_in_with(options(&lab.sshd, Auth::Password(lab.sshd.password.into())))
         .await?;
-    Ok((echo, fwd))
+    Ok(Setup { lab, session })
 }
 
 fn options(sshd: &Sshd, auth: Auth) -> ConnectOptions {
@@ -51,13 +39,6 @@ fn options(sshd: &Sshd, auth: Auth) -> ConnectOptions {
         auth: auth.into(),
         ..sshd_login(sshd)
     }
-}
-
-async fn open(relay: &Relay, sshd: &Sshd, auth: Auth) -> Result<Session, ClientError> {
-    let transport = NativeTransport::connect(&relay.ws_url())
-        .await
-        .map_err(|e| ClientError::Transport(e.0))?;
-    connect(transport, options(sshd, auth)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,20 +75,19 @@ async fn moves_32_mib_each_way_with_equal_sha256() -> Result<()> {
     eprintln!(
         "32 MiB each way, concurrently, in {elapsed:?} (debug build; see `cargo xtask bench` for figures)"
     );
-    drop(s.sshd);
+    drop(s.lab);
     Ok(())
 }
 
 #[tokio::test]
 async fn logs_in_with_an_ed25519_key() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let lab = Lab::start().await?;
+    let sshd = &lab.sshd;
     let auth = Auth::PrivateKey {
         pem: sshd.client_key.clone(),
         passphrase: None,
     };
-    let session = open(&relay, &sshd, auth).await?;
+    let session = lab.log_in_with(options(sshd, auth)).await?;
     assert_eq!(session.host_key().fingerprint, sshd.host_key_fingerprint);
     assert_eq!(session.host_key().algorithm, "ssh-ed25519");
     let (_echo, fwd) = echo_forward(&session).await?;
@@ -258,12 +238,11 @@ async fn relay_refusals_reach_the_client_with_clear_messages() -> Result<()> {
 
 #[tokio::test]
 async fn unknown_target_wrong_password_and_wrong_host_key_fail_clearly() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let lab = Lab::start().await?;
+    let (sshd, relay) = (&lab.sshd, &lab.relay);
 
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
-    let mut opts = options(&sshd, Auth::Password(sshd.password.into()));
+    let mut opts = options(sshd, Auth::Password(sshd.password.into()));
     opts.target = "nope".into();
     let err = connect(transport, opts).await.unwrap_err();
     assert!(
@@ -282,7 +261,8 @@ async fn unknown_target_wrong_password_and_wrong_host_key_fail_clearly() -> Resu
         "{err}"
     );
 
-    let err = open(&relay, &sshd, Auth::Password("wrong".into()))
+    let err = lab
+        .log_in_with(options(sshd, Auth::Password("wrong".into())))
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::AuthFailed { .. }), "{err:?}");
@@ -292,7 +272,7 @@ async fn unknown_target_wrong_password_and_wrong_host_key_fail_clearly() -> Resu
     );
 
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
-    let mut opts = options(&sshd, Auth::Password(sshd.password.into()));
+    let mut opts = options(sshd, Auth::Password(sshd.password.into()));
     opts.host_key.expected = Some("SHA256:AAAAnotthekey".into());
     let err = connect(transport, opts).await.unwrap_err();
     assert!(
@@ -305,7 +285,7 @@ async fn unknown_target_wrong_password_and_wrong_host_key_fail_clearly() -> Resu
     );
 
     let transport = NativeTransport::connect(&relay.ws_url()).await?;
-    let mut opts = options(&sshd, Auth::Password(sshd.password.into()));
+    let mut opts = options(sshd, Auth::Password(sshd.password.into()));
     opts.host_key.expected = None;
     let err = connect(transport, opts).await.unwrap_err();
     assert!(
@@ -342,26 +322,12 @@ async fn a_malformed_frame_ends_only_that_session() -> Result<()> {
     let s = setup().await?;
     let (_echo, fwd) = echo_forward(&s.session).await?;
 
-    let (mut rogue, _) = tokio_tungstenite::connect_async(s.relay.ws_url()).await?;
-    use tokio_tungstenite::tungstenite::Message;
-    let hello = tabtunnel_proto::encode_to_bytes(&tabtunnel_proto::Frame::Hello {
-        version: tabtunnel_proto::VERSION,
-        target: "sshd".into(),
-        token: String::new(),
-    });
-    rogue.send(Message::Binary(hello)).await?;
+    let mut rogue = FakeTab::hello(&s.lab.relay.ws_url(), "sshd", "").await?;
     rogue
+        .ws
         .send(Message::Binary(vec![99u8, 0, 0, 0, 0].into()))
         .await?;
-    let mut error = None;
-    while let Some(Ok(message)) = rogue.next().await {
-        if let Message::Binary(data) = message
-            && let Ok(tabtunnel_proto::Frame::Error { code, message }) =
-                tabtunnel_proto::decode(data)
-        {
-            error = Some((code, message));
-        }
-    }
+    let (error, _close) = rogue.goodbye(ANSWER).await?;
     let (code, message) = error.expect("the relay explains before closing");
     assert_eq!(code, ErrorCode::Protocol);
     assert!(message.contains("unknown frame kind 99"), "{message}");
@@ -468,96 +434,14 @@ async fn the_relay_drops_the_tcp_client_once_the_destination_is_done() -> Result
     Ok(())
 }
 
-/// A raw WebSocket session that speaks the protocol by hand, to send what a good tab never would.
-struct RogueTab {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-}
-
-impl RogueTab {
-    async fn open(relay: &Relay, target: &str) -> Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(relay.ws_url()).await?;
-        let mut tab = Self { ws };
-        tab.send(tabtunnel_proto::Frame::Hello {
-            version: tabtunnel_proto::VERSION,
-            target: target.into(),
-            token: String::new(),
-        })
-        .await?;
-        Ok(tab)
-    }
-
-    async fn send(&mut self, frame: tabtunnel_proto::Frame) -> Result<()> {
-        let bytes = tabtunnel_proto::encode_to_bytes(&frame);
-        self.ws
-            .send(tokio_tungstenite::tungstenite::Message::Binary(bytes))
-            .await?;
-        Ok(())
-    }
-
-    /// The next frame that is not SSH bytes; `None` when the relay closed.
-    async fn next(&mut self) -> Result<Option<tabtunnel_proto::Frame>> {
-        use tokio_tungstenite::tungstenite::Message;
-        while let Some(message) =
-            tokio::time::timeout(Duration::from_secs(10), self.ws.next()).await?
-        {
-            if let Message::Binary(data) = message? {
-                match tabtunnel_proto::decode(data)? {
-                    tabtunnel_proto::Frame::Ssh(_) => continue,
-                    frame => return Ok(Some(frame)),
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// Opens a forward and one TCP connection to it; returns the connection's id.
-    async fn accepted_connection(&mut self) -> Result<(u32, tokio::net::TcpStream)> {
-        use tabtunnel_proto::Frame;
-        self.send(Frame::Listen {
-            forward: 1,
-            bind: String::new(),
-            port: 0,
-        })
-        .await?;
-        let address = loop {
-            match self.next().await? {
-                Some(Frame::Listening { address, .. }) => break address,
-                Some(_) => continue,
-                None => anyhow::bail!("relay closed before Listening"),
-            }
-        };
-        let stream = tokio::net::TcpStream::connect(&address).await?;
-        loop {
-            match self.next().await? {
-                Some(Frame::Accept { conn, .. }) => return Ok((conn, stream)),
-                Some(_) => continue,
-                None => anyhow::bail!("relay closed before Accept"),
-            }
-        }
-    }
-
-    /// Waits for the relay's Error frame.
-    async fn error(&mut self) -> Result<(ErrorCode, String)> {
-        while let Some(frame) = self.next().await? {
-            if let tabtunnel_proto::Frame::Error { code, message } = frame {
-                return Ok((code, message));
-            }
-        }
-        anyhow::bail!("the relay closed without an Error frame")
-    }
-}
-
 #[tokio::test]
 async fn frames_that_would_queue_without_credit_end_the_session() -> Result<()> {
     let s = setup().await?;
-    use tabtunnel_proto::Frame;
 
-    let mut rogue = RogueTab::open(&s.relay, "sshd").await?;
+    let mut rogue = FakeTab::hello(&s.lab.relay.ws_url(), "sshd", "").await?;
     let (conn, _tcp) = rogue.accepted_connection().await?;
     rogue
-        .send(Frame::Data {
+        .send(&Frame::Data {
             conn,
             data: bytes::Bytes::new(),
         })
@@ -566,16 +450,16 @@ async fn frames_that_would_queue_without_credit_end_the_session() -> Result<()> 
     assert_eq!(code, ErrorCode::Protocol);
     assert!(message.contains("Data frame with no bytes"), "{message}");
 
-    let mut rogue = RogueTab::open(&s.relay, "sshd").await?;
+    let mut rogue = FakeTab::hello(&s.lab.relay.ws_url(), "sshd", "").await?;
     let (conn, _tcp) = rogue.accepted_connection().await?;
-    rogue.send(Frame::Eof { conn }).await?;
-    rogue.send(Frame::Eof { conn }).await?;
+    rogue.send(&Frame::Eof { conn }).await?;
+    rogue.send(&Frame::Eof { conn }).await?;
     let (code, message) = rogue.error().await?;
     assert_eq!(code, ErrorCode::Protocol);
     assert!(message.contains("a second Eof"), "{message}");
 
     // A target name far over the text limit gets an answer, not a dead session writer.
-    let mut rogue = RogueTab::open(&s.relay, &"x".repeat(5000)).await?;
+    let mut rogue = FakeTab::hello(&s.lab.relay.ws_url(), &"x".repeat(5000), "").await?;
     let (code, message) = rogue.error().await?;
     assert_eq!(code, ErrorCode::UnknownTarget);
     assert!(message.starts_with("unknown target"), "{message}");
@@ -584,21 +468,17 @@ async fn frames_that_would_queue_without_credit_end_the_session() -> Result<()> 
 
 #[tokio::test]
 async fn operator_pins_narrow_the_check_and_never_replace_it() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
+    let lab = Lab::start().await?;
+    let sshd = &lab.sshd;
     let relay_with_pin = |pin: String| {
-        let mut config = tabtunnel_relay::Config {
-            forward_ports: tabtunnel_e2e::relay::TEST_FORWARD_PORTS,
-            ..Default::default()
-        };
-        config.add_target("sshd", &sshd.address(), "test").unwrap();
-        config.targets.get_mut("sshd").unwrap().pinned_host_keys = vec![pin];
-        Relay::start_with(config)
+        lab.another_relay(|config| {
+            config.targets.get_mut("sshd").unwrap().pinned_host_keys = vec![pin];
+        })
     };
     let attempt = |relay: &Relay,
                    expected: Option<String>,
                    ask: Option<tabtunnel_client::HostKeyCallback>| {
-        let mut opts = options(&sshd, Auth::Password(sshd.password.into()));
+        let mut opts = options(sshd, Auth::Password(sshd.password.into()));
         opts.host_key = HostKeyPolicy {
             pinned: vec![],
             expected,

@@ -7,19 +7,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
+use tabtunnel_e2e::fake_tab::FakeTab;
+use tabtunnel_e2e::lab::echo_forward;
 use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS, TokenFile, test_config};
-use tabtunnel_e2e::services::{EchoServer, exchange};
+use tabtunnel_e2e::services::exchange;
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, log_in, sshd_login};
-use tabtunnel_proto::{ErrorCode, Frame, VERSION, decode, encode_to_bytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
+use tabtunnel_proto::{ErrorCode, Frame, encode_to_bytes};
 use tokio_tungstenite::tungstenite::Message;
-
-/// How long one answer from the relay may take on a busy machine.
-const ANSWER: Duration = Duration::from_secs(10);
 
 /// A relay for `sshd` (target `sshd`) from `toml`, on `ports`.
 async fn relay(
@@ -56,85 +52,38 @@ impl Answer {
     }
 }
 
-/// A tab that sends hand-made frames and never speaks SSH.
-struct Tab {
-    ws: WebSocketStream<TcpStream>,
-    next_forward: u32,
-}
+/// A fake tab for target `sshd` that reads the answers to its Listens as [`Answer`]s.
+struct Tab(FakeTab);
 
 impl Tab {
     /// Opens a session from source address `from` (a loopback address) with `token`.
     async fn open(relay: &Relay, from: &str, token: &str) -> Result<Self> {
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind(format!("{from}:0").parse()?)?;
-        let stream = socket.connect(relay.addr).await?;
-        let (ws, _) = tokio_tungstenite::client_async(relay.ws_url(), stream).await?;
-        let mut tab = Self {
-            ws,
-            next_forward: 1,
-        };
-        tab.send(&Frame::Hello {
-            version: VERSION,
-            target: "sshd".into(),
-            token: token.into(),
-        })
-        .await?;
-        match tab.next().await? {
-            Frame::Welcome { .. } => Ok(tab),
-            other => bail!("expected Welcome, got {other:?}"),
+        let mut tab = FakeTab::connect_from(&relay.ws_url(), from.parse()?).await?;
+        tab.send_hello("sshd", token).await?;
+        match tab.welcome().await? {
+            Ok(()) => Ok(Self(tab)),
+            Err(refusal) => bail!("expected Welcome, got {refusal:?}"),
         }
     }
 
     async fn send(&mut self, frame: &Frame) -> Result<()> {
-        self.ws
-            .send(Message::Binary(encode_to_bytes(frame)))
-            .await?;
-        Ok(())
+        self.0.send(frame).await
     }
 
     /// The next frame other than SSH bytes (sshd's banner).
     async fn next(&mut self) -> Result<Frame> {
-        loop {
-            let message = tokio::time::timeout(ANSWER, self.ws.next())
-                .await
-                .context("no frame from the relay in time")?
-                .context("the relay closed the WebSocket")??;
-            if let Message::Binary(data) = message {
-                match decode(data)? {
-                    Frame::Ssh(_) => continue,
-                    frame => return Ok(frame),
-                }
-            }
-        }
+        self.0
+            .next()
+            .await?
+            .context("the relay closed the WebSocket")
     }
 
     /// Sends a Listen and returns the relay's answer to it.
     async fn listen(&mut self, bind: &str, port: u16) -> Result<Answer> {
-        let forward = self.next_forward;
-        self.next_forward += 1;
-        self.send(&Frame::Listen {
-            forward,
-            bind: bind.into(),
-            port,
+        Ok(match self.0.listen(bind, port).await? {
+            Ok(address) => Answer::Listening(address),
+            Err((code, message)) => Answer::Failed(code, message),
         })
-        .await?;
-        loop {
-            match self.next().await? {
-                Frame::Listening {
-                    forward: f,
-                    address,
-                } if f == forward => {
-                    return Ok(Answer::Listening(address));
-                }
-                Frame::ListenFailed {
-                    forward: f,
-                    code,
-                    message,
-                } if f == forward => return Ok(Answer::Failed(code, message)),
-                Frame::Error { code, message } => bail!("session ended: {code:?}: {message}"),
-                _ => {}
-            }
-        }
     }
 
     /// Listens on `port 0` `n` times; returns the ports it got.
@@ -149,20 +98,9 @@ impl Tab {
     }
 }
 
-/// `GET /metrics` over plain HTTP/1.0.
-async fn metrics(relay: &Relay) -> Result<String> {
-    let mut stream = TcpStream::connect(relay.addr).await?;
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", relay.addr).as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
-}
-
 /// `bind()` calls the relay made for forwards so far (`tabtunnel_forward_binds_total`).
 async fn forward_binds(relay: &Relay) -> Result<u64> {
-    let text = metrics(relay).await?;
+    let text = relay.get("/metrics").await?;
     text.lines()
         .find_map(|l| l.strip_prefix("tabtunnel_forward_binds_total "))
         .context("the relay does not count its bind() calls for forwards")?
@@ -258,6 +196,7 @@ async fn refused_listens_beyond_the_budget_end_the_session() -> Result<()> {
             port: 80,
         };
         if tab
+            .0
             .ws
             .feed(Message::Binary(encode_to_bytes(&listen)))
             .await
@@ -266,7 +205,7 @@ async fn refused_listens_beyond_the_budget_end_the_session() -> Result<()> {
             break;
         }
     }
-    let _ = tab.ws.flush().await;
+    let _ = tab.0.ws.flush().await;
     let mut refused = 0;
     let ended = loop {
         match tab.next().await {
@@ -438,10 +377,7 @@ async fn a_localhost_forward_holds_both_loopback_families() -> Result<()> {
     let sshd = Sshd::start().await?;
     let relay = relay(&sshd, "", TEST_FORWARD_PORTS, None).await?;
     let victim = log_in(&relay.ws_url(), sshd_login(&sshd)).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let forward = victim
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, forward) = echo_forward(&victim).await?;
     let port = forward.listen().parse::<SocketAddr>()?.port();
     ensure!(
         forward.listen() == format!("127.0.0.1:{port}"),

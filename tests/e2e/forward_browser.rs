@@ -6,15 +6,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use fantoccini::Locator;
 use serde_json::json;
-use tabtunnel_e2e::browser::Browser;
+use tabtunnel_e2e::lab::Lab;
 use tabtunnel_e2e::page::{
-    ONE_BROWSER, accept_host_key, log_in_with_password, open_forwards_with_key, page, page_with,
-    require_bundle, row_listen_address,
+    accept_host_key, browser_turn, log_in_with_password, open, open_forwards_with_key, page,
+    page_with, row_listen_address, wait_until_connected,
 };
-use tabtunnel_e2e::relay::{Relay, RelayProcess, TokenFile, test_config, web_dir};
+use tabtunnel_e2e::relay::{Relay, RelayProcess, web_dir};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
-use tabtunnel_e2e::sshd::{Sshd, SshdOptions};
-use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for, wait_until_port_free};
+use tabtunnel_e2e::sshd::SshdOptions;
+use tabtunnel_e2e::{pattern, sha256_hex, wait_for, wait_until_port_free};
 use tabtunnel_relay::demo::{DemoOptions, DemoServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -213,21 +213,7 @@ async fn a_person_fills_the_form_and_clicks() -> Result<()> {
     })
     .await?;
     c.find(Locator::Id("hostkey-accept")).await?.click().await?;
-    let status = c.find(Locator::Id("status")).await?;
-    wait_for(
-        "the status to say connected",
-        Duration::from_secs(30),
-        || async {
-            status
-                .text()
-                .await
-                .ok()?
-                .to_lowercase()
-                .contains("connected as")
-                .then_some(())
-        },
-    )
-    .await?;
+    wait_until_connected(c).await?;
     let remembered = browser
         .run_js(
             "return localStorage.getItem('tabtunnel.knownHosts');",
@@ -348,17 +334,14 @@ async fn a_pasted_ssh_command_fills_the_form_and_its_forwards_open_on_connect() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyboard_interactive_questions_are_asked_in_the_page() -> Result<()> {
-    let _one = ONE_BROWSER.lock().await;
-    init_logging();
-    require_bundle()?;
+    let _one = browser_turn().await?;
     let demo = DemoServer::start_with(DemoOptions {
         second_factor: Some("4242".into()),
         ..DemoOptions::default()
     })
     .await?;
     let relay = Relay::start(&[("demo", &demo.ssh_addr.to_string())]).await?;
-    let browser = Browser::start().await?;
-    browser.client.goto(&relay.http_url()).await?;
+    let browser = open(&relay.http_url()).await?;
     let c = &browser.client;
     c.wait()
         .at_most(Duration::from_secs(20))
@@ -401,21 +384,7 @@ async fn keyboard_interactive_questions_are_asked_in_the_page() -> Result<()> {
     password.send_keys(&demo.password).await?;
     code.send_keys("4242").await?;
     c.find(Locator::Id("prompt-submit")).await?.click().await?;
-    let status = c.find(Locator::Id("status")).await?;
-    wait_for(
-        "the status to say connected",
-        Duration::from_secs(30),
-        || async {
-            status
-                .text()
-                .await
-                .ok()?
-                .to_lowercase()
-                .contains("connected as")
-                .then_some(())
-        },
-    )
-    .await?;
+    wait_until_connected(c).await?;
     browser.stop().await;
     Ok(())
 }
@@ -460,21 +429,16 @@ async fn a_question_the_server_stopped_waiting_for_is_taken_away() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_link_lets_the_page_in_and_keeps_the_token_out_of_the_address() -> Result<()> {
-    let _one = ONE_BROWSER.lock().await;
-    init_logging();
-    require_bundle()?;
-    let sshd = Sshd::start().await?;
-    let tokens = TokenFile::new("carol carol-0123456789abcdef\n")?;
-    let config = test_config("", &sshd.address(), Some(&tokens))?;
-    let relay = Relay::start_with(config).await?;
-    let browser = Browser::start().await?;
-    browser
-        .client
-        .goto(&format!(
-            "{}/#token=carol-0123456789abcdef",
-            relay.http_url()
-        ))
+    let _one = browser_turn().await?;
+    let Lab { sshd, relay, .. } = Lab::builder()
+        .tokens("carol carol-0123456789abcdef\n")
+        .start()
         .await?;
+    let browser = open(&format!(
+        "{}/#token=carol-0123456789abcdef",
+        relay.http_url()
+    ))
+    .await?;
     let c = &browser.client;
     c.wait()
         .at_most(Duration::from_secs(20))
@@ -546,8 +510,7 @@ async fn a_server_that_forbids_forwarding_is_named_in_the_page() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_demo_mode_works_end_to_end_in_the_browser() -> Result<()> {
-    let _one = ONE_BROWSER.lock().await;
-    require_bundle()?;
+    let _one = browser_turn().await?;
     let web = web_dir().display().to_string();
     let relay = RelayProcess::start(&["--demo", "--web-dir", &web], "warn").await?;
     // The demo banner: "  password:      XYZ   (new at every start)", "  try forward:   SPEC   (...)".
@@ -561,8 +524,7 @@ async fn relay_demo_mode_works_end_to_end_in_the_browser() -> Result<()> {
     let password = field("password:").context("demo banner has no password")?;
     let forward = field("try forward:").context("demo banner has no suggested forward")?;
 
-    let browser = Browser::start().await?;
-    browser.client.goto(&url).await?;
+    let browser = open(&url).await?;
     let opened = browser
         .run_js(
             r#"

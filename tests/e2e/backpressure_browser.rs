@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::Value;
 use tabtunnel_e2e::browser::Browser;
-use tabtunnel_e2e::page::{ONE_BROWSER, open_forwards_with_key, require_bundle};
+use tabtunnel_e2e::page::{browser_turn, open, open_forwards_with_key};
 use tabtunnel_e2e::relay::{RelayProcess, web_dir};
 use tabtunnel_e2e::services::{EchoServer, FloodServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
-use tabtunnel_e2e::{init_logging, pattern, process_memory, wait_until_steady};
+use tabtunnel_e2e::{pattern, process_memory, wait_until_steady};
 use tokio::io::AsyncReadExt;
 
 const GIB: u64 = 1 << 30;
@@ -67,17 +67,14 @@ fn mib(bytes: i64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_costs_the_relay_and_the_tab_about_a_window() -> Result<()> {
-    let _one = ONE_BROWSER.lock().await;
-    init_logging();
-    require_bundle()?;
+    let _one = browser_turn().await?;
     let sshd = Sshd::start().await?;
     let target = format!("sshd={}", sshd.address());
     let web = web_dir().display().to_string();
     let relay = RelayProcess::start(&["--target", &target, "--web-dir", &web], "warn").await?;
     let flood = FloodServer::start(GIB).await?;
     let echo = EchoServer::start("127.0.0.1").await?;
-    let browser = Browser::start().await?;
-    browser.client.goto(&relay.http_url()).await?;
+    let browser = open(&relay.http_url()).await?;
     let specs = [
         format!("0:127.0.0.1:{}", flood.addr.port()),
         format!("0:127.0.0.1:{}", echo.addr.port()),

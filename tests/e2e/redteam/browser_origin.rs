@@ -16,9 +16,9 @@ use anyhow::{Context, Result};
 use fantoccini::Locator;
 use serde_json::{Value, json};
 use tabtunnel_e2e::browser::Browser;
-use tabtunnel_e2e::page::{ONE_BROWSER, log_in_with_password, page, require_bundle};
+use tabtunnel_e2e::lab::Lab;
+use tabtunnel_e2e::page::{browser_turn, log_in_with_password, page};
 use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
-use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, wait_for};
 use tabtunnel_proto::Frame;
 use tabtunnel_relay::Config;
@@ -491,11 +491,10 @@ async fn probe_from_page(browser: &Browser) -> Result<Reach> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_under_a_rebound_name_gets_nothing_from_the_relay() -> Result<()> {
-    let _one = ONE_BROWSER.lock().await;
-    init_logging();
-    require_bundle()?;
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let _one = browser_turn().await?;
+    let Lab {
+        sshd: _sshd, relay, ..
+    } = Lab::start().await?;
     // attacker.test resolves to the relay's address, as the attacker's DNS answers once
     // its page is loaded: the page's origin is http://attacker.test:PORT.
     let browser =

@@ -1,16 +1,15 @@
 //! Log volume and secrets in logs: refusals are aggregated, tokens never logged (the
-//! token half is `tests/no_leaks.rs`, which reads the relay's TRACE log).
+//! token half is `no_leaks.rs` of this suite, which reads the relay's TRACE log).
 
 use std::time::Duration;
 
 use anyhow::Result;
-use futures::{SinkExt, StreamExt};
+use tabtunnel_e2e::fake_tab::FakeTab;
 use tabtunnel_e2e::init_logging;
 use tabtunnel_e2e::relay::RelayProcess;
 use tabtunnel_e2e::sshd::Sshd;
-use tabtunnel_proto::{Frame, VERSION, encode_to_bytes};
+use tabtunnel_proto::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
 
 /// Refusals one source may cause in this test, per kind.
 const ATTEMPTS: usize = 300;
@@ -38,30 +37,9 @@ async fn foreign_origin_upgrade(addr: &str) -> Result<String> {
         .to_owned())
 }
 
-type Tab =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn hello(relay: &RelayProcess, token: &str) -> Result<Tab> {
-    let (mut tab, _) = tokio_tungstenite::connect_async(relay.ws_url()).await?;
-    let hello = Frame::Hello {
-        version: VERSION,
-        target: "sshd".into(),
-        token: token.into(),
-    };
-    tab.send(Message::Binary(encode_to_bytes(&hello))).await?;
-    Ok(tab)
-}
-
 /// Reads until the relay closes the WebSocket (bounded).
-async fn until_closed(tab: &mut Tab) {
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(Ok(message)) = tab.next().await {
-            if matches!(message, Message::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
+async fn until_closed(tab: &mut FakeTab) {
+    let _ = tab.goodbye(Duration::from_secs(10)).await;
 }
 
 /// The value of `tabtunnel_refusals_total{reason="<reason>"}` in /metrics.
@@ -100,7 +78,7 @@ async fn a_flood_of_refusals_is_counted_in_full_and_logged_a_few_times() -> Resu
         assert!(status.contains(" 403 "), "refused: {status}");
     }
     for _ in 0..ATTEMPTS {
-        let mut tab = hello(&relay, "not-frank-0000000000").await?;
+        let mut tab = FakeTab::hello(&relay.ws_url(), "sshd", "not-frank-0000000000").await?;
         until_closed(&mut tab).await;
     }
     // Listens outside the forward range, from sessions with a valid token; a session that
@@ -110,23 +88,19 @@ async fn a_flood_of_refusals_is_counted_in_full_and_logged_a_few_times() -> Resu
         if listens >= ATTEMPTS {
             break;
         }
-        let mut tab = hello(&relay, TOKEN).await?;
+        let mut tab = FakeTab::hello(&relay.ws_url(), "sshd", TOKEN).await?;
         for forward in 1..=100u32 {
             let listen = Frame::Listen {
                 forward,
                 bind: "127.0.0.1".into(),
                 port: 80,
             };
-            if tab
-                .send(Message::Binary(encode_to_bytes(&listen)))
-                .await
-                .is_err()
-            {
+            if tab.send(&listen).await.is_err() {
                 break;
             }
             listens += 1;
         }
-        let _ = tab.close(None).await;
+        let _ = tab.ws.close(None).await;
         until_closed(&mut tab).await;
     }
 

@@ -10,6 +10,7 @@ use tabtunnel_client::{
 };
 use tabtunnel_relay::demo::{DemoOptions, DemoServer};
 
+use tabtunnel_e2e::lab::Lab;
 use tabtunnel_e2e::relay::Relay;
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, sshd_login, wait_for};
@@ -30,9 +31,7 @@ async fn login(
 
 #[tokio::test]
 async fn every_key_type_and_format_ssh_keygen_writes_logs_in() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let Lab { sshd, relay, .. } = Lab::start().await?;
     let kinds: [(&str, Option<u32>); 5] = [
         ("ed25519", None),
         ("ecdsa", Some(256)),
@@ -116,9 +115,7 @@ async fn assert_no_connection_left(sshd: &Sshd) -> Result<()> {
 
 #[tokio::test]
 async fn failed_logins_and_dropped_sessions_leave_no_connection_behind() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let Lab { sshd, relay, .. } = Lab::start().await?;
     let err = login(&relay, &sshd, Auth::Password("wrong".into()))
         .await
         .unwrap_err();
@@ -133,12 +130,10 @@ async fn failed_logins_and_dropped_sessions_leave_no_connection_behind() -> Resu
 
 #[tokio::test]
 async fn several_required_methods_are_all_used_and_a_missing_one_is_named() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start_with(tabtunnel_e2e::sshd::SshdOptions {
-        extra_config: vec!["AuthenticationMethods publickey,password".into()],
-    })
-    .await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let Lab { sshd, relay, .. } = Lab::builder()
+        .sshd_config("AuthenticationMethods publickey,password")
+        .start()
+        .await?;
     let key = Auth::PrivateKey {
         pem: sshd.client_key.clone(),
         passphrase: None,
@@ -296,9 +291,7 @@ async fn a_single_hidden_prompt_is_answered_with_the_password() -> Result<()> {
 
 #[tokio::test]
 async fn key_errors_name_the_real_problem() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let Lab { sshd, relay, .. } = Lab::start().await?;
 
     // Legacy PEM with AES-256-CBC (openssl's choice, not ssh-keygen's): the right
     // passphrase must work, not be called wrong.
@@ -384,11 +377,10 @@ async fn a_given_password_is_never_asked_again_and_a_refused_method_is_named() -
     );
     session.close().await;
 
-    let sshd = Sshd::start_with(tabtunnel_e2e::sshd::SshdOptions {
-        extra_config: vec!["AuthenticationMethods publickey,password".into()],
-    })
-    .await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let Lab { sshd, relay, .. } = Lab::builder()
+        .sshd_config("AuthenticationMethods publickey,password")
+        .start()
+        .await?;
     let key = Auth::PrivateKey {
         pem: sshd.client_key.clone(),
         passphrase: None,

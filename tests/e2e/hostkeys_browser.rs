@@ -8,31 +8,17 @@ use anyhow::Result;
 use fantoccini::{Client, Locator};
 use serde_json::json;
 use tabtunnel_e2e::browser::Browser;
-use tabtunnel_e2e::page::{ONE_BROWSER, fill_login, log_in_with_password, page, require_bundle};
-use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
+use tabtunnel_e2e::page::{
+    browser_turn, fill_login, log_in_with_password, open, page, status, wait_until_connected,
+};
+use tabtunnel_e2e::relay::{Relay, test_config};
 use tabtunnel_e2e::sshd::Sshd;
-use tabtunnel_e2e::{init_logging, wait_for};
-
-async fn status(c: &Client) -> Result<String> {
-    Ok(c.find(Locator::Id("status")).await?.text().await?)
-}
+use tabtunnel_e2e::wait_for;
 
 /// Clicks Connect and waits until the page is connected, asserting it never asked.
 async fn connect_without_questions(c: &Client) -> Result<()> {
     c.find(Locator::Id("connect")).await?.click().await?;
-    wait_for(
-        "the status to say connected",
-        Duration::from_secs(30),
-        || async {
-            status(c)
-                .await
-                .ok()?
-                .to_lowercase()
-                .contains("connected as")
-                .then_some(())
-        },
-    )
-    .await?;
+    wait_until_connected(c).await?;
     let dialog = c.find(Locator::Id("hostkey-dialog")).await?;
     assert!(
         dialog.attr("hidden").await?.is_some(),
@@ -161,27 +147,13 @@ async fn a_changed_key_is_blocked_with_both_fingerprints_until_forgotten() -> Re
         .await?;
     assert_eq!(asked.text().await?, sshd.host_key_fingerprint);
     c.find(Locator::Id("hostkey-accept")).await?.click().await?;
-    wait_for(
-        "the status to say connected",
-        Duration::from_secs(30),
-        || async {
-            status(c)
-                .await
-                .ok()?
-                .to_lowercase()
-                .contains("connected as")
-                .then_some(())
-        },
-    )
-    .await?;
+    wait_until_connected(c).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_pinned_keys_ask_nothing_and_other_keys_are_refused() -> Result<()> {
-    let _one = ONE_BROWSER.lock().await;
-    init_logging();
-    require_bundle()?;
+    let _one = browser_turn().await?;
     let sshd = Sshd::start().await?;
     let relay = relay_with_pins(
         &sshd,
@@ -191,8 +163,7 @@ async fn operator_pinned_keys_ask_nothing_and_other_keys_are_refused() -> Result
         ],
     )
     .await?;
-    let browser = Browser::start().await?;
-    browser.client.goto(&relay.http_url()).await?;
+    let browser = open(&relay.http_url()).await?;
     let c = &browser.client;
 
     fill_login(c, "sshd", sshd.user, sshd.password).await?;
@@ -222,13 +193,10 @@ async fn operator_pinned_keys_ask_nothing_and_other_keys_are_refused() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_key_type_is_asked_with_a_warning_even_when_pinned() -> Result<()> {
-    let _one = ONE_BROWSER.lock().await;
-    init_logging();
-    require_bundle()?;
+    let _one = browser_turn().await?;
     let sshd = Sshd::start().await?;
     let relay = relay_with_pins(&sshd, &[("sshd", sshd.host_key_fingerprint.clone())]).await?;
-    let browser = Browser::start().await?;
-    browser.client.goto(&relay.http_url()).await?;
+    let browser = open(&relay.http_url()).await?;
     // This browser already trusts an ECDSA key for the target; the server (or a relay
     // that pins a key of its own) now shows an ed25519 key.
     let id = format!("{}|sshd|ecdsa-sha2-nistp256", relay.http_url());
@@ -270,13 +238,11 @@ async fn a_new_key_type_is_asked_with_a_warning_even_when_pinned() -> Result<()>
 
 /// A relay whose targets all lead to `sshd`, each with the operator's pinned fingerprint.
 async fn relay_with_pins(sshd: &Sshd, targets: &[(&str, String)]) -> Result<Relay> {
-    let mut config = tabtunnel_relay::Config {
-        forward_ports: TEST_FORWARD_PORTS,
-        web_dir: tabtunnel_e2e::relay::web_dir(),
-        ..Default::default()
-    };
+    let mut config = test_config("", &sshd.address(), None)?;
     for (name, pin) in targets {
-        config.add_target(name, &sshd.address(), "test")?;
+        if !config.targets.contains_key(*name) {
+            config.add_target(name, &sshd.address(), "test")?;
+        }
         config
             .targets
             .get_mut(*name)

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use tabtunnel_client::{ClientError, ErrorCode};
+use tabtunnel_e2e::fake_tab::{FakeTab, socket_from};
 use tabtunnel_e2e::relay::{Relay, RelayProcess, TEST_FORWARD_PORTS, web_dir};
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, log_in, sshd_login, wait_for, wait_until_steady};
@@ -797,37 +798,17 @@ impl Nginx {
 
 /// A Hello through nginx from the loopback address `source`: `Ok` for a Welcome, else
 /// the Error's message.
-async fn hello_through(nginx: &Nginx, source: &str) -> Result<(Tab, Result<(), String>)> {
-    use futures::SinkExt;
-    use tabtunnel_proto::{Frame, VERSION, decode, encode_to_bytes};
-    use tokio_tungstenite::tungstenite::Message;
-    let stream = connect_from(source, nginx.addr).await?;
-    let (mut ws, _) =
-        tokio_tungstenite::client_async(format!("ws://{}/ws", nginx.addr), stream).await?;
-    let hello = Frame::Hello {
-        version: VERSION,
-        target: "sshd".into(),
-        token: String::new(),
-    };
-    ws.send(Message::Binary(encode_to_bytes(&hello))).await?;
-    let answer = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some(message) = ws.next().await {
-            if let Ok(Message::Binary(data)) = message {
-                match decode(data)? {
-                    Frame::Welcome { .. } => return Ok(Ok(())),
-                    Frame::Error { message, .. } => return Ok(Err(message)),
-                    _ => continue,
-                }
-            }
-        }
-        anyhow::bail!("the relay closed without an answer")
-    })
-    .await
-    .context("no answer to the Hello through nginx")??;
+async fn hello_through(nginx: &Nginx, source: &str) -> Result<(FakeTab, Result<(), String>)> {
+    let socket = socket_from(source.parse()?)?;
+    let mut ws = FakeTab::connect_with(socket, &format!("ws://{}/ws", nginx.addr)).await?;
+    ws.send_hello("sshd", "").await?;
+    let answer = ws
+        .welcome()
+        .await
+        .context("no answer to the Hello through nginx")?
+        .map_err(|(_, message)| message);
     Ok((ws, answer))
 }
-
-type Tab = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 /// Finding 10 through a real reverse proxy: behind nginx every client arrives from
 /// nginx's address, so without `trusted_proxies` one user's sessions use up the whole
@@ -861,7 +842,7 @@ async fn behind_nginx_each_client_has_its_own_limits() -> Result<()> {
 #[tokio::test]
 async fn a_tab_that_stops_reading_does_not_keep_its_connection_place() -> Result<()> {
     use futures::SinkExt;
-    use tabtunnel_proto::{Frame, VERSION, encode_to_bytes};
+    use tabtunnel_proto::Frame;
     use tokio_tungstenite::tungstenite::Message;
     init_logging();
     let sshd = Sshd::start().await?;
@@ -876,42 +857,24 @@ async fn a_tab_that_stops_reading_does_not_keep_its_connection_place() -> Result
     let relay = Relay::start_with(config).await?;
 
     // The tab, from 127.0.0.2 with a small receive buffer, takes that address's only place.
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind("127.0.0.2:0".parse()?)?;
+    let socket = socket_from("127.0.0.2".parse()?)?;
     socket.set_recv_buffer_size(4096)?;
-    let stream = socket.connect(relay.addr).await?;
-    let (mut tab, _) =
-        tokio_tungstenite::client_async(format!("ws://{}/ws", relay.addr), stream).await?;
-    let send = |frame: Frame| Message::Binary(encode_to_bytes(&frame));
-    tab.send(send(Frame::Hello {
-        version: VERSION,
-        target: "sshd".into(),
-        token: String::new(),
-    }))
-    .await?;
-    tab.send(send(Frame::Listen {
-        forward: 1,
-        bind: "127.0.0.1".into(),
-        port: 0,
-    }))
-    .await?;
-    let Frame::Listening { address, .. } =
-        next_frame(&mut tab, |f| matches!(f, Frame::Listening { .. })).await?
-    else {
-        unreachable!()
-    };
+    let mut tab = FakeTab::connect_with(socket, &relay.ws_url()).await?;
+    tab.send_hello("sshd", "").await?;
+    let address = tab.listening("127.0.0.1").await?;
     // A TCP client of the forward offers 64 MiB and the tab grants all of it, then reads no
     // more: the relay's sends fill its socket's buffers and its writer is stuck.
     let mut client = TcpStream::connect(&address).await?;
-    let Frame::Accept { conn, .. } =
-        next_frame(&mut tab, |f| matches!(f, Frame::Accept { .. })).await?
-    else {
-        unreachable!()
-    };
-    tab.send(send(Frame::Credit {
+    let conn = tab
+        .next_matching(|f| match f {
+            Frame::Accept { conn, .. } => Some(conn),
+            _ => None,
+        })
+        .await?;
+    tab.send(&Frame::Credit {
         conn,
         bytes: 64 << 20,
-    }))
+    })
     .await?;
     let writer = tokio::spawn(async move {
         let chunk = vec![7u8; 64 * 1024];
@@ -937,7 +900,7 @@ async fn a_tab_that_stops_reading_does_not_keep_its_connection_place() -> Result
         last = bytes;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    tab.send(Message::Text("not a frame".into())).await?;
+    tab.ws.send(Message::Text("not a frame".into())).await?;
     let _ = healthz_from("127.0.0.2", relay.addr).await; // refused while the tab holds it
     wait_for(
         "the relay to let go of the stuck tab's connection place",
@@ -953,27 +916,6 @@ async fn a_tab_that_stops_reading_does_not_keep_its_connection_place() -> Result
     writer.abort();
     drop(tab);
     Ok(())
-}
-
-/// The next frame `wanted` picks from `tab`, within 15 s.
-async fn next_frame(
-    tab: &mut Tab,
-    wanted: fn(&tabtunnel_proto::Frame) -> bool,
-) -> Result<tabtunnel_proto::Frame> {
-    use tokio_tungstenite::tungstenite::Message;
-    tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some(Ok(message)) = tab.next().await {
-            if let Message::Binary(data) = message {
-                let frame = tabtunnel_proto::decode(data)?;
-                if wanted(&frame) {
-                    return Ok(frame);
-                }
-            }
-        }
-        anyhow::bail!("the relay closed the session")
-    })
-    .await
-    .context("no answer from the relay")?
 }
 
 /// A counter of the relay's /metrics, read from 127.0.0.1.

@@ -2,42 +2,28 @@
 
 use anyhow::Result;
 use tabtunnel_client::{ClientError, ConnectOptions, ErrorCode, Session};
-use tabtunnel_e2e::init_logging;
-use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
-use tabtunnel_e2e::sshd::Sshd;
-use tabtunnel_e2e::{log_in, sshd_login};
+use tabtunnel_e2e::lab::Lab;
+use tabtunnel_e2e::relay::Relay;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const ALICE: &str = "alice-0123456789abcdef";
 
-async fn relay_with_tokens(sshd: &Sshd, dir: &std::path::Path) -> Result<Relay> {
-    let path = dir.join("tokens");
-    std::fs::write(&path, format!("alice {ALICE}\nbob bob-fedcba9876543210\n"))?;
-    let mut config = tabtunnel_relay::Config {
-        forward_ports: TEST_FORWARD_PORTS,
-        ..Default::default()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    config.load_tokens(&path)?;
-    Relay::start_with(config).await
-}
-
-async fn login(relay: &Relay, sshd: &Sshd, token: Option<&str>) -> Result<Session, ClientError> {
+async fn login(lab: &Lab, token: Option<&str>) -> Result<Session, ClientError> {
     let options = ConnectOptions {
         token: token.map(str::to_owned),
-        ..sshd_login(sshd)
+        ..lab.login()
     };
-    log_in(&relay.ws_url(), options).await
+    lab.log_in_with(options).await
 }
 
 #[tokio::test]
 async fn a_relay_with_tokens_admits_only_their_holders() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let dir = tempfile::tempdir()?;
-    let relay = relay_with_tokens(&sshd, dir.path()).await?;
+    let lab = Lab::builder()
+        .tokens(&format!("alice {ALICE}\nbob bob-fedcba9876543210\n"))
+        .start()
+        .await?;
 
-    let err = login(&relay, &sshd, None).await.unwrap_err();
+    let err = login(&lab, None).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -49,11 +35,11 @@ async fn a_relay_with_tokens_admits_only_their_holders() -> Result<()> {
         "{err:?}"
     );
     assert!(err.to_string().contains("needs an access token"), "{err}");
-    let err = login(&relay, &sshd, Some("alice-0123456789abcdeX"))
+    let err = login(&lab, Some("alice-0123456789abcdeX"))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not valid here"), "{err}");
-    let session = login(&relay, &sshd, Some(ALICE)).await?;
+    let session = login(&lab, Some(ALICE)).await?;
     session.close().await;
     Ok(())
 }
@@ -78,27 +64,24 @@ async fn upgrade_with(relay: &Relay, origin: &str) -> Result<(u16, String)> {
 
 #[tokio::test]
 async fn only_the_relays_own_page_and_listed_origins_may_open_sessions() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
-    let (status, body) = upgrade_with(&relay, "https://evil.example").await?;
+    let lab = Lab::start().await?;
+    let relay = &lab.relay;
+    let (status, body) = upgrade_with(relay, "https://evil.example").await?;
     assert_eq!(status, 403);
     assert!(
         body.contains("origin https://evil.example refused") && body.contains("allowed_origins"),
         "{body}"
     );
     let own = format!("http://{}", relay.addr);
-    assert_eq!(upgrade_with(&relay, &own).await?.0, 101);
+    assert_eq!(upgrade_with(relay, &own).await?.0, 101);
 
-    let mut config = tabtunnel_relay::Config {
-        forward_ports: TEST_FORWARD_PORTS,
-        ..Default::default()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    config
-        .allowed_origins
-        .push("https://lab.example.com".into());
-    let listed = Relay::start_with(config).await?;
+    let listed = lab
+        .another_relay(|config| {
+            config
+                .allowed_origins
+                .push("https://lab.example.com".into());
+        })
+        .await?;
     assert_eq!(
         upgrade_with(&listed, "https://lab.example.com").await?.0,
         101

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{SinkExt, StreamExt};
+use tabtunnel_e2e::fake_tab::FakeTab;
+use tabtunnel_e2e::lab::{Lab, echo_forward};
 use tabtunnel_e2e::relay::{Relay, RelayProcess};
-use tabtunnel_e2e::services::{EchoServer, exchange};
+use tabtunnel_e2e::services::exchange;
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, log_in, process_memory, sshd_login};
 use tabtunnel_proto::{CONNECTION_WINDOW, ErrorCode, Frame, MAX_DATA, decode, encode_to_bytes};
@@ -17,66 +19,12 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 const MIB: f64 = (1 << 20) as f64;
 /// Stalled connections of one session in the memory attack.
 const STALLED: usize = 4;
 /// What four stalled connections may cost the relay, whatever the frame sizes: four
 /// windows of 256 KiB and their bookkeeping fit many times over.
 const MEMORY_BOUND: u64 = 8 << 20;
-
-/// Reads frames until `pick` returns something, skipping the rest (Ssh bytes from sshd,
-/// Credit); bounded in time.
-async fn next_matching<T>(ws: &mut Ws, mut pick: impl FnMut(Frame) -> Option<T>) -> Result<T> {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let message = ws
-                .next()
-                .await
-                .context("the relay closed the WebSocket")??;
-            if let Message::Binary(data) = message {
-                let frame = decode(data)?;
-                if let Frame::Error { code, message } = &frame {
-                    anyhow::bail!("the relay refused: {code:?} {message}");
-                }
-                if let Some(found) = pick(frame) {
-                    return Ok(found);
-                }
-            }
-        }
-    })
-    .await
-    .context("the relay did not answer within 20 s")?
-}
-
-/// A tab speaking frames by hand (no SSH): Hello for target `sshd`, the Welcome, and
-/// one forward; returns the WebSocket and the forward's listening address.
-async fn raw_tab_with_forward(ws_url: &str) -> Result<(Ws, String)> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
-    let hello = Frame::Hello {
-        version: tabtunnel_proto::VERSION,
-        target: "sshd".into(),
-        token: String::new(),
-    };
-    ws.send(Message::Binary(encode_to_bytes(&hello))).await?;
-    next_matching(&mut ws, |f| {
-        matches!(f, Frame::Welcome { .. }).then_some(())
-    })
-    .await?;
-    let listen = Frame::Listen {
-        forward: 1,
-        bind: String::new(),
-        port: 0,
-    };
-    ws.send(Message::Binary(encode_to_bytes(&listen))).await?;
-    let address = next_matching(&mut ws, |f| match f {
-        Frame::Listening { address, .. } => Some(address),
-        _ => None,
-    })
-    .await?;
-    Ok((ws, address))
-}
 
 /// What the relay did with a flood of one-byte Data frames to connections whose TCP
 /// clients never read.
@@ -108,7 +56,7 @@ const STALL_IN_FLIGHT: u32 = CONNECTION_WINDOW / 2 + 64;
 struct Stalled {
     relay: RelayProcess,
     pid: u32,
-    ws: Ws,
+    tab: FakeTab,
     /// The TCP clients, which never read.
     clients: Vec<TcpStream>,
     conns: Vec<u32>,
@@ -124,7 +72,11 @@ async fn stall_connections(sshd: &Sshd) -> Result<Stalled> {
     let target = format!("sshd={}", sshd.address());
     let relay = RelayProcess::start(&["--target", &target], "warn").await?;
     let pid = relay.pid()?;
-    let (mut ws, address) = raw_tab_with_forward(&relay.ws_url()).await?;
+    // A tab speaking frames by hand (no SSH), with one forward.
+    let mut tab = FakeTab::hello(&relay.ws_url(), "sshd", "").await?;
+    tab.next_matching(|f| matches!(f, Frame::Welcome { .. }).then_some(()))
+        .await?;
+    let address = tab.listening("").await?;
 
     let mut clients = Vec::new();
     let mut conns = Vec::new();
@@ -132,17 +84,18 @@ async fn stall_connections(sshd: &Sshd) -> Result<Stalled> {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.set_recv_buffer_size(4096)?;
         clients.push(socket.connect(address.parse()?).await?);
-        let conn = next_matching(&mut ws, |f| match f {
-            Frame::Accept { conn, .. } => Some(conn),
-            _ => None,
-        })
-        .await?;
+        let conn = tab
+            .next_matching(|f| match f {
+                Frame::Accept { conn, .. } => Some(conn),
+                _ => None,
+            })
+            .await?;
         // As a tab does once its SSH channel is open; the TCP client sends nothing.
         let credit = Frame::Credit {
             conn,
             bytes: CONNECTION_WINDOW,
         };
-        ws.send(Message::Binary(encode_to_bytes(&credit))).await?;
+        tab.send(&credit).await?;
         conns.push(conn);
     }
     let closed_conn = conns.pop().context("no connection")?;
@@ -150,7 +103,7 @@ async fn stall_connections(sshd: &Sshd) -> Result<Stalled> {
         conn: closed_conn,
         reason: String::new(),
     };
-    ws.send(Message::Binary(encode_to_bytes(&close))).await?;
+    tab.send(&close).await?;
     let (base, _) = process_memory(pid)?;
 
     let payload = bytes::Bytes::from(vec![b'x'; MAX_DATA]);
@@ -163,11 +116,7 @@ async fn stall_connections(sshd: &Sshd) -> Result<Stalled> {
             while in_flight < STALL_IN_FLIGHT {
                 let n = (STALL_IN_FLIGHT - in_flight).min(MAX_DATA as u32);
                 let data = payload.slice(..n as usize);
-                ws.send(Message::Binary(encode_to_bytes(&Frame::Data {
-                    conn,
-                    data,
-                })))
-                .await?;
+                tab.send(&Frame::Data { conn, data }).await?;
                 in_flight += n;
                 frames += 1;
             }
@@ -175,7 +124,7 @@ async fn stall_connections(sshd: &Sshd) -> Result<Stalled> {
             // Stalled when no credit comes back for a second.
             let granted = tokio::time::timeout(
                 Duration::from_secs(1),
-                next_matching(&mut ws, |f| match f {
+                tab.next_matching(|f| match f {
                     Frame::Credit { conn: c, bytes } if c == conn => Some(bytes),
                     _ => None,
                 }),
@@ -192,7 +141,7 @@ async fn stall_connections(sshd: &Sshd) -> Result<Stalled> {
     Ok(Stalled {
         relay,
         pid,
-        ws,
+        tab,
         clients,
         conns,
         closed_conn,
@@ -213,7 +162,7 @@ async fn flood_stalled_connections(sshd: &Sshd) -> Result<Flood> {
     let Stalled {
         relay: _relay,
         pid,
-        ws,
+        tab: FakeTab { ws, .. },
         clients,
         conns,
         base,
@@ -357,7 +306,7 @@ async fn a_queued_one_byte_frame_does_not_pin_its_read_buffer() -> Result<()> {
     let Stalled {
         relay: _relay,
         pid,
-        mut ws,
+        tab: FakeTab { mut ws, .. },
         clients: _clients,
         conns,
         closed_conn,
@@ -430,29 +379,14 @@ async fn a_queued_one_byte_frame_does_not_pin_its_read_buffer() -> Result<()> {
 async fn a_page_of_the_previous_protocol_version_is_told_to_reload() -> Result<()> {
     init_logging();
     let relay = Relay::start(&[("sshd", "127.0.0.1:9")]).await?;
-    let (mut ws, _) = tokio_tungstenite::connect_async(relay.ws_url()).await?;
+    let mut tab = FakeTab::connect(&relay.ws_url()).await?;
     let hello = Frame::Hello {
         version: 1,
         target: "sshd".into(),
         token: String::new(),
     };
-    ws.send(Message::Binary(encode_to_bytes(&hello))).await?;
-    let (mut error, mut close) = (None, None);
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(Ok(message)) = ws.next().await {
-            match message {
-                Message::Binary(data) => {
-                    if let Ok(Frame::Error { code, message }) = decode(data) {
-                        error = Some((code, message));
-                    }
-                }
-                Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .context("the relay did not close within 20 s")?;
+    tab.send(&hello).await?;
+    let (error, close) = tab.goodbye(Duration::from_secs(20)).await?;
     let (code, message) = error.context("no Error frame")?;
     assert_eq!(code, ErrorCode::Version);
     assert!(
@@ -467,14 +401,9 @@ async fn a_page_of_the_previous_protocol_version_is_told_to_reload() -> Result<(
 /// `Error{Protocol}` and close code 1002, not an orderly 1000.
 #[tokio::test]
 async fn websocket_protocol_violations_end_the_session_with_1002() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let Lab { sshd, relay, .. } = Lab::start().await?;
     let good = log_in(&relay.ws_url(), sshd_login(&sshd)).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = good
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&good).await?;
 
     let binary = encode_to_bytes(&Frame::Ssh(bytes::Bytes::from_static(b"x")));
     let violations: [(&str, Vec<u8>); 5] = [

@@ -5,38 +5,27 @@ use std::time::Duration;
 
 use anyhow::Result;
 use tabtunnel_client::{ClientError, ErrorCode, Session};
-use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
+use tabtunnel_e2e::fake_tab::FakeTab;
+use tabtunnel_e2e::lab::{Lab, echo_forward};
+use tabtunnel_e2e::relay::Relay;
 use tabtunnel_e2e::services::{EchoServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
-use tabtunnel_e2e::{init_logging, wait_for, wait_until_port_free};
 use tabtunnel_e2e::{log_in, sshd_login};
-use tabtunnel_proto::{Frame, MAX_FRAME, encode_to_bytes};
+use tabtunnel_e2e::{wait_for, wait_until_port_free};
+use tabtunnel_proto::{Frame, MAX_FRAME};
 use tabtunnel_relay::config::Limits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn relay_with(sshd: &Sshd, limits: Limits) -> Result<Relay> {
-    let mut config = tabtunnel_relay::Config {
-        forward_ports: TEST_FORWARD_PORTS,
-        limits,
-        ..Default::default()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    Relay::start_with(config).await
+/// A lab whose relay has these limits.
+async fn lab_with(limits: Limits) -> Result<Lab> {
+    Lab::builder()
+        .configure(move |config| config.limits = limits)
+        .start()
+        .await
 }
 
 async fn login(relay: &Relay, sshd: &Sshd) -> Result<Session, ClientError> {
     log_in(&relay.ws_url(), sshd_login(sshd)).await
-}
-
-/// `GET path` over plain HTTP/1.0; returns the whole response.
-async fn http_get(relay: &Relay, path: &str) -> Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(relay.addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", relay.addr).as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
 }
 
 fn is_limit(err: &ClientError) -> bool {
@@ -51,14 +40,12 @@ fn is_limit(err: &ClientError) -> bool {
 
 #[tokio::test]
 async fn forwards_and_connections_are_capped_per_session_and_forward() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
     let limits = Limits {
         forwards_per_session: 2,
         connections_per_forward: 1,
         ..Limits::default()
     };
-    let relay = relay_with(&sshd, limits).await?;
+    let Lab { sshd, relay, .. } = lab_with(limits).await?;
     let session = login(&relay, &sshd).await?;
     let echo = EchoServer::start("127.0.0.1").await?;
     let spec = format!("0:127.0.0.1:{}", echo.addr.port());
@@ -84,7 +71,7 @@ async fn forwards_and_connections_are_capped_per_session_and_forward() -> Result
     held.read_exact(&mut buf).await?;
     assert_eq!(&buf, b"two");
 
-    let metrics = http_get(&relay, "/metrics").await?;
+    let metrics = relay.get("/metrics").await?;
     assert!(
         metrics.contains("tabtunnel_refusals_total{reason=\"limit\"} 2"),
         "{metrics}"
@@ -99,18 +86,14 @@ async fn forwards_and_connections_are_capped_per_session_and_forward() -> Result
 
 #[tokio::test]
 async fn sessions_are_capped_in_total_and_per_address_and_places_come_back() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = relay_with(
-        &sshd,
-        Limits {
-            sessions_per_ip: 1,
-            ..Limits::default()
-        },
-    )
+    let lab = lab_with(Limits {
+        sessions_per_ip: 1,
+        ..Limits::default()
+    })
     .await?;
-    let first = login(&relay, &sshd).await?;
-    let err = login(&relay, &sshd).await.unwrap_err();
+    let Lab { sshd, relay, .. } = &lab;
+    let first = login(relay, sshd).await?;
+    let err = login(relay, sshd).await.unwrap_err();
     assert!(is_limit(&err), "{err:?}");
     assert!(
         err.to_string().contains("from one address (127.0.0.1)"),
@@ -120,21 +103,21 @@ async fn sessions_are_capped_in_total_and_per_address_and_places_come_back() -> 
     let again = wait_for(
         "the place to come back",
         Duration::from_secs(10),
-        || async { login(&relay, &sshd).await.ok() },
+        || async { login(relay, sshd).await.ok() },
     )
     .await?;
     again.close().await;
 
-    let full = relay_with(
-        &sshd,
-        Limits {
-            sessions: 1,
-            ..Limits::default()
-        },
-    )
-    .await?;
-    let _only = login(&full, &sshd).await?;
-    let err = login(&full, &sshd).await.unwrap_err();
+    let full = lab
+        .another_relay(|config| {
+            config.limits = Limits {
+                sessions: 1,
+                ..Limits::default()
+            }
+        })
+        .await?;
+    let _only = login(&full, sshd).await?;
+    let err = login(&full, sshd).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("serves at most 1 sessions at once and is full"),
@@ -145,25 +128,16 @@ async fn sessions_are_capped_in_total_and_per_address_and_places_come_back() -> 
 
 #[tokio::test]
 async fn healthz_and_metrics_report_sessions_connections_and_bytes() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = relay_with(&sshd, Limits::default()).await?;
-    assert!(
-        http_get(&relay, "/healthz")
-            .await?
-            .ends_with("\r\n\r\nok\n")
-    );
+    let Lab { sshd, relay, .. } = Lab::start().await?;
+    assert!(relay.get("/healthz").await?.ends_with("\r\n\r\nok\n"));
     let session = login(&relay, &sshd).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
     assert_eq!(exchange(fwd.listen(), &[7u8; 5000]).await?, vec![7u8; 5000]);
     let metrics = wait_for(
         "the connection to be counted closed",
         Duration::from_secs(10),
         || async {
-            let text = http_get(&relay, "/metrics").await.ok()?;
+            let text = relay.get("/metrics").await.ok()?;
             text.contains("tabtunnel_connections_active 0")
                 .then_some(text)
         },
@@ -189,18 +163,11 @@ async fn healthz_and_metrics_report_sessions_connections_and_bytes() -> Result<(
     Ok(())
 }
 
-/// A relay with `config` (test ports, target `sshd`) applied on top of the defaults.
-async fn relay_configured(
-    sshd: &Sshd,
-    configure: impl FnOnce(&mut tabtunnel_relay::Config),
-) -> Result<Relay> {
-    let mut config = tabtunnel_relay::Config {
-        forward_ports: TEST_FORWARD_PORTS,
-        ..Default::default()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    configure(&mut config);
-    Relay::start_with(config).await
+/// A lab whose relay has `configure` applied on top of the test defaults.
+async fn lab_configured(
+    configure: impl FnOnce(&mut tabtunnel_relay::Config) + Send + 'static,
+) -> Result<Lab> {
+    Lab::builder().configure(configure).start().await
 }
 
 /// A destination that counts the connections it accepted and echoes their bytes.
@@ -288,7 +255,7 @@ async fn metrics_show(relay: &Relay, line: &str) -> Result<String> {
         &format!("{line:?} in /metrics"),
         Duration::from_secs(10),
         || async {
-            let text = http_get(relay, "/metrics").await.ok()?;
+            let text = relay.get("/metrics").await.ok()?;
             text.lines().any(|l| l == line).then_some(text)
         },
     )
@@ -297,9 +264,7 @@ async fn metrics_show(relay: &Relay, line: &str) -> Result<String> {
 
 #[tokio::test]
 async fn forwards_accept_tcp_clients_only_from_allowed_sources() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = relay_configured(&sshd, |config| {
+    let Lab { sshd, relay, .. } = lab_configured(|config| {
         config.forward_allowed_sources = vec!["127.0.0.1/32".parse().unwrap()];
     })
     .await?;
@@ -358,10 +323,9 @@ async fn forwards_accept_tcp_clients_only_from_allowed_sources() -> Result<()> {
 
 #[tokio::test]
 async fn idle_sessions_end_but_open_quiet_connections_keep_theirs() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
     let idle = Duration::from_secs(2);
-    let relay = relay_configured(&sshd, |config| config.idle_timeout = Some(idle)).await?;
+    let Lab { sshd, relay, .. } =
+        lab_configured(move |config| config.idle_timeout = Some(idle)).await?;
     let echo = EchoServer::start("127.0.0.1").await?;
     let spec = format!("0:127.0.0.1:{}", echo.addr.port());
 
@@ -401,13 +365,14 @@ async fn idle_sessions_end_but_open_quiet_connections_keep_theirs() -> Result<()
 
 #[tokio::test]
 async fn connections_waiting_for_a_hung_ssh_server_are_capped() -> Result<()> {
-    init_logging();
-    let hung = Sshd::start().await?;
     let healthy = Sshd::start().await?;
-    let relay = relay_configured(&hung, |config| {
+    let healthy_address = healthy.address();
+    let Lab {
+        sshd: hung, relay, ..
+    } = lab_configured(move |config| {
         config.limits.pending_accepts_per_forward = 3;
         config
-            .add_target("healthy", &healthy.address(), "test")
+            .add_target("healthy", &healthy_address, "test")
             .unwrap();
     })
     .await?;
@@ -471,54 +436,16 @@ async fn connections_waiting_for_a_hung_ssh_server_are_capped() -> Result<()> {
     Ok(())
 }
 
-/// Opens a WebSocket to the relay without the client library, as a rogue tab would.
-async fn raw_tab(
-    relay: &Relay,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-> {
-    Ok(tokio_tungstenite::connect_async(relay.ws_url()).await?.0)
-}
-
-/// Reads what the relay sends until it closes (bounded); returns its Error frame and
-/// the close code.
-async fn relay_goodbye(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Result<(Option<(ErrorCode, String)>, Option<u16>)> {
-    use futures::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    let read = async {
-        let (mut error, mut close) = (None, None);
-        while let Some(Ok(message)) = ws.next().await {
-            match message {
-                Message::Binary(data) => {
-                    if let Ok(Frame::Error { code, message }) = tabtunnel_proto::decode(data) {
-                        error = Some((code, message));
-                    }
-                }
-                Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
-                _ => {}
-            }
-        }
-        (error, close)
-    };
-    tokio::time::timeout(Duration::from_secs(20), read)
-        .await
-        .map_err(|_| anyhow::anyhow!("the relay did not close the WebSocket within 20 s"))
-}
-
 #[tokio::test]
 async fn a_tab_that_never_says_hello_is_closed_after_the_handshake_timeout() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = relay_configured(&sshd, |config| {
+    let Lab {
+        sshd: _sshd, relay, ..
+    } = lab_configured(|config| {
         config.handshake_timeout = Duration::from_secs(1);
     })
     .await?;
-    let mut silent = raw_tab(&relay).await?;
-    let (error, close) = relay_goodbye(&mut silent).await?;
+    let mut silent = FakeTab::connect(&relay.ws_url()).await?;
+    let (error, close) = silent.goodbye(Duration::from_secs(20)).await?;
     let (code, message) = error.expect("the relay explains before closing");
     assert_eq!(code, ErrorCode::Protocol);
     assert!(message.contains("no Hello within 1s"), "{message}");
@@ -531,27 +458,16 @@ async fn a_tab_that_never_says_hello_is_closed_after_the_handshake_timeout() -> 
 async fn an_oversized_frame_ends_only_its_own_session() -> Result<()> {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = relay_configured(&sshd, |_| {}).await?;
+    let Lab { sshd, relay, .. } = Lab::start().await?;
     let session = login(&relay, &sshd).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
 
-    let mut rogue = raw_tab(&relay).await?;
-    let hello = Frame::Hello {
-        version: tabtunnel_proto::VERSION,
-        target: "sshd".into(),
-        token: String::new(),
-    };
-    rogue.send(Message::Binary(encode_to_bytes(&hello))).await?;
+    let mut rogue = FakeTab::hello(&relay.ws_url(), "sshd", "").await?;
     // One byte over the limit: an Ssh frame with a payload of MAX_DATA + 1.
     let mut huge = vec![0u8; MAX_FRAME + 1];
     huge[0] = Frame::Ssh(Default::default()).kind();
-    rogue.send(Message::Binary(huge.into())).await?;
-    let (error, close) = relay_goodbye(&mut rogue).await?;
+    rogue.ws.send(Message::Binary(huge.into())).await?;
+    let (error, close) = rogue.goodbye(Duration::from_secs(20)).await?;
     let (code, message) = error.expect("the relay explains before closing");
     assert_eq!(code, ErrorCode::Protocol);
     assert!(message.contains(&MAX_FRAME.to_string()), "{message}");

@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures::SinkExt;
 use tabtunnel_client::{Auth, ConnectOptions, Credentials, Keepalive, PromptCallback, Session};
-use tabtunnel_e2e::relay::{Relay, RelayProcess, TEST_FORWARD_PORTS};
-use tabtunnel_e2e::services::{EchoServer, exchange};
-use tabtunnel_e2e::sshd::{Sshd, SshdOptions, signal};
+use tabtunnel_e2e::fake_tab::FakeTab;
+use tabtunnel_e2e::lab::{Lab, echo_forward};
+use tabtunnel_e2e::relay::RelayProcess;
+use tabtunnel_e2e::services::exchange;
+use tabtunnel_e2e::sshd::{Sshd, signal};
 use tabtunnel_e2e::{init_logging, log_in, sshd_login, wait_until_port_free};
 
 const FAST: Keepalive = Keepalive {
@@ -46,14 +47,9 @@ async fn ended(session: &Session) -> Result<String> {
 
 #[tokio::test]
 async fn a_frozen_ssh_server_is_noticed_by_the_keepalive() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let Lab { sshd, relay, .. } = Lab::start().await?;
     let session = login(&relay.ws_url(), &sshd, Some(FAST), password(&sshd)).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
     assert_eq!(exchange(fwd.listen(), b"alive").await?, b"alive");
     // An idle but healthy session survives several keepalive intervals.
     tokio::time::timeout(Duration::from_millis(3500), session.closed())
@@ -92,44 +88,14 @@ async fn a_frozen_relay_is_noticed_by_the_keepalive() -> Result<()> {
 
 #[tokio::test]
 async fn the_relay_ends_a_tab_that_stops_answering_pings() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let mut config = tabtunnel_relay::Config {
-        forward_ports: TEST_FORWARD_PORTS,
-        ping_interval: Duration::from_millis(200),
-        ..Default::default()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    let relay = Relay::start_with(config).await?;
+    let lab = Lab::builder()
+        .configure(|config| config.ping_interval = Duration::from_millis(200))
+        .start()
+        .await?;
     // A tab that says Hello, asks for a listener, then never reads again (a closed
     // laptop lid): it never answers the relay's pings.
-    let (mut ws, _) = tokio_tungstenite::connect_async(relay.ws_url()).await?;
-    use tabtunnel_proto::{Frame, encode_to_bytes};
-    use tokio_tungstenite::tungstenite::Message;
-    let hello = Frame::Hello {
-        version: tabtunnel_proto::VERSION,
-        target: "sshd".into(),
-        token: String::new(),
-    };
-    ws.send(Message::Binary(encode_to_bytes(&hello))).await?;
-    let listen = Frame::Listen {
-        forward: 1,
-        bind: String::new(),
-        port: 0,
-    };
-    ws.send(Message::Binary(encode_to_bytes(&listen))).await?;
-    let address = tokio::time::timeout(Duration::from_secs(10), async {
-        use futures::StreamExt;
-        while let Some(message) = ws.next().await {
-            if let Message::Binary(data) = message?
-                && let Ok(Frame::Listening { address, .. }) = tabtunnel_proto::decode(data)
-            {
-                return Ok(address);
-            }
-        }
-        anyhow::bail!("no Listening")
-    })
-    .await??;
+    let mut ws = FakeTab::hello(&lab.relay.ws_url(), "sshd", "").await?;
+    let address = ws.listening("").await?;
     // From here on nothing reads `ws`, so no pong goes back.
     wait_until_port_free(&address).await?;
     drop(ws);
@@ -138,9 +104,7 @@ async fn the_relay_ends_a_tab_that_stops_answering_pings() -> Result<()> {
 
 #[tokio::test]
 async fn a_relay_shutdown_is_named_to_the_tab() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let Lab { sshd, relay, .. } = Lab::start().await?;
     let session = login(&relay.ws_url(), &sshd, None, password(&sshd)).await?;
     relay.shutdown().await?;
     let reason = ended(&session).await?;
@@ -150,12 +114,10 @@ async fn a_relay_shutdown_is_named_to_the_tab() -> Result<()> {
 
 #[tokio::test]
 async fn a_login_the_server_cuts_short_says_why() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start_with(SshdOptions {
-        extra_config: vec!["LoginGraceTime 2".into()],
-    })
-    .await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let Lab { sshd, relay, .. } = Lab::builder()
+        .sshd_config("LoginGraceTime 2")
+        .start()
+        .await?;
     // A user who never answers the password prompt.
     let never: PromptCallback = Box::new(|_| Box::pin(futures::future::pending()));
     let credentials = Credentials {

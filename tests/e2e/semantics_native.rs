@@ -5,28 +5,25 @@ use std::time::Duration;
 
 use anyhow::Result;
 use tabtunnel_client::{ClientError, ErrorCode, ForwardOptions, Session};
-use tabtunnel_e2e::relay::{Relay, TEST_FORWARD_PORTS};
+use tabtunnel_e2e::lab::Lab;
+use tabtunnel_e2e::relay::Relay;
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
-use tabtunnel_e2e::sshd::{Sshd, SshdOptions, free_port};
-use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for, wait_until_port_free};
+use tabtunnel_e2e::sshd::{Sshd, free_port};
 use tabtunnel_e2e::{log_in, sshd_login};
+use tabtunnel_e2e::{pattern, sha256_hex, wait_for, wait_until_port_free};
 use tokio::io::AsyncReadExt;
-
-async fn sshd_with(extra: &[&str]) -> Result<Sshd> {
-    init_logging();
-    Sshd::start_with(SshdOptions {
-        extra_config: extra.iter().map(|s| s.to_string()).collect(),
-    })
-    .await
-}
 
 async fn login(relay: &Relay, sshd: &Sshd) -> Result<Session> {
     Ok(log_in(&relay.ws_url(), sshd_login(sshd)).await?)
 }
 
+/// A lab whose sshd has the `extra` config lines, and a session logged in through it.
 async fn setup(extra: &[&str]) -> Result<(Sshd, Relay, Session)> {
-    let sshd = sshd_with(extra).await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let mut lab = Lab::builder();
+    for line in extra {
+        lab = lab.sshd_config(*line);
+    }
+    let Lab { sshd, relay, .. } = lab.start().await?;
     let session = login(&relay, &sshd).await?;
     Ok((sshd, relay, session))
 }
@@ -137,12 +134,12 @@ async fn forwards_come_and_go_while_another_carries_traffic() -> Result<()> {
 
 #[tokio::test]
 async fn wildcard_and_other_binds_need_the_operator_setting() -> Result<()> {
-    let sshd = sshd_with(&[]).await?;
+    let lab = Lab::start().await?;
+    let (sshd, strict) = (&lab.sshd, &lab.relay);
     let echo = EchoServer::start("127.0.0.1").await?;
     let dest = format!("127.0.0.1:{}", echo.addr.port());
 
-    let strict = Relay::start(&[("sshd", &sshd.address())]).await?;
-    let session = login(&strict, &sshd).await?;
+    let session = login(strict, sshd).await?;
     for bind in ["*", "0.0.0.0"] {
         let err = session
             .forward(&format!("{bind}:0:{dest}"))
@@ -165,14 +162,10 @@ async fn wildcard_and_other_binds_need_the_operator_setting() -> Result<()> {
         );
     }
 
-    let mut config = tabtunnel_relay::Config {
-        forward_ports: TEST_FORWARD_PORTS,
-        ..Default::default()
-    };
-    config.add_target("sshd", &sshd.address(), "test")?;
-    config.allowed_binds.push("0.0.0.0".parse()?);
-    let gateway = Relay::start_with(config).await?;
-    let session = login(&gateway, &sshd).await?;
+    let gateway = lab
+        .another_relay(|config| config.allowed_binds.push("0.0.0.0".parse().unwrap()))
+        .await?;
+    let session = login(&gateway, sshd).await?;
     let fwd = session.forward(&format!("*:0:{dest}")).await?;
     assert!(fwd.listen().starts_with("0.0.0.0:"), "{}", fwd.listen());
     let port = fwd

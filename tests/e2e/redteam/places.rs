@@ -5,119 +5,40 @@
 //! older relay by its behaviour (or by naming a key it does not know), never by not
 //! compiling.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use futures::{SinkExt, StreamExt};
 use tabtunnel_client::{ClientError, ConnectOptions, ErrorCode, Session};
-use tabtunnel_e2e::relay::{Relay, TokenFile, test_config};
-use tabtunnel_e2e::sshd::{Sshd, SshdOptions};
-use tabtunnel_e2e::{init_logging, log_in, sshd_login, wait_for};
-use tabtunnel_proto::{Frame, VERSION, decode, encode_to_bytes};
-use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
+use tabtunnel_e2e::fake_tab::FakeTab;
+use tabtunnel_e2e::lab::Lab;
+use tabtunnel_e2e::relay::Relay;
+use tabtunnel_e2e::sshd::Sshd;
+use tabtunnel_e2e::{log_in, sshd_login, wait_for};
+use tabtunnel_proto::Frame;
 
 const ALICE: &str = "alice-0123456789abcdef";
 const BOB: &str = "bob-fedcba9876543210";
-/// Generous: these machines are shared.
-const ANSWER: Duration = Duration::from_secs(15);
+/// How long [`FakeTab::held`] looks: the events that would end a session have happened
+/// before it is asked.
+const HELD: Duration = Duration::from_millis(100);
 
-/// A relay to `sshd` as target "sshd", configured by `toml`, with the tokens of alice and
-/// bob if `tokens`. The token file lives as long as the second value.
-async fn relay(sshd: &Sshd, toml: &str, tokens: bool) -> Result<(Relay, Option<TokenFile>)> {
-    let tokens = tokens
-        .then(|| TokenFile::new(&format!("alice {ALICE}\nbob {BOB}\n")))
-        .transpose()?;
-    let config = test_config(toml, &sshd.address(), tokens.as_ref())?;
-    Ok((Relay::start_with(config).await?, tokens))
-}
-
-type Ws = WebSocketStream<TcpStream>;
-
-/// A WebSocket to `relay` from the loopback address `from`, with nothing sent on it.
-async fn websocket_from(relay: &Relay, from: Ipv4Addr) -> Result<Ws> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::from((from, 0)))?;
-    let stream = socket.connect(relay.addr).await?;
-    let (ws, _) = tokio_tungstenite::client_async(relay.ws_url(), stream)
-        .await
-        .with_context(|| format!("WebSocket from {from}"))?;
-    Ok(ws)
-}
-
-async fn send(ws: &mut Ws, frame: &Frame) -> Result<()> {
-    ws.send(Message::Binary(encode_to_bytes(frame))).await?;
-    Ok(())
-}
-
-async fn hello(ws: &mut Ws, token: &str) -> Result<()> {
-    let hello = Frame::Hello {
-        version: VERSION,
-        target: "sshd".into(),
-        token: token.into(),
-    };
-    send(ws, &hello).await
-}
-
-/// The next frame the relay sends other than SSH bytes; `None` when it closed.
-async fn next_frame(ws: &mut Ws) -> Result<Option<Frame>> {
-    tokio::time::timeout(ANSWER, async {
-        while let Some(message) = ws.next().await {
-            match message {
-                Ok(Message::Binary(data)) => match decode(data)? {
-                    Frame::Ssh(_) => continue,
-                    frame => return Ok(Some(frame)),
-                },
-                Ok(Message::Close(_)) | Err(_) => return Ok(None),
-                Ok(_) => continue,
-            }
-        }
-        Ok(None)
-    })
-    .await
-    .context("the relay did not answer")?
-}
-
-/// What the relay answered a Hello: `Ok` for a Welcome, else the Error's code and message.
-async fn answer(ws: &mut Ws) -> Result<Result<(), (ErrorCode, String)>> {
-    match next_frame(ws).await? {
-        Some(Frame::Welcome { .. }) => Ok(Ok(())),
-        Some(Frame::Error { code, message }) => Ok(Err((code, message))),
-        other => bail!("expected Welcome or Error, got {other:?}"),
+/// A lab whose relay is configured by `toml`, with the tokens of alice and bob if `tokens`,
+/// and whose sshd has the `sshd_config` lines.
+async fn lab(toml: &str, tokens: bool, sshd_config: &[&str]) -> Result<Lab> {
+    let mut lab = Lab::builder().relay_toml(toml);
+    if tokens {
+        lab = lab.tokens(&format!("alice {ALICE}\nbob {BOB}\n"));
     }
-}
-
-/// Asks for a forward on any port and waits until the relay has it listening.
-async fn listen(ws: &mut Ws) -> Result<()> {
-    let listen = Frame::Listen {
-        forward: 1,
-        bind: "127.0.0.1".into(),
-        port: 0,
-    };
-    send(ws, &listen).await?;
-    match next_frame(ws).await? {
-        Some(Frame::Listening { .. }) => Ok(()),
-        other => bail!("expected Listening, got {other:?}"),
+    for line in sshd_config {
+        lab = lab.sshd_config(*line);
     }
+    lab.start().await
 }
 
-/// Whether the relay keeps the WebSocket open without an Error (a short look: the events
-/// that would end it have happened before this is asked). SSH bytes may come.
-async fn held(ws: &mut Ws) -> bool {
-    let ended = async {
-        while let Some(Ok(message)) = ws.next().await {
-            match message {
-                Message::Binary(data) if matches!(decode(data.clone()), Ok(Frame::Ssh(_))) => {}
-                Message::Ping(_) | Message::Pong(_) => {}
-                _ => return,
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_millis(100), ended)
-        .await
-        .is_err()
+/// A hand-made tab's WebSocket to `relay` from the loopback address `from`, nothing sent.
+async fn websocket_from(relay: &Relay, from: Ipv4Addr) -> Result<FakeTab> {
+    FakeTab::connect_from(&relay.ws_url(), from.into()).await
 }
 
 async fn login(relay: &Relay, sshd: &Sshd, token: Option<&str>) -> Result<Session, ClientError> {
@@ -138,12 +59,10 @@ fn loopback(last: u8) -> Ipv4Addr {
 /// has 8: a newer WebSocket makes the oldest silent one give up its place.
 #[tokio::test]
 async fn silent_websockets_do_not_lock_out_a_token_holder_on_their_address() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let (relay, _dir) = relay(
-        &sshd,
+    let Lab { sshd, relay, .. } = lab(
         "handshake_timeout = \"60s\"\n[limits]\nsessions_per_ip = 10\n",
         true,
+        &[],
     )
     .await?;
     let mut silent = Vec::new();
@@ -165,7 +84,7 @@ async fn silent_websockets_do_not_lock_out_a_token_holder_on_their_address() -> 
     // The three oldest made room (for the 9th, the 10th and alice's), each told why in
     // an Error frame; the seven newest are still held open.
     for ws in &mut silent[..3] {
-        match next_frame(ws).await? {
+        match ws.next().await? {
             Some(Frame::Error { code, message }) => {
                 assert_eq!(code, ErrorCode::Limit);
                 assert!(
@@ -179,7 +98,10 @@ async fn silent_websockets_do_not_lock_out_a_token_holder_on_their_address() -> 
         }
     }
     for ws in &mut silent[3..] {
-        assert!(held(ws).await, "a silent WebSocket within the cap is held");
+        assert!(
+            ws.held(HELD).await,
+            "a silent WebSocket within the cap is held"
+        );
     }
     session.close().await;
     Ok(())
@@ -189,12 +111,10 @@ async fn silent_websockets_do_not_lock_out_a_token_holder_on_their_address() -> 
 /// sessions. Now they hold no session place.
 #[tokio::test]
 async fn silent_websockets_from_several_addresses_do_not_fill_the_relay() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let (relay, _dir) = relay(
-        &sshd,
+    let Lab { sshd, relay, .. } = lab(
         "handshake_timeout = \"60s\"\n[limits]\nsessions = 40\n",
         true,
+        &[],
     )
     .await?;
     let mut silent = Vec::new();
@@ -210,7 +130,10 @@ async fn silent_websockets_from_several_addresses_do_not_fill_the_relay() -> Res
     // Each address keeps its 8 newest waiting.
     for per_address in silent.chunks_mut(10) {
         for ws in &mut per_address[2..] {
-            assert!(held(ws).await, "a silent WebSocket within the cap is held");
+            assert!(
+                ws.held(HELD).await,
+                "a silent WebSocket within the cap is held"
+            );
         }
     }
     Ok(())
@@ -220,16 +143,14 @@ async fn silent_websockets_from_several_addresses_do_not_fill_the_relay() -> Res
 /// never takes one, and ends at once.
 #[tokio::test]
 async fn a_failed_hello_ends_at_once_and_holds_no_place() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let (relay, _dir) = relay(&sshd, "[limits]\nsessions_per_ip = 1\n", true).await?;
+    let Lab { sshd, relay, .. } = lab("[limits]\nsessions_per_ip = 1\n", true, &[]).await?;
     // The attacker sends a wrong token and then neither reads nor closes.
     let mut wrong = websocket_from(&relay, loopback(1)).await?;
-    hello(&mut wrong, "alice-0123456789abcdeX").await?;
+    wrong.send_hello("sshd", "alice-0123456789abcdeX").await?;
     let session = login(&relay, &sshd, Some(ALICE))
         .await
         .context("the only place per address is free right after a failed Hello")?;
-    match next_frame(&mut wrong).await? {
+    match wrong.next().await? {
         Some(Frame::Error { code, message }) => {
             assert_eq!(code, ErrorCode::Unauthorized);
             assert!(message.contains("not valid here"), "{message}");
@@ -237,7 +158,7 @@ async fn a_failed_hello_ends_at_once_and_holds_no_place() -> Result<()> {
         other => bail!("expected an Error frame, got {other:?}"),
     }
     assert!(
-        next_frame(&mut wrong).await?.is_none(),
+        wrong.next().await?.is_none(),
         "the relay closes after the Error"
     );
     session.close().await;
@@ -250,18 +171,18 @@ async fn a_failed_hello_ends_at_once_and_holds_no_place() -> Result<()> {
 /// in (and a target 8), below sshd's default MaxStartups of 10.
 #[tokio::test]
 async fn sessions_that_never_log_in_do_not_fill_sshds_startups() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start_with(SshdOptions {
-        extra_config: vec!["MaxStartups 10:30:100".into()],
-    })
-    .await?;
     // Enough places for the finding's 100 sessions from one address.
-    let (relay, _dir) = relay(&sshd, "[limits]\nsessions_per_ip = 200\n", false).await?;
+    let Lab { sshd, relay, .. } = lab(
+        "[limits]\nsessions_per_ip = 200\n",
+        false,
+        &["MaxStartups 10:30:100"],
+    )
+    .await?;
     let (mut welcomed, mut busy, mut attacker) = (0, 0, Vec::new());
     for _ in 0..100 {
         let mut ws = websocket_from(&relay, loopback(2)).await?;
-        hello(&mut ws, "").await?;
-        match answer(&mut ws).await? {
+        ws.send_hello("sshd", "").await?;
+        match ws.welcome().await? {
             Ok(()) => welcomed += 1,
             Err((ErrorCode::Limit, message)) => {
                 assert!(
@@ -304,18 +225,18 @@ async fn sessions_that_never_log_in_do_not_fill_sshds_startups() -> Result<()> {
 /// shows its login succeeded: it no longer counts.
 #[tokio::test]
 async fn a_target_has_at_most_8_sessions_logging_in_and_a_listen_frees_one() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start_with(SshdOptions {
-        extra_config: vec!["MaxStartups 10:30:100".into()],
-    })
+    let Lab { sshd, relay, .. } = lab(
+        "[limits]\nlogins_per_target = 8\n",
+        false,
+        &["MaxStartups 10:30:100"],
+    )
     .await?;
-    let (relay, _dir) = relay(&sshd, "[limits]\nlogins_per_target = 8\n", false).await?;
     let (mut welcomed, mut target_busy) = (Vec::new(), 0);
     for last in 2..=5 {
         for _ in 0..4 {
             let mut ws = websocket_from(&relay, loopback(last)).await?;
-            hello(&mut ws, "").await?;
-            match answer(&mut ws).await? {
+            ws.send_hello("sshd", "").await?;
+            match ws.welcome().await? {
                 Ok(()) => welcomed.push(ws),
                 Err((ErrorCode::Limit, message)) => {
                     assert!(
@@ -338,13 +259,13 @@ async fn a_target_has_at_most_8_sessions_logging_in_and_a_listen_frees_one() -> 
         "{err}"
     );
     // One session shows progress: its place goes to the next login.
-    listen(&mut welcomed[0]).await?;
+    welcomed[0].listening("127.0.0.1").await?;
     let session = login(&relay, &sshd, None)
         .await
         .context("a Listen frees a login place")?;
     session.close().await;
     for ws in &mut welcomed {
-        assert!(held(ws).await, "no session is ended by the cap");
+        assert!(ws.held(HELD).await, "no session is ended by the cap");
     }
     assert!(!sshd.log().contains("MaxStartups"), "{}", sshd.log());
     Ok(())
@@ -355,20 +276,18 @@ async fn a_target_has_at_most_8_sessions_logging_in_and_a_listen_frees_one() -> 
 /// same as this silent session, and keeps it.
 #[tokio::test]
 async fn a_session_counts_as_logging_in_only_for_the_login_grace() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let (relay, _dir) = relay(
-        &sshd,
+    let Lab { sshd, relay, .. } = lab(
         "login_grace = \"2s\"\n[limits]\nlogins_per_target = 1\n",
         false,
+        &[],
     )
     .await?;
     let mut first = websocket_from(&relay, loopback(1)).await?;
-    hello(&mut first, "").await?;
-    assert_eq!(answer(&mut first).await?, Ok(()));
+    first.send_hello("sshd", "").await?;
+    assert_eq!(first.welcome().await?, Ok(()));
     let mut second = websocket_from(&relay, loopback(2)).await?;
-    hello(&mut second, "").await?;
-    match answer(&mut second).await? {
+    second.send_hello("sshd", "").await?;
+    match second.welcome().await? {
         Err((ErrorCode::Limit, message)) => assert!(
             message.contains("logins to target \"sshd\" are busy"),
             "{message}"
@@ -381,8 +300,8 @@ async fn a_session_counts_as_logging_in_only_for_the_login_grace() -> Result<()>
         || async { login(&relay, &sshd, None).await.ok() },
     )
     .await?;
-    assert!(held(&mut first).await, "the first session goes on");
-    listen(&mut first).await?;
+    assert!(first.held(HELD).await, "the first session goes on");
+    first.listening("127.0.0.1").await?;
     let echo = tabtunnel_e2e::services::EchoServer::start("127.0.0.1").await?;
     let fwd = user
         .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
@@ -399,23 +318,23 @@ async fn a_session_counts_as_logging_in_only_for_the_login_grace() -> Result<()>
 /// another holder is not affected.
 #[tokio::test]
 async fn a_token_holder_has_at_most_10_sessions() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let (relay, _dir) = relay(&sshd, "", true).await?;
+    let Lab {
+        sshd: _sshd, relay, ..
+    } = lab("", true, &[]).await?;
     let mut alice = Vec::new();
     for i in 0..10 {
         let mut ws = websocket_from(&relay, loopback(2 + i % 2)).await?;
-        hello(&mut ws, ALICE).await?;
-        if let Err(refusal) = answer(&mut ws).await? {
+        ws.send_hello("sshd", ALICE).await?;
+        if let Err(refusal) = ws.welcome().await? {
             bail!("alice's session {} was refused: {refusal:?}", i + 1);
         }
         // Shows progress, so the session no longer counts as logging in.
-        listen(&mut ws).await?;
+        ws.listening("127.0.0.1").await?;
         alice.push(ws);
     }
     let mut eleventh = websocket_from(&relay, loopback(4)).await?;
-    hello(&mut eleventh, ALICE).await?;
-    match answer(&mut eleventh).await? {
+    eleventh.send_hello("sshd", ALICE).await?;
+    match eleventh.welcome().await? {
         Err((ErrorCode::Limit, message)) => assert!(
             message.contains("at most 10 sessions may use one access token")
                 && message.contains("limits.sessions_per_user"),
@@ -424,10 +343,10 @@ async fn a_token_holder_has_at_most_10_sessions() -> Result<()> {
         other => bail!("alice's 11th session: {other:?}"),
     }
     let mut bob = websocket_from(&relay, loopback(4)).await?;
-    hello(&mut bob, BOB).await?;
-    assert_eq!(answer(&mut bob).await?, Ok(()), "bob is not affected");
+    bob.send_hello("sshd", BOB).await?;
+    assert_eq!(bob.welcome().await?, Ok(()), "bob is not affected");
     for ws in &mut alice {
-        assert!(held(ws).await, "alice's sessions go on");
+        assert!(ws.held(HELD).await, "alice's sessions go on");
     }
     Ok(())
 }
@@ -437,34 +356,35 @@ async fn a_token_holder_has_at_most_10_sessions() -> Result<()> {
 /// unauthenticated connections past `logins_per_target`.
 #[tokio::test]
 async fn a_refused_listen_does_not_free_a_login_place() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let (relay, _tokens) = relay(&sshd, "[limits]\nlogins_per_target = 1\n", false).await?;
+    let Lab {
+        sshd: _sshd, relay, ..
+    } = lab("[limits]\nlogins_per_target = 1\n", false, &[]).await?;
     let mut first = websocket_from(&relay, loopback(1)).await?;
-    hello(&mut first, "").await?;
-    assert_eq!(answer(&mut first).await?, Ok(()));
+    first.send_hello("sshd", "").await?;
+    assert_eq!(first.welcome().await?, Ok(()));
     let refused = Frame::Listen {
         forward: 1,
         bind: "not-an-address".into(),
         port: 0,
     };
-    send(&mut first, &refused).await?;
-    match next_frame(&mut first).await? {
+    first.send(&refused).await?;
+    match first.next().await? {
         Some(Frame::ListenFailed { .. }) => {}
         other => bail!("expected ListenFailed, got {other:?}"),
     }
     let mut second = websocket_from(&relay, loopback(2)).await?;
-    hello(&mut second, "").await?;
-    let (code, message) = answer(&mut second)
+    second.send_hello("sshd", "").await?;
+    let (code, message) = second
+        .welcome()
         .await?
         .err()
         .context("the first session still counts as logging in")?;
     assert_eq!(code, ErrorCode::Limit, "{message}");
     assert!(message.contains("busy"), "{message}");
     // A Listen that opens a forward does end the count.
-    listen(&mut first).await?;
+    first.listening("127.0.0.1").await?;
     let mut third = websocket_from(&relay, loopback(3)).await?;
-    hello(&mut third, "").await?;
-    assert_eq!(answer(&mut third).await?, Ok(()));
+    third.send_hello("sshd", "").await?;
+    assert_eq!(third.welcome().await?, Ok(()));
     Ok(())
 }

@@ -3,14 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use futures::SinkExt;
 use tabtunnel_client::Session;
-use tabtunnel_e2e::relay::{Relay, RelayProcess};
-use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
+use tabtunnel_e2e::fake_tab::FakeTab;
+use tabtunnel_e2e::lab::{Lab, echo_forward};
+use tabtunnel_e2e::relay::RelayProcess;
+use tabtunnel_e2e::services::{BulkServer, exchange};
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, log_in, sshd_login, wait_for, wait_until_port_free};
-use tabtunnel_proto::{Frame, encode_to_bytes};
+use tabtunnel_proto::Frame;
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -20,9 +22,9 @@ async fn login(ws_url: &str, sshd: &Sshd) -> Result<Session> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_sshd_ends_the_session_and_frees_its_port() -> Result<()> {
-    init_logging();
-    let mut sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let Lab {
+        mut sshd, relay, ..
+    } = Lab::start().await?;
     let session = login(&relay.ws_url(), &sshd).await?;
     let bulk = BulkServer::start(256 << 20, 3).await?;
     let fwd = session
@@ -56,38 +58,16 @@ async fn a_crashed_sshd_ends_the_session_and_frees_its_port() -> Result<()> {
 
 #[tokio::test]
 async fn a_vanished_tab_frees_its_listeners_within_a_second() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
-    let (mut ws, _) = tokio_tungstenite::connect_async(relay.ws_url()).await?;
-    let hello = Frame::Hello {
-        version: tabtunnel_proto::VERSION,
-        target: "sshd".into(),
-        token: String::new(),
-    };
-    ws.send(Message::Binary(encode_to_bytes(&hello))).await?;
+    let Lab {
+        sshd: _sshd, relay, ..
+    } = Lab::start().await?;
+    let mut tab = FakeTab::hello(&relay.ws_url(), "sshd", "").await?;
     let mut addresses = Vec::new();
-    for forward in 1..=3 {
-        let listen = Frame::Listen {
-            forward,
-            bind: String::new(),
-            port: 0,
-        };
-        ws.send(Message::Binary(encode_to_bytes(&listen))).await?;
-    }
-    while addresses.len() < 3 {
-        use futures::StreamExt;
-        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await?
-            .context("closed")??;
-        if let Message::Binary(data) = message
-            && let Ok(Frame::Listening { address, .. }) = tabtunnel_proto::decode(data)
-        {
-            addresses.push(address);
-        }
+    for _ in 1..=3 {
+        addresses.push(tab.listening("").await?);
     }
     // The tab's connection drops without a WebSocket close (a crashed browser).
-    drop(ws);
+    drop(tab);
     let dropped = Instant::now();
     for address in &addresses {
         wait_for("the listener to close", Duration::from_secs(1), || async {
@@ -104,22 +84,11 @@ async fn a_vanished_tab_frees_its_listeners_within_a_second() -> Result<()> {
 
 #[tokio::test]
 async fn a_flood_of_garbage_ends_only_its_own_session() -> Result<()> {
-    init_logging();
-    let sshd = Sshd::start().await?;
-    let relay = Relay::start(&[("sshd", &sshd.address())]).await?;
+    let Lab { sshd, relay, .. } = Lab::start().await?;
     let good = login(&relay.ws_url(), &sshd).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = good
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&good).await?;
 
-    let (mut rogue, _) = tokio_tungstenite::connect_async(relay.ws_url()).await?;
-    let hello = Frame::Hello {
-        version: tabtunnel_proto::VERSION,
-        target: "sshd".into(),
-        token: String::new(),
-    };
-    rogue.send(Message::Binary(encode_to_bytes(&hello))).await?;
+    let FakeTab { ws: mut rogue, .. } = FakeTab::hello(&relay.ws_url(), "sshd", "").await?;
     let mut noise = 0x9e37_79b9_u32;
     for _ in 0..2000 {
         noise = noise.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -159,10 +128,7 @@ async fn sigterm_tells_the_tabs_and_exits_zero() -> Result<()> {
     let target = format!("sshd={}", sshd.address());
     let mut relay = RelayProcess::start(&["--target", &target], "warn").await?;
     let session = login(&relay.ws_url(), &sshd).await?;
-    let echo = EchoServer::start("127.0.0.1").await?;
-    let fwd = session
-        .forward(&format!("0:127.0.0.1:{}", echo.addr.port()))
-        .await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
 
     relay.terminate_cleanly(&session, fwd.listen()).await
 }
