@@ -14,11 +14,8 @@ pub mod sshd;
 
 use std::time::{Duration, Instant};
 
-/// The system user the password tests log in as; `cargo xtask setup` creates it
-/// (`xtask/src/e2e.rs` holds the same two values; xtask cannot depend on this heavy crate).
-pub const TEST_USER: &str = "tabtunnel-e2e";
-/// Its password, set by `cargo xtask setup`.
-pub const TEST_PASSWORD: &str = "tabtunnel-e2e-password";
+/// The test user, defined beside the sshd that logs it in.
+pub use sshd::{TEST_PASSWORD, TEST_USER};
 
 /// Polls `check` every few milliseconds until it returns `Some` or `deadline` passes.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>

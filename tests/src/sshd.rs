@@ -7,7 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{TEST_PASSWORD, TEST_USER};
+
+/// The system user the password tests log in as; `cargo xtask setup` creates it
+/// (`xtask/src/e2e.rs` holds the same two values; xtask cannot depend on this heavy crate).
+pub const TEST_USER: &str = "tabtunnel-e2e";
+/// Its password, set by `cargo xtask setup`.
+pub const TEST_PASSWORD: &str = "tabtunnel-e2e-password";
 
 const SSHD: &str = "/usr/sbin/sshd";
 
