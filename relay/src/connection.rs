@@ -12,7 +12,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{Instrument, debug, debug_span};
 
 use crate::metrics::{GaugeGuard, Metrics};
-use crate::session::{Event, Outgoing};
+use crate::outgoing::Outgoing;
 
 /// What the session loop passes to a connection, in wire order.
 #[derive(Debug)]
@@ -43,17 +43,23 @@ pub(crate) struct ConnHandle {
     pub answered: bool,
 }
 
-/// Starts the connection's task in the session's set.
-/// Where a connection reports to: the tab's queue, the session loop, the counters.
+/// How a connection's task ended: the session forgets the connection when it reads
+/// this from its set (a task the session aborted has been forgotten already).
+#[derive(Debug)]
+pub(crate) struct Ended {
+    pub conn: u32,
+}
+
+/// Where a connection reports to: the tab's queue and the counters.
 #[derive(Debug, Clone)]
 pub(crate) struct Outlets {
     pub out: mpsc::Sender<Outgoing>,
-    pub events: mpsc::Sender<Event>,
     pub metrics: Arc<Metrics>,
 }
 
+/// Starts the connection's task in the session's set of connections.
 pub(crate) fn spawn(
-    tasks: &mut JoinSet<()>,
+    tasks: &mut JoinSet<Ended>,
     conn: u32,
     forward: u32,
     stream: TcpStream,
@@ -93,12 +99,8 @@ async fn run(
     recv_window: Arc<Mutex<RecvWindow>>,
     send_credit: Arc<CreditGate>,
     outlets: Outlets,
-) {
-    let Outlets {
-        out,
-        events,
-        metrics,
-    } = outlets;
+) -> Ended {
+    let Outlets { out, metrics } = outlets;
     let _active = GaugeGuard::new(&metrics.connections_active);
     let (mut tcp_read, mut tcp_write) = stream.into_split();
     let send = |frame: Frame| out.send(Outgoing::Frame(frame));
@@ -179,7 +181,7 @@ async fn run(
         debug!(%reason, "connection ends");
         let _ = send(Frame::Close { conn, reason }).await;
     }
-    let _ = events.send(Event::ConnectionDone { conn }).await;
+    Ended { conn }
 }
 
 fn gone() -> std::io::Error {

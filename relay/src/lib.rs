@@ -2,19 +2,21 @@
 //! to an SSH server its operator configured, and opens forward listeners for live
 //! sessions. See `docs/ARCHITECTURE.md` for the whole picture.
 
-mod admission;
 pub mod client_addr;
 pub mod config;
 mod connection;
 pub mod demo;
+mod limits;
 pub mod listen;
 pub mod log_limit;
 pub mod metrics;
+mod outgoing;
 pub mod ports;
 mod proxy_protocol;
 mod rate;
 mod serve;
 mod session;
+mod ssh_pipe;
 pub mod tls;
 pub mod web_guard;
 
@@ -50,7 +52,7 @@ pub struct AppState {
     /// The sessions, so shutdown can wait for them to say goodbye.
     sessions: TaskTracker,
     /// Every place a session takes (waiting for Hello, session, login), by limit.
-    admission: Arc<admission::Admission>,
+    admission: Arc<limits::Admission>,
     metrics: Arc<Metrics>,
     /// The forward ports the relay holds, and the caps on forwards across sessions.
     ports: Arc<ports::PortBook>,
@@ -210,8 +212,9 @@ async fn websocket(
         // idle session with it, 44 KiB with 16 KiB, at the same throughput).
         .read_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
+            let (ws_tx, ws_rx) = futures::StreamExt::split(socket);
             sessions.track_future(session::run(
-                socket, config, metrics, peer, shutdown, holder, waiting,
+                ws_tx, ws_rx, config, metrics, peer, shutdown, holder, waiting,
             ))
         })
 }

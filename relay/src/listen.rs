@@ -5,13 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tabtunnel_proto::ErrorCode;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::config::Config;
 use crate::ports::{self, Holder, Lease, PORT_ZERO_ATTEMPTS, PortBook, Refusal, Want};
-use crate::session::Event;
 
 fn refuse(code: ErrorCode, message: String) -> Refusal {
     Refusal { code, message }
@@ -236,12 +235,20 @@ fn bind_error(err: std::io::Error, ip: IpAddr, port: u16, lo: u16, hi: u16) -> R
     }
 }
 
+/// A TCP client one of a session's forwards accepted, for the session to admit or close.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub forward: u32,
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+}
+
 /// Accepts connections for one forward, on each of its listeners, and hands them to the
-/// session loop.
+/// session, until the session stops reading.
 pub(crate) async fn accept_loop(
     forward: u32,
     listeners: Vec<TcpListener>,
-    events: mpsc::Sender<Event>,
+    to_session: mpsc::Sender<Accepted>,
 ) {
     let mut first = 0;
     loop {
@@ -261,8 +268,8 @@ pub(crate) async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                if events
-                    .send(Event::Accepted {
+                if to_session
+                    .send(Accepted {
                         forward,
                         stream,
                         peer,

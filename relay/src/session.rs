@@ -1,66 +1,43 @@
 //! One task per WebSocket: the Hello handshake, the SSH byte pipe to the target, and
-//! the forwards the tab asked for. Everything a session starts lives in its `JoinSet`,
-//! so when the WebSocket ends, its listeners and connections end with it.
+//! the forwards the tab asked for. The session owns every task it starts (its SSH pipe,
+//! a listener per forward, a task per connection) and is the only module that knows
+//! them all: each part reports how it ended through a type of its own (`listen::Accepted`,
+//! `connection::Ended`, `SshPipe::closed`). When the WebSocket ends, everything ends
+//! with it.
+//!
+//! The loop is generic over the WebSocket's two halves (any `Sink`/`Stream` of
+//! messages), so tests drive it in memory with hand-made frames.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::Message;
 use bytes::Bytes;
-use futures::stream::SplitStream;
-use futures::{SinkExt, StreamExt};
-use tabtunnel_proto::{
-    CONNECTION_WINDOW, ErrorCode, Frame, RecvWindow, VERSION, decode, encode_to_bytes,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures::{Sink, Stream, StreamExt};
+use tabtunnel_proto::{CONNECTION_WINDOW, ErrorCode, Frame, RecvWindow, VERSION, decode};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::admission::{HelloSlot, LoginSlot, SessionPlace};
 use crate::config::Config;
 use crate::connection::{self, ConnHandle, ToTcp};
-use crate::listen;
+use crate::limits::{HelloSlot, LoginSlot, SessionPlace};
+use crate::listen::{self, Accepted};
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::outgoing::{OUT_QUEUE, Outgoing, write_loop};
 use crate::ports::{self, Holder, Lease, RefusalBudget};
+use crate::ssh_pipe::SshPipe;
 
 /// How long the relay tries to reach a target's SSH server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Frames queued for the WebSocket writer. Data frames are bounded by credit anyway;
-/// this keeps the rest (Ssh, control) from piling up when the tab is slow.
-const OUT_QUEUE: usize = 64;
 /// How long the last words (Error, Close) may wait for room in the queue.
 const GOODBYE: Duration = Duration::from_secs(2);
-/// Ssh frames queued for the SSH server's socket.
-const SSH_QUEUE: usize = 16;
-
-/// Something to send to the tab.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    Frame(Frame),
-    /// Close the WebSocket with this code and reason; nothing is sent after it.
-    Close(u16, String),
-    /// A WebSocket ping: browsers answer it themselves, even in background tabs.
-    Ping,
-}
-
-/// Events from a session's own tasks to its loop.
-#[derive(Debug)]
-pub(crate) enum Event {
-    Accepted {
-        forward: u32,
-        stream: TcpStream,
-        peer: SocketAddr,
-    },
-    ConnectionDone {
-        conn: u32,
-    },
-    SshClosed(Option<std::io::Error>),
-}
+/// Accepted TCP clients queued for the session, from all its forwards.
+const ACCEPTED_QUEUE: usize = 64;
 
 /// Why a session ended badly: sent to the tab as an Error frame, then a close code.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +58,7 @@ impl SessionError {
         }
     }
 
-    fn refused(refusal: crate::admission::Refusal) -> Self {
+    fn refused(refusal: crate::limits::Refusal) -> Self {
         Self {
             reason: refusal.reason,
             ..Self::new(ErrorCode::Limit, refusal.message)
@@ -107,24 +84,29 @@ impl SessionError {
     }
 }
 
-/// Serves one tab's WebSocket until it closes. `hello` is its waiting place; the
-/// session takes its real places only after a valid Hello (see `admission`). `holder`
-/// names the session (its id) and its client address in the book of forward ports.
-pub async fn run(
-    socket: WebSocket,
+/// Serves one tab's WebSocket, given as its two halves, until it closes. `hello` is
+/// its waiting place; the session takes its real places only after a valid Hello (see
+/// `limits`). `holder` names the session (its id) and its client address in the book of
+/// forward ports.
+#[allow(clippy::too_many_arguments)]
+pub async fn run<W, R>(
+    ws_tx: W,
+    mut ws_rx: R,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     peer: crate::ClientAddr,
     shutdown: CancellationToken,
     holder: Holder,
     hello: HelloSlot,
-) {
+) where
+    W: Sink<Message> + Unpin + Send + 'static,
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
     metrics.sessions_total.inc();
     let _active = GaugeGuard::new(&metrics.sessions_active);
     let id = holder.session;
     let span = info_span!("session", id, %peer, user = tracing::field::Empty, target = tracing::field::Empty);
     async move {
-        let (ws_tx, mut ws_rx) = socket.split();
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let writer = tokio::spawn(write_loop(ws_tx, out_rx).in_current_span());
         let result = Session::start(
@@ -144,31 +126,10 @@ pub async fn run(
             Ok(session) => session.serve(&mut ws_rx, shutdown).await,
             Err(err) => Err(err),
         };
-        let close = match result {
-            Ok(reason) => {
-                // Within a budget too: sessions that come and go are a flood of their own.
-                if let Some(suppressed) = metrics.refusal_log.admit(peer.ip(), "ended") {
-                    info!(suppressed, "session ended: {reason}");
-                }
-                Outgoing::Close(1000, reason)
-            }
-            Err(err) => {
-                if let Some(suppressed) = metrics.refusal_log.admit(peer.ip(), "session") {
-                    info!(
-                        code = err.code.as_str(),
-                        suppressed, "session failed: {}", err.message
-                    );
-                }
-                metrics.refused(err.reason);
-                let close = Outgoing::Close(err.close_code(), err.message.clone());
-                let error = Outgoing::Frame(Frame::Error {
-                    code: err.code,
-                    message: err.message,
-                });
-                let _ = tokio::time::timeout(GOODBYE, out_tx.send(error)).await;
-                close
-            }
-        };
+        let (error, close) = last_words(result, &metrics, peer);
+        if let Some(error) = error {
+            let _ = tokio::time::timeout(GOODBYE, out_tx.send(error)).await;
+        }
         // Bounded: the queue may be full of frames for a tab that is gone.
         let _ = tokio::time::timeout(GOODBYE, out_tx.send(close)).await;
         drop(out_tx);
@@ -203,75 +164,54 @@ pub async fn run(
     .await
 }
 
-/// Sends queued frames, batching what is ready into one flush.
-async fn write_loop(
-    mut ws: futures::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outgoing>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut batched = 0;
-        while let Some(item) = next.take() {
-            match item {
-                Outgoing::Frame(frame) => {
-                    if ws
-                        .feed(Message::Binary(encode_to_bytes(&frame)))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Outgoing::Ping => {
-                    if ws.feed(Message::Ping(Bytes::new())).await.is_err() {
-                        return;
-                    }
-                }
-                Outgoing::Close(code, reason) => {
-                    let reason = truncate_reason(reason);
-                    let frame = CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    };
-                    let _ = ws.send(Message::Close(Some(frame))).await;
-                    return;
-                }
+/// What the tab is told as the session ends (an Error frame when it failed, then the
+/// Close), logged and counted within the log budget.
+fn last_words(
+    result: Result<String, SessionError>,
+    metrics: &Metrics,
+    peer: crate::ClientAddr,
+) -> (Option<Outgoing>, Outgoing) {
+    match result {
+        Ok(reason) => {
+            // Within a budget too: sessions that come and go are a flood of their own.
+            if let Some(suppressed) = metrics.refusal_log.admit(peer.ip(), "ended") {
+                info!(suppressed, "session ended: {reason}");
             }
-            batched += 1;
-            if batched < 64 {
-                next = rx.try_recv().ok();
-            }
+            (None, Outgoing::Close(1000, reason))
         }
-        if ws.flush().await.is_err() {
-            return;
+        Err(err) => {
+            if let Some(suppressed) = metrics.refusal_log.admit(peer.ip(), "session") {
+                info!(
+                    code = err.code.as_str(),
+                    suppressed, "session failed: {}", err.message
+                );
+            }
+            metrics.refused(err.reason);
+            let close = Outgoing::Close(err.close_code(), err.message.clone());
+            let error = Outgoing::Frame(Frame::Error {
+                code: err.code,
+                message: err.message,
+            });
+            (Some(error), close)
         }
     }
-}
-
-/// A WebSocket close reason is at most 123 bytes; cut at a character boundary.
-fn truncate_reason(mut reason: String) -> String {
-    if reason.len() > 123 {
-        let mut end = 120;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-        reason.push_str("...");
-    }
-    reason
 }
 
 struct Session {
     out: mpsc::Sender<Outgoing>,
     config: Arc<Config>,
-    ssh_tx: mpsc::Sender<Bytes>,
-    events_tx: mpsc::Sender<Event>,
-    events_rx: mpsc::Receiver<Event>,
+    /// The socket to the target's SSH server.
+    ssh: SshPipe,
     forwards: HashMap<u32, ForwardEntry>,
     conns: HashMap<u32, ConnHandle>,
     next_conn: u32,
-    /// Every task of the session; dropping the set aborts them all.
-    tasks: JoinSet<()>,
+    /// Where the forwards' listeners hand over their TCP clients.
+    accepted_tx: mpsc::Sender<Accepted>,
+    accepted_rx: mpsc::Receiver<Accepted>,
+    /// One accept loop per forward; dropping the set stops them all.
+    listeners: JoinSet<()>,
+    /// One task per connection, each ending with its id; dropping the set aborts them.
+    connections: JoinSet<connection::Ended>,
     metrics: Arc<Metrics>,
     /// When the session last opened or closed a forward, or a connection opened or
     /// ended; with no connection open, the idle timeout counts from here. Frames that
@@ -300,21 +240,24 @@ struct ForwardEntry {
 impl Session {
     /// Reads the Hello, takes the session's places, reaches the target and answers
     /// Welcome.
-    async fn start(
-        ws_rx: &mut SplitStream<WebSocket>,
+    async fn start<R>(
+        ws_rx: &mut R,
         out: mpsc::Sender<Outgoing>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         ports: Holder,
         mut waiting: HelloSlot,
-    ) -> Result<Self, SessionError> {
+    ) -> Result<Self, SessionError>
+    where
+        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
         let heard = Mutex::new(tokio::time::Instant::now());
         let limit = config.handshake_timeout;
         let hello = tokio::select! {
             hello = tokio::time::timeout(limit, next_frame(ws_rx, &heard)) => hello,
             why = waiting.evicted() => {
-                return Err(SessionError::refused(crate::admission::Refusal {
-                    reason: crate::admission::HELLOS,
+                return Err(SessionError::refused(crate::limits::Refusal {
+                    reason: crate::limits::HELLOS,
                     message: why,
                 }));
             }
@@ -433,22 +376,18 @@ impl Session {
             .await
             .map_err(|_| gone())?;
 
-        let (events_tx, events_rx) = mpsc::channel(64);
-        let (ssh_tx, ssh_rx) = mpsc::channel(SSH_QUEUE);
-        let mut tasks = JoinSet::new();
-        let (ssh_read, ssh_write) = stream.into_split();
-        tasks.spawn(pump_from_ssh(ssh_read, out.clone(), events_tx.clone()).in_current_span());
-        tasks.spawn(pump_to_ssh(ssh_write, ssh_rx).in_current_span());
+        let (accepted_tx, accepted_rx) = mpsc::channel(ACCEPTED_QUEUE);
         Ok(Self {
+            ssh: SshPipe::start(stream, out.clone()),
             out,
             config,
-            ssh_tx,
-            events_tx,
-            events_rx,
             forwards: HashMap::new(),
             conns: HashMap::new(),
             next_conn: 1,
-            tasks,
+            accepted_tx,
+            accepted_rx,
+            listeners: JoinSet::new(),
+            connections: JoinSet::new(),
             metrics,
             last_activity: tokio::time::Instant::now(),
             owner,
@@ -459,24 +398,57 @@ impl Session {
         })
     }
 
-    /// The session's loop; returns the reason for an orderly end.
-    async fn serve(
+    /// Serves the session until it ends; returns the reason for an orderly end. The
+    /// loop is raced, once, against the silence watchdog and the relay's shutdown: the
+    /// loop can wait on a full queue to a tab that vanished, and both must still end it.
+    async fn serve<R>(
         mut self,
-        ws_rx: &mut SplitStream<WebSocket>,
+        ws_rx: &mut R,
         shutdown: CancellationToken,
-    ) -> Result<String, SessionError> {
-        // The silence watchdog runs beside the loop, not in it: the loop can wait on a
-        // full queue to a tab that vanished, and the watchdog must still end it then.
+    ) -> Result<String, SessionError>
+    where
+        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
         let heard = Arc::new(Mutex::new(tokio::time::Instant::now()));
         let watchdog = watch_silence(heard.clone(), self.out.clone(), self.config.ping_interval);
-        tokio::pin!(watchdog);
+        tokio::select! {
+            end = self.run(ws_rx, &heard) => end,
+            reason = watchdog => Ok(reason),
+            () = shutdown.cancelled() => Err(SessionError::new(
+                ErrorCode::ShuttingDown,
+                "the relay is shutting down; connect again when it is back",
+            )),
+        }
+    }
+
+    /// Reads the tab's frames, the forwards' TCP clients, the connections' ends and the
+    /// SSH server's end, one at a time, until one of them ends the session.
+    async fn run<R>(
+        &mut self,
+        ws_rx: &mut R,
+        heard: &Mutex<tokio::time::Instant>,
+    ) -> Result<String, SessionError>
+    where
+        R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
         loop {
             // Only a session with no connection open can be idle: an open one keeps it
             // alive however quiet it is, as with `ssh -L` (a psql left open at a prompt).
             let idle = self.config.idle_timeout.filter(|_| self.conns.is_empty());
             let idle_deadline = idle.map(|t| self.last_activity + t);
             tokio::select! {
-                reason = &mut watchdog => return Ok(reason),
+                frame = next_frame(ws_rx, heard) => match frame? {
+                    Some(frame) => self.on_frame(frame).await?,
+                    None => return Ok("the tab closed the WebSocket".into()),
+                },
+                Some(accepted) = self.accepted_rx.recv() => self.on_accepted(accepted).await?,
+                Some(ended) = self.connections.join_next(), if !self.connections.is_empty() => {
+                    // An aborted task's connection was forgotten when it was aborted.
+                    if let Ok(connection::Ended { conn }) = ended {
+                        self.forget(conn);
+                    }
+                }
+                end = self.ssh.closed() => return ssh_ending(end),
                 () = tokio::time::sleep_until(idle_deadline.unwrap_or_else(tokio::time::Instant::now)),
                     if idle_deadline.is_some() =>
                 {
@@ -489,32 +461,6 @@ impl Session {
                         ),
                     ));
                 }
-                frame = next_frame(ws_rx, &heard) => match frame? {
-                    Some(frame) => {
-                        tokio::select! {
-                            result = self.on_frame(frame) => result?,
-                            reason = &mut watchdog => return Ok(reason),
-                        }
-                    }
-                    None => return Ok("the tab closed the WebSocket".into()),
-                },
-                () = shutdown.cancelled() => {
-                    return Err(SessionError::new(
-                        ErrorCode::ShuttingDown,
-                        "the relay is shutting down; connect again when it is back",
-                    ));
-                }
-                Some(event) = self.events_rx.recv() => {
-                    let end = tokio::select! {
-                        end = self.on_event(event) => end?,
-                        reason = &mut watchdog => return Ok(reason),
-                    };
-                    if let Some(end) = end {
-                        return Ok(end.into());
-                    }
-                }
-                // Reap finished tasks so the set does not grow with closed connections.
-                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
         }
     }
@@ -528,10 +474,7 @@ impl Session {
 
     async fn on_frame(&mut self, frame: Frame) -> Result<(), SessionError> {
         match frame {
-            Frame::Ssh(data) => {
-                // A closed SSH socket is reported by the reader as SshClosed.
-                let _ = self.ssh_tx.send(data).await;
-            }
+            Frame::Ssh(data) => self.ssh.send(data).await,
             Frame::Listen {
                 forward,
                 bind,
@@ -672,13 +615,12 @@ impl Session {
                     .map(|a| a.to_string())
                     .unwrap_or_else(|_| format!("{bind}:{port}"));
                 debug!(forward, %address, "listening");
-                let events = self.events_tx.clone();
                 let listen::Bound { listeners, lease } = bound;
                 let listener = self
-                    .tasks
+                    .listeners
                     // A span per forward, inside the session's: its accept loop logs there.
                     .spawn(
-                        listen::accept_loop(forward, listeners, events)
+                        listen::accept_loop(forward, listeners, self.accepted_tx.clone())
                             .instrument(info_span!("forward", forward, %address)),
                     );
                 self.forwards.insert(
@@ -742,10 +684,13 @@ impl Session {
         &self,
         forward: u32,
         peer: SocketAddr,
-        code: ErrorCode,
-        reason: &str,
-        message: String,
+        refusal: crate::limits::ConnectionRefusal,
     ) {
+        let crate::limits::ConnectionRefusal {
+            code,
+            reason,
+            message,
+        } = refusal;
         if let Some(suppressed) = self.metrics.refusal_log.admit(peer.ip(), "connection") {
             info!(forward, %peer, reason, suppressed, "connection refused: {message}");
         }
@@ -758,127 +703,94 @@ impl Session {
         let _ = self.out.try_send(Outgoing::Frame(notice));
     }
 
-    async fn on_event(&mut self, event: Event) -> Result<Option<&'static str>, SessionError> {
-        match event {
-            Event::Accepted {
-                forward,
-                stream,
-                peer,
-            } => {
-                let Some(entry) = self.forwards.get(&forward) else {
-                    return Ok(None); // the forward closed while this connection waited
-                };
-                // Each refusal drops the stream, which closes it: the TCP client sees its
-                // connection end, and no byte of it reaches the tab or the destination.
-                if !self.config.source_allowed(peer.ip()) {
-                    self.refuse_connection(
-                        forward,
-                        peer,
-                        ErrorCode::SourceNotAllowed,
-                        ErrorCode::SourceNotAllowed.as_str(),
-                        format!(
-                            "connection from {} refused: the relay accepts forwarded connections only from its operator's allowed sources (forward_allowed_sources)",
-                            peer.ip()
-                        ),
-                    );
-                    return Ok(None);
-                }
-                let limits = &self.config.limits;
-                if entry.conns.len() >= limits.connections_per_forward {
-                    self.refuse_connection(
-                        forward,
-                        peer,
-                        ErrorCode::Limit,
-                        ErrorCode::Limit.as_str(),
-                        format!(
-                            "connection from {peer} refused: this forward has its maximum of {} open connections",
-                            limits.connections_per_forward
-                        ),
-                    );
-                    return Ok(None);
-                }
-                // Connections whose SSH channel the tab has not opened yet: a tab that is
-                // slow to answer (a hung SSH server) must not collect them without bound.
-                let waiting = entry
-                    .conns
-                    .iter()
-                    .filter(|c| self.conns.get(c).is_some_and(|h| !h.answered))
-                    .count();
-                if waiting >= limits.pending_accepts_per_forward {
-                    self.refuse_connection(
-                        forward,
-                        peer,
-                        ErrorCode::Limit,
-                        crate::metrics::PENDING_ACCEPTS,
-                        format!(
-                            "connection from {peer} refused: {waiting} connections of this forward are still waiting for the SSH server to open their channel; check that the SSH server can reach the destination, or try again shortly"
-                        ),
-                    );
-                    return Ok(None);
-                }
-                let Some(entry) = self.forwards.get_mut(&forward) else {
-                    return Ok(None);
-                };
-                self.last_activity = tokio::time::Instant::now();
-                self.metrics.connections_total.inc();
-                let conn = self.next_conn;
-                let Some(next) = self.next_conn.checked_add(1) else {
-                    warn!("connection ids exhausted; refusing {peer}");
-                    return Ok(None);
-                };
-                self.next_conn = next;
-                entry.conns.insert(conn);
-                debug!(conn, forward, %peer, "accepted");
-                self.send(Frame::Accept {
-                    conn,
-                    forward,
-                    peer: peer.to_string(),
-                })
-                .await?;
-                let window = RecvWindow::new(CONNECTION_WINDOW);
-                self.send(Frame::Credit {
-                    conn,
-                    bytes: window.initial_grant(),
-                })
-                .await?;
-                let handle = connection::spawn(
-                    &mut self.tasks,
-                    conn,
-                    forward,
-                    stream,
-                    window,
-                    connection::Outlets {
-                        out: self.out.clone(),
-                        events: self.events_tx.clone(),
-                        metrics: self.metrics.clone(),
-                    },
-                );
-                self.conns.insert(conn, handle);
-            }
-            Event::ConnectionDone { conn } => {
-                if let Some(handle) = self.conns.remove(&conn) {
-                    self.last_activity = tokio::time::Instant::now();
-                    if let Some(entry) = self.forwards.get_mut(&handle.forward) {
-                        entry.conns.remove(&conn);
-                    }
-                }
-            }
-            Event::SshClosed(None) => return Ok(Some("the SSH server closed the connection")),
-            // A server that dies with bytes of ours unread resets rather than closes: the
-            // same ending for the user, not a network failure.
-            Event::SshClosed(Some(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Ok(Some(
-                    "the SSH server closed the connection abruptly (reset): it may have crashed or restarted, or the network dropped the connection; log in again",
-                ));
-            }
-            Event::SshClosed(Some(err)) => {
-                return Err(SessionError::new(
-                    ErrorCode::TargetUnreachable,
-                    format!("the connection to the SSH server failed: {err}"),
-                ));
+    /// Admits a forward's new TCP client (see `limits::admit_connection`) and starts its
+    /// connection; a refused one is closed at once.
+    async fn on_accepted(&mut self, accepted: Accepted) -> Result<(), SessionError> {
+        let Accepted {
+            forward,
+            stream,
+            peer,
+        } = accepted;
+        let Some(entry) = self.forwards.get(&forward) else {
+            return Ok(()); // the forward closed while this connection waited
+        };
+        let waiting = entry
+            .conns
+            .iter()
+            .filter(|c| self.conns.get(c).is_some_and(|h| !h.answered))
+            .count();
+        // A refusal drops the stream, which closes it: the TCP client sees its
+        // connection end, and no byte of it reaches the tab or the destination.
+        if let Err(refusal) =
+            crate::limits::admit_connection(&self.config, peer, entry.conns.len(), waiting)
+        {
+            self.refuse_connection(forward, peer, refusal);
+            return Ok(());
+        }
+        let Some(entry) = self.forwards.get_mut(&forward) else {
+            return Ok(());
+        };
+        self.last_activity = tokio::time::Instant::now();
+        self.metrics.connections_total.inc();
+        let conn = self.next_conn;
+        let Some(next) = self.next_conn.checked_add(1) else {
+            warn!("connection ids exhausted; refusing {peer}");
+            return Ok(());
+        };
+        self.next_conn = next;
+        entry.conns.insert(conn);
+        debug!(conn, forward, %peer, "accepted");
+        self.send(Frame::Accept {
+            conn,
+            forward,
+            peer: peer.to_string(),
+        })
+        .await?;
+        let window = RecvWindow::new(CONNECTION_WINDOW);
+        self.send(Frame::Credit {
+            conn,
+            bytes: window.initial_grant(),
+        })
+        .await?;
+        let handle = connection::spawn(
+            &mut self.connections,
+            conn,
+            forward,
+            stream,
+            window,
+            connection::Outlets {
+                out: self.out.clone(),
+                metrics: self.metrics.clone(),
+            },
+        );
+        self.conns.insert(conn, handle);
+        Ok(())
+    }
+
+    /// Forgets a connection whose task ended by itself.
+    fn forget(&mut self, conn: u32) {
+        if let Some(handle) = self.conns.remove(&conn) {
+            self.last_activity = tokio::time::Instant::now();
+            if let Some(entry) = self.forwards.get_mut(&handle.forward) {
+                entry.conns.remove(&conn);
             }
         }
-        Ok(None)
+    }
+}
+
+/// How the session ends when its SSH server's side ends.
+fn ssh_ending(end: Option<std::io::Error>) -> Result<String, SessionError> {
+    match end {
+        None => Ok("the SSH server closed the connection".into()),
+        // A server that dies with bytes of ours unread resets rather than closes: the
+        // same ending for the user, not a network failure.
+        Some(err) if err.kind() == std::io::ErrorKind::ConnectionReset => Ok(
+            "the SSH server closed the connection abruptly (reset): it may have crashed or restarted, or the network dropped the connection; log in again".into(),
+        ),
+        Some(err) => Err(SessionError::new(
+            ErrorCode::TargetUnreachable,
+            format!("the connection to the SSH server failed: {err}"),
+        )),
     }
 }
 
@@ -911,10 +823,13 @@ async fn watch_silence(
 
 /// The next frame from the tab; `None` when the WebSocket has closed. Any message,
 /// pongs included, counts as hearing from the tab.
-async fn next_frame(
-    ws: &mut SplitStream<WebSocket>,
+async fn next_frame<R>(
+    ws: &mut R,
     heard: &Mutex<tokio::time::Instant>,
-) -> Result<Option<Frame>, SessionError> {
+) -> Result<Option<Frame>, SessionError>
+where
+    R: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
     loop {
         let next = ws.next().await;
         *heard.lock().expect("heard lock") = tokio::time::Instant::now();
@@ -977,47 +892,5 @@ fn tab_fault(err: &tungstenite::Error) -> Option<String> {
     }
 }
 
-/// SSH server -> tab.
-async fn pump_from_ssh(
-    mut ssh: tokio::net::tcp::OwnedReadHalf,
-    out: mpsc::Sender<Outgoing>,
-    events: mpsc::Sender<Event>,
-) {
-    let mut buf = vec![0u8; tabtunnel_proto::MAX_DATA];
-    let end = loop {
-        match ssh.read(&mut buf).await {
-            Ok(0) => break None,
-            Ok(n) => {
-                let frame = Frame::Ssh(Bytes::copy_from_slice(&buf[..n]));
-                if out.send(Outgoing::Frame(frame)).await.is_err() {
-                    return;
-                }
-            }
-            Err(err) => break Some(err),
-        }
-    };
-    let _ = events.send(Event::SshClosed(end)).await;
-}
-
-/// Tab -> SSH server.
-async fn pump_to_ssh(mut ssh: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
-    while let Some(data) = rx.recv().await {
-        if ssh.write_all(&data).await.is_err() {
-            return; // the reader half reports the failure
-        }
-    }
-    let _ = ssh.shutdown().await;
-}
-
 #[cfg(test)]
-mod tests {
-    use super::truncate_reason;
-
-    #[test]
-    fn close_reasons_fit_the_websocket_limit() {
-        let long = "é".repeat(200);
-        let cut = truncate_reason(long);
-        assert!(cut.len() <= 123 && cut.ends_with("..."));
-        assert_eq!(truncate_reason("short".into()), "short");
-    }
-}
+mod tests;

@@ -22,19 +22,23 @@
 //!    is progress) or when `login_grace` has passed (by then sshd has closed any connection
 //!    that did not log in), or when the slot is dropped.
 //!
+//! 4. [`admit_connection`] for each TCP client a forward accepts: allowed sources, and
+//!    the caps on a forward's open and waiting connections.
+//!
 //! The address every limit is keyed on is one `IpAddr` the caller passes in.
 //! Time is an argument (`now`), so the rules are tested without sockets or sleeps.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tabtunnel_proto::ErrorCode;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::config::Limits;
+use crate::config::{Config, Limits};
 
 /// Refusal reason (the `reason` label in /metrics) of a WebSocket closed because it sent
 /// no Hello while newer ones needed its waiting place.
@@ -367,6 +371,60 @@ impl Drop for LoginSlot {
     fn drop(&mut self) {
         self.admission.places().logins.remove(&self.id);
     }
+}
+
+/// Why a forward's new TCP client is closed at accept: what the tab's forward row is
+/// told, with the code and the /metrics reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConnectionRefusal {
+    pub code: ErrorCode,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The fourth gate, for each TCP client a forward accepts: its source must be one the
+/// operator allows (`forward_allowed_sources`), the forward must have fewer than
+/// `limits.connections_per_forward` connections `open`, and fewer than
+/// `limits.pending_accepts_per_forward` of them `waiting` for the tab to open their SSH
+/// channel (a tab that is slow to answer, behind a hung SSH server, must not collect
+/// them without bound).
+pub(crate) fn admit_connection(
+    config: &Config,
+    peer: SocketAddr,
+    open: usize,
+    waiting: usize,
+) -> Result<(), ConnectionRefusal> {
+    if !config.source_allowed(peer.ip()) {
+        return Err(ConnectionRefusal {
+            code: ErrorCode::SourceNotAllowed,
+            reason: ErrorCode::SourceNotAllowed.as_str(),
+            message: format!(
+                "connection from {} refused: the relay accepts forwarded connections only from its operator's allowed sources (forward_allowed_sources)",
+                peer.ip()
+            ),
+        });
+    }
+    let limits = &config.limits;
+    if open >= limits.connections_per_forward {
+        return Err(ConnectionRefusal {
+            code: ErrorCode::Limit,
+            reason: ErrorCode::Limit.as_str(),
+            message: format!(
+                "connection from {peer} refused: this forward has its maximum of {} open connections",
+                limits.connections_per_forward
+            ),
+        });
+    }
+    if waiting >= limits.pending_accepts_per_forward {
+        return Err(ConnectionRefusal {
+            code: ErrorCode::Limit,
+            reason: crate::metrics::PENDING_ACCEPTS,
+            message: format!(
+                "connection from {peer} refused: {waiting} connections of this forward are still waiting for the SSH server to open their channel; check that the SSH server can reach the destination, or try again shortly"
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

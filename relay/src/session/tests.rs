@@ -1,0 +1,420 @@
+//! The session loop driven in memory: the tab is a pair of channels carrying hand-made
+//! frames, and a plain TCP listener stands in for the SSH server (the relay only carries
+//! its bytes). Forwards listen on real loopback sockets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use bytes::Bytes;
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use tabtunnel_proto::{CONNECTION_WINDOW, ErrorCode, Frame, VERSION, decode, encode_to_bytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::limits::Admission;
+use crate::metrics::Metrics;
+use crate::ports::{Holder, PortBook};
+
+/// Long enough for a loaded 2-core machine; every wait below ends at the first answer.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The tab's end of an in-memory WebSocket.
+struct Tab {
+    to_relay: mpsc::Sender<Result<Message, axum::Error>>,
+    from_relay: mpsc::Receiver<Message>,
+}
+
+impl Tab {
+    async fn send(&mut self, frame: Frame) {
+        self.to_relay
+            .send(Ok(Message::Binary(encode_to_bytes(&frame))))
+            .await
+            .expect("the session stopped reading");
+    }
+
+    /// The next message that is not a ping.
+    async fn message(&mut self) -> Message {
+        loop {
+            let message = tokio::time::timeout(DEADLINE, self.from_relay.next())
+                .await
+                .expect("no message from the relay in time")
+                .expect("the relay closed the WebSocket without a Close message");
+            if !matches!(message, Message::Ping(_)) {
+                return message;
+            }
+        }
+    }
+
+    async fn frame(&mut self) -> Frame {
+        match self.message().await {
+            Message::Binary(bytes) => decode(bytes).expect("the relay sent a malformed frame"),
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// The Close message's code and reason.
+    async fn close(&mut self) -> (u16, String) {
+        match self.message().await {
+            Message::Close(Some(close)) => (close.code, close.reason.to_string()),
+            other => panic!("expected a Close, got {other:?}"),
+        }
+    }
+
+    /// The session's last words: its Error frame, then its Close.
+    async fn error(&mut self) -> (ErrorCode, String, u16) {
+        let Frame::Error { code, message } = self.frame().await else {
+            panic!("expected an Error frame");
+        };
+        let (close, _) = self.close().await;
+        (code, message, close)
+    }
+
+    async fn hello(&mut self, target: &str) -> Frame {
+        self.send(Frame::Hello {
+            version: VERSION,
+            target: target.into(),
+            token: String::new(),
+        })
+        .await;
+        self.frame().await
+    }
+}
+
+/// A relay session for one tab, with a target "lab" whose SSH server is `sshd`.
+struct Lab {
+    tab: Tab,
+    sshd: TcpListener,
+    shutdown: CancellationToken,
+    session: tokio::task::JoinHandle<()>,
+}
+
+async fn lab(extra_toml: &str, adjust: impl FnOnce(&mut Config)) -> Lab {
+    let sshd = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = Config::from_toml(&format!(
+        "forward_ports = \"42000-42999\"\n{extra_toml}\n[targets.lab]\naddress = \"{}\"\npinned_host_keys = [\"SHA256:pinned\"]\n",
+        sshd.local_addr().unwrap()
+    ))
+    .unwrap();
+    adjust(&mut config);
+    let config = Arc::new(config);
+    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let client = crate::ClientAddr::resolve(peer, &Default::default(), &config);
+    let metrics = Arc::<Metrics>::default();
+    let hello = Arc::<Admission>::default().wait_for_hello(client.ip(), &config.limits);
+    let holder = Holder {
+        book: Arc::new(PortBook::new(metrics.forward_binds.clone())),
+        session: 1,
+        ip: client.ip(),
+    };
+    let (to_relay, relay_rx) = mpsc::channel(16);
+    let (relay_tx, from_relay) = mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let session = tokio::spawn(super::run(
+        relay_tx,
+        relay_rx,
+        config,
+        metrics,
+        client,
+        shutdown.clone(),
+        holder,
+        hello,
+    ));
+    Lab {
+        tab: Tab {
+            to_relay,
+            from_relay,
+        },
+        sshd,
+        shutdown,
+        session,
+    }
+}
+
+/// A session past its Welcome, with the SSH server's side of its socket.
+async fn welcomed(extra_toml: &str) -> (Lab, TcpStream) {
+    let mut lab = lab(extra_toml, |_| {}).await;
+    let welcome = lab.tab.hello("lab").await;
+    assert!(matches!(welcome, Frame::Welcome { .. }), "{welcome:?}");
+    let (ssh, _) = tokio::time::timeout(DEADLINE, lab.sshd.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    (lab, ssh)
+}
+
+/// Opens forward 1 on a free port and returns its address.
+async fn listen(tab: &mut Tab) -> SocketAddr {
+    tab.send(Frame::Listen {
+        forward: 1,
+        bind: "127.0.0.1".into(),
+        port: 0,
+    })
+    .await;
+    match tab.frame().await {
+        Frame::Listening {
+            forward: 1,
+            address,
+        } => address.parse().unwrap(),
+        other => panic!("expected Listening, got {other:?}"),
+    }
+}
+
+async fn read_exactly(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    tokio::time::timeout(DEADLINE, stream.read_exact(&mut buf))
+        .await
+        .expect("no bytes in time")
+        .unwrap();
+    buf
+}
+
+/// Reads until the peer closes; returns what came, or the error.
+async fn read_to_end(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut buf))
+        .await
+        .expect("the connection did not end in time")?;
+    Ok(buf)
+}
+
+#[tokio::test]
+async fn a_hello_is_welcomed_with_the_pins_and_ssh_bytes_flow_both_ways() {
+    let mut lab = lab("", |_| {}).await;
+    assert_eq!(
+        lab.tab.hello("lab").await,
+        Frame::Welcome {
+            version: VERSION,
+            pinned_host_keys: vec!["SHA256:pinned".into()],
+        }
+    );
+    let (mut ssh, _) = lab.sshd.accept().await.unwrap();
+    lab.tab
+        .send(Frame::Ssh(Bytes::from_static(b"SSH-2.0-tab\r\n")))
+        .await;
+    assert_eq!(read_exactly(&mut ssh, 13).await, b"SSH-2.0-tab\r\n");
+    ssh.write_all(b"SSH-2.0-sshd\r\n").await.unwrap();
+    assert_eq!(
+        lab.tab.frame().await,
+        Frame::Ssh(Bytes::from_static(b"SSH-2.0-sshd\r\n"))
+    );
+}
+
+#[tokio::test]
+async fn a_frame_before_the_hello_ends_the_session_as_a_protocol_error() {
+    let mut lab = lab("", |_| {}).await;
+    lab.tab.send(Frame::Unlisten { forward: 1 }).await;
+    let (code, message, close) = lab.tab.error().await;
+    assert_eq!(code, ErrorCode::Protocol);
+    assert_eq!(message, "expected Hello first, got Unlisten");
+    assert_eq!(close, 1002);
+}
+
+#[tokio::test]
+async fn another_protocol_version_is_told_to_reload() {
+    let mut lab = lab("", |_| {}).await;
+    lab.tab
+        .send(Frame::Hello {
+            version: VERSION + 1,
+            target: "lab".into(),
+            token: String::new(),
+        })
+        .await;
+    let (code, message, close) = lab.tab.error().await;
+    assert_eq!(code, ErrorCode::Version);
+    assert!(message.ends_with("reload the page"), "{message}");
+    assert_eq!(close, 1002);
+}
+
+#[tokio::test]
+async fn an_unknown_target_is_refused_naming_the_offered_ones() {
+    let mut lab = lab("", |_| {}).await;
+    let Frame::Error { code, message } = lab.tab.hello("elsewhere").await else {
+        panic!("expected an Error frame");
+    };
+    assert_eq!(code, ErrorCode::UnknownTarget);
+    assert_eq!(
+        message,
+        "unknown target \"elsewhere\"; this relay offers: lab"
+    );
+    assert_eq!(lab.tab.close().await.0, 1008);
+}
+
+#[tokio::test]
+async fn a_forwarded_connection_carries_bytes_and_half_closes_each_way() {
+    let (mut lab, _ssh) = welcomed("").await;
+    let address = listen(&mut lab.tab).await;
+    let mut client = TcpStream::connect(address).await.unwrap();
+    let Frame::Accept { conn, forward, .. } = lab.tab.frame().await else {
+        panic!("expected Accept");
+    };
+    assert_eq!((conn, forward), (1, 1));
+    assert_eq!(
+        lab.tab.frame().await,
+        Frame::Credit {
+            conn,
+            bytes: CONNECTION_WINDOW
+        }
+    );
+    // The tab opened its SSH channel: it grants the relay credit.
+    lab.tab
+        .send(Frame::Credit {
+            conn,
+            bytes: CONNECTION_WINDOW,
+        })
+        .await;
+    client.write_all(b"ping").await.unwrap();
+    assert_eq!(
+        lab.tab.frame().await,
+        Frame::Data {
+            conn,
+            data: Bytes::from_static(b"ping")
+        }
+    );
+    lab.tab
+        .send(Frame::Data {
+            conn,
+            data: Bytes::from_static(b"pong"),
+        })
+        .await;
+    lab.tab.send(Frame::Eof { conn }).await;
+    // The tab's Eof is the TCP client's end of stream, after the bytes before it.
+    assert_eq!(read_to_end(&mut client).await.unwrap(), b"pong");
+    client.shutdown().await.unwrap();
+    assert_eq!(lab.tab.frame().await, Frame::Eof { conn });
+    assert_eq!(
+        lab.tab.frame().await,
+        Frame::Close {
+            conn,
+            reason: String::new()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_frame_for_a_connection_never_opened_ends_the_session() {
+    let (mut lab, _ssh) = welcomed("").await;
+    lab.tab
+        .send(Frame::Data {
+            conn: 7,
+            data: Bytes::from_static(b"x"),
+        })
+        .await;
+    let (code, message, close) = lab.tab.error().await;
+    assert_eq!(code, ErrorCode::Protocol);
+    assert!(message.contains("connection 7"), "{message}");
+    assert!(message.contains("never opened"), "{message}");
+    assert_eq!(close, 1002);
+}
+
+#[tokio::test]
+async fn a_client_from_a_source_not_allowed_is_closed_and_the_tab_told() {
+    let (mut lab, _ssh) = welcomed("forward_allowed_sources = [\"192.0.2.0/24\"]").await;
+    let address = listen(&mut lab.tab).await;
+    let mut client = TcpStream::connect(address).await.unwrap();
+    let Frame::ListenFailed {
+        forward,
+        code,
+        message,
+    } = lab.tab.frame().await
+    else {
+        panic!("expected ListenFailed");
+    };
+    assert_eq!((forward, code), (1, ErrorCode::SourceNotAllowed));
+    assert!(message.contains("forward_allowed_sources"), "{message}");
+    // Closed without a byte, and the listener stays: the next client is told too.
+    assert!(
+        read_to_end(&mut client)
+            .await
+            .map_or(true, |b| b.is_empty())
+    );
+    let _second = TcpStream::connect(address).await.unwrap();
+    assert!(matches!(
+        lab.tab.frame().await,
+        Frame::ListenFailed { forward: 1, .. }
+    ));
+}
+
+#[tokio::test]
+async fn the_ssh_server_closing_ends_the_session_in_order() {
+    let (mut lab, ssh) = welcomed("").await;
+    drop(ssh);
+    assert_eq!(
+        lab.tab.close().await,
+        (1000, "the SSH server closed the connection".into())
+    );
+    tokio::time::timeout(DEADLINE, lab.session)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_tab_leaving_ends_the_session_and_frees_its_forward_port() {
+    let (mut lab, mut ssh) = welcomed("").await;
+    let address = listen(&mut lab.tab).await;
+    lab.tab
+        .to_relay
+        .send(Ok(Message::Close(None)))
+        .await
+        .unwrap();
+    assert_eq!(
+        lab.tab.close().await,
+        (1000, "the tab closed the WebSocket".into())
+    );
+    tokio::time::timeout(DEADLINE, lab.session)
+        .await
+        .unwrap()
+        .unwrap();
+    // Everything the session held is gone: its SSH socket and its listener.
+    assert!(read_to_end(&mut ssh).await.map_or(true, |b| b.is_empty()));
+    TcpListener::bind(address)
+        .await
+        .expect("the forward's port is still held");
+}
+
+#[tokio::test]
+async fn the_relay_shutting_down_tells_the_tab() {
+    let (mut lab, _ssh) = welcomed("").await;
+    lab.shutdown.cancel();
+    let (code, message, close) = lab.tab.error().await;
+    assert_eq!(code, ErrorCode::ShuttingDown);
+    assert_eq!(
+        message,
+        "the relay is shutting down; connect again when it is back"
+    );
+    assert_eq!(close, 1001);
+}
+
+#[tokio::test]
+async fn a_session_with_no_connection_ends_when_idle() {
+    let mut lab = lab("", |config| {
+        config.idle_timeout = Some(Duration::from_millis(200))
+    })
+    .await;
+    assert!(matches!(lab.tab.hello("lab").await, Frame::Welcome { .. }));
+    let (code, message, close) = lab.tab.error().await;
+    assert_eq!(code, ErrorCode::Idle);
+    assert!(
+        message.starts_with("the relay ended this session: idle for 200ms"),
+        "{message}"
+    );
+    assert_eq!(close, 1008);
+}
+
+#[tokio::test]
+async fn a_tab_that_answers_nothing_is_ended_by_the_watchdog() {
+    let mut lab = lab("", |config| {
+        config.ping_interval = Duration::from_millis(100)
+    })
+    .await;
+    assert!(matches!(lab.tab.hello("lab").await, Frame::Welcome { .. }));
+    // The tab sends nothing, pongs included: after three ping intervals it is gone.
+    let (close, reason) = lab.tab.close().await;
+    assert_eq!(close, 1000);
+    assert!(reason.starts_with("the tab stopped answering"), "{reason}");
+}
