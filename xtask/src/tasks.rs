@@ -243,6 +243,7 @@ fn test_steps(root: &Path, steps: &mut Steps) -> Result<()> {
             .args(["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"])
             .run()
     })?;
+    steps.run("imports", || crate::imports::check(root))?;
     steps.run("clippy", || {
         cargo(root)?
             .args([
