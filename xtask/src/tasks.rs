@@ -272,6 +272,12 @@ fn test_steps(root: &Path, steps: &mut Steps) -> Result<()> {
             ])
             .run()
     })?;
+    steps.run("page modules", || {
+        Cmd::new("node")
+            .args(["--test", "test/"])
+            .current_dir(&root.join("web"))
+            .run()
+    })?;
     steps.run("test", || {
         let mut cmd = cargo(root)?.env("TABTUNNEL_WEB_DIR", root.join("web"));
         if is_ci() {
