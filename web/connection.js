@@ -9,12 +9,11 @@ const $ = (id) => document.getElementById(id);
 export class Connection {
   /**
    * `wasm`: the SSH client; `form`: the LoginForm; `dialogs`: { hostKey, prompt };
-   * `mismatch`: the MismatchPanel; `knownHosts`: remembered keys; `forwards`: the
-   * ForwardList; `afterConnect()`: adds the pending forwards; `onChange()`: redraws the
-   * controls.
+   * `mismatch`: the MismatchPanel; `forwards`: the ForwardList; `afterConnect()`: adds
+   * the pending forwards; `onChange()`: redraws the controls.
    */
-  constructor({ wasm, form, dialogs, mismatch, knownHosts, forwards, afterConnect, onChange }) {
-    Object.assign(this, { wasm, form, dialogs, mismatch, knownHosts, forwards, afterConnect, onChange });
+  constructor({ wasm, form, dialogs, mismatch, forwards, afterConnect, onChange }) {
+    Object.assign(this, { wasm, form, dialogs, mismatch, forwards, afterConnect, onChange });
     /** "disconnected" | "connecting" | "connected" */
     this.state = "disconnected";
     /** The live session handle, or null. */
@@ -54,7 +53,6 @@ export class Connection {
     }
     const { target, username } = read.options;
     const a = new ConnectionAttempt(target, username, {
-      knownHosts: this.knownHosts,
       hostKeyDialog: this.dialogs.hostKey,
       promptDialog: this.dialogs.prompt,
       onClose: (attempt, reason) => this.onSessionClosed(attempt, reason),
@@ -77,18 +75,12 @@ export class Connection {
       this.failed(a, error);
       return;
     }
-    const changed = a.changedKeyOf(s);
-    if (changed) {
-      s.close().catch(() => {});
-      this.failed(a, null, changed);
-      return;
-    }
 
     this.session = s;
     this.state = "connected";
     // Rows from an earlier session are closed; start with a clean list.
     this.forwards.removeClosed();
-    this.setStatus(`connected as ${username}@${target}, host key ${a.fingerprintOf(s)}`, "connected");
+    this.setStatus(`connected as ${username}@${target}, host key ${String(s.hostKeyFingerprint)}`, "connected");
     this.onChange();
 
     if (a.closedReason !== null) {
@@ -99,15 +91,17 @@ export class Connection {
     await this.afterConnect();
   }
 
-  /** Shows why attempt `a` failed: a changed key (`changed`), a refused one, or `error`. */
-  failed(a, error, changed = a.mismatch) {
+  /** Shows why attempt `a` failed: a changed host key, one the user refused, or `error`. */
+  failed(a, error) {
     this.attempt = null;
     this.state = "disconnected";
     // A question the server no longer waits for must not stay on screen.
     if (this.dialogs.prompt.open) this.dialogs.prompt.close(null);
     if (this.dialogs.hostKey.open) this.dialogs.hostKey.close(false);
-    if (changed) {
-      this.mismatch.show(a.target, changed.known, changed.offered);
+    if (error?.code === "host-key-changed") {
+      const algorithm = String(error.algorithm ?? "");
+      this.mismatch.show(a.target, { fingerprint: String(error.remembered), algorithm },
+        { fingerprint: String(error.offered), algorithm });
       this.showError(`Not connected: the host key of ${a.target} has changed (see the warning below).`);
       this.setStatus("disconnected (host key mismatch)", "error");
     } else if (a.rejected) {
@@ -171,9 +165,12 @@ export class Connection {
     this.onChange();
   }
 
-  /** The user confirmed a changed key is expected: forget the old one. */
+  /**
+   * The user confirmed a changed key is expected: forget the old one. The client is
+   * loaded: it reported the change.
+   */
   forgetKey(target, algorithm) {
-    this.knownHosts.forget(target, algorithm);
+    this.wasm.module.forgetHostKey(target, algorithm);
     this.showError("");
     this.setStatus(`disconnected (old host key for ${target} forgotten; connect again to check the new key)`, "disconnected");
     this.button.focus();

@@ -6,7 +6,6 @@ import { Connection } from "./connection.js";
 import { renderControls } from "./controls.js";
 import { HostKeyDialog, PromptDialog } from "./dialogs.js";
 import { ForwardList } from "./forwards.js";
-import { KnownHosts } from "./known_hosts.js";
 import { LoginForm } from "./login_form.js";
 import { MismatchPanel } from "./mismatch.js";
 import { PasteForm } from "./paste.js";
@@ -55,7 +54,6 @@ connection = new Connection({
   form,
   dialogs: { hostKey: new HostKeyDialog($("connect")), prompt: new PromptDialog() },
   mismatch: new MismatchPanel((target, algorithm) => connection.forgetKey(target, algorithm)),
-  knownHosts: new KnownHosts(window.location.origin),
   forwards,
   afterConnect: () => pending.addAll({ retryFailed: true }),
   onChange: refresh,
