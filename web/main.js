@@ -24,10 +24,9 @@ const relay = { publicHost: null, allowedSources: [] };
 
 const wasm = new WasmClient(showSessionError);
 const form = new LoginForm(showSessionError);
-let connection = null;
-let pending = null;
-const refresh = () => {
-  if (!connection || !pending) return;
+// The parts reach each other through closures, which run only once all are built (no
+// constructor calls them).
+const refresh = () =>
   renderControls({
     state: connection.state,
     loginControls: form.controls,
@@ -36,20 +35,19 @@ const refresh = () => {
     forwardCount: forwards.rows.length,
     pendingCount: pending.items.length,
   });
-};
 const forwards = new ForwardList({
   wasm,
   relay,
   session: () => (connection.state === "connected" ? connection.session : null),
   onChange: refresh,
 });
-pending = new PendingForwards({
+const pending = new PendingForwards({
   add: (spec) => forwards.add(spec),
   lastError: () => forwards.error.textContent,
   connected: () => connection.state === "connected",
   onChange: refresh,
 });
-connection = new Connection({
+const connection = new Connection({
   wasm,
   form,
   dialogs: { hostKey: new HostKeyDialog($("connect")), prompt: new PromptDialog() },
