@@ -49,6 +49,15 @@ pub enum ClientError {
         got: String,
         pin: &'static str,
     },
+    /// The key differs from the one remembered for this relay, target and key type.
+    #[error(
+        "WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! The server's {algorithm} host key is {offered}, but {remembered} is remembered for it. Someone may be intercepting the connection; the session was stopped before logging in. If the server's operator confirms the key was changed, forget the old key and connect again."
+    )]
+    HostKeyChanged {
+        algorithm: String,
+        remembered: String,
+        offered: String,
+    },
     #[error("invalid forward: {0}")]
     BadSpec(#[from] crate::spec::ParseError),
     #[error("the SSH server refused the channel to {destination}: {reason}")]
@@ -75,6 +84,7 @@ impl ClientError {
             ClientError::HostKeyRejected { .. } => "host-key-rejected",
             ClientError::HostKeyUnknown { .. } => "host-key-unknown",
             ClientError::HostKeyMismatch { .. } => "host-key-mismatch",
+            ClientError::HostKeyChanged { .. } => "host-key-changed",
             ClientError::BadSpec(_) => "bad-spec",
             ClientError::ChannelRefused { .. } => "channel-refused",
             ClientError::Ssh(_) => "ssh",

@@ -11,6 +11,7 @@
 mod error;
 mod forward;
 mod keys;
+pub mod known_hosts;
 mod rt;
 mod session;
 pub mod spec;
@@ -22,6 +23,9 @@ pub mod native;
 
 pub use error::ClientError;
 pub use forward::{Forward, StatsSnapshot};
+pub use known_hosts::{
+    KnownHostId, KnownHosts, KnownHostsCheck, KnownHostsError, MemoryKnownHosts,
+};
 pub use session::{ConnectOptions, ForwardOptions, Keepalive, Session, connect};
 pub use spec::{ForwardSpec, SshCommand, parse_forward, parse_ssh_command};
 pub use ssh::{

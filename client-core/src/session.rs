@@ -239,13 +239,20 @@ pub async fn connect<T: Transport>(
     });
     rt::spawn(demux(stream, shared.clone(), ssh_in_tx, closed_tx));
 
-    let HostKeyPolicy { expected, ask, .. } = options.host_key;
+    let HostKeyPolicy {
+        expected,
+        ask,
+        known_hosts,
+        ..
+    } = options.host_key;
     let handler = SshHandler::new(
         HostKeyPolicy {
             pinned,
             expected,
             ask,
+            known_hosts,
         },
+        options.target.clone(),
         shared.closed.clone(),
     );
     let verdict = handler.verdict.clone();

@@ -7,6 +7,7 @@ use russh::client;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 
 use crate::ClientError;
+use crate::known_hosts::{HostKeyFacts, KnownHostsCheck, Remembered, Trust, decide};
 
 /// What the tab learns about the server's host key before trusting it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,17 +18,24 @@ pub struct HostKeyInfo {
     pub algorithm: String,
     /// The relay's operator pinned this key for the target (and it matched).
     pub pinned: bool,
+    /// Other key types the known-hosts store has for the target: a question about this
+    /// key comes with a warning (see [`Trust::AskNewKeyType`]).
+    pub known_types: Vec<String>,
 }
 
 /// Asks the user (or a test) whether to trust a host key seen for the first time.
 pub type HostKeyCallback = Box<dyn FnOnce(HostKeyInfo) -> BoxFuture<'static, bool> + Send>;
 
-/// The rules for trusting a host key, strongest first: operator pins, then the
-/// caller's expected fingerprint, then the callback; with none of them, refuse.
+/// What decides whether a host key is trusted; the rules are [`decide`]'s.
 pub struct HostKeyPolicy {
+    /// The operator's pins, from the relay's Welcome (`connect` fills them in).
     pub pinned: Vec<String>,
+    /// The one fingerprint to accept, if the caller knows it.
     pub expected: Option<String>,
+    /// Asks the user; with a store, only about keys it does not know yet.
     pub ask: Option<HostKeyCallback>,
+    /// Where accepted keys are remembered, and looked up on the next connection.
+    pub known_hosts: Option<KnownHostsCheck>,
 }
 
 impl std::fmt::Debug for HostKeyPolicy {
@@ -36,6 +44,7 @@ impl std::fmt::Debug for HostKeyPolicy {
             .field("pinned", &self.pinned)
             .field("expected", &self.expected)
             .field("ask", &self.ask.is_some())
+            .field("known_hosts", &self.known_hosts)
             .finish()
     }
 }
@@ -51,6 +60,8 @@ pub(crate) enum HostKeyVerdict {
 /// callback answers through a boxed future that the platform glue builds.
 pub(crate) struct SshHandler {
     policy: HostKeyPolicy,
+    /// The relay's name for the server: known-hosts entries are per target.
+    target: String,
     /// The session's end: a host-key question still open then is refused.
     closed: tokio::sync::watch::Receiver<Option<String>>,
     pub(crate) verdict: Arc<Mutex<Option<HostKeyVerdict>>>,
@@ -59,57 +70,91 @@ pub(crate) struct SshHandler {
 impl SshHandler {
     pub(crate) fn new(
         policy: HostKeyPolicy,
+        target: String,
         closed: tokio::sync::watch::Receiver<Option<String>>,
     ) -> Self {
         Self {
             policy,
+            target,
             closed,
             verdict: Arc::default(),
         }
     }
 
-    /// Operator pins narrow what is acceptable; they never replace the tab's own check
-    /// (a relay that could choose the pins must not be able to vouch for its own key).
-    /// russh calls this once, at the first key exchange; re-keys run inside the
-    /// encryption that exchange set up.
+    /// Applies [`decide`] to the offered key, asks when it says so, and remembers what
+    /// was accepted. russh calls this once, at the first key exchange; re-keys run
+    /// inside the encryption that exchange set up.
     async fn judge(&mut self, mut info: HostKeyInfo) -> HostKeyVerdict {
-        let fingerprint = info.fingerprint.clone();
-        if !self.policy.pinned.is_empty() {
-            if !self.policy.pinned.contains(&fingerprint) {
+        let known = self.policy.known_hosts.as_ref();
+        let remembered =
+            known.map(|k| Remembered::read(k.store.as_ref(), &k.id(&self.target, &info.algorithm)));
+        let trust = decide(&HostKeyFacts {
+            fingerprint: &info.fingerprint,
+            pinned: &self.policy.pinned,
+            expected: self.policy.expected.as_deref(),
+            remembered: remembered.as_ref(),
+            can_ask: self.policy.ask.is_some(),
+        });
+        info.pinned = !self.policy.pinned.is_empty();
+        let got = info.fingerprint.clone();
+        let question = match trust {
+            Trust::Known => return HostKeyVerdict::Accepted(info),
+            Trust::Pinned => {
+                self.remember(&info);
+                return HostKeyVerdict::Accepted(info);
+            }
+            Trust::AskFirstUse => info.clone(),
+            Trust::AskNewKeyType { known_types } => HostKeyInfo {
+                known_types,
+                ..info.clone()
+            },
+            Trust::Changed { remembered } => {
+                return HostKeyVerdict::Refused(ClientError::HostKeyChanged {
+                    algorithm: info.algorithm,
+                    remembered,
+                    offered: got,
+                });
+            }
+            Trust::NotExpected { expected } => {
                 return HostKeyVerdict::Refused(ClientError::HostKeyMismatch {
-                    expected: self.policy.pinned.join(" or "),
-                    got: fingerprint,
+                    expected,
+                    got,
+                    pin: "",
+                });
+            }
+            Trust::NotPinned { pinned } => {
+                return HostKeyVerdict::Refused(ClientError::HostKeyMismatch {
+                    expected: pinned.join(" or "),
+                    got,
                     pin: " (pinned by the relay's operator)",
                 });
             }
-            info.pinned = true;
-        }
-        if let Some(expected) = &self.policy.expected {
-            return if *expected == fingerprint {
-                HostKeyVerdict::Accepted(info)
-            } else {
-                HostKeyVerdict::Refused(ClientError::HostKeyMismatch {
-                    expected: expected.clone(),
-                    got: fingerprint,
-                    pin: "",
-                })
-            };
-        }
-        let answer = match self.policy.ask.take() {
-            // Refused if the session ends while the user still looks at the question.
-            Some(ask) => Some(
-                until_closed(ask(info.clone()), self.closed.clone())
-                    .await
-                    .unwrap_or(false),
-            ),
-            None => None,
+            Trust::Unknown => {
+                return HostKeyVerdict::Refused(ClientError::HostKeyUnknown { fingerprint: got });
+            }
         };
-        match answer {
-            Some(true) => HostKeyVerdict::Accepted(info),
-            Some(false) => HostKeyVerdict::Refused(ClientError::HostKeyRejected { fingerprint }),
-            // With no way to ask, only an operator pin makes a key known.
-            None if info.pinned => HostKeyVerdict::Accepted(info),
-            None => HostKeyVerdict::Refused(ClientError::HostKeyUnknown { fingerprint }),
+        let Some(ask) = self.policy.ask.take() else {
+            return HostKeyVerdict::Refused(ClientError::HostKeyUnknown { fingerprint: got });
+        };
+        // Refused if the session ends while the user still looks at the question.
+        let yes = until_closed(ask(question.clone()), self.closed.clone())
+            .await
+            .unwrap_or(false);
+        if !yes {
+            return HostKeyVerdict::Refused(ClientError::HostKeyRejected { fingerprint: got });
+        }
+        self.remember(&question);
+        HostKeyVerdict::Accepted(question)
+    }
+
+    /// Remembers an accepted key, if there is a store. A store that cannot save (storage
+    /// full or disabled) costs a question next time, not this connection.
+    fn remember(&mut self, info: &HostKeyInfo) {
+        if let Some(known) = self.policy.known_hosts.as_mut() {
+            let id = known.id(&self.target, &info.algorithm);
+            if let Err(err) = known.store.put(&id, &info.fingerprint) {
+                tracing::warn!(%err, "host key accepted but not remembered");
+            }
         }
     }
 }
@@ -133,6 +178,7 @@ impl client::Handler for SshHandler {
             fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
             algorithm: key.algorithm().as_str().to_owned(),
             pinned: false,
+            known_types: Vec::new(),
         };
         let verdict = self.judge(info).await;
         let accepted = matches!(verdict, HostKeyVerdict::Accepted(_));
@@ -518,4 +564,172 @@ async fn keyboard_interactive(
 
 pub(crate) fn ssh_error(err: russh::Error) -> ClientError {
     ClientError::Ssh(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::known_hosts::{KnownHostId, KnownHosts, KnownHostsError, MemoryKnownHosts};
+
+    /// A store the test keeps a handle on while the handler owns it.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<MemoryKnownHosts>>);
+
+    impl KnownHosts for Shared {
+        fn get(&self, id: &KnownHostId) -> Option<String> {
+            self.0.lock().unwrap().get(id)
+        }
+        fn put(&mut self, id: &KnownHostId, fingerprint: &str) -> Result<(), KnownHostsError> {
+            self.0.lock().unwrap().put(id, fingerprint)
+        }
+        fn forget(&mut self, id: &KnownHostId) -> Result<(), KnownHostsError> {
+            self.0.lock().unwrap().forget(id)
+        }
+        fn algorithms(&self, relay: &str, target: &str) -> Vec<String> {
+            self.0.lock().unwrap().algorithms(relay, target)
+        }
+    }
+
+    const RELAY: &str = "http://127.0.0.1:8080";
+
+    fn offered(fingerprint: &str, algorithm: &str) -> HostKeyInfo {
+        HostKeyInfo {
+            fingerprint: fingerprint.into(),
+            algorithm: algorithm.into(),
+            pinned: false,
+            known_types: Vec::new(),
+        }
+    }
+
+    /// Judges `key` with `store` and `pins`; `answer` is the user's (None: no one to ask).
+    /// Returns the verdict and what the question showed, if one was asked.
+    async fn judge(
+        store: &Shared,
+        pins: &[&str],
+        answer: Option<bool>,
+        key: HostKeyInfo,
+    ) -> (HostKeyVerdict, Option<HostKeyInfo>) {
+        let asked = Arc::new(Mutex::new(None));
+        let ask = answer.map(|yes| {
+            let asked = asked.clone();
+            Box::new(move |info: HostKeyInfo| {
+                *asked.lock().unwrap() = Some(info);
+                async move { yes }.boxed()
+            }) as HostKeyCallback
+        });
+        let policy = HostKeyPolicy {
+            pinned: pins.iter().map(|p| p.to_string()).collect(),
+            expected: None,
+            ask,
+            known_hosts: Some(KnownHostsCheck {
+                store: Box::new(store.clone()),
+                relay: RELAY.into(),
+            }),
+        };
+        let (_closed_tx, closed) = tokio::sync::watch::channel(None);
+        let mut handler = SshHandler::new(policy, "lab".into(), closed);
+        let verdict = handler.judge(key).await;
+        let question = asked.lock().unwrap().take();
+        (verdict, question)
+    }
+
+    #[tokio::test]
+    async fn an_accepted_key_is_remembered_and_not_asked_again() {
+        let store = Shared::default();
+        let (verdict, asked) =
+            judge(&store, &[], Some(true), offered("SHA256:a", "ssh-ed25519")).await;
+        assert!(
+            matches!(verdict, HostKeyVerdict::Accepted(_)),
+            "{verdict:?}"
+        );
+        assert_eq!(asked.unwrap().known_types, Vec::<String>::new());
+        let (verdict, asked) = judge(&store, &[], None, offered("SHA256:a", "ssh-ed25519")).await;
+        assert!(
+            matches!(verdict, HostKeyVerdict::Accepted(_)),
+            "{verdict:?}"
+        );
+        assert!(asked.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_refused_key_is_not_remembered() {
+        let store = Shared::default();
+        let (verdict, _) =
+            judge(&store, &[], Some(false), offered("SHA256:a", "ssh-ed25519")).await;
+        assert!(
+            matches!(
+                verdict,
+                HostKeyVerdict::Refused(ClientError::HostKeyRejected { .. })
+            ),
+            "{verdict:?}"
+        );
+        assert!(store.algorithms(RELAY, "lab").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_changed_key_is_refused_with_both_fingerprints() {
+        let store = Shared::default();
+        judge(
+            &store,
+            &[],
+            Some(true),
+            offered("SHA256:old", "ssh-ed25519"),
+        )
+        .await;
+        let (verdict, asked) = judge(
+            &store,
+            &["SHA256:new"],
+            Some(true),
+            offered("SHA256:new", "ssh-ed25519"),
+        )
+        .await;
+        assert!(asked.is_none(), "a changed key is not a question");
+        let HostKeyVerdict::Refused(err) = verdict else {
+            panic!("accepted a changed key");
+        };
+        assert_eq!(err.code(), "host-key-changed");
+        let text = err.to_string();
+        assert!(
+            text.contains("SHA256:old") && text.contains("SHA256:new"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pinned_key_is_remembered_without_asking_but_a_new_type_is_asked_with_a_warning() {
+        let store = Shared::default();
+        let (verdict, asked) = judge(
+            &store,
+            &["SHA256:ecdsa"],
+            Some(true),
+            offered("SHA256:ecdsa", "ecdsa-sha2-nistp256"),
+        )
+        .await;
+        assert!(
+            matches!(verdict, HostKeyVerdict::Accepted(ref i) if i.pinned),
+            "{verdict:?}"
+        );
+        assert!(asked.is_none());
+        let (verdict, asked) = judge(
+            &store,
+            &["SHA256:ed"],
+            Some(false),
+            offered("SHA256:ed", "ssh-ed25519"),
+        )
+        .await;
+        assert!(
+            matches!(
+                verdict,
+                HostKeyVerdict::Refused(ClientError::HostKeyRejected { .. })
+            ),
+            "{verdict:?}"
+        );
+        let asked = asked.expect("a new key type is asked");
+        assert_eq!(asked.known_types, vec!["ecdsa-sha2-nistp256".to_owned()]);
+        assert!(asked.pinned);
+    }
 }

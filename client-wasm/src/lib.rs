@@ -5,11 +5,12 @@
 //! import init, { connect } from "/pkg/client_wasm.js";
 //! await init();
 //! const session = await connect({ target, username, password | privateKey, passphrase,
-//!                                 hostKey, onHostKey, onClose, relay });
+//!                                 hostKey, onHostKey, knownHosts, onClose, relay });
 //! const fwd = await session.forward("127.0.0.1:10080:mail.example.com:110");
 //! fwd.listen; fwd.stats(); await fwd.close(); await session.close();
 //! ```
 
+mod known_hosts;
 mod websocket;
 
 use futures::FutureExt;
@@ -17,11 +18,12 @@ use js_sys::{Array, Function, Object, Promise, Reflect};
 use send_wrapper::SendWrapper;
 use tabtunnel_client::{
     Auth, ClientError, ConnectOptions, Credentials, HostKeyCallback, HostKeyInfo, HostKeyPolicy,
-    PromptCallback, PromptRequest,
+    KnownHosts, KnownHostsCheck, PromptCallback, PromptRequest,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
+use crate::known_hosts::BrowserKnownHosts;
 use crate::websocket::WebSocketTransport;
 
 #[wasm_bindgen(start)]
@@ -30,6 +32,11 @@ fn start() {
 }
 
 /// Opens a session through the relay; see the crate documentation for `options`.
+/// `knownHosts: true` remembers accepted host keys in this browser's localStorage, per
+/// relay, target and key type (OpenSSH's known_hosts rules, in
+/// `tabtunnel_client::known_hosts`): a remembered key is trusted, a changed one refused
+/// (`error.code` "host-key-changed", with `algorithm`, `remembered` and `offered`), and
+/// `onHostKey` is asked only about keys seen for the first time.
 #[wasm_bindgen]
 pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
     let target = required_string(&options, "target")?;
@@ -44,7 +51,15 @@ pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
     let expected = optional_string(&options, "hostKey")?.filter(|k| !k.is_empty());
     let ask = optional_function(&options, "onHostKey")?.map(host_key_prompt);
     let on_close = optional_function(&options, "onClose")?;
-    let url = relay_url(optional_string(&options, "relay")?)?;
+    let relay = optional_string(&options, "relay")?;
+    let known_hosts = match Reflect::get(&options, &"knownHosts".into())?.is_truthy() {
+        true => Some(KnownHostsCheck {
+            store: Box::new(BrowserKnownHosts),
+            relay: relay_origin(relay.as_deref())?,
+        }),
+        false => None,
+    };
+    let url = relay_url(relay)?;
     let keepalive = keepalive_option(&options)?;
     let token = optional_string(&options, "token")?.filter(|t| !t.is_empty());
 
@@ -61,6 +76,7 @@ pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
             pinned: Vec::new(),
             expected,
             ask,
+            known_hosts,
         },
     };
     let session = tabtunnel_client::connect(transport, options)
@@ -76,18 +92,22 @@ pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
     Ok(Session { inner: session })
 }
 
-/// Asks the page's `onHostKey(fingerprint, algorithm, pinned)`; a truthy answer (or a
-/// Promise of one) accepts the key. `pinned` says the relay's operator pinned this key.
+/// Asks the page's `onHostKey(fingerprint, algorithm, pinned, knownTypes)`; a truthy
+/// answer (or a Promise of one) accepts the key. `pinned` says the relay's operator
+/// pinned this key; `knownTypes` lists the other key types remembered for the target
+/// (non-empty: warn that the server now shows another type).
 fn host_key_prompt(callback: Function) -> HostKeyCallback {
     let callback = SendWrapper::new(callback);
     Box::new(move |info: HostKeyInfo| {
         let answer = SendWrapper::new(async move {
-            let result = callback.call3(
-                &JsValue::NULL,
+            let known_types: Array = info.known_types.iter().map(JsValue::from).collect();
+            let args = Array::of4(
                 &JsValue::from_str(&info.fingerprint),
                 &JsValue::from_str(&info.algorithm),
                 &JsValue::from_bool(info.pinned),
+                &known_types,
             );
+            let result = callback.apply(&JsValue::NULL, &args);
             match result {
                 Ok(value) => JsFuture::from(Promise::resolve(&value))
                     .await
@@ -175,6 +195,44 @@ fn prompt_callback(callback: Function) -> PromptCallback {
         });
         answer.boxed()
     })
+}
+
+/// Forgets the host key remembered (with `knownHosts: true`) for `target`'s `algorithm`
+/// on this page's relay (or `relay`): the next connection asks anew.
+#[wasm_bindgen(js_name = forgetHostKey)]
+pub fn forget_host_key(
+    target: String,
+    algorithm: String,
+    relay: Option<String>,
+) -> Result<(), JsValue> {
+    let id = tabtunnel_client::KnownHostId {
+        relay: relay_origin(relay.as_deref())?,
+        target,
+        algorithm,
+    };
+    BrowserKnownHosts
+        .forget(&id)
+        .map_err(|e| error("known-hosts", &e.to_string()))
+}
+
+/// The relay as known-hosts entries name it: its `http(s)://host[:port]` origin, the
+/// page's own when `relay` is not given (the page has always keyed entries by
+/// `location.origin`).
+fn relay_origin(relay: Option<&str>) -> Result<String, JsValue> {
+    match relay.filter(|r| !r.is_empty()) {
+        Some(relay) => {
+            let url = relay_url(Some(relay.to_owned()))?;
+            let url = url.strip_suffix("/ws").unwrap_or(&url);
+            Ok(match url.strip_prefix("wss://") {
+                Some(rest) => format!("https://{rest}"),
+                None => format!("http://{}", url.trim_start_matches("ws://")),
+            })
+        }
+        None => web_sys::window()
+            .ok_or_else(|| error("bad-options", "no window: pass `relay`"))?
+            .location()
+            .origin(),
+    }
 }
 
 /// `ws(s)://` of the given relay or of the page's own origin, with the `/ws` path.
@@ -357,7 +415,23 @@ fn error(code: &str, message: &str) -> JsValue {
 }
 
 fn to_js(err: ClientError) -> JsValue {
-    error(err.code(), &err.to_string())
+    let js = error(err.code(), &err.to_string());
+    // The page shows both keys side by side, and forgets by key type.
+    if let ClientError::HostKeyChanged {
+        algorithm,
+        remembered,
+        offered,
+    } = &err
+    {
+        for (key, value) in [
+            ("algorithm", algorithm),
+            ("remembered", remembered),
+            ("offered", offered),
+        ] {
+            let _ = Reflect::set(&js, &key.into(), &value.as_str().into());
+        }
+    }
+    js
 }
 
 fn optional_string(options: &JsValue, key: &str) -> Result<Option<String>, JsValue> {

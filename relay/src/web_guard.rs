@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
-/// What the page loads, and from where (web/index.html, web/app.js and wasm-bindgen's
+/// What the page loads, and from where (web/index.html, its ES modules and wasm-bindgen's
 /// `client_wasm.js`): its own scripts and styles (no inline ones), the wasm bundle,
 /// which needs `'wasm-unsafe-eval'` to be compiled, `fetch('/api/targets')` and the
 /// WebSocket to `/ws` (CSP3's `'self'` covers ws:/wss: of the page's own host). No

@@ -185,6 +185,7 @@ async fn demo_login(
             pinned: vec![],
             expected: Some(demo.host_key_fingerprint.clone()),
             ask: None,
+            known_hosts: None,
         },
     };
     connect(transport, options).await

@@ -483,6 +483,7 @@ async fn operator_pins_narrow_the_check_and_never_replace_it() -> Result<()> {
             pinned: vec![],
             expected,
             ask,
+            known_hosts: None,
         };
         let url = relay.ws_url();
         async move { connect(NativeTransport::connect(&url).await?, opts).await }

@@ -111,6 +111,7 @@ pub fn sshd_login(sshd: &sshd::Sshd) -> tabtunnel_client::ConnectOptions {
             pinned: vec![],
             expected: Some(sshd.host_key_fingerprint.clone()),
             ask: None,
+            known_hosts: None,
         },
     }
 }

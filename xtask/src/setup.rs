@@ -20,6 +20,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",
     // A real reverse proxy for the trusted-proxies test.
     "nginx-light",
+    // `node --test` runs the tests of the page's DOM-free modules (web/test/).
+    "nodejs",
 ];
 
 /// Debian packages the wasm build needs (ring's C code for wasm32 needs clang).

@@ -270,6 +270,12 @@ fn test_steps(root: &Path, steps: &mut Steps) -> Result<()> {
             ])
             .run()
     })?;
+    steps.run("page modules", || {
+        Cmd::new("node")
+            .args(["--test", "test/"])
+            .current_dir(&root.join("web"))
+            .run()
+    })?;
     steps.run("test", || {
         cargo(root)?
             .env("TABTUNNEL_WEB_DIR", root.join("web"))

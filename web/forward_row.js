@@ -1,0 +1,150 @@
+// One forward's row in the Active list: its spec and state, where to connect and who
+// else can, its live numbers, and Remove.
+
+import { reachOf } from "./reach.js";
+import { statsView } from "./text.js";
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+export class ForwardRow {
+  /**
+   * A row for the open forward `fwd` of `spec`; `relay` is { publicHost, allowedSources }.
+   * `onRemove(row)` runs when the user clicks Remove.
+   */
+  constructor(spec, fwd, relay, onRemove) {
+    this.spec = spec;
+    this.fwd = fwd;
+    this.closed = false;
+    const row = element("li", "forward-row");
+    row.dataset.spec = spec;
+    row.dataset.state = "open";
+    this.row = row;
+
+    const head = element("div", "forward-head");
+    this.stateEl = element("span", "state", "open");
+    head.append(element("code", "spec", spec), this.stateEl);
+
+    const listen = String(fwd.listen ?? "");
+    const lines = [addressLine("listen-line", "Listening on ", "listen", listen, "Copy listen address")];
+    // Where users connect and who else can: a forward bound beyond loopback is open to
+    // everyone who can reach the relay host, which the user should know before sharing it.
+    const reachable = reachOf(listen, relay, location.hostname);
+    if (reachable.connect) {
+      lines.unshift(addressLine("listen-line connect-line", "Connect to ", "connect", reachable.connect,
+        "Copy address"));
+    }
+    lines.push(element("p", "reach", reachable.sentence));
+
+    this.statsEl = element("div", "stats");
+    const actions = element("div", "row-actions");
+    this.removeBtn = element("button", "remove small", "Remove");
+    this.removeBtn.type = "button";
+    this.removeBtn.setAttribute("aria-label", `Remove forward ${spec}`);
+    this.removeBtn.addEventListener("click", () => onRemove(this));
+    actions.append(this.removeBtn);
+    const foot = element("div", "forward-foot");
+    foot.append(this.statsEl, actions);
+
+    row.append(head, ...lines, foot);
+    this.renderStats({ connections: 0, active: 0, bytesUp: 0, bytesDown: 0 });
+    this.refresh();
+  }
+
+  /** Shows the forward's latest numbers; a forward that can no longer report stays as it was. */
+  refresh() {
+    if (this.closed) return;
+    try {
+      this.renderStats(this.fwd.stats());
+    } catch {
+      // Left as it was.
+    }
+  }
+
+  renderStats(st) {
+    const view = statsView(st);
+    if (this.statsEl.dataset.text === view.text) return;
+    this.statsEl.dataset.text = view.text;
+    const parts = [
+      stat("connections", String(view.connections)),
+      stat("active", String(view.active)),
+      stat("bytes up", view.up),
+      stat("bytes down", view.down),
+    ];
+    if (view.failures > 0) {
+      parts.push(stat("failed", String(view.failures)));
+      // Why connections fail (e.g. the SSH server forbids the destination) belongs on the row.
+      const why = element("div", "last-error", view.lastError);
+      why.setAttribute("role", "status");
+      parts.push(why);
+    }
+    this.statsEl.replaceChildren(...parts);
+  }
+
+  /** `state` ("open", "closing", "closed") in the row's data and its label. */
+  show(state, label = state) {
+    this.row.dataset.state = state;
+    this.stateEl.textContent = label;
+  }
+
+  markClosed(label = "closed") {
+    if (!this.closed) this.refresh(); // last numbers
+    this.closed = true;
+    this.show("closed", label);
+    this.row.classList.add("closed");
+    this.removeBtn.disabled = false;
+    this.removeBtn.textContent = "Remove";
+  }
+}
+
+function stat(label, value) {
+  const span = element("span", "stat");
+  span.append(element("span", "stat-label", `${label} `), element("span", "stat-value", value));
+  return span;
+}
+
+/** A line "LABEL <code>ADDRESS</code> [Copy]" of a forward's row. */
+function addressLine(lineClass, label, codeClass, address, copyLabel) {
+  const line = element("div", lineClass);
+  const code = element("code", codeClass, address);
+  const copy = element("button", "copy small", "Copy");
+  copy.type = "button";
+  copy.setAttribute("aria-label", `${copyLabel} ${address}`);
+  copy.addEventListener("click", () => copyText(code, copy));
+  line.append(element("span", "label", label), code, copy);
+  return line;
+}
+
+async function copyText(codeEl, button) {
+  const text = codeEl.textContent;
+  let copied = false;
+  try {
+    if (navigator.clipboard && window.isSecureContext) {
+      await navigator.clipboard.writeText(text);
+      copied = true;
+    }
+  } catch {
+    copied = false;
+  }
+  if (!copied) {
+    // Fallback: select the text so the user can copy it with the keyboard.
+    const range = document.createRange();
+    range.selectNodeContents(codeEl);
+    const sel = window.getSelection();
+    sel.removeAllRanges();
+    sel.addRange(range);
+    try {
+      copied = document.execCommand("copy");
+    } catch {
+      copied = false;
+    }
+  }
+  button.textContent = copied ? "Copied" : "Selected: press Ctrl+C";
+  window.setTimeout(() => {
+    button.textContent = "Copy";
+  }, 1500);
+}

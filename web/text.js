@@ -1,0 +1,47 @@
+// Words and numbers the page shows. No DOM here: tested by web/test/text.test.js.
+
+/** The message of anything thrown: an Error, a wasm error object, a string. */
+export function messageOf(err) {
+  if (err instanceof Error && err.message) return err.message;
+  if (err && typeof err === "object" && typeof err.message === "string" && err.message) return err.message;
+  if (typeof err === "string" && err) return err;
+  return String(err ?? "unknown error");
+}
+
+/** 1023 -> "1023 B", 1536 -> "1.5 KiB", 150 MiB -> "150 MiB". */
+export function formatBytes(n) {
+  const v = Number(n) || 0;
+  if (v < 1024) return `${v} B`;
+  const units = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+  let x = v / 1024;
+  let i = 0;
+  while (x >= 1024 && i < units.length - 1) {
+    x /= 1024;
+    i += 1;
+  }
+  return `${x < 100 ? x.toFixed(1) : Math.round(x)} ${units[i]}`;
+}
+
+/**
+ * A forward's numbers as the row shows them, from `fwd.stats()` (any field may be missing):
+ * the values, and one line of text that changes exactly when the row must be redrawn.
+ */
+export function statsView(st) {
+  const view = {
+    connections: Number(st?.connections) || 0,
+    active: Number(st?.active) || 0,
+    up: formatBytes(st?.bytesUp),
+    down: formatBytes(st?.bytesDown),
+    failures: Number(st?.failures) || 0,
+    lastError: st?.lastError || "",
+  };
+  let text = `connections ${view.connections} · active ${view.active} · up ${view.up} · down ${view.down}`;
+  if (view.failures > 0) text += ` · failed ${view.failures}: ${view.lastError}`;
+  view.text = text;
+  return view;
+}
+
+/** "1 forward" / "2 forwards". */
+export function forwardsWord(count) {
+  return `${count} forward${count === 1 ? "" : "s"}`;
+}
