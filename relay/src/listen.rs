@@ -1,7 +1,7 @@
 //! Opening a forward's listening sockets under the operator's policy, and accepting on them.
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tabtunnel_proto::ErrorCode;
@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::config::Config;
+use crate::config::values::{BindAddr, InvalidValue};
 use crate::ports::{self, Holder, Lease, PORT_ZERO_ATTEMPTS, PortBook, Want};
 use crate::session::Event;
 
@@ -22,28 +23,6 @@ pub struct Refusal {
 
 fn refuse(code: ErrorCode, message: String) -> Refusal {
     Refusal { code, message }
-}
-
-/// Resolves the tab's bind address the way `ssh -L` does: empty or `localhost` means
-/// loopback (IPv4 here; [`bind`] adds IPv6 loopback), `*` every IPv4 address.
-pub fn parse_bind_address(bind: &str) -> Result<IpAddr, Refusal> {
-    match bind {
-        "" | "localhost" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        "*" => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        other => other
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .map_err(|_| {
-                refuse(
-                    ErrorCode::BindNotAllowed,
-                    format!(
-                        "bind address {:?} is not an IP address; use an IP, localhost or *",
-                        crate::log_limit::clip(other)
-                    ),
-                )
-            }),
-    }
 }
 
 /// A forward's listening sockets (two for `localhost`: IPv4 and IPv6 loopback on the same
@@ -74,7 +53,12 @@ pub async fn bind(
     bind: &str,
     port: u16,
 ) -> Result<Bound, Refusal> {
-    let ip = parse_bind_address(bind)?;
+    // Read the way `ssh -L` reads it (see `BindAddr`); [`bind`] adds IPv6 loopback to
+    // `localhost`.
+    let addr: BindAddr = bind
+        .parse()
+        .map_err(|err: InvalidValue| refuse(ErrorCode::BindNotAllowed, err.to_string()))?;
+    let ip = addr.ip();
     if !config.bind_allowed(ip) {
         return Err(refuse(
             ErrorCode::BindNotAllowed,
@@ -87,7 +71,7 @@ pub async fn bind(
     // `localhost` means both loopback families, as OpenSSH binds it: on IPv4 alone, another
     // session could take [::1] on the same port and receive the clients that try it first.
     let both = [ip, IpAddr::V6(Ipv6Addr::LOCALHOST)];
-    let addrs = if matches!(bind, "" | "localhost") {
+    let addrs = if addr == BindAddr::Localhost {
         &both[..]
     } else {
         &both[..1]
@@ -291,6 +275,7 @@ pub(crate) async fn accept_loop(
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
