@@ -53,9 +53,10 @@ pub async fn bind(
     bind: &str,
     port: u16,
 ) -> Result<Bound, Refusal> {
-    // Read the way `ssh -L` reads it (see `BindAddr`); [`bind`] adds IPv6 loopback to
-    // `localhost`.
-    let addr: BindAddr = bind
+    // Read the way `ssh -L` reads it (see `BindAddr`); IPv6 loopback is added to
+    // `localhost` below. The tab chooses this text: it is clipped first, so a refusal
+    // quotes only its start (no address is anywhere near the clip's length).
+    let addr: BindAddr = crate::log_limit::clip(bind)
         .parse()
         .map_err(|err: InvalidValue| refuse(ErrorCode::BindNotAllowed, err.to_string()))?;
     let ip = addr.ip();
@@ -368,6 +369,9 @@ mod tests {
         assert!(err.message.contains("allowed_binds"), "{}", err.message);
         let err = bind(&config, "mail.example.com", 20000).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::BindNotAllowed);
+        let err = bind(&config, &"x".repeat(5000), 20000).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::BindNotAllowed);
+        assert!(err.message.len() < 300, "clipped: {}", err.message);
     }
 
     #[tokio::test]

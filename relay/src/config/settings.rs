@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::flags::Flags;
+use super::policy::{Config, ConfigError, Limits, Target, invalid};
 use super::values::{
     BindAddr, HandshakeTimeout, HostKeyFingerprint, HostName, HttpTimeout, IdleTimeout, LoginGrace,
     Origin, PingInterval, PortRange, PublicHost, SourceNet, TargetAddr, TargetName,
     TlsFirstByteTimeout,
 };
-use super::{Config, ConfigError, Limits, Target, invalid};
 
 /// The config file's shape; every key is documented in `relay.example.toml`. A flag of
 /// the same name (in kebab case) overlays each key: see [`Settings::overlay`].
@@ -173,80 +173,76 @@ impl Settings {
     /// The relay's settings: the defaults, with what was given laid over them, and the
     /// token file read. Rules that span keys are [`Config::validate`]'s.
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let mut config = Config::default();
-        for (TargetName(name), target) in self.targets {
-            let pinned_host_keys = target.pinned_host_keys.into_iter().map(|f| f.0).collect();
-            config.targets.insert(
-                name,
-                Target {
-                    address: target.address.0,
-                    pinned_host_keys,
-                },
-            );
-        }
-        set(&mut config.forward_ports, self.forward_ports.map(|r| r.0));
-        config.forward_ports_per_user = self.forward_ports_per_user;
-        config.allowed_binds = self.allowed_binds.into_iter().map(BindAddr::ip).collect();
-        config.forward_allowed_sources = self
-            .forward_allowed_sources
+        let default = Config::default();
+        let targets = self
+            .targets
             .into_iter()
-            .map(|n| n.0)
+            .map(|(TargetName(name), target)| {
+                let pinned_host_keys = target.pinned_host_keys.into_iter().map(|f| f.0).collect();
+                let address = target.address.0;
+                (
+                    name,
+                    Target {
+                        address,
+                        pinned_host_keys,
+                    },
+                )
+            })
             .collect();
-        set(
-            &mut config.allow_privileged_ports,
-            self.allow_privileged_ports,
-        );
-        set(&mut config.web_dir, self.web_dir);
-        set(&mut config.ping_interval, self.ping_interval.map(|d| d.0));
-        set(
-            &mut config.handshake_timeout,
-            self.handshake_timeout.map(|d| d.0),
-        );
-        set(&mut config.idle_timeout, self.idle_timeout.map(|d| d.0));
-        set(&mut config.login_grace, self.login_grace.map(|d| d.0));
+        let mut config = Config {
+            targets,
+            forward_ports: self.forward_ports.map_or(default.forward_ports, |r| r.0),
+            forward_ports_per_user: self.forward_ports_per_user,
+            allowed_binds: self.allowed_binds.into_iter().map(BindAddr::ip).collect(),
+            forward_allowed_sources: nets(self.forward_allowed_sources),
+            allow_privileged_ports: self
+                .allow_privileged_ports
+                .unwrap_or(default.allow_privileged_ports),
+            web_dir: self.web_dir.unwrap_or(default.web_dir),
+            ping_interval: self.ping_interval.map_or(default.ping_interval, |d| d.0),
+            handshake_timeout: self
+                .handshake_timeout
+                .map_or(default.handshake_timeout, |d| d.0),
+            idle_timeout: self.idle_timeout.map_or(default.idle_timeout, |d| d.0),
+            login_grace: self.login_grace.map_or(default.login_grace, |d| d.0),
+            tokens: default.tokens,
+            check_origin: self.check_origin.unwrap_or(default.check_origin),
+            allowed_origins: self.allowed_origins.into_iter().map(|o| o.0).collect(),
+            allowed_hosts: self.allowed_hosts.into_iter().map(|h| h.0).collect(),
+            limits: self.limits.unwrap_or(default.limits),
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            public_host: self.public_host.map(|h| h.0),
+            trusted_proxies: nets(self.trusted_proxies),
+            proxy_protocol: self.proxy_protocol.unwrap_or(default.proxy_protocol),
+            http_header_timeout: self
+                .http_header_timeout
+                .map_or(default.http_header_timeout, |d| d.0),
+            http_idle_timeout: self
+                .http_idle_timeout
+                .map_or(default.http_idle_timeout, |d| d.0),
+            tls_first_byte_timeout: self
+                .tls_first_byte_timeout
+                .map_or(default.tls_first_byte_timeout, |d| d.0),
+            tls_handshake_timeout: self
+                .tls_handshake_timeout
+                .map_or(default.tls_handshake_timeout, |d| d.0),
+        };
         if let Some(path) = &self.token_file {
             config.load_tokens(path)?;
         }
-        set(&mut config.check_origin, self.check_origin);
-        config.allowed_origins = self.allowed_origins.into_iter().map(|o| o.0).collect();
-        config.allowed_hosts = self.allowed_hosts.into_iter().map(|h| h.0).collect();
-        set(&mut config.limits, self.limits);
-        config.tls_cert = self.tls_cert;
-        config.tls_key = self.tls_key;
-        config.public_host = self.public_host.map(|h| h.0);
-        config.trusted_proxies = self.trusted_proxies.into_iter().map(|n| n.0).collect();
-        set(&mut config.proxy_protocol, self.proxy_protocol);
-        set(
-            &mut config.http_header_timeout,
-            self.http_header_timeout.map(|d| d.0),
-        );
-        set(
-            &mut config.http_idle_timeout,
-            self.http_idle_timeout.map(|d| d.0),
-        );
-        set(
-            &mut config.tls_first_byte_timeout,
-            self.tls_first_byte_timeout.map(|d| d.0),
-        );
-        set(
-            &mut config.tls_handshake_timeout,
-            self.tls_handshake_timeout.map(|d| d.0),
-        );
         Ok(config)
     }
+}
+
+fn nets(nets: Vec<SourceNet>) -> Vec<ipnet::IpNet> {
+    nets.into_iter().map(|n| n.0).collect()
 }
 
 /// A flag given replaces the file's value.
 fn replace<T>(file: &mut Option<T>, flag: Option<T>) {
     if flag.is_some() {
         *file = flag;
-    }
-}
-
-/// A value given replaces the default.
-fn set<T>(default: &mut T, given: Option<T>) {
-    if let Some(given) = given {
-        *default = given;
     }
 }
 
@@ -499,6 +495,10 @@ mod tests {
                 "limits.session: unknown field `session`",
             ),
             ("colour = 1", "colour: unknown field `colour`"),
+            (
+                "public_host = \"relay example\"",
+                "public_host: \"relay example\" is not a host name",
+            ),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.starts_with(key), "{text}: {err}");

@@ -121,11 +121,9 @@ impl FromStr for BindAddr {
                 .parse()
                 .map(Self::Ip)
                 .map_err(|_| {
-                    // The tab chooses this text: clipped, it cannot flood a message.
                     InvalidValue(format!(
-                        "bind address {:?} is not an IP address; use an IP, localhost or * \
-                         (examples: 0.0.0.0, 192.0.2.7, ::1)",
-                        crate::log_limit::clip(other)
+                        "bind address {other:?} is not an IP address; use an IP, localhost or * \
+                         (examples: 0.0.0.0, 192.0.2.7, ::1)"
                     ))
                 }),
         }
@@ -517,9 +515,6 @@ mod tests {
                 "{bad:?}: {err}"
             );
         }
-        // The tab chooses this text: the message quotes only its start.
-        let err = refusal::<BindAddr>(&"x".repeat(5000));
-        assert!(err.len() < 1000, "{}", err.len());
     }
 
     #[test]
@@ -736,10 +731,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("without a port"), "{err}");
-        let err = crate::config::Config::from_toml("public_host = \"relay example\"")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("public_host"), "{err}");
     }
 
     #[test]
