@@ -301,7 +301,7 @@ mod tests {
         Config {
             trusted_proxies: proxies
                 .iter()
-                .map(|p| crate::config::parse_source(p).unwrap())
+                .map(|p| p.parse::<crate::config::values::SourceNet>().unwrap().0)
                 .collect(),
             ..Config::default()
         }

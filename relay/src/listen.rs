@@ -1,7 +1,7 @@
 //! Opening a forward's listening sockets under the operator's policy, and accepting on them.
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tabtunnel_proto::ErrorCode;
@@ -10,32 +10,11 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::config::Config;
+use crate::config::values::{BindAddr, InvalidValue};
 use crate::ports::{self, Holder, Lease, PORT_ZERO_ATTEMPTS, PortBook, Refusal, Want};
 
 fn refuse(code: ErrorCode, message: String) -> Refusal {
     Refusal { code, message }
-}
-
-/// Resolves the tab's bind address the way `ssh -L` does: empty or `localhost` means
-/// loopback (IPv4 here; [`bind`] adds IPv6 loopback), `*` every IPv4 address.
-pub fn parse_bind_address(bind: &str) -> Result<IpAddr, Refusal> {
-    match bind {
-        "" | "localhost" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        "*" => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        other => other
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .map_err(|_| {
-                refuse(
-                    ErrorCode::BindNotAllowed,
-                    format!(
-                        "bind address {:?} is not an IP address; use an IP, localhost or *",
-                        crate::log_limit::clip(other)
-                    ),
-                )
-            }),
-    }
 }
 
 /// A forward's listening sockets (two for `localhost`: IPv4 and IPv6 loopback on the same
@@ -66,7 +45,13 @@ pub async fn bind(
     bind: &str,
     port: u16,
 ) -> Result<Bound, Refusal> {
-    let ip = parse_bind_address(bind)?;
+    // Read the way `ssh -L` reads it (see `BindAddr`); IPv6 loopback is added to
+    // `localhost` below. The tab chooses this text: it is clipped first, so a refusal
+    // quotes only its start (no address is anywhere near the clip's length).
+    let addr: BindAddr = crate::log_limit::clip(bind)
+        .parse()
+        .map_err(|err: InvalidValue| refuse(ErrorCode::BindNotAllowed, err.to_string()))?;
+    let ip = addr.ip();
     if !config.bind_allowed(ip) {
         return Err(refuse(
             ErrorCode::BindNotAllowed,
@@ -79,7 +64,7 @@ pub async fn bind(
     // `localhost` means both loopback families, as OpenSSH binds it: on IPv4 alone, another
     // session could take [::1] on the same port and receive the clients that try it first.
     let both = [ip, IpAddr::V6(Ipv6Addr::LOCALHOST)];
-    let addrs = if matches!(bind, "" | "localhost") {
+    let addrs = if addr == BindAddr::Localhost {
         &both[..]
     } else {
         &both[..1]
@@ -291,6 +276,7 @@ pub(crate) async fn accept_loop(
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -383,6 +369,9 @@ mod tests {
         assert!(err.message.contains("allowed_binds"), "{}", err.message);
         let err = bind(&config, "mail.example.com", 20000).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::BindNotAllowed);
+        let err = bind(&config, &"x".repeat(5000), 20000).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::BindNotAllowed);
+        assert!(err.message.len() < 300, "clipped: {}", err.message);
     }
 
     #[tokio::test]
