@@ -130,6 +130,8 @@ pub enum ErrorCode {
     SourceNotAllowed,
     /// The session carried no connection for the operator's idle timeout.
     Idle,
+    /// The SSH server closed the connection (the session then ends in order).
+    SshClosed,
     /// A code this build does not know (from a newer peer).
     Unknown(u16),
 }
@@ -152,6 +154,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 12,
             ErrorCode::SourceNotAllowed => 13,
             ErrorCode::Idle => 14,
+            ErrorCode::SshClosed => 15,
             ErrorCode::Unknown(n) => n,
         }
     }
@@ -173,6 +176,7 @@ impl ErrorCode {
             12 => ErrorCode::Unauthorized,
             13 => ErrorCode::SourceNotAllowed,
             14 => ErrorCode::Idle,
+            15 => ErrorCode::SshClosed,
             n => ErrorCode::Unknown(n),
         }
     }
@@ -194,6 +198,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::SourceNotAllowed => "source-not-allowed",
             ErrorCode::Idle => "idle",
+            ErrorCode::SshClosed => "ssh-closed",
             ErrorCode::Unknown(_) => "unknown",
         }
     }

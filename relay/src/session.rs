@@ -863,13 +863,17 @@ impl Session {
                     }
                 }
             }
-            Event::SshClosed(None) => return Ok(Some("the SSH server closed the connection")),
+            Event::SshClosed(None) => {
+                return self
+                    .ssh_closed("the SSH server closed the connection")
+                    .await;
+            }
             // A server that dies with bytes of ours unread resets rather than closes: the
             // same ending for the user, not a network failure.
             Event::SshClosed(Some(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Ok(Some(
+                return self.ssh_closed(
                     "the SSH server closed the connection abruptly (reset): it may have crashed or restarted, or the network dropped the connection; log in again",
-                ));
+                ).await;
             }
             Event::SshClosed(Some(err)) => {
                 return Err(SessionError::new(
@@ -879,6 +883,20 @@ impl Session {
             }
         }
         Ok(None)
+    }
+}
+
+impl Session {
+    /// The SSH server ended the session: an orderly end, not a refusal, yet the tab
+    /// must know it by its code (a login cut short reads differently), so an Error
+    /// frame with the code goes before the orderly close.
+    async fn ssh_closed(&self, reason: &'static str) -> Result<Option<&'static str>, SessionError> {
+        self.send(Frame::Error {
+            code: ErrorCode::SshClosed,
+            message: reason.into(),
+        })
+        .await?;
+        Ok(Some(reason))
     }
 }
 
