@@ -587,3 +587,6 @@ fn known_conn<'a>(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests;
