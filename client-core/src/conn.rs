@@ -1,12 +1,12 @@
 //! One accepted connection's pump between the relay and a direct-tcpip channel
 //! through the SSH server, with EOF passed on in each direction.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use futures::channel::oneshot;
 use russh::ChannelMsg;
-use tabtunnel_proto::{CreditGate, Frame, RecvWindow};
+use tabtunnel_proto::{ConnFlow, Frame};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -33,8 +33,7 @@ pub(crate) async fn serve(
             spec,
             peer,
             stats,
-            recv_window,
-            send_credit,
+            flow,
             input,
             abort,
         } = accepted;
@@ -45,8 +44,7 @@ pub(crate) async fn serve(
             spec,
             peer,
             stats,
-            recv_window,
-            send_credit,
+            flow,
         };
         crate::rt::spawn(pump.run(input, abort));
     }
@@ -60,8 +58,7 @@ struct ConnPump {
     spec: Arc<ForwardSpec>,
     peer: String,
     stats: Arc<ForwardStats>,
-    recv_window: Arc<Mutex<RecvWindow>>,
-    send_credit: Arc<CreditGate>,
+    flow: Arc<ConnFlow>,
 }
 
 enum Ending {
@@ -141,11 +138,7 @@ impl ConnPump {
             }
         };
         let (mut reader, writer) = channel.split();
-        let grant = self
-            .recv_window
-            .lock()
-            .expect("window lock")
-            .initial_grant();
+        let grant = self.flow.initial_grant();
         if self
             .mux
             .send(Frame::Credit {
@@ -168,11 +161,7 @@ impl ConnPump {
                             return Err(format!("SSH channel write failed: {err}"));
                         }
                         self.stats.bytes_up.fetch_add(len as u64, Ordering::Relaxed);
-                        let grant = self
-                            .recv_window
-                            .lock()
-                            .expect("window lock")
-                            .on_consumed(len);
+                        let grant = self.flow.consumed(len);
                         if let Some(bytes) = grant {
                             let _ = self
                                 .mux
@@ -200,7 +189,7 @@ impl ConnPump {
                 match reader.wait().await {
                     Some(ChannelMsg::Data { mut data }) => {
                         while !data.is_empty() {
-                            let n = self.send_credit.take(data.len()).await;
+                            let n = self.flow.credit().take(data.len()).await;
                             let chunk = data.split_to(n);
                             if self
                                 .mux

@@ -6,14 +6,14 @@
 //! The mux knows no SSH channel and no forward handle: an accepted connection is
 //! handed out as an [`Accepted`] on a queue, and the handles call the mux's methods.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::{SinkExt, StreamExt};
-use tabtunnel_proto::{CONNECTION_WINDOW, CreditGate, Frame, MAX_DATA, RecvWindow, VERSION};
+use tabtunnel_proto::{Action, ConnError, ConnFlow, ConnTable, Frame, MAX_DATA, Side, VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -67,14 +67,13 @@ impl std::ops::Deref for Owner {
     }
 }
 
-#[derive(Default)]
 struct MuxState {
     next_forward: u32,
     pending: HashMap<u32, PendingListen>,
     forwards: HashMap<u32, ForwardEntry>,
-    conns: HashMap<u32, ConnEntry>,
-    /// Highest connection id the relay has opened; ids are never reused.
-    last_conn: u32,
+    /// The connections' rules (ids, Eof, windows) live in the table; the mux only
+    /// applies what it answers.
+    conns: ConnTable<ConnHandle>,
 }
 
 /// What a Listen waits for: the relay's address and the forward's counters.
@@ -88,20 +87,16 @@ struct PendingListen {
 struct ForwardEntry {
     spec: Arc<ForwardSpec>,
     stats: Arc<ForwardStats>,
-    conns: HashSet<u32>,
 }
 
-struct ConnEntry {
-    forward: u32,
-    /// Unbounded, yet bounded in bytes and frames: Data is checked against
-    /// `recv_window` first, where each frame costs its bytes plus a fixed overhead.
+/// The mux's end of a connection's pump.
+struct ConnHandle {
+    /// Unbounded, yet bounded in bytes and frames: the table checks each Data against
+    /// the connection's window first, where each frame costs its bytes plus a fixed
+    /// overhead.
     input: mpsc::UnboundedSender<ConnInput>,
-    recv_window: Arc<Mutex<RecvWindow>>,
-    send_credit: Arc<CreditGate>,
     /// Dropping this stops the connection's pump at once, wherever it waits.
     abort: oneshot::Sender<()>,
-    /// The relay sent Eof: any later Data or Eof is a protocol error.
-    eof_received: bool,
 }
 
 /// What the demultiplexer passes to a connection, in wire order.
@@ -120,8 +115,8 @@ pub(crate) struct Accepted {
     pub(crate) spec: Arc<ForwardSpec>,
     pub(crate) peer: String,
     pub(crate) stats: Arc<ForwardStats>,
-    pub(crate) recv_window: Arc<Mutex<RecvWindow>>,
-    pub(crate) send_credit: Arc<CreditGate>,
+    /// The receive window the pump refills and the credit it spends.
+    pub(crate) flow: Arc<ConnFlow>,
     pub(crate) input: mpsc::UnboundedReceiver<ConnInput>,
     /// Resolves when the mux drops the connection: the relay aborted it, or its
     /// forward or the session closed.
@@ -184,7 +179,9 @@ pub(crate) async fn open<T: Transport>(transport: T, hello: Frame) -> Result<Ope
         out,
         state: Mutex::new(MuxState {
             next_forward: 1,
-            ..MuxState::default()
+            pending: HashMap::new(),
+            forwards: HashMap::new(),
+            conns: ConnTable::new(Side::Tab),
         }),
         end,
         ssh_frames: Arc::default(),
@@ -262,14 +259,10 @@ impl Mux {
     pub(crate) async fn close_forward(&self, forward: u32) -> Result<(), ClientError> {
         let conns = {
             let mut state = self.state.lock().expect("state lock");
-            let Some(entry) = state.forwards.remove(&forward) else {
+            if state.forwards.remove(&forward).is_none() {
                 return Ok(()); // already closed
-            };
-            entry
-                .conns
-                .iter()
-                .filter_map(|c| state.conns.remove(c))
-                .collect::<Vec<_>>()
+            }
+            state.conns.forget_forward(forward)
         };
         // Dropping the entries drops their abort guards: each pump stops now.
         drop(conns);
@@ -280,14 +273,8 @@ impl Mux {
     /// ignored. False if the mux had forgotten it already (the relay closed it, or its
     /// forward or the session closed): then the relay must not be told.
     pub(crate) fn forget_conn(&self, conn: u32) -> bool {
-        let mut state = self.state.lock().expect("state lock");
-        let Some(entry) = state.conns.remove(&conn) else {
-            return false;
-        };
-        if let Some(forward) = state.forwards.get_mut(&entry.forward) {
-            forward.conns.remove(&conn);
-        }
-        true
+        let handle = self.state.lock().expect("state lock").conns.forget(conn);
+        handle.is_some()
     }
 }
 
@@ -411,9 +398,12 @@ where
     }
     drop(links);
     // Fail pending requests and stop every connection.
-    let mut state = mux.state.lock().expect("state lock");
-    state.pending.clear();
-    state.conns.clear(); // drops every abort guard
+    let conns = {
+        let mut state = mux.state.lock().expect("state lock");
+        state.pending.clear();
+        state.conns.forget_all()
+    };
+    drop(conns); // drops every abort guard
 }
 
 /// Handles one frame without waiting, so no stream can hold up another.
@@ -432,7 +422,6 @@ fn route(mux: &Mux, links: &Links, frame: Frame) -> Result<(), ClientError> {
                     ForwardEntry {
                         spec: pending.spec,
                         stats: stats.clone(),
-                        conns: HashSet::new(),
                     },
                 );
                 if pending.reply.send(Ok((address, stats))).is_err() {
@@ -464,102 +453,30 @@ fn route(mux: &Mux, links: &Links, frame: Frame) -> Result<(), ClientError> {
             forward,
             peer,
         } => {
-            if conn <= state.last_conn {
-                return Err(ClientError::Protocol(format!(
-                    "the relay reused connection id {conn}"
-                )));
-            }
-            state.last_conn = conn;
-            let Some(entry) = state.forwards.get_mut(&forward) else {
+            let opening = state.conns.accept(conn, forward).map_err(broken)?;
+            let Some(entry) = state.forwards.get(&forward) else {
                 // Closed while the relay accepted; the relay forgets it on Unlisten.
                 return Ok(());
             };
-            entry.conns.insert(conn);
             let (input, input_rx) = mpsc::unbounded_channel();
-            let recv_window = Arc::new(Mutex::new(RecvWindow::new(CONNECTION_WINDOW)));
-            let send_credit = Arc::new(CreditGate::default());
             let (abort, abort_rx) = oneshot::channel();
             let accepted = Accepted {
                 conn,
                 spec: entry.spec.clone(),
                 peer,
                 stats: entry.stats.clone(),
-                recv_window: recv_window.clone(),
-                send_credit: send_credit.clone(),
+                flow: opening.flow().clone(),
                 input: input_rx,
                 abort: abort_rx,
             };
-            state.conns.insert(
-                conn,
-                ConnEntry {
-                    forward,
-                    input,
-                    recv_window,
-                    send_credit,
-                    abort,
-                    eof_received: false,
-                },
-            );
+            state.conns.insert(opening, ConnHandle { input, abort });
             let _ = links.accepted.send(accepted);
         }
-        Frame::Data { conn, data } => {
-            if let Some(entry) = known_conn(&state, conn, "Data")? {
-                if data.is_empty() || entry.eof_received {
-                    return Err(ClientError::Protocol(format!(
-                        "connection {conn}: Data frame {}",
-                        if data.is_empty() {
-                            "with no bytes"
-                        } else {
-                            "after Eof"
-                        }
-                    )));
-                }
-                entry
-                    .recv_window
-                    .lock()
-                    .expect("window lock")
-                    .on_data(data.len())
-                    .map_err(|err| ClientError::Protocol(format!("connection {conn}: {err}")))?;
-                // A decoded frame may share the transport's read buffer: queued as it
-                // is, a one-byte frame could keep a whole buffer alive. The queue holds
-                // copies, so a frame costs what credit charges for it.
-                let data = Bytes::copy_from_slice(&data);
-                let _ = entry.input.send(ConnInput::Data(data));
-            }
-        }
-        Frame::Credit { conn, bytes } => {
-            if let Some(entry) = known_conn(&state, conn, "Credit")? {
-                entry
-                    .send_credit
-                    .grant(bytes)
-                    .map_err(|err| ClientError::Protocol(format!("connection {conn}: {err}")))?;
-            }
-        }
-        Frame::Eof { conn } => {
-            known_conn(&state, conn, "Eof")?;
-            if let Some(entry) = state.conns.get_mut(&conn) {
-                if entry.eof_received {
-                    return Err(ClientError::Protocol(format!(
-                        "connection {conn}: a second Eof"
-                    )));
-                }
-                entry.eof_received = true;
-                let _ = entry.input.send(ConnInput::Eof);
-            }
-        }
+        Frame::Data { conn, data } => apply(state.conns.handle_data(conn, &data).map_err(broken)?),
+        Frame::Credit { conn, bytes } => state.conns.handle_credit(conn, bytes).map_err(broken)?,
+        Frame::Eof { conn } => apply(state.conns.handle_eof(conn).map_err(broken)?),
         Frame::Close { conn, reason } => {
-            known_conn(&state, conn, "Close")?;
-            if let Some(entry) = state.conns.remove(&conn) {
-                debug!(conn, %reason, "relay closed connection");
-                if let Some(forward) = state.forwards.get_mut(&entry.forward) {
-                    forward.conns.remove(&conn);
-                }
-                if reason.is_empty() {
-                    // Orderly: bytes queued before the Close still reach the channel.
-                    let _ = entry.input.send(ConnInput::Close(entry.abort));
-                }
-                // Otherwise dropping the entry aborts the pump now.
-            }
+            apply(state.conns.handle_close(conn, reason).map_err(broken)?);
         }
         Frame::Error { code, message } => return Err(ClientError::Relay { code, message }),
         other => {
@@ -572,20 +489,31 @@ fn route(mux: &Mux, links: &Links, frame: Frame) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// The live connection `conn`; `None` if it already ended (frames cross on the wire);
-/// an error if the relay never opened it.
-fn known_conn<'a>(
-    state: &'a MuxState,
-    conn: u32,
-    frame: &str,
-) -> Result<Option<&'a ConnEntry>, ClientError> {
-    match state.conns.get(&conn) {
-        Some(entry) => Ok(Some(entry)),
-        None if conn <= state.last_conn => Ok(None),
-        None => Err(ClientError::Protocol(format!(
-            "{frame} for connection {conn}, which the relay never opened"
-        ))),
+/// Does what the connection table answered to a frame.
+fn apply(action: Action<'_, ConnHandle>) {
+    match action {
+        Action::Ignore => {}
+        Action::Data(conn, data) => {
+            let _ = conn.input.send(ConnInput::Data(data));
+        }
+        Action::Eof(conn) => {
+            let _ = conn.input.send(ConnInput::Eof);
+        }
+        // Orderly: bytes queued before the Close still reach the channel.
+        Action::Close(conn) => {
+            let _ = conn.input.send(ConnInput::Close(conn.abort));
+        }
+        // Dropping the handle aborts the pump now.
+        Action::Abort(conn, reason) => {
+            debug!(%reason, "relay aborted a connection");
+            drop(conn);
+        }
     }
+}
+
+/// The relay broke a rule of a connection: the session ends.
+fn broken(err: ConnError) -> ClientError {
+    ClientError::Protocol(err.to_string())
 }
 
 #[cfg(test)]

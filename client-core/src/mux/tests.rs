@@ -243,7 +243,9 @@ async fn frames_for_connections_never_opened_end_the_session() {
         let end = ended(&opened).await;
         assert_eq!(
             end.reason,
-            format!("protocol error: {name} for connection 7, which the relay never opened")
+            format!(
+                "protocol error: the relay sent a {name} frame for connection 7, which it never opened"
+            )
         );
         assert_eq!(end.code, None);
         relay.closed_by_tab().await;
@@ -476,17 +478,7 @@ async fn a_forward_listens_accepts_and_closes_through_the_mux() {
 
 #[tokio::test]
 async fn a_connection_the_pump_forgets_is_forgotten_once() {
-    let (mut opened, mut relay) = welcomed().await;
-    listening(&opened, &mut relay).await;
-    relay.send(Frame::Accept {
-        conn: 3,
-        forward: 1,
-        peer: "127.0.0.1:5555".into(),
-    });
-    let accepted = tokio::time::timeout(DEADLINE, opened.accepted.recv())
-        .await
-        .expect("in time")
-        .expect("accepted");
+    let (opened, relay, accepted) = with_connection(3).await;
     assert!(opened.owner.forget_conn(accepted.conn));
     assert!(!opened.owner.forget_conn(accepted.conn));
     // A reused id is a protocol error, even for a forgotten connection.
@@ -544,5 +536,78 @@ async fn a_listen_waiting_when_the_session_ends_fails_with_the_reason() {
     assert_eq!(
         result.map(|_| ()).unwrap_err().to_string(),
         "the session is closed: the relay is shutting down"
+    );
+}
+
+/// A welcomed mux with forward 1 listening and connection `conn` accepted on it.
+async fn with_connection(conn: u32) -> (Opened, FakeRelay, super::Accepted) {
+    let (mut opened, mut relay) = welcomed().await;
+    listening(&opened, &mut relay).await;
+    relay.send(Frame::Accept {
+        conn,
+        forward: 1,
+        peer: "127.0.0.1:5555".into(),
+    });
+    let accepted = tokio::time::timeout(DEADLINE, opened.accepted.recv())
+        .await
+        .expect("in time")
+        .expect("accepted");
+    (opened, relay, accepted)
+}
+
+#[tokio::test]
+async fn an_orderly_close_comes_after_what_was_queued_and_an_aborting_one_stops_at_once() {
+    let (opened, relay, mut first) = with_connection(1).await;
+    relay.send(Frame::Data {
+        conn: 1,
+        data: Bytes::from_static(b"last words"),
+    });
+    relay.send(Frame::Close {
+        conn: 1,
+        reason: String::new(),
+    });
+    assert!(matches!(
+        first.input.recv().await,
+        Some(super::ConnInput::Data(_))
+    ));
+    let Some(super::ConnInput::Close(guard)) = first.input.recv().await else {
+        panic!("no orderly Close")
+    };
+    // The abort guard travels with the Close, so the pump stops only once it is done.
+    assert!(first.abort.try_recv().expect("not dropped").is_none());
+    drop(guard);
+
+    relay.send(Frame::Accept {
+        conn: 2,
+        forward: 1,
+        peer: "127.0.0.1:5556".into(),
+    });
+    let mut opened = opened;
+    let mut second = tokio::time::timeout(DEADLINE, opened.accepted.recv())
+        .await
+        .expect("in time")
+        .expect("accepted");
+    relay.send(Frame::Close {
+        conn: 2,
+        reason: "the TCP client reset the connection".into(),
+    });
+    tokio::time::timeout(DEADLINE, &mut second.abort)
+        .await
+        .expect("aborted in time")
+        .expect_err("aborted by dropping the guard");
+    // Both are forgotten: the pumps must not send Close.
+    assert!(!opened.owner.forget_conn(1));
+    assert!(!opened.owner.forget_conn(2));
+    assert_eq!(opened.owner.end().ended(), None);
+}
+
+#[tokio::test]
+async fn a_connection_rule_the_relay_breaks_ends_the_session() {
+    let (opened, relay, _accepted) = with_connection(4).await;
+    relay.send(Frame::Eof { conn: 4 });
+    relay.send(Frame::Eof { conn: 4 });
+    assert_eq!(
+        ended(&opened).await.reason,
+        "protocol error: connection 4: the relay sent a second Eof"
     );
 }
