@@ -864,16 +864,15 @@ impl Session {
                 }
             }
             Event::SshClosed(None) => {
-                return self
+                return Ok(self
                     .ssh_closed("the SSH server closed the connection")
-                    .await;
+                    .await);
             }
             // A server that dies with bytes of ours unread resets rather than closes: the
             // same ending for the user, not a network failure.
             Event::SshClosed(Some(err)) if err.kind() == std::io::ErrorKind::ConnectionReset => {
-                return self.ssh_closed(
-                    "the SSH server closed the connection abruptly (reset): it may have crashed or restarted, or the network dropped the connection; log in again",
-                ).await;
+                let reason = "the SSH server closed the connection abruptly (reset): it may have crashed or restarted, or the network dropped the connection; log in again";
+                return Ok(self.ssh_closed(reason).await);
             }
             Event::SshClosed(Some(err)) => {
                 return Err(SessionError::new(
@@ -887,16 +886,17 @@ impl Session {
 }
 
 impl Session {
-    /// The SSH server ended the session: an orderly end, not a refusal, yet the tab
-    /// must know it by its code (a login cut short reads differently), so an Error
-    /// frame with the code goes before the orderly close.
-    async fn ssh_closed(&self, reason: &'static str) -> Result<Option<&'static str>, SessionError> {
-        self.send(Frame::Error {
-            code: ErrorCode::SshClosed,
-            message: reason.into(),
-        })
-        .await?;
-        Ok(Some(reason))
+    /// The SSH server ended the session: an orderly end, not a refusal (even if the
+    /// tab is gone too), yet the tab must know it by its code (a login cut short reads
+    /// differently), so an Error frame with the code goes before the orderly close.
+    async fn ssh_closed(&self, reason: &'static str) -> Option<&'static str> {
+        let _ = self
+            .send(Frame::Error {
+                code: ErrorCode::SshClosed,
+                message: reason.into(),
+            })
+            .await;
+        Some(reason)
     }
 }
 
