@@ -3,34 +3,46 @@
 //! in the browser, a host-key prompt; everything else lives here.
 //!
 //! ```text
-//! transport ──frames──> demux ──Ssh──> pipe ──> russh ──channels──> ConnPump per TCP client
-//!     ^                   └─Listening/Accept/Data/Credit/Eof/Close──────────┘
-//!     └──── write loop <── Ssh, Listen, Data, Credit, Eof, Close ───────────┘
+//! transport ──frames──> mux::demux ──Ssh──> pipe ──> russh ──channels──> conn pump per TCP client
+//!     ^                   └─Listening/Accept/Data/Credit/Eof/Close───────────────┘
+//!     └──── mux::write_loop <── Ssh, Listen, Data, Credit, Eof, Close ───────────┘
 //! ```
+//!
+//! Modules, each importing only those after it: `session` (the handle and `connect`)
+//! -> `forward` (a forward's handle), `conn` (a connection's pump), `keepalive` ->
+//! `mux` (demultiplexer, write loop, stream-0 pumps) -> `ssh` -> `known_hosts` (the
+//! host-key rules), `stats`, `spec`, `end` (the one end signal).
 
+mod conn;
+mod end;
 mod error;
 mod forward;
+mod keepalive;
 mod keys;
 pub mod known_hosts;
+mod mux;
 mod rt;
 mod session;
 pub mod spec;
 mod ssh;
+mod stats;
 mod transport;
 
 #[cfg(feature = "native")]
 pub mod native;
 
 pub use error::ClientError;
-pub use forward::{Forward, StatsSnapshot};
+pub use forward::Forward;
+pub use keepalive::Keepalive;
 pub use known_hosts::{
     KnownHostId, KnownHosts, KnownHostsCheck, KnownHostsError, MemoryKnownHosts,
 };
-pub use session::{ConnectOptions, ForwardOptions, Keepalive, Session, connect};
+pub use session::{ConnectOptions, ForwardOptions, Session, connect};
 pub use spec::{ForwardSpec, SshCommand, parse_forward, parse_ssh_command};
 pub use ssh::{
     Auth, Credentials, HostKeyCallback, HostKeyInfo, HostKeyPolicy, PromptCallback, PromptField,
     PromptRequest,
 };
+pub use stats::StatsSnapshot;
 pub use tabtunnel_proto::ErrorCode;
 pub use transport::{Transport, TransportError};

@@ -1,31 +1,23 @@
-//! A session: one transport to the relay, one SSH connection through it, and the
-//! forwards opened on it. The demultiplexer never blocks on one stream, so a Credit
-//! frame is always processed even while SSH bytes wait for russh.
+//! A session's handle and `connect`: Hello, the SSH handshake with its host-key
+//! check, authentication; then forwards on request.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::channel::oneshot;
-use futures::{SinkExt, StreamExt};
 use russh::client;
-use tabtunnel_proto::{CONNECTION_WINDOW, CreditGate, Frame, MAX_DATA, RecvWindow, VERSION};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc, watch};
-use tracing::debug;
+use tabtunnel_proto::{ErrorCode, Frame, VERSION};
 
-use crate::forward::{self, ConnInput, Forward, ForwardStats};
+use crate::conn::{self, describe_open_failure};
+use crate::end::Ended;
+use crate::error::ClientError;
+use crate::forward::Forward;
+use crate::keepalive::{self, Keepalive};
+use crate::mux::{self, Opened, Owner};
+use crate::rt;
 use crate::spec::{ForwardSpec, parse_forward};
 use crate::ssh::{
-    Credentials, HostKeyInfo, HostKeyPolicy, HostKeyVerdict, SshHandler, authenticate,
+    Credentials, HostKeyInfo, HostKeyPolicy, HostKeyVerdict, SshHandle, SshHandler, authenticate,
 };
-use crate::transport::{Transport, TransportError};
-use crate::{ClientError, rt};
-
-/// Frames queued for the transport. Data is bounded by credit; this bounds the rest.
-const OUT_QUEUE: usize = 64;
-/// Buffer of the in-memory pipe between the demultiplexer and russh.
-const SSH_PIPE: usize = 256 * 1024;
+use crate::transport::Transport;
 
 /// What `connect` needs besides the transport.
 #[derive(Debug)]
@@ -39,26 +31,6 @@ pub struct ConnectOptions {
     pub keepalive: Option<Keepalive>,
     /// The relay's access token, when its operator requires one.
     pub token: Option<String>,
-}
-
-/// Like ssh's `ServerAliveInterval` and `ServerAliveCountMax`: after `interval` with
-/// nothing from the SSH server, ask it for an answer; when `count_max` such requests in
-/// a row went unanswered, end the session. The tab's own timer drives it (russh's timers do not
-/// exist in the browser).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keepalive {
-    pub interval: std::time::Duration,
-    pub count_max: u32,
-}
-
-impl Default for Keepalive {
-    /// 15 s × 3: a dead server or relay is noticed within about a minute.
-    fn default() -> Self {
-        Self {
-            interval: std::time::Duration::from_secs(15),
-            count_max: 3,
-        }
-    }
 }
 
 /// Options of one forward.
@@ -75,6 +47,7 @@ pub struct ForwardOptions {
 #[derive(Clone)]
 pub struct Session {
     owner: Arc<Owner>,
+    ssh: Arc<SshHandle>,
     host_key: HostKeyInfo,
 }
 
@@ -86,158 +59,25 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// Held by the user's handles only (sessions and forwards), never by background tasks:
-/// when the last handle goes, or `connect` fails, the transport closes. Without it the
-/// tasks would keep each other, the WebSocket and the relay's session alive forever.
-pub(crate) struct Owner {
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        self.shared.shutdown.notify_one();
-    }
-}
-
-/// State shared by the session's handles and its background tasks.
-pub(crate) struct Shared {
-    pub(crate) out: mpsc::Sender<Frame>,
-    pub(crate) state: Mutex<MuxState>,
-    /// Set once authentication succeeded; Accept frames need it to open channels.
-    pub(crate) ssh: OnceLock<client::Handle<SshHandler>>,
-    closed: watch::Receiver<Option<String>>,
-    /// Tells the writer to close the transport.
-    shutdown: Arc<Notify>,
-    /// Ends the demultiplexer with `end_reason` (the transport may never close by
-    /// itself when the relay is gone).
-    ended: Notify,
-    end_reason: Mutex<Option<String>>,
-    /// Ssh frames received so far: the keepalive's sign of life.
-    ssh_frames: std::sync::atomic::AtomicU64,
-}
-
-#[derive(Default)]
-pub(crate) struct MuxState {
-    next_forward: u32,
-    pending: HashMap<u32, PendingListen>,
-    pub(crate) forwards: HashMap<u32, ForwardEntry>,
-    pub(crate) conns: HashMap<u32, ConnEntry>,
-    /// Highest connection id the relay has opened; ids are never reused.
-    last_conn: u32,
-}
-
-struct PendingListen {
-    spec: Arc<ForwardSpec>,
-    reply: oneshot::Sender<Result<String, ClientError>>,
-}
-
-pub(crate) struct ForwardEntry {
-    pub(crate) spec: Arc<ForwardSpec>,
-    pub(crate) stats: Arc<ForwardStats>,
-    pub(crate) conns: HashSet<u32>,
-}
-
-pub(crate) struct ConnEntry {
-    pub(crate) forward: u32,
-    /// Unbounded, yet bounded in bytes and frames: Data is checked against
-    /// `recv_window` first, where each frame costs its bytes plus a fixed overhead.
-    pub(crate) input: mpsc::UnboundedSender<ConnInput>,
-    pub(crate) recv_window: Arc<Mutex<RecvWindow>>,
-    pub(crate) send_credit: Arc<CreditGate>,
-    /// Dropping this stops the connection's pump at once, wherever it waits.
-    pub(crate) abort: oneshot::Sender<()>,
-    /// The relay sent Eof: any later Data or Eof is a protocol error.
-    pub(crate) eof_received: bool,
-}
-
-impl Shared {
-    pub(crate) async fn send(&self, frame: Frame) -> Result<(), ClientError> {
-        self.out.send(frame).await.map_err(|_| self.closed_error())
-    }
-
-    /// Ends the session now with `reason`, whatever the transport does.
-    pub(crate) fn end(&self, reason: String) {
-        *self.end_reason.lock().expect("end lock") = Some(reason);
-        self.ended.notify_one();
-        self.shutdown.notify_one();
-    }
-
-    pub(crate) fn closed_error(&self) -> ClientError {
-        let reason = self.closed.borrow().clone();
-        ClientError::Closed(reason.unwrap_or_else(|| "the connection to the relay ended".into()))
-    }
-}
-
 /// Opens a session: Hello to the relay, SSH handshake with host-key check, then
 /// authentication. On success the session is ready for `forward`.
 pub async fn connect<T: Transport>(
     transport: T,
     options: ConnectOptions,
 ) -> Result<Session, ClientError> {
-    let (sink, mut stream) = transport.split();
-    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-    let shutdown = Arc::new(Notify::new());
-    rt::spawn(write_loop(sink, out_rx, shutdown.clone()));
-
     let hello = Frame::Hello {
         version: VERSION,
         target: options.target.clone(),
         token: options.token.clone().unwrap_or_default(),
     };
-    out_tx
-        .send(hello)
-        .await
-        .map_err(|_| ClientError::Transport("the relay closed the connection".into()))?;
-    let pinned = match next_frame(&mut stream).await? {
-        Some(Frame::Welcome {
-            version,
-            pinned_host_keys,
-        }) if version == VERSION => pinned_host_keys,
-        Some(Frame::Welcome { version, .. }) => {
-            return Err(ClientError::Protocol(format!(
-                "the relay speaks protocol version {version}, this page {VERSION}: reload the page"
-            )));
-        }
-        Some(Frame::Error { code, message }) => return Err(ClientError::Relay { code, message }),
-        Some(other) => {
-            return Err(ClientError::Protocol(format!(
-                "expected Welcome, got {}",
-                other.name()
-            )));
-        }
-        None => {
-            return Err(ClientError::Transport(
-                "the relay closed the connection before answering".into(),
-            ));
-        }
-    };
-
-    // Stream 0 <-> an in-memory pipe that russh reads and writes like a socket.
-    let (russh_side, mux_side) = tokio::io::duplex(SSH_PIPE);
-    let (pipe_read, pipe_write) = tokio::io::split(mux_side);
-    let (ssh_in_tx, ssh_in_rx) = mpsc::unbounded_channel();
-    rt::spawn(ssh_outbound(pipe_read, out_tx.clone()));
-    rt::spawn(ssh_inbound(pipe_write, ssh_in_rx));
-
-    let (closed_tx, closed_rx) = watch::channel(None);
-    let shared = Arc::new(Shared {
-        out: out_tx,
-        state: Mutex::new(MuxState {
-            next_forward: 1,
-            ..MuxState::default()
-        }),
-        ssh: OnceLock::new(),
-        closed: closed_rx,
-        shutdown,
-        ended: Notify::new(),
-        end_reason: Mutex::new(None),
-        ssh_frames: std::sync::atomic::AtomicU64::new(0),
-    });
     // From here on, any early return drops the owner and so closes the transport.
-    let owner = Arc::new(Owner {
-        shared: shared.clone(),
-    });
-    rt::spawn(demux(stream, shared.clone(), ssh_in_tx, closed_tx));
+    let Opened {
+        owner,
+        pinned,
+        ssh_stream,
+        accepted,
+    } = mux::open(transport, hello).await?;
+    let end = owner.end().clone();
 
     let HostKeyPolicy {
         expected,
@@ -253,14 +93,14 @@ pub async fn connect<T: Transport>(
             known_hosts,
         },
         options.target.clone(),
-        shared.closed.clone(),
+        end.clone(),
     );
     let verdict = handler.verdict.clone();
-    let mut handle = client::connect_stream(Arc::new(ssh_config()), russh_side, handler)
+    let mut handle = client::connect_stream(Arc::new(ssh_config()), ssh_stream, handler)
         .await
         .map_err(|err| match verdict.lock().expect("verdict lock").clone() {
             Some(HostKeyVerdict::Refused(refusal)) => refusal,
-            _ if shared.closed.borrow().is_some() => shared.closed_error(),
+            _ if end.ended().is_some() => owner.closed_error(),
             _ => ClientError::Ssh(format!("the SSH handshake failed: {err}")),
         })?;
     let host_key = match verdict.lock().expect("verdict lock").clone() {
@@ -271,27 +111,43 @@ pub async fn connect<T: Transport>(
             ));
         }
     };
-    let closed = shared.closed.clone();
-    authenticate(&mut handle, &options.username, options.auth, closed)
+    authenticate(&mut handle, &options.username, options.auth, end.clone())
         .await
-        .map_err(|err| match err {
-            ClientError::Ssh(_) | ClientError::Closed(_) if shared.closed.borrow().is_some() => {
-                let reason = shared.closed.borrow().clone().unwrap_or_default();
-                if reason.contains("SSH server closed") {
-                    ClientError::Closed(format!(
-                        "{reason} during login; SSH servers allow a login limited time and attempts (LoginGraceTime, MaxAuthTries)"
-                    ))
-                } else {
-                    ClientError::Closed(reason)
-                }
-            }
-            other => other,
-        })?;
-    let _ = shared.ssh.set(handle);
+        .map_err(|err| login_failure(err, end.ended()))?;
+    let ssh = Arc::new(handle);
+    rt::spawn(conn::serve(owner.mux(), ssh.clone(), accepted));
     if let Some(keepalive) = options.keepalive {
-        rt::spawn(keep_alive(Arc::downgrade(&shared), keepalive));
+        rt::spawn(keepalive::run(
+            keepalive,
+            owner.ssh_frames(),
+            Arc::downgrade(&ssh),
+            end,
+        ));
     }
-    Ok(Session { owner, host_key })
+    Ok(Session {
+        owner,
+        ssh,
+        host_key,
+    })
+}
+
+/// What a login that failed reports. When the session ended under it, the ending is
+/// the cause; an SSH server that closed the connection then most likely ran out of
+/// login time or attempts, which the relay says by its code.
+fn login_failure(err: ClientError, ended: Option<Ended>) -> ClientError {
+    match (err, ended) {
+        (ClientError::Ssh(_) | ClientError::Closed(_), Some(ended)) => {
+            if ended.code == Some(ErrorCode::SshClosed) {
+                ClientError::Closed(format!(
+                    "{} during login; SSH servers allow a login limited time and attempts (LoginGraceTime, MaxAuthTries)",
+                    ended.reason
+                ))
+            } else {
+                ClientError::Closed(ended.reason)
+            }
+        }
+        (other, _) => other,
+    }
 }
 
 /// russh settings for the tab. No keepalive or inactivity timers: russh drives those
@@ -315,10 +171,6 @@ fn ssh_config() -> client::Config {
 }
 
 impl Session {
-    fn shared(&self) -> &Arc<Shared> {
-        &self.owner.shared
-    }
-
     /// The server's host-key fingerprint (`SHA256:...`), as accepted.
     pub fn host_key(&self) -> &HostKeyInfo {
         &self.host_key
@@ -340,50 +192,15 @@ impl Session {
         if options.check_destination {
             self.check_destination(&spec).await?;
         }
-        let (reply, answer) = oneshot::channel();
-        let id = {
-            let mut state = self.shared().state.lock().expect("state lock");
-            let id = state.next_forward;
-            state.next_forward = id
-                .checked_add(1)
-                .ok_or_else(|| ClientError::Protocol("forward ids exhausted".into()))?;
-            state.pending.insert(
-                id,
-                PendingListen {
-                    spec: spec.clone(),
-                    reply,
-                },
-            );
-            id
-        };
-        let listen = Frame::Listen {
-            forward: id,
-            bind: spec.bind.clone(),
-            port: spec.port,
-        };
-        self.shared().send(listen).await?;
-        let address = answer.await.map_err(|_| self.shared().closed_error())??;
-        let stats = self
-            .shared()
-            .state
-            .lock()
-            .expect("state lock")
-            .forwards
-            .get(&id)
-            .map(|f| f.stats.clone());
-        let stats = stats.ok_or_else(|| self.shared().closed_error())?;
+        let (id, address, stats) = self.owner.listen(spec.clone()).await?;
         Ok(Forward::new(self.owner.clone(), id, spec, address, stats))
     }
 
     /// Opens and closes one channel to the spec's destination, so a destination the
     /// SSH server refuses or cannot reach fails the forward now, not its first client.
     async fn check_destination(&self, spec: &ForwardSpec) -> Result<(), ClientError> {
-        let ssh = self
-            .shared()
+        let channel = self
             .ssh
-            .get()
-            .ok_or_else(|| self.shared().closed_error())?;
-        let channel = ssh
             .channel_open_direct_tcpip(
                 spec.host.as_str(),
                 u32::from(spec.host_port),
@@ -393,7 +210,7 @@ impl Session {
             .await
             .map_err(|err| ClientError::ChannelRefused {
                 destination: format!("{}:{}", spec.host, spec.host_port),
-                reason: crate::forward::describe_open_failure(&err),
+                reason: describe_open_failure(&err),
             })?;
         let _ = channel.close().await;
         Ok(())
@@ -401,7 +218,7 @@ impl Session {
 
     /// Why the session ended, once it has; `None` while it is live.
     pub fn closed_reason(&self) -> Option<String> {
-        self.shared().closed.borrow().clone()
+        self.owner.end().ended().map(|ended| ended.reason)
     }
 
     /// Waits until the session ends and returns why.
@@ -413,364 +230,65 @@ impl Session {
     /// does not hold the session: an abandoned session still closes when its last
     /// handle goes, and this then resolves.
     pub fn closed_signal(&self) -> impl std::future::Future<Output = String> + 'static {
-        let mut closed = self.shared().closed.clone();
-        async move {
-            loop {
-                if let Some(reason) = closed.borrow_and_update().clone() {
-                    return reason;
-                }
-                if closed.changed().await.is_err() {
-                    return "the session ended".into();
-                }
-            }
-        }
+        let ended = self.owner.end().wait();
+        async move { ended.await.reason }
     }
 
     /// Ends the session: the relay then closes every listener and connection of it.
     pub async fn close(&self) {
-        if let Some(ssh) = self.shared().ssh.get() {
-            let _ = ssh
-                .disconnect(russh::Disconnect::ByApplication, "closed by the user", "en")
-                .await;
-        }
-        // The writer closes the WebSocket when it reaches this marker.
-        self.shared().shutdown.notify_one();
+        let _ = self
+            .ssh
+            .disconnect(russh::Disconnect::ByApplication, "closed by the user", "en")
+            .await;
+        // The writer closes the WebSocket; the transport's end then ends the session.
+        self.owner.end().close_transport();
         self.closed().await;
     }
 }
 
-async fn next_frame<S>(stream: &mut S) -> Result<Option<Frame>, ClientError>
-where
-    S: futures::Stream<Item = Result<Bytes, TransportError>> + Unpin,
-{
-    match stream.next().await {
-        None => Ok(None),
-        Some(Err(err)) => Err(ClientError::Transport(err.0)),
-        Some(Ok(message)) => tabtunnel_proto::decode(message)
-            .map(Some)
-            .map_err(|err| ClientError::Protocol(format!("malformed frame from the relay: {err}"))),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Frames -> transport, flushing once per batch of ready frames, until `shutdown` is
-/// notified (the session was closed or abandoned) or the queue ends; then it closes the
-/// transport, which ends the relay's session and everything it holds.
-async fn write_loop<S>(mut sink: S, mut rx: mpsc::Receiver<Frame>, shutdown: Arc<Notify>)
-where
-    S: futures::Sink<Bytes, Error = TransportError> + Unpin,
-{
-    loop {
-        let first = tokio::select! {
-            biased;
-            () = shutdown.notified() => break,
-            frame = rx.recv() => match frame {
-                Some(frame) => frame,
-                None => break,
-            },
-        };
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
-            if sink
-                .feed(tabtunnel_proto::encode_to_bytes(&frame))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            next = rx.try_recv().ok();
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = sink.close().await;
-}
-
-/// russh -> relay: SSH bytes as Ssh frames.
-async fn ssh_outbound(
-    mut pipe: tokio::io::ReadHalf<tokio::io::DuplexStream>,
-    out: mpsc::Sender<Frame>,
-) {
-    let mut buf = vec![0u8; MAX_DATA];
-    while let Ok(n) = pipe.read(&mut buf).await {
-        if n == 0
-            || out
-                .send(Frame::Ssh(Bytes::copy_from_slice(&buf[..n])))
-                .await
-                .is_err()
-        {
-            break;
-        }
-    }
-}
-
-/// relay -> russh. Fed by an unbounded queue so the demultiplexer never waits on russh;
-/// what can arrive is bounded by the SSH channel windows russh grants.
-async fn ssh_inbound(
-    mut pipe: tokio::io::WriteHalf<tokio::io::DuplexStream>,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
-) {
-    while let Some(data) = rx.recv().await {
-        if pipe.write_all(&data).await.is_err() {
-            return;
-        }
-    }
-    let _ = pipe.shutdown().await;
-}
-
-/// Reads frames from the relay and routes them until the transport ends.
-async fn demux<S>(
-    mut stream: S,
-    shared: Arc<Shared>,
-    ssh_in: mpsc::UnboundedSender<Bytes>,
-    closed: watch::Sender<Option<String>>,
-) where
-    S: futures::Stream<Item = Result<Bytes, TransportError>> + Unpin,
-{
-    let reason = loop {
-        let next = tokio::select! {
-            biased;
-            () = shared.ended.notified() => {
-                break shared.end_reason.lock().expect("end lock").take().unwrap_or_default();
-            }
-            next = next_frame(&mut stream) => next,
-        };
-        let frame = match next {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break "the relay closed the connection".to_owned(),
-            Err(err) => break err.to_string(),
-        };
-        if let Err(err) = route(&shared, &ssh_in, frame) {
-            break err.to_string();
-        }
-    };
-    debug!("session ends: {reason}");
-    let _ = closed.send(Some(reason));
-    drop(ssh_in);
-    // Fail pending requests and stop every connection.
-    let mut state = shared.state.lock().expect("state lock");
-    state.pending.clear();
-    state.conns.clear(); // drops every abort guard
-}
-
-/// The session's `ServerAliveInterval`: each interval in which the SSH server sent
-/// nothing gets a keepalive request it must answer; when `count_max` requests in a row
-/// went unanswered, the session ends. Holds the session weakly, so it never keeps an
-/// abandoned one alive.
-async fn keep_alive(shared: std::sync::Weak<Shared>, keepalive: Keepalive) {
-    use std::sync::atomic::Ordering;
-    let mut seen = 0;
-    let mut unanswered = 0;
-    loop {
-        rt::sleep(keepalive.interval).await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        if shared.closed.borrow().is_some() {
-            return;
-        }
-        let now = shared.ssh_frames.load(Ordering::Relaxed);
-        if now != seen {
-            (seen, unanswered) = (now, 0);
-            continue;
-        }
-        if unanswered >= keepalive.count_max {
-            let silent = keepalive.interval * (unanswered + 1);
-            shared.end(format!(
-                "no answer from the SSH server for {} s, {unanswered} keepalive(s) included (ServerAliveInterval {} s, ServerAliveCountMax {}): the server, the relay or the network is gone",
-                silent.as_secs(),
-                keepalive.interval.as_secs(),
-                keepalive.count_max
-            ));
-            return;
-        }
-        if let Some(ssh) = shared.ssh.get() {
-            // want_reply: the server must answer, which is the sign of life we count.
-            let _ = ssh.send_keepalive(true).await;
-        }
-        unanswered += 1;
-    }
-}
-
-/// Handles one frame without waiting, so no stream can hold up another.
-fn route(
-    shared: &Arc<Shared>,
-    ssh_in: &mpsc::UnboundedSender<Bytes>,
-    frame: Frame,
-) -> Result<(), ClientError> {
-    let mut state = shared.state.lock().expect("state lock");
-    match frame {
-        Frame::Ssh(data) => {
-            shared
-                .ssh_frames
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let _ = ssh_in.send(data);
-        }
-        Frame::Listening { forward, address } => {
-            if let Some(pending) = state.pending.remove(&forward) {
-                let stats = Arc::new(ForwardStats::default());
-                state.forwards.insert(
-                    forward,
-                    ForwardEntry {
-                        spec: pending.spec,
-                        stats,
-                        conns: HashSet::new(),
-                    },
-                );
-                if pending.reply.send(Ok(address)).is_err() {
-                    // The caller gave up waiting; do not leave a listener behind.
-                    state.forwards.remove(&forward);
-                    let _ = shared.out.try_send(Frame::Unlisten { forward });
-                }
-            }
-        }
-        Frame::ListenFailed {
-            forward,
+    fn ended(reason: &str, code: Option<ErrorCode>) -> Option<Ended> {
+        Some(Ended {
+            reason: reason.into(),
             code,
-            message,
-        } => {
-            if let Some(pending) = state.pending.remove(&forward) {
-                let _ = pending
-                    .reply
-                    .send(Err(ClientError::Relay { code, message }));
-            } else if let Some(entry) = state.forwards.get(&forward) {
-                // A live forward: the relay refused one TCP client of it (a source it
-                // does not allow, too many waiting). The listener stays; the forward's
-                // row shows why.
-                debug!(forward, code = code.as_str(), %message, "the relay refused a connection");
-                entry
-                    .stats
-                    .failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                *entry.stats.last_error.lock().expect("stats lock") = Some(message);
-            }
-        }
-        Frame::Accept {
-            conn,
-            forward,
-            peer,
-        } => {
-            if conn <= state.last_conn {
-                return Err(ClientError::Protocol(format!(
-                    "the relay reused connection id {conn}"
-                )));
-            }
-            state.last_conn = conn;
-            let Some(entry) = state.forwards.get_mut(&forward) else {
-                // Closed while the relay accepted; the relay forgets it on Unlisten.
-                return Ok(());
-            };
-            entry.conns.insert(conn);
-            let (input, input_rx) = mpsc::unbounded_channel();
-            let recv_window = Arc::new(Mutex::new(RecvWindow::new(CONNECTION_WINDOW)));
-            let send_credit = Arc::new(CreditGate::default());
-            let (abort, abort_rx) = oneshot::channel();
-            let spec = entry.spec.clone();
-            let stats = entry.stats.clone();
-            state.conns.insert(
-                conn,
-                ConnEntry {
-                    forward,
-                    input,
-                    recv_window: recv_window.clone(),
-                    send_credit: send_credit.clone(),
-                    abort,
-                    eof_received: false,
-                },
-            );
-            let pump = forward::ConnPump {
-                shared: shared.clone(),
-                conn,
-                spec,
-                peer,
-                stats,
-                recv_window,
-                send_credit,
-            };
-            rt::spawn(pump.run(input_rx, abort_rx));
-        }
-        Frame::Data { conn, data } => {
-            if let Some(entry) = known_conn(&state, conn, "Data")? {
-                if data.is_empty() || entry.eof_received {
-                    return Err(ClientError::Protocol(format!(
-                        "connection {conn}: Data frame {}",
-                        if data.is_empty() {
-                            "with no bytes"
-                        } else {
-                            "after Eof"
-                        }
-                    )));
-                }
-                entry
-                    .recv_window
-                    .lock()
-                    .expect("window lock")
-                    .on_data(data.len())
-                    .map_err(|err| ClientError::Protocol(format!("connection {conn}: {err}")))?;
-                // A decoded frame may share the transport's read buffer: queued as it
-                // is, a one-byte frame could keep a whole buffer alive. The queue holds
-                // copies, so a frame costs what credit charges for it.
-                let data = Bytes::copy_from_slice(&data);
-                let _ = entry.input.send(ConnInput::Data(data));
-            }
-        }
-        Frame::Credit { conn, bytes } => {
-            if let Some(entry) = known_conn(&state, conn, "Credit")? {
-                entry
-                    .send_credit
-                    .grant(bytes)
-                    .map_err(|err| ClientError::Protocol(format!("connection {conn}: {err}")))?;
-            }
-        }
-        Frame::Eof { conn } => {
-            known_conn(&state, conn, "Eof")?;
-            if let Some(entry) = state.conns.get_mut(&conn) {
-                if entry.eof_received {
-                    return Err(ClientError::Protocol(format!(
-                        "connection {conn}: a second Eof"
-                    )));
-                }
-                entry.eof_received = true;
-                let _ = entry.input.send(ConnInput::Eof);
-            }
-        }
-        Frame::Close { conn, reason } => {
-            known_conn(&state, conn, "Close")?;
-            if let Some(entry) = state.conns.remove(&conn) {
-                debug!(conn, %reason, "relay closed connection");
-                if let Some(forward) = state.forwards.get_mut(&entry.forward) {
-                    forward.conns.remove(&conn);
-                }
-                if reason.is_empty() {
-                    // Orderly: bytes queued before the Close still reach the channel.
-                    let _ = entry.input.send(ConnInput::Close(entry.abort));
-                }
-                // Otherwise dropping the entry aborts the pump now.
-            }
-        }
-        Frame::Error { code, message } => return Err(ClientError::Relay { code, message }),
-        other => {
-            return Err(ClientError::Protocol(format!(
-                "the relay sent a {} frame, which only the tab may send",
-                other.name()
-            )));
-        }
+        })
     }
-    Ok(())
-}
 
-/// The live connection `conn`; `None` if it already ended (frames cross on the wire);
-/// an error if the relay never opened it.
-fn known_conn<'a>(
-    state: &'a MuxState,
-    conn: u32,
-    frame: &str,
-) -> Result<Option<&'a ConnEntry>, ClientError> {
-    match state.conns.get(&conn) {
-        Some(entry) => Ok(Some(entry)),
-        None if conn <= state.last_conn => Ok(None),
-        None => Err(ClientError::Protocol(format!(
-            "{frame} for connection {conn}, which the relay never opened"
-        ))),
+    #[test]
+    fn a_login_the_ssh_server_closed_names_its_limits() {
+        let err = login_failure(
+            ClientError::Ssh("disconnected".into()),
+            ended(
+                "the SSH server closed the connection",
+                Some(ErrorCode::SshClosed),
+            ),
+        );
+        assert_eq!(
+            err.to_string(),
+            "the session is closed: the SSH server closed the connection during login; SSH servers allow a login limited time and attempts (LoginGraceTime, MaxAuthTries)"
+        );
+    }
+
+    #[test]
+    fn other_endings_during_login_are_reported_as_they_are() {
+        // The same words without the code: decided by the code, not the text.
+        for code in [None, Some(ErrorCode::Idle)] {
+            let err = login_failure(
+                ClientError::Closed("x".into()),
+                ended("the SSH server closed the connection", code),
+            );
+            assert_eq!(
+                err.to_string(),
+                "the session is closed: the SSH server closed the connection"
+            );
+        }
+        // A login that failed by itself keeps its own error.
+        let err = login_failure(ClientError::AuthCancelled, ended("gone", None));
+        assert_eq!(err.code(), "auth-cancelled");
+        let err = login_failure(ClientError::Ssh("handshake".into()), None);
+        assert_eq!(err.to_string(), "SSH error: handshake");
     }
 }

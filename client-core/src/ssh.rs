@@ -6,7 +6,8 @@ use futures::future::BoxFuture;
 use russh::client;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 
-use crate::ClientError;
+use crate::end::End;
+use crate::error::ClientError;
 use crate::known_hosts::{HostKeyFacts, KnownHostsCheck, Remembered, Trust, decide};
 
 /// What the tab learns about the server's host key before trusting it.
@@ -56,6 +57,9 @@ pub(crate) enum HostKeyVerdict {
     Refused(ClientError),
 }
 
+/// The SSH connection, once the handshake is done.
+pub(crate) type SshHandle = client::Handle<SshHandler>;
+
 /// The russh client handler. Its futures must be `Send` (a russh requirement), so the
 /// callback answers through a boxed future that the platform glue builds.
 pub(crate) struct SshHandler {
@@ -63,16 +67,12 @@ pub(crate) struct SshHandler {
     /// The relay's name for the server: known-hosts entries are per target.
     target: String,
     /// The session's end: a host-key question still open then is refused.
-    closed: tokio::sync::watch::Receiver<Option<String>>,
+    closed: End,
     pub(crate) verdict: Arc<Mutex<Option<HostKeyVerdict>>>,
 }
 
 impl SshHandler {
-    pub(crate) fn new(
-        policy: HostKeyPolicy,
-        target: String,
-        closed: tokio::sync::watch::Receiver<Option<String>>,
-    ) -> Self {
+    pub(crate) fn new(policy: HostKeyPolicy, target: String, closed: End) -> Self {
         Self {
             policy,
             target,
@@ -302,7 +302,7 @@ pub(crate) async fn authenticate(
     handle: &mut client::Handle<SshHandler>,
     user: &str,
     credentials: Credentials,
-    closed: tokio::sync::watch::Receiver<Option<String>>,
+    closed: End,
 ) -> Result<(), ClientError> {
     let Credentials {
         password,
@@ -418,7 +418,7 @@ pub(crate) async fn authenticate(
 async fn ask_password(
     prompt: &mut Option<PromptCallback>,
     user: &str,
-    closed: tokio::sync::watch::Receiver<Option<String>>,
+    closed: End,
 ) -> Result<String, ClientError> {
     let ask = prompt.as_mut().ok_or(ClientError::NoCredentials)?;
     let request = PromptRequest {
@@ -440,23 +440,10 @@ async fn ask_password(
 
 /// Waits for the user's answer unless the session ends first (the server may close a
 /// login that takes too long), so a forgotten prompt does not hang the login forever.
-async fn until_closed<T>(
-    answer: BoxFuture<'static, T>,
-    mut closed: tokio::sync::watch::Receiver<Option<String>>,
-) -> Result<T, ClientError> {
-    let ended = async {
-        loop {
-            if let Some(reason) = closed.borrow_and_update().clone() {
-                return reason;
-            }
-            if closed.changed().await.is_err() {
-                return "the session ended".to_owned();
-            }
-        }
-    };
+async fn until_closed<T>(answer: BoxFuture<'static, T>, closed: End) -> Result<T, ClientError> {
     tokio::select! {
         answer = answer => Ok(answer),
-        reason = ended => Err(ClientError::Closed(reason)),
+        ended = closed.wait() => Err(ClientError::Closed(ended.reason)),
     }
 }
 
@@ -480,7 +467,7 @@ async fn keyboard_interactive(
     prompt: &mut Option<PromptCallback>,
     password: Option<&str>,
     note: &mut Option<String>,
-    closed: tokio::sync::watch::Receiver<Option<String>>,
+    closed: End,
 ) -> Result<Outcome, ClientError> {
     use client::KeyboardInteractiveAuthResponse as R;
     let mut password_unused = password;
@@ -630,8 +617,7 @@ mod tests {
                 relay: RELAY.into(),
             }),
         };
-        let (_closed_tx, closed) = tokio::sync::watch::channel(None);
-        let mut handler = SshHandler::new(policy, "lab".into(), closed);
+        let mut handler = SshHandler::new(policy, "lab".into(), End::default());
         let verdict = handler.judge(key).await;
         let question = asked.lock().unwrap().take();
         (verdict, question)

@@ -68,7 +68,7 @@ impl WebSocketTransport {
         let on_close = {
             let opened_tx = opened_tx.clone();
             Closure::<dyn FnMut(CloseEvent)>::new(move |event: CloseEvent| {
-                let reason = describe_close(&event);
+                let reason = describe_close(event.code(), &event.reason());
                 if let Some(waiting) = opened_tx.borrow_mut().take() {
                     let _ = waiting.send(Err(TransportError(reason)));
                     return;
@@ -93,11 +93,7 @@ impl WebSocketTransport {
         drop(on_open);
         match result {
             Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                return Err(TransportError(
-                    err.0.replace(": close", &format!(" ({url})")),
-                ));
-            }
+            Ok(Err(err)) => return Err(open_failed(url, err)),
             Err(_) => return Err(TransportError(format!("cannot reach the relay at {url}"))),
         }
         Ok(Self {
@@ -113,12 +109,18 @@ impl WebSocketTransport {
     }
 }
 
-fn describe_close(event: &CloseEvent) -> String {
-    match (event.code(), event.reason()) {
-        (1000, reason) if !reason.is_empty() => reason,
+/// Why opening failed, naming the relay's URL as the native transport does (the
+/// close event alone does not say which relay).
+fn open_failed(url: &str, err: TransportError) -> TransportError {
+    TransportError(format!("cannot reach the relay at {url}: {}", err.0))
+}
+
+fn describe_close(code: u16, reason: &str) -> String {
+    match (code, reason) {
+        (1000, reason) if !reason.is_empty() => reason.to_owned(),
         (1000, _) => "the relay closed the connection".into(),
         (1006, _) => "the connection to the relay was lost (network error or relay down)".into(),
-        (code, reason) if reason.is_empty() => {
+        (code, "") => {
             format!("the relay closed the connection (code {code})")
         }
         (code, reason) => format!("the relay closed the connection: {reason} (code {code})"),
@@ -189,5 +191,36 @@ impl Sink<Bytes> for WebSocketTransport {
     fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let _ = self.inner.ws.close_with_code(1000);
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_open_names_the_relay() {
+        let err = open_failed(
+            "wss://relay.example/ws",
+            TransportError(describe_close(1006, "")),
+        );
+        assert_eq!(
+            err.0,
+            "cannot reach the relay at wss://relay.example/ws: the connection to the relay was lost (network error or relay down)"
+        );
+    }
+
+    #[test]
+    fn close_events_are_described_for_people() {
+        assert_eq!(describe_close(1000, "idle"), "idle");
+        assert_eq!(describe_close(1000, ""), "the relay closed the connection");
+        assert_eq!(
+            describe_close(1011, ""),
+            "the relay closed the connection (code 1011)"
+        );
+        assert_eq!(
+            describe_close(1008, "unknown target"),
+            "the relay closed the connection: unknown target (code 1008)"
+        );
     }
 }

@@ -210,6 +210,9 @@ error_codes! {
     (13, SourceNotAllowed, "source-not-allowed");
     /// The session carried no connection for the operator's idle timeout.
     (14, Idle, "idle");
+    /// The SSH server closed the connection (the session then ends in order): the tab
+    /// tells a login cut short by this code, not by the message's words.
+    (15, SshClosed, "ssh-closed");
 }
 
 #[cfg(test)]

@@ -448,7 +448,7 @@ impl Session {
                         self.forget(conn);
                     }
                 }
-                end = self.ssh.closed() => return ssh_ending(end),
+                end = self.ssh.closed() => return self.ssh_ended(end).await,
                 () = tokio::time::sleep_until(idle_deadline.unwrap_or_else(tokio::time::Instant::now)),
                     if idle_deadline.is_some() =>
                 {
@@ -767,6 +767,34 @@ impl Session {
         Ok(())
     }
 
+    /// How the session ends when its SSH server's side ends. A close (or a reset) is an
+    /// orderly end, not a refusal, yet the tab must know it by its code (a login cut
+    /// short reads differently), so an Error frame with the code goes before the
+    /// orderly close, even if the tab is gone too.
+    async fn ssh_ended(&self, end: Option<std::io::Error>) -> Result<String, SessionError> {
+        let reason = match end {
+            None => "the SSH server closed the connection",
+            // A server that dies with bytes of ours unread resets rather than closes: the
+            // same ending for the user, not a network failure.
+            Some(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {
+                "the SSH server closed the connection abruptly (reset): it may have crashed or restarted, or the network dropped the connection; log in again"
+            }
+            Some(err) => {
+                return Err(SessionError::new(
+                    ErrorCode::TargetUnreachable,
+                    format!("the connection to the SSH server failed: {err}"),
+                ));
+            }
+        };
+        let _ = self
+            .send(Frame::Error {
+                code: ErrorCode::SshClosed,
+                message: reason.into(),
+            })
+            .await;
+        Ok(reason.into())
+    }
+
     /// Forgets a connection whose task ended by itself.
     fn forget(&mut self, conn: u32) {
         if let Some(handle) = self.conns.remove(&conn) {
@@ -775,22 +803,6 @@ impl Session {
                 entry.conns.remove(&conn);
             }
         }
-    }
-}
-
-/// How the session ends when its SSH server's side ends.
-fn ssh_ending(end: Option<std::io::Error>) -> Result<String, SessionError> {
-    match end {
-        None => Ok("the SSH server closed the connection".into()),
-        // A server that dies with bytes of ours unread resets rather than closes: the
-        // same ending for the user, not a network failure.
-        Some(err) if err.kind() == std::io::ErrorKind::ConnectionReset => Ok(
-            "the SSH server closed the connection abruptly (reset): it may have crashed or restarted, or the network dropped the connection; log in again".into(),
-        ),
-        Some(err) => Err(SessionError::new(
-            ErrorCode::TargetUnreachable,
-            format!("the connection to the SSH server failed: {err}"),
-        )),
     }
 }
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-
 /// The system user the password tests log in as; `cargo xtask setup` creates it
 /// (`xtask/src/e2e.rs` holds the same two values; xtask cannot depend on this heavy crate).
 pub const TEST_USER: &str = "tabtunnel-e2e";

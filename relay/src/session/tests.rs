@@ -343,6 +343,14 @@ async fn a_client_from_a_source_not_allowed_is_closed_and_the_tab_told() {
 async fn the_ssh_server_closing_ends_the_session_in_order() {
     let (mut lab, ssh) = welcomed("").await;
     drop(ssh);
+    // Said by its code first, so the tab can tell a login cut short.
+    assert_eq!(
+        lab.tab.frame().await,
+        Frame::Error {
+            code: ErrorCode::SshClosed,
+            message: "the SSH server closed the connection".into()
+        }
+    );
     assert_eq!(
         lab.tab.close().await,
         (1000, "the SSH server closed the connection".into())

@@ -1,0 +1,267 @@
+//! One accepted connection's pump between the relay and a direct-tcpip channel
+//! through the SSH server, with EOF passed on in each direction.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::channel::oneshot;
+use russh::ChannelMsg;
+use tabtunnel_proto::{ConnFlow, Frame};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::error::ClientError;
+use crate::mux::{Accepted, ConnInput, Mux};
+use crate::spec::ForwardSpec;
+use crate::ssh::SshHandle;
+use crate::stats::ForwardStats;
+
+/// How long the SSH server may take to open a connection's channel (sshd's own connect
+/// to the destination included).
+const CHANNEL_OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Pumps each connection the mux hands out until the mux ends (its end of the queue
+/// closes with it).
+pub(crate) async fn serve(
+    mux: Arc<Mux>,
+    ssh: Arc<SshHandle>,
+    mut accepted: mpsc::UnboundedReceiver<Accepted>,
+) {
+    while let Some(accepted) = accepted.recv().await {
+        let Accepted {
+            conn,
+            spec,
+            peer,
+            stats,
+            flow,
+            input,
+            abort,
+        } = accepted;
+        let pump = ConnPump {
+            mux: mux.clone(),
+            ssh: ssh.clone(),
+            conn,
+            spec,
+            peer,
+            stats,
+            flow,
+        };
+        crate::rt::spawn(pump.run(input, abort));
+    }
+}
+
+/// One accepted connection's pump between the relay and an SSH channel.
+struct ConnPump {
+    mux: Arc<Mux>,
+    ssh: Arc<SshHandle>,
+    conn: u32,
+    spec: Arc<ForwardSpec>,
+    peer: String,
+    stats: Arc<ForwardStats>,
+    flow: Arc<ConnFlow>,
+}
+
+enum Ending {
+    /// Both directions finished, or the server closed the channel: tell the relay.
+    Orderly,
+    /// The relay closed the connection: it has forgotten it already.
+    RelayClosed,
+    Failed(String),
+}
+
+impl ConnPump {
+    /// Runs until the connection ends. `abort` resolves when the mux drops the
+    /// connection's entry: the relay aborted it, or its forward or session closed.
+    async fn run(self, input: mpsc::UnboundedReceiver<ConnInput>, abort: oneshot::Receiver<()>) {
+        let conn = self.conn;
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        let ending = self.pump(input, abort).await;
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let reason = match ending {
+            Ending::RelayClosed => None,
+            Ending::Orderly => Some(String::new()),
+            Ending::Failed(reason) => {
+                debug!(conn, %reason, "connection failed");
+                self.stats.fail(reason.clone());
+                Some(reason)
+            }
+        };
+        // Forget the id first, so frames still on the wire are ignored; then tell the
+        // relay, unless it already forgot the connection (it closed it, or Unlisten).
+        let still_known = self.mux.forget_conn(conn);
+        if let (true, Some(reason)) = (still_known, reason) {
+            let _ = self.mux.send(Frame::Close { conn, reason }).await;
+        }
+    }
+
+    async fn pump(
+        &self,
+        mut input: mpsc::UnboundedReceiver<ConnInput>,
+        mut abort: oneshot::Receiver<()>,
+    ) -> Ending {
+        let ssh = &self.ssh;
+        let (peer_host, peer_port) = split_peer(&self.peer);
+        let destination = format!("{}:{}", self.spec.host, self.spec.host_port);
+        let open = ssh.channel_open_direct_tcpip(
+            self.spec.host.as_str(),
+            u32::from(self.spec.host_port),
+            peer_host,
+            peer_port,
+        );
+        // A server that never answers (a destination that drops SYNs, a hung sshd) must
+        // not hold the TCP client, and the relay's cap on waiting connections, forever.
+        let opened = futures::future::select(
+            Box::pin(open),
+            Box::pin(crate::rt::sleep(CHANNEL_OPEN_TIMEOUT)),
+        )
+        .await;
+        let opened = match opened {
+            futures::future::Either::Left((opened, _)) => opened,
+            futures::future::Either::Right(_) => {
+                return Ending::Failed(format!(
+                    "the SSH server did not open a channel to {destination} within {} s; check that it can reach that address",
+                    CHANNEL_OPEN_TIMEOUT.as_secs()
+                ));
+            }
+        };
+        let channel = match opened {
+            Ok(channel) => channel,
+            Err(err) => {
+                return Ending::Failed(
+                    ClientError::ChannelRefused {
+                        destination,
+                        reason: describe_open_failure(&err),
+                    }
+                    .to_string(),
+                );
+            }
+        };
+        let (mut reader, writer) = channel.split();
+        let grant = self.flow.initial_grant();
+        if self
+            .mux
+            .send(Frame::Credit {
+                conn: self.conn,
+                bytes: grant,
+            })
+            .await
+            .is_err()
+        {
+            return Ending::RelayClosed;
+        }
+
+        // relay -> SSH channel; credit returns to the relay as russh takes the bytes.
+        let to_ssh = async {
+            while let Some(item) = input.recv().await {
+                match item {
+                    ConnInput::Data(data) => {
+                        let len = data.len();
+                        if let Err(err) = writer.data_bytes(data).await {
+                            return Err(format!("SSH channel write failed: {err}"));
+                        }
+                        self.stats.bytes_up.fetch_add(len as u64, Ordering::Relaxed);
+                        let grant = self.flow.consumed(len);
+                        if let Some(bytes) = grant {
+                            let _ = self
+                                .mux
+                                .send(Frame::Credit {
+                                    conn: self.conn,
+                                    bytes,
+                                })
+                                .await;
+                        }
+                    }
+                    // Keep reading after Eof: a Close may follow while the other
+                    // direction still runs.
+                    ConnInput::Eof => {
+                        let _ = writer.eof().await;
+                    }
+                    ConnInput::Close(_guard) => return Ok(()),
+                }
+            }
+            Ok(())
+        };
+
+        // SSH channel -> relay, within the relay's credit.
+        let from_ssh = async {
+            loop {
+                match reader.wait().await {
+                    Some(ChannelMsg::Data { mut data }) => {
+                        while !data.is_empty() {
+                            let n = self.flow.credit().take(data.len()).await;
+                            let chunk = data.split_to(n);
+                            if self
+                                .mux
+                                .send(Frame::Data {
+                                    conn: self.conn,
+                                    data: chunk,
+                                })
+                                .await
+                                .is_err()
+                            {
+                                return Ok(());
+                            }
+                            self.stats.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                    Some(ChannelMsg::Eof) => {
+                        if self.mux.send(Frame::Eof { conn: self.conn }).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Some(ChannelMsg::Close) => return Ok(()),
+                    // No Close first: the SSH session ended under this connection.
+                    None => {
+                        return Err("the SSH session ended before the connection closed".to_owned());
+                    }
+                    Some(_) => {}
+                }
+            }
+        };
+
+        tokio::pin!(to_ssh, from_ssh);
+        let ending = tokio::select! {
+            biased;
+            result = &mut to_ssh => match result {
+                Ok(()) => Ending::RelayClosed,
+                Err(reason) => Ending::Failed(reason),
+            },
+            _ = &mut abort => Ending::RelayClosed,
+            result = &mut from_ssh => match result {
+                Ok(()) => Ending::Orderly,
+                Err(reason) => Ending::Failed(reason),
+            },
+        };
+        let _ = writer.close().await;
+        ending
+    }
+}
+
+/// `127.0.0.1:5555` or `[::1]:5555` into originator host and port.
+fn split_peer(peer: &str) -> (String, u32) {
+    match peer.rsplit_once(':') {
+        Some((host, port)) => (
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port.parse().unwrap_or(0),
+        ),
+        None => (peer.to_owned(), 0),
+    }
+}
+
+pub(crate) fn describe_open_failure(err: &russh::Error) -> String {
+    use russh::ChannelOpenFailure as F;
+    match err {
+        russh::Error::ChannelOpenFailure(F::AdministrativelyProhibited) => {
+            "the SSH server does not allow forwarding to that destination (AllowTcpForwarding / PermitOpen)".into()
+        }
+        russh::Error::ChannelOpenFailure(F::ConnectFailed) => {
+            "the SSH server could not connect to it (refused or unreachable from the server)".into()
+        }
+        russh::Error::ChannelOpenFailure(F::ResourceShortage) => "the SSH server is out of resources".into(),
+        russh::Error::ChannelOpenFailure(F::UnknownChannelType) => "the SSH server does not support port forwarding".into(),
+        other => other.to_string(),
+    }
+}
