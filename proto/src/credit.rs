@@ -48,7 +48,7 @@ pub enum CreditError {
         "Data beyond its credit: a {got}-byte Data frame costs {cost} bytes of credit ({DATA_FRAME_OVERHEAD} per frame plus its bytes), and only {allowed} were left"
     )]
     Overrun { got: usize, cost: u64, allowed: u64 },
-    #[error("peer granted credit beyond {max} bytes in flight")]
+    #[error("a Credit frame that grants more than {max} bytes in flight")]
     Overflow { max: u64 },
 }
 
@@ -225,6 +225,16 @@ impl CreditGate {
             }
         })
         .await
+    }
+
+    /// [`CreditGate::take`] without waiting: 0, and nothing taken, when the credit does
+    /// not cover a byte.
+    pub fn try_take(&self, want: usize) -> usize {
+        self.inner
+            .lock()
+            .expect("credit gate lock")
+            .credit
+            .take(want)
     }
 
     /// Takes the credit for one Data frame of `n` bytes, at most what

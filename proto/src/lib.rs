@@ -34,14 +34,19 @@
 //! than a window's worth of memory. That is what keeps every hop's memory bounded,
 //! since a browser cannot pause a WebSocket.
 //!
+//! What each connection frame means, and which ones break the rules, is decided in one
+//! place for both sides: [`conn::ConnTable`].
+//!
 //! This crate knows nothing of tokio, axum, russh or web-sys: it builds for wasm32 and
 //! native alike, and both sides of the wire use it.
 
 pub mod codec;
+pub mod conn;
 pub mod credit;
 pub mod frame;
 
 pub use codec::{DecodeError, decode, encode, encode_to_bytes};
+pub use conn::{Action, ConnError, ConnFlow, ConnTable, Opening, Side};
 pub use credit::{
     CreditError, CreditGate, DATA_FRAME_OVERHEAD, RecvWindow, SendCredit, frame_cost,
 };

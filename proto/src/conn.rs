@@ -1,0 +1,883 @@
+//! The rules of a forwarded connection, written once for both ends of the wire.
+//!
+//! A [`ConnTable`] is the set of forwarded connections one side of a session knows, and
+//! the one place that decides what a connection frame from the peer means. It does no
+//! I/O (quinn-proto's `Connection` is the model): the caller feeds it what happened
+//! (`handle_*` for a frame from the peer, [`ConnTable::open`] / [`ConnTable::accept`]
+//! for a new connection, [`ConnTable::forget`] when its own end stops a connection) and
+//! performs what it answers ([`Action`]: queue Data or pass an Eof on to a
+//! connection's handle, let it finish or abort it, or nothing). The relay and the tab
+//! use the same table, each with its [`Side`], so the two copies cannot drift.
+//!
+//! The rules:
+//! - **Ids.** The relay opens every connection and numbers them 1, 2, 3 ...; the tab
+//!   checks that the relay's ids only grow, so an id is never reused. An id never opened
+//!   is the peer's error; an id already forgotten is ignored, since frames cross a Close
+//!   on the wire (and the tab forgets at once the connections of a forward it closed).
+//! - **Data.** A Data frame carries at least one byte (an empty one would queue without
+//!   spending credit), none follows the peer's Eof, and each fits the receive window
+//!   ([`crate::credit`]): it is checked before the caller queues it, and the queue gets
+//!   a copy, so what a connection holds is bounded by its window in bytes and in frames.
+//! - **Credit.** A grant may not put the sender beyond its largest credit. The first
+//!   grant says the peer took the connection (the tab opened its SSH channel): the relay
+//!   counts connections still waiting for one ([`ConnTable::unanswered`]).
+//! - **Eof** comes at most once per direction.
+//! - **Close** ends a connection for both sides: an empty reason is orderly (what was
+//!   queued before it is still written), any other aborts it now. A side that ends a
+//!   connection itself forgets it ([`ConnTable::forget`]) and sends Close only if it
+//!   still knew it: a connection the peer closed needs no answer.
+//!
+//! # Why the flow control is shared
+//!
+//! Each connection has a pump on its own task that writes out what arrives and sends
+//! Data within the peer's credit, waiting for more. Its [`ConnFlow`] (the receive
+//! window and the send credit) is shared between the table and that pump, so the
+//! pump neither locks the whole table to report what it consumed nor waits on it for
+//! credit. The table still makes every decision: it checks each Data against the
+//! window before handing it out, and applies each grant; the pump only spends and
+//! returns credit through the same type.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::CONNECTION_WINDOW;
+use crate::credit::{CreditError, CreditGate, RecvWindow};
+
+/// The side of the wire a table runs on; its peer is the other side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The relay: it opens connections, and the tab is its peer.
+    Relay,
+    /// The tab: the relay opens its connections.
+    Tab,
+}
+
+impl Side {
+    /// The peer, as error messages name it.
+    pub fn peer(self) -> &'static str {
+        match self {
+            Side::Relay => "the tab",
+            Side::Tab => "the relay",
+        }
+    }
+
+    /// Who opens connections, as seen from this side.
+    fn opener(self) -> &'static str {
+        match self {
+            Side::Relay => "the relay",
+            Side::Tab => "it",
+        }
+    }
+
+    /// What the user can do about a peer that broke the rules: on the relay, the peer
+    /// is the user's page.
+    fn advice(self) -> &'static str {
+        match self {
+            Side::Relay => "; reload the page",
+            Side::Tab => "",
+        }
+    }
+}
+
+/// The peer broke a rule of a connection: the session ends with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnError {
+    #[error(
+        "{peer} sent a {frame} frame for connection {conn}, which {opener} never opened{advice}",
+        peer = .side.peer(), opener = .side.opener(), advice = .side.advice()
+    )]
+    NeverOpened {
+        side: Side,
+        frame: &'static str,
+        conn: u32,
+    },
+    #[error(
+        "connection {conn}: {peer} sent a Data frame with no bytes{advice}",
+        peer = .side.peer(), advice = .side.advice()
+    )]
+    EmptyData { side: Side, conn: u32 },
+    #[error(
+        "connection {conn}: {peer} sent a Data frame after Eof{advice}",
+        peer = .side.peer(), advice = .side.advice()
+    )]
+    DataAfterEof { side: Side, conn: u32 },
+    #[error(
+        "connection {conn}: {peer} sent a second Eof{advice}",
+        peer = .side.peer(), advice = .side.advice()
+    )]
+    SecondEof { side: Side, conn: u32 },
+    #[error(
+        "connection {conn}: {peer} sent {error}{advice}",
+        peer = .side.peer(), advice = .side.advice()
+    )]
+    Credit {
+        side: Side,
+        conn: u32,
+        error: CreditError,
+    },
+    #[error(
+        "{peer} reused connection id {conn}{advice}",
+        peer = .side.peer(), advice = .side.advice()
+    )]
+    ReusedId { side: Side, conn: u32 },
+    /// The relay has opened 2^32 - 1 connections in one session.
+    #[error("connection ids exhausted")]
+    IdsExhausted,
+}
+
+/// A connection's flow control, shared by its table and its pump (see the module
+/// documentation): the window the table checks Data against, which the pump refills
+/// as it writes out, and the credit the pump spends, which the table grants.
+#[derive(Debug)]
+pub struct ConnFlow {
+    window: Mutex<RecvWindow>,
+    credit: CreditGate,
+}
+
+impl ConnFlow {
+    fn new(window: u32) -> Self {
+        Self {
+            window: Mutex::new(RecvWindow::new(window)),
+            credit: CreditGate::default(),
+        }
+    }
+
+    /// The credit to grant the peer when this side takes the connection.
+    pub fn initial_grant(&self) -> u32 {
+        self.window.lock().expect("window lock").initial_grant()
+    }
+
+    /// One Data frame of `len` bytes, handed out by the table, was written out: the
+    /// credit to grant back in a Credit frame, once there is enough to send.
+    pub fn consumed(&self, len: usize) -> Option<u32> {
+        self.window.lock().expect("window lock").on_consumed(len)
+    }
+
+    /// What this side may send: wait here for credit, spend it before each Data frame.
+    pub fn credit(&self) -> &CreditGate {
+        &self.credit
+    }
+}
+
+/// A connection id taken but not yet in the table: [`ConnTable::insert`] it with its
+/// handle once the caller has started the connection. Dropped instead, the id stays
+/// used and counts as forgotten.
+#[derive(Debug)]
+#[must_use = "a connection is only known once inserted"]
+pub struct Opening {
+    pub conn: u32,
+    pub forward: u32,
+    flow: Arc<ConnFlow>,
+}
+
+impl Opening {
+    /// The connection's flow control, for its pump.
+    pub fn flow(&self) -> &Arc<ConnFlow> {
+        &self.flow
+    }
+}
+
+/// What the caller does with a connection frame the table accepted.
+#[derive(Debug)]
+pub enum Action<'a, T> {
+    /// Nothing: the frame was for a connection already forgotten, or only changed the
+    /// table (Credit).
+    Ignore,
+    /// Queue these bytes for the connection; they fit its window. A copy, so the queue
+    /// never keeps the peer's read buffer alive.
+    Data(&'a T, Bytes),
+    /// The peer sends no more Data: pass the end on.
+    Eof(&'a T),
+    /// The peer closed the connection in order and the table forgot it: let the
+    /// handle write out what it has queued, then stop. Send no Close back.
+    Close(T),
+    /// The peer aborted the connection with this reason and the table forgot it: stop
+    /// the handle now. Send no Close back.
+    Abort(T, String),
+}
+
+struct Entry<T> {
+    forward: u32,
+    handle: T,
+    flow: Arc<ConnFlow>,
+    /// The peer sent Eof: any later Data or Eof is its error.
+    eof_received: bool,
+    /// The peer granted credit, so it took the connection.
+    answered: bool,
+}
+
+/// The forwarded connections one side of a session knows, with their rules. `T` is
+/// the caller's handle to a connection (its queue, its task).
+pub struct ConnTable<T> {
+    side: Side,
+    window: u32,
+    conns: HashMap<u32, Entry<T>>,
+    /// Every id below this has been opened (and may be forgotten); none from it up has.
+    next_id: u64,
+}
+
+impl<T> std::fmt::Debug for ConnTable<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnTable")
+            .field("side", &self.side)
+            .field("open", &self.conns.len())
+            .field("next_id", &self.next_id)
+            .finish()
+    }
+}
+
+impl<T> ConnTable<T> {
+    /// An empty table whose connections have the protocol's [`CONNECTION_WINDOW`].
+    pub fn new(side: Side) -> Self {
+        Self::with_window(side, CONNECTION_WINDOW)
+    }
+
+    /// An empty table with another window per connection (tests, fuzzing).
+    ///
+    /// # Panics
+    ///
+    /// If the window is too small for the credit rule ([`RecvWindow::new`]).
+    pub fn with_window(side: Side, window: u32) -> Self {
+        // Checked now rather than at the first connection.
+        let _ = RecvWindow::new(window);
+        Self {
+            side,
+            window,
+            conns: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// Relay side: takes the next connection id for a TCP client of `forward`. Send the
+    /// peer Accept and a Credit of [`ConnFlow::initial_grant`], then insert it.
+    pub fn open(&mut self, forward: u32) -> Result<Opening, ConnError> {
+        debug_assert_eq!(self.side, Side::Relay, "only the relay opens connections");
+        let conn = u32::try_from(self.next_id).map_err(|_| ConnError::IdsExhausted)?;
+        self.next_id += 1;
+        Ok(self.opening(conn, forward))
+    }
+
+    /// Tab side: the relay's Accept of `conn`. An error if the id is not new (the
+    /// relay's ids only grow). Insert the opening to take the connection, or drop it
+    /// (its forward is gone: the id then counts as forgotten).
+    pub fn accept(&mut self, conn: u32, forward: u32) -> Result<Opening, ConnError> {
+        debug_assert_eq!(self.side, Side::Tab, "only the tab accepts connections");
+        if u64::from(conn) < self.next_id {
+            return Err(ConnError::ReusedId {
+                side: self.side,
+                conn,
+            });
+        }
+        self.next_id = u64::from(conn) + 1;
+        Ok(self.opening(conn, forward))
+    }
+
+    fn opening(&self, conn: u32, forward: u32) -> Opening {
+        Opening {
+            conn,
+            forward,
+            flow: Arc::new(ConnFlow::new(self.window)),
+        }
+    }
+
+    /// Starts tracking a connection from [`ConnTable::open`] or [`ConnTable::accept`].
+    pub fn insert(&mut self, opening: Opening, handle: T) {
+        let Opening {
+            conn,
+            forward,
+            flow,
+        } = opening;
+        let entry = Entry {
+            forward,
+            handle,
+            flow,
+            eof_received: false,
+            answered: false,
+        };
+        let previous = self.conns.insert(conn, entry);
+        debug_assert!(previous.is_none(), "an opening's id is new");
+    }
+
+    /// The live connection `conn`; `None` if it was forgotten; an error if it was never
+    /// opened.
+    fn known(
+        &mut self,
+        conn: u32,
+        frame: &'static str,
+    ) -> Result<Option<&mut Entry<T>>, ConnError> {
+        match self.conns.get_mut(&conn) {
+            Some(entry) => Ok(Some(entry)),
+            None if u64::from(conn) < self.next_id => Ok(None),
+            None => Err(ConnError::NeverOpened {
+                side: self.side,
+                frame,
+                conn,
+            }),
+        }
+    }
+
+    /// The peer's Data frame.
+    pub fn handle_data(&mut self, conn: u32, data: &[u8]) -> Result<Action<'_, T>, ConnError> {
+        let side = self.side;
+        let Some(entry) = self.known(conn, "Data")? else {
+            return Ok(Action::Ignore);
+        };
+        if data.is_empty() {
+            return Err(ConnError::EmptyData { side, conn });
+        }
+        if entry.eof_received {
+            return Err(ConnError::DataAfterEof { side, conn });
+        }
+        entry
+            .flow
+            .window
+            .lock()
+            .expect("window lock")
+            .on_data(data.len())
+            .map_err(|error| ConnError::Credit { side, conn, error })?;
+        // A decoded frame shares the transport's read buffer (128 KiB at a time on the
+        // relay): queued as it is, a one-byte frame would keep all of it alive. The
+        // copy costs what credit charges for it.
+        Ok(Action::Data(&entry.handle, Bytes::copy_from_slice(data)))
+    }
+
+    /// The peer's Credit frame: more this side may send.
+    pub fn handle_credit(&mut self, conn: u32, bytes: u32) -> Result<(), ConnError> {
+        let side = self.side;
+        if let Some(entry) = self.known(conn, "Credit")? {
+            entry
+                .flow
+                .credit
+                .grant(bytes)
+                .map_err(|error| ConnError::Credit { side, conn, error })?;
+            entry.answered = true;
+        }
+        Ok(())
+    }
+
+    /// The peer's Eof frame.
+    pub fn handle_eof(&mut self, conn: u32) -> Result<Action<'_, T>, ConnError> {
+        let side = self.side;
+        let Some(entry) = self.known(conn, "Eof")? else {
+            return Ok(Action::Ignore);
+        };
+        if entry.eof_received {
+            return Err(ConnError::SecondEof { side, conn });
+        }
+        entry.eof_received = true;
+        Ok(Action::Eof(&entry.handle))
+    }
+
+    /// The peer's Close frame: the table forgets the connection.
+    pub fn handle_close(&mut self, conn: u32, reason: String) -> Result<Action<'_, T>, ConnError> {
+        if self.known(conn, "Close")?.is_none() {
+            return Ok(Action::Ignore);
+        }
+        let Some(entry) = self.conns.remove(&conn) else {
+            return Ok(Action::Ignore);
+        };
+        Ok(if reason.is_empty() {
+            Action::Close(entry.handle)
+        } else {
+            Action::Abort(entry.handle, reason)
+        })
+    }
+
+    /// This side ended the connection: the table forgets it, and later frames for it
+    /// are ignored. Returns its handle if it was still known: then send the peer a
+    /// Close; if not, the peer closed it first and needs no answer.
+    pub fn forget(&mut self, conn: u32) -> Option<T> {
+        self.conns.remove(&conn).map(|entry| entry.handle)
+    }
+
+    /// This side closed `forward` (or the peer did, with Unlisten): its connections are
+    /// forgotten, and both sides end them without a Close.
+    pub fn forget_forward(&mut self, forward: u32) -> Vec<(u32, T)> {
+        self.conns
+            .extract_if(|_, entry| entry.forward == forward)
+            .map(|(conn, entry)| (conn, entry.handle))
+            .collect()
+    }
+
+    /// The session ended: every connection is forgotten.
+    pub fn forget_all(&mut self) -> Vec<(u32, T)> {
+        self.conns
+            .drain()
+            .map(|(conn, entry)| (conn, entry.handle))
+            .collect()
+    }
+
+    /// The handle of live connection `conn`.
+    pub fn get(&self, conn: u32) -> Option<&T> {
+        self.conns.get(&conn).map(|entry| &entry.handle)
+    }
+
+    /// The handle of live connection `conn`, to change it.
+    pub fn get_mut(&mut self, conn: u32) -> Option<&mut T> {
+        self.conns.get_mut(&conn).map(|entry| &mut entry.handle)
+    }
+
+    /// The flow control of live connection `conn`.
+    pub fn flow(&self, conn: u32) -> Option<&Arc<ConnFlow>> {
+        self.conns.get(&conn).map(|entry| &entry.flow)
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Live connections of `forward`.
+    pub fn count(&self, forward: u32) -> usize {
+        self.conns.values().filter(|e| e.forward == forward).count()
+    }
+
+    /// Live connections of `forward` the peer has not taken yet (granted no credit).
+    pub fn unanswered(&self, forward: u32) -> usize {
+        self.conns
+            .values()
+            .filter(|e| e.forward == forward && !e.answered)
+            .count()
+    }
+
+    /// The live connection ids, in no order.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.conns.keys().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credit::{DATA_FRAME_OVERHEAD, frame_cost};
+
+    /// The smallest window there may be: two frames' overhead and two bytes.
+    const SMALL: u32 = 2 * (DATA_FRAME_OVERHEAD + 1);
+
+    fn relay() -> ConnTable<&'static str> {
+        ConnTable::with_window(Side::Relay, SMALL)
+    }
+
+    /// A relay table with connection `conn` (1) open on forward 7.
+    fn relay_with_one() -> (ConnTable<&'static str>, u32) {
+        let mut table = relay();
+        let opening = table.open(7).unwrap();
+        let conn = opening.conn;
+        table.insert(opening, "one");
+        (table, conn)
+    }
+
+    fn message(err: ConnError) -> String {
+        err.to_string()
+    }
+
+    #[test]
+    fn the_relay_numbers_connections_from_one_upwards() {
+        let mut table = relay();
+        let ids: Vec<u32> = (0..3).map(|_| table.open(1).unwrap().conn).collect();
+        assert_eq!(ids, [1, 2, 3]);
+    }
+
+    #[test]
+    fn the_relay_runs_out_of_ids_after_the_largest() {
+        let mut table = relay();
+        table.next_id = u64::from(u32::MAX);
+        assert_eq!(table.open(1).unwrap().conn, u32::MAX);
+        assert_eq!(table.open(1).unwrap_err(), ConnError::IdsExhausted);
+    }
+
+    #[test]
+    fn the_tab_refuses_an_id_that_does_not_grow() {
+        let mut tab = ConnTable::<()>::new(Side::Tab);
+        let first = tab.accept(5, 1).unwrap();
+        tab.insert(first, ());
+        for reused in [5, 4, 0] {
+            let err = tab.accept(reused, 1).unwrap_err();
+            assert_eq!(
+                err,
+                ConnError::ReusedId {
+                    side: Side::Tab,
+                    conn: reused
+                }
+            );
+            assert_eq!(
+                message(err),
+                format!("the relay reused connection id {reused}")
+            );
+        }
+        // Gaps are allowed: the relay skips ids of connections it refused.
+        assert!(tab.accept(9, 1).is_ok());
+    }
+
+    #[test]
+    fn an_accept_the_tab_drops_leaves_its_id_forgotten() {
+        let mut tab = ConnTable::<()>::new(Side::Tab);
+        drop(tab.accept(3, 1).unwrap()); // its forward closed meanwhile
+        assert!(matches!(tab.handle_data(3, b"x"), Ok(Action::Ignore)));
+        assert!(matches!(tab.handle_eof(3), Ok(Action::Ignore)));
+        assert_eq!(tab.handle_credit(3, 100), Ok(()));
+        // Ids below it that the relay skipped count as forgotten too.
+        assert!(matches!(
+            tab.handle_close(2, "x".into()),
+            Ok(Action::Ignore)
+        ));
+        assert!(tab.accept(3, 1).is_err(), "still used");
+    }
+
+    #[test]
+    fn a_frame_for_a_connection_never_opened_is_an_error() {
+        let (mut table, conn) = relay_with_one();
+        let never = conn + 1;
+        let errs = [
+            table.handle_data(never, b"x").unwrap_err(),
+            table.handle_credit(never, 1).unwrap_err(),
+            table.handle_eof(never).unwrap_err(),
+            table.handle_close(never, String::new()).unwrap_err(),
+        ];
+        for (err, frame) in errs.into_iter().zip(["Data", "Credit", "Eof", "Close"]) {
+            assert_eq!(
+                message(err),
+                format!(
+                    "the tab sent a {frame} frame for connection 2, which the relay never opened; reload the page"
+                )
+            );
+        }
+        let mut tab = ConnTable::<()>::new(Side::Tab);
+        assert_eq!(
+            message(tab.handle_eof(1).unwrap_err()),
+            "the relay sent a Eof frame for connection 1, which it never opened"
+        );
+    }
+
+    #[test]
+    fn a_frame_for_a_forgotten_connection_is_ignored() {
+        let (mut table, conn) = relay_with_one();
+        assert_eq!(table.forget(conn), Some("one"));
+        assert!(matches!(table.handle_data(conn, b"x"), Ok(Action::Ignore)));
+        assert_eq!(table.handle_credit(conn, u32::MAX), Ok(()));
+        assert!(matches!(table.handle_eof(conn), Ok(Action::Ignore)));
+        assert!(matches!(table.handle_eof(conn), Ok(Action::Ignore)));
+        assert!(matches!(
+            table.handle_close(conn, String::new()),
+            Ok(Action::Ignore)
+        ));
+        // Stream 0 is the session's: never a connection, never an error here.
+        assert!(matches!(table.handle_data(0, b"x"), Ok(Action::Ignore)));
+    }
+
+    #[test]
+    fn data_with_no_bytes_is_an_error() {
+        let (mut table, conn) = relay_with_one();
+        let err = table.handle_data(conn, b"").unwrap_err();
+        assert_eq!(
+            err,
+            ConnError::EmptyData {
+                side: Side::Relay,
+                conn
+            }
+        );
+        assert!(message(err).contains("Data frame with no bytes"));
+    }
+
+    #[test]
+    fn data_after_eof_is_an_error() {
+        let (mut table, conn) = relay_with_one();
+        assert!(matches!(table.handle_eof(conn), Ok(Action::Eof(&"one"))));
+        let err = table.handle_data(conn, b"x").unwrap_err();
+        assert_eq!(
+            err,
+            ConnError::DataAfterEof {
+                side: Side::Relay,
+                conn
+            }
+        );
+        assert_eq!(
+            message(err),
+            "connection 1: the tab sent a Data frame after Eof; reload the page"
+        );
+    }
+
+    #[test]
+    fn a_second_eof_is_an_error() {
+        let (mut table, conn) = relay_with_one();
+        table.handle_eof(conn).unwrap();
+        let err = table.handle_eof(conn).unwrap_err();
+        assert!(message(err).contains("a second Eof"));
+    }
+
+    #[test]
+    fn data_beyond_the_window_is_an_error_before_it_is_queued() {
+        let (mut table, conn) = relay_with_one();
+        // SMALL holds two one-byte frames' cost, or one frame of SMALL - overhead bytes.
+        let fits = vec![7u8; SMALL as usize - DATA_FRAME_OVERHEAD as usize];
+        match table.handle_data(conn, &fits) {
+            Ok(Action::Data(handle, data)) => {
+                assert_eq!(*handle, "one");
+                assert_eq!(data, fits);
+                assert_ne!(data.as_ptr(), fits.as_ptr(), "the queue gets a copy");
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = table.handle_data(conn, b"x").unwrap_err();
+        assert!(matches!(
+            err,
+            ConnError::Credit {
+                error: CreditError::Overrun { .. },
+                ..
+            }
+        ));
+        assert!(message(err).starts_with("connection 1: the tab sent Data beyond its credit"));
+    }
+
+    #[test]
+    fn consumed_data_returns_credit_in_half_window_steps() {
+        let mut table = ConnTable::with_window(Side::Tab, 1000);
+        let opening = table.accept(1, 1).unwrap();
+        let flow = opening.flow().clone();
+        table.insert(opening, ());
+        assert_eq!(flow.initial_grant(), 1000);
+        table.handle_data(1, &[0; 370]).unwrap(); // costs 434
+        table.handle_data(1, &[0; 100]).unwrap(); // costs 164
+        assert!(table.handle_data(1, &[0; 400]).is_err(), "402 left");
+        let mut table = ConnTable::with_window(Side::Tab, 1000);
+        let opening = table.accept(1, 1).unwrap();
+        let flow = opening.flow().clone();
+        table.insert(opening, ());
+        table.handle_data(1, &[0; 370]).unwrap();
+        table.handle_data(1, &[0; 100]).unwrap();
+        // Under half the window consumed: nothing to grant yet.
+        assert_eq!(flow.consumed(370), None);
+        assert_eq!(flow.consumed(100), Some(434 + 164));
+        // The window is whole again.
+        table.handle_data(1, &[0; 936]).unwrap();
+    }
+
+    #[test]
+    fn credit_beyond_the_largest_is_an_error() {
+        let (mut table, conn) = relay_with_one();
+        table.handle_credit(conn, u32::MAX).unwrap();
+        table.handle_credit(conn, 1).unwrap();
+        let err = table.handle_credit(conn, 1).unwrap_err();
+        assert!(matches!(
+            err,
+            ConnError::Credit {
+                error: CreditError::Overflow { .. },
+                ..
+            }
+        ));
+        assert_eq!(
+            message(err),
+            "connection 1: the tab sent a Credit frame that grants more than 4294967296 bytes in flight; reload the page"
+        );
+    }
+
+    #[test]
+    fn credit_reaches_the_sender_and_answers_the_connection() {
+        let (mut table, conn) = relay_with_one();
+        let flow = table.flow(conn).unwrap().clone();
+        assert_eq!((table.count(7), table.unanswered(7)), (1, 1));
+        assert_eq!(flow.credit().try_take(10), 0);
+        table.handle_credit(conn, 200).unwrap();
+        assert_eq!((table.count(7), table.unanswered(7)), (1, 0));
+        assert_eq!(flow.credit().try_take(10), 10);
+        assert_eq!((table.count(8), table.unanswered(8)), (0, 0));
+    }
+
+    #[test]
+    fn an_empty_close_is_orderly_and_any_other_aborts() {
+        let mut table = relay();
+        for name in ["a", "b"] {
+            let opening = table.open(1).unwrap();
+            table.insert(opening, name);
+        }
+        assert!(matches!(
+            table.handle_close(1, String::new()),
+            Ok(Action::Close("a"))
+        ));
+        match table.handle_close(2, "reset".into()) {
+            Ok(Action::Abort("b", reason)) => assert_eq!(reason, "reset"),
+            other => panic!("{other:?}"),
+        }
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_connection_ends_once_whoever_ends_it() {
+        let (mut table, conn) = relay_with_one();
+        assert_eq!(table.forget(conn), Some("one"), "still known: send Close");
+        assert_eq!(table.forget(conn), None, "ended already");
+        // The peer's Close crossed ours: ignored.
+        assert!(matches!(
+            table.handle_close(conn, String::new()),
+            Ok(Action::Ignore)
+        ));
+        let (mut table, conn) = relay_with_one();
+        assert!(matches!(
+            table.handle_close(conn, "x".into()),
+            Ok(Action::Abort(..))
+        ));
+        assert_eq!(
+            table.forget(conn),
+            None,
+            "the peer closed it: no Close back"
+        );
+    }
+
+    #[test]
+    fn closing_a_forward_forgets_its_connections_only() {
+        let mut table = relay();
+        for (forward, name) in [(1, "a"), (2, "b"), (1, "c")] {
+            let opening = table.open(forward).unwrap();
+            table.insert(opening, name);
+        }
+        let mut gone = table.forget_forward(1);
+        gone.sort();
+        assert_eq!(gone, [(1, "a"), (3, "c")]);
+        assert_eq!(table.ids().collect::<Vec<_>>(), [2]);
+        assert!(matches!(table.handle_data(1, b"x"), Ok(Action::Ignore)));
+        assert_eq!(table.forget_all(), [(2, "b")]);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn messages_name_the_peer_of_each_side() {
+        let mut tab = ConnTable::<()>::new(Side::Tab);
+        let opening = tab.accept(4, 1).unwrap();
+        tab.insert(opening, ());
+        assert_eq!(
+            message(tab.handle_data(4, b"").unwrap_err()),
+            "connection 4: the relay sent a Data frame with no bytes"
+        );
+        tab.handle_eof(4).unwrap();
+        assert_eq!(
+            message(tab.handle_eof(4).unwrap_err()),
+            "connection 4: the relay sent a second Eof"
+        );
+        let (mut relay, conn) = relay_with_one();
+        relay.handle_eof(conn).unwrap();
+        assert_eq!(
+            message(relay.handle_eof(conn).unwrap_err()),
+            "connection 1: the tab sent a second Eof; reload the page"
+        );
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// What a peer, honest or not, may send about connections 0..6.
+        #[derive(Debug, Clone)]
+        enum Input {
+            Data(u32, usize),
+            Credit(u32, u32),
+            Eof(u32),
+            Close(u32, bool),
+            Open,
+            Forget(u32),
+            Consume(u32),
+        }
+
+        fn input() -> impl Strategy<Value = Input> {
+            prop_oneof![
+                (0..6u32, 0..200usize).prop_map(|(c, n)| Input::Data(c, n)),
+                (0..6u32, any::<u32>()).prop_map(|(c, n)| Input::Credit(c, n)),
+                (0..6u32).prop_map(Input::Eof),
+                (0..6u32, any::<bool>()).prop_map(|(c, o)| Input::Close(c, o)),
+                Just(Input::Open),
+                (0..6u32).prop_map(Input::Forget),
+                (0..6u32).prop_map(Input::Consume),
+            ]
+        }
+
+        proptest! {
+            /// Whatever arrives, a connection never queues more than its window, each
+            /// opened id ends exactly once, and an id is never handed out twice.
+            #[test]
+            fn the_window_bounds_the_queue_and_every_id_ends_once(
+                inputs in proptest::collection::vec(input(), 0..200)
+            ) {
+                let mut table = ConnTable::<u32>::with_window(Side::Relay, SMALL);
+                // Per live or draining connection: the frames queued, not yet consumed.
+                let mut queues: HashMap<u32, Vec<usize>> = HashMap::new();
+                let mut ended: HashMap<u32, u32> = HashMap::new();
+                let mut opened = Vec::new();
+                let end = |conn: u32, ended: &mut HashMap<u32, u32>| {
+                    *ended.entry(conn).or_default() += 1;
+                };
+                for input in inputs {
+                    let result = match input {
+                        Input::Data(c, n) => match table.handle_data(c, &vec![1; n]) {
+                            Ok(Action::Data(&id, data)) => {
+                                prop_assert_eq!(id, c);
+                                queues.entry(c).or_default().push(data.len());
+                                Ok(())
+                            }
+                            Ok(_) => Ok(()),
+                            Err(err) => Err(err),
+                        },
+                        Input::Credit(c, n) => table.handle_credit(c, n),
+                        Input::Eof(c) => table.handle_eof(c).map(|_| ()),
+                        Input::Close(c, orderly) => {
+                            let reason = if orderly { String::new() } else { "x".into() };
+                            match table.handle_close(c, reason) {
+                                Ok(Action::Close(id) | Action::Abort(id, _)) => {
+                                    end(id, &mut ended);
+                                    Ok(())
+                                }
+                                Ok(_) => Ok(()),
+                                Err(err) => Err(err),
+                            }
+                        }
+                        Input::Open => {
+                            let opening = table.open(1).unwrap();
+                            prop_assert!(!opened.contains(&opening.conn));
+                            opened.push(opening.conn);
+                            let conn = opening.conn;
+                            table.insert(opening, conn);
+                            Ok(())
+                        }
+                        Input::Forget(c) => {
+                            if let Some(id) = table.forget(c) {
+                                end(id, &mut ended);
+                            }
+                            Ok(())
+                        }
+                        Input::Consume(c) => {
+                            if let (Some(flow), Some(queue)) = (table.flow(c), queues.get_mut(&c))
+                                && !queue.is_empty()
+                            {
+                                let len = queue.remove(0);
+                                flow.consumed(len);
+                            }
+                            Ok(())
+                        }
+                    };
+                    for (conn, queue) in &queues {
+                        let cost: u64 = queue.iter().map(|&n| frame_cost(n)).sum();
+                        prop_assert!(cost <= u64::from(SMALL), "connection {conn} queued {cost}");
+                    }
+                    // A broken rule ends the session; the table is then dropped.
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                for (_, id) in table.forget_all() {
+                    end(id, &mut ended);
+                }
+                for id in opened {
+                    prop_assert_eq!(ended.get(&id), Some(&1), "connection {}", id);
+                }
+            }
+        }
+    }
+}
