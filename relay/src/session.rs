@@ -2,7 +2,7 @@
 //! the forwards the tab asked for. Everything a session starts lives in its `JoinSet`,
 //! so when the WebSocket ends, its listeners and connections end with it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::stream::SplitStream;
 use futures::{SinkExt, StreamExt};
 use tabtunnel_proto::{
-    CONNECTION_WINDOW, ErrorCode, Frame, RecvWindow, VERSION, decode, encode_to_bytes,
+    Action, ConnError, ConnTable, ErrorCode, Frame, Side, VERSION, decode, encode_to_bytes,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -56,8 +56,11 @@ pub(crate) enum Event {
         stream: TcpStream,
         peer: SocketAddr,
     },
+    /// A connection's task ended; `close` is the Close to send the tab (an empty
+    /// reason when both directions finished), `None` when the tab closed it.
     ConnectionDone {
         conn: u32,
+        close: Option<String>,
     },
     SshClosed(Option<std::io::Error>),
 }
@@ -91,7 +94,15 @@ impl SessionError {
     fn protocol(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Protocol, message)
     }
+}
 
+impl From<ConnError> for SessionError {
+    fn from(err: ConnError) -> Self {
+        Self::protocol(err.to_string())
+    }
+}
+
+impl SessionError {
     /// RFC 6455 close codes: 1002 protocol error, 1008 policy, 1011 server trouble.
     fn close_code(&self) -> u16 {
         match self.code {
@@ -268,8 +279,8 @@ struct Session {
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
     forwards: HashMap<u32, ForwardEntry>,
-    conns: HashMap<u32, ConnHandle>,
-    next_conn: u32,
+    /// The forwarded connections and their rules: ids, Eof, windows, credit.
+    conns: ConnTable<ConnHandle>,
     /// Every task of the session; dropping the set aborts them all.
     tasks: JoinSet<()>,
     metrics: Arc<Metrics>,
@@ -291,7 +302,6 @@ struct Session {
 
 struct ForwardEntry {
     listener: AbortHandle,
-    conns: HashSet<u32>,
     /// The forward's ports in the relay's book, given back when the forward ends.
     _lease: Lease,
     _active: GaugeGuard,
@@ -446,8 +456,7 @@ impl Session {
             events_tx,
             events_rx,
             forwards: HashMap::new(),
-            conns: HashMap::new(),
-            next_conn: 1,
+            conns: ConnTable::new(Side::Relay),
             tasks,
             metrics,
             last_activity: tokio::time::Instant::now(),
@@ -550,81 +559,22 @@ impl Session {
                 if let Some(entry) = self.forwards.remove(&forward) {
                     self.last_activity = tokio::time::Instant::now();
                     entry.listener.abort();
-                    for conn in entry.conns {
-                        if let Some(handle) = self.conns.remove(&conn) {
-                            handle.task.abort();
-                        }
+                    for (_, handle) in self.conns.forget_forward(forward) {
+                        handle.task.abort();
                     }
                     debug!(forward, "forward closed by the tab");
                 }
             }
             Frame::Data { conn, data } => {
-                if let Some(handle) = self.conn(conn, "Data")? {
-                    // Empty or post-Eof Data would queue without spending credit.
-                    if data.is_empty() || handle.eof_received {
-                        return Err(SessionError::protocol(format!(
-                            "connection {conn}: Data frame {}",
-                            if data.is_empty() {
-                                "with no bytes"
-                            } else {
-                                "after Eof"
-                            }
-                        )));
-                    }
-                    handle
-                        .recv_window
-                        .lock()
-                        .expect("window lock")
-                        .on_data(data.len())
-                        .map_err(|err| {
-                            SessionError::protocol(format!(
-                                "connection {conn}: the tab sent {err}; reload the page"
-                            ))
-                        })?;
-                    // A decoded frame shares the WebSocket's read buffer (128 KiB at a
-                    // time): queued as it is, a one-byte frame would keep all of it alive.
-                    // The queue holds copies, so a frame costs what credit charges for it.
-                    let data = Bytes::copy_from_slice(&data);
-                    let _ = handle.to_tcp.send(ToTcp::Data(data));
-                }
+                deliver(conn, self.conns.handle_data(conn, &data)?);
             }
-            Frame::Credit { conn, bytes } => {
-                if let Some(handle) = self.conn(conn, "Credit")? {
-                    handle.send_credit.grant(bytes).map_err(|err| {
-                        SessionError::protocol(format!("connection {conn}: {err}"))
-                    })?;
-                }
-                // The tab grants credit once it has opened the SSH channel.
-                if let Some(handle) = self.conns.get_mut(&conn) {
-                    handle.answered = true;
-                }
-            }
+            Frame::Credit { conn, bytes } => self.conns.handle_credit(conn, bytes)?,
             Frame::Eof { conn } => {
-                self.conn(conn, "Eof")?;
-                if let Some(handle) = self.conns.get_mut(&conn) {
-                    if handle.eof_received {
-                        return Err(SessionError::protocol(format!(
-                            "connection {conn}: a second Eof"
-                        )));
-                    }
-                    handle.eof_received = true;
-                    let _ = handle.to_tcp.send(ToTcp::Eof);
-                }
+                deliver(conn, self.conns.handle_eof(conn)?);
             }
             Frame::Close { conn, reason } => {
-                self.conn(conn, "Close")?;
-                if let Some(handle) = self.conns.remove(&conn) {
+                if deliver(conn, self.conns.handle_close(conn, reason)?) {
                     self.last_activity = tokio::time::Instant::now();
-                    debug!(conn, %reason, "tab closed connection");
-                    if let Some(entry) = self.forwards.get_mut(&handle.forward) {
-                        entry.conns.remove(&conn);
-                    }
-                    if reason.is_empty() {
-                        // Orderly: bytes queued before the Close are still written.
-                        let _ = handle.to_tcp.send(ToTcp::Close);
-                    } else {
-                        handle.task.abort();
-                    }
                 }
             }
             other => {
@@ -635,18 +585,6 @@ impl Session {
             }
         }
         Ok(())
-    }
-
-    /// The live connection `conn`, `None` if it has already ended (frames may cross a
-    /// Close on the wire), or an error if the relay never opened it.
-    fn conn(&self, conn: u32, frame: &str) -> Result<Option<&ConnHandle>, SessionError> {
-        match self.conns.get(&conn) {
-            Some(handle) => Ok(Some(handle)),
-            None if conn < self.next_conn => Ok(None),
-            None => Err(SessionError::protocol(format!(
-                "{frame} frame for connection {conn}, which the relay never opened"
-            ))),
-        }
     }
 
     async fn listen(&mut self, forward: u32, bind: &str, port: u16) -> Result<(), SessionError> {
@@ -685,7 +623,6 @@ impl Session {
                     forward,
                     ForwardEntry {
                         listener,
-                        conns: HashSet::new(),
                         _lease: lease,
                         _active: GaugeGuard::new(&self.metrics.forwards_active),
                     },
@@ -765,9 +702,9 @@ impl Session {
                 stream,
                 peer,
             } => {
-                let Some(entry) = self.forwards.get(&forward) else {
+                if !self.forwards.contains_key(&forward) {
                     return Ok(None); // the forward closed while this connection waited
-                };
+                }
                 // Each refusal drops the stream, which closes it: the TCP client sees its
                 // connection end, and no byte of it reaches the tab or the destination.
                 if !self.config.source_allowed(peer.ip()) {
@@ -784,7 +721,7 @@ impl Session {
                     return Ok(None);
                 }
                 let limits = &self.config.limits;
-                if entry.conns.len() >= limits.connections_per_forward {
+                if self.conns.count(forward) >= limits.connections_per_forward {
                     self.refuse_connection(
                         forward,
                         peer,
@@ -799,11 +736,7 @@ impl Session {
                 }
                 // Connections whose SSH channel the tab has not opened yet: a tab that is
                 // slow to answer (a hung SSH server) must not collect them without bound.
-                let waiting = entry
-                    .conns
-                    .iter()
-                    .filter(|c| self.conns.get(c).is_some_and(|h| !h.answered))
-                    .count();
+                let waiting = self.conns.unanswered(forward);
                 if waiting >= limits.pending_accepts_per_forward {
                     self.refuse_connection(
                         forward,
@@ -816,18 +749,16 @@ impl Session {
                     );
                     return Ok(None);
                 }
-                let Some(entry) = self.forwards.get_mut(&forward) else {
-                    return Ok(None);
+                let opening = match self.conns.open(forward) {
+                    Ok(opening) => opening,
+                    Err(err) => {
+                        warn!("{err}; refusing {peer}");
+                        return Ok(None);
+                    }
                 };
+                let conn = opening.conn;
                 self.last_activity = tokio::time::Instant::now();
                 self.metrics.connections_total.inc();
-                let conn = self.next_conn;
-                let Some(next) = self.next_conn.checked_add(1) else {
-                    warn!("connection ids exhausted; refusing {peer}");
-                    return Ok(None);
-                };
-                self.next_conn = next;
-                entry.conns.insert(conn);
                 debug!(conn, forward, %peer, "accepted");
                 self.send(Frame::Accept {
                     conn,
@@ -835,10 +766,9 @@ impl Session {
                     peer: peer.to_string(),
                 })
                 .await?;
-                let window = RecvWindow::new(CONNECTION_WINDOW);
                 self.send(Frame::Credit {
                     conn,
-                    bytes: window.initial_grant(),
+                    bytes: opening.flow().initial_grant(),
                 })
                 .await?;
                 let handle = connection::spawn(
@@ -846,20 +776,20 @@ impl Session {
                     conn,
                     forward,
                     stream,
-                    window,
+                    opening.flow().clone(),
                     connection::Outlets {
                         out: self.out.clone(),
                         events: self.events_tx.clone(),
                         metrics: self.metrics.clone(),
                     },
                 );
-                self.conns.insert(conn, handle);
+                self.conns.insert(opening, handle);
             }
-            Event::ConnectionDone { conn } => {
-                if let Some(handle) = self.conns.remove(&conn) {
+            Event::ConnectionDone { conn, close } => {
+                if self.conns.forget(conn).is_some() {
                     self.last_activity = tokio::time::Instant::now();
-                    if let Some(entry) = self.forwards.get_mut(&handle.forward) {
-                        entry.conns.remove(&conn);
+                    if let Some(reason) = close {
+                        self.send(Frame::Close { conn, reason }).await?;
                     }
                 }
             }
@@ -879,6 +809,33 @@ impl Session {
             }
         }
         Ok(None)
+    }
+}
+
+/// Passes what the connection table decided on to the connection's task; true if the
+/// tab ended the connection.
+fn deliver(conn: u32, action: Action<'_, ConnHandle>) -> bool {
+    match action {
+        Action::Ignore => false,
+        Action::Data(handle, data) => {
+            let _ = handle.to_tcp.send(ToTcp::Data(data));
+            false
+        }
+        Action::Eof(handle) => {
+            let _ = handle.to_tcp.send(ToTcp::Eof);
+            false
+        }
+        Action::Close(handle) => {
+            debug!(conn, "tab closed connection");
+            // Orderly: bytes queued before the Close are still written.
+            let _ = handle.to_tcp.send(ToTcp::Close);
+            true
+        }
+        Action::Abort(handle, reason) => {
+            debug!(conn, %reason, "tab closed connection");
+            handle.task.abort();
+            true
+        }
     }
 }
 
