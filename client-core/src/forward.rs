@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::channel::oneshot;
 use russh::ChannelMsg;
-use tabtunnel_proto::{CreditGate, Frame, RecvWindow};
+use tabtunnel_proto::{ConnFlow, Frame};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -111,14 +111,10 @@ impl Forward {
     pub async fn close(&self) -> Result<(), ClientError> {
         let conns = {
             let mut state = self.owner.shared.state.lock().expect("state lock");
-            let Some(entry) = state.forwards.remove(&self.id) else {
+            if state.forwards.remove(&self.id).is_none() {
                 return Ok(()); // already closed
-            };
-            entry
-                .conns
-                .iter()
-                .filter_map(|c| state.conns.remove(c))
-                .collect::<Vec<_>>()
+            }
+            state.conns.forget_forward(self.id)
         };
         // Dropping the entries drops their abort guards: each pump stops now.
         drop(conns);
@@ -150,8 +146,8 @@ pub(crate) struct ConnPump {
     pub spec: Arc<ForwardSpec>,
     pub peer: String,
     pub stats: Arc<ForwardStats>,
-    pub recv_window: Arc<Mutex<RecvWindow>>,
-    pub send_credit: Arc<CreditGate>,
+    /// Its window and credit, shared with the demultiplexer's connection table.
+    pub flow: Arc<ConnFlow>,
 }
 
 enum Ending {
@@ -189,15 +185,7 @@ impl ConnPump {
         // relay, unless it already forgot the connection (it closed it, or Unlisten).
         let still_known = {
             let mut state = self.shared.state.lock().expect("state lock");
-            match state.conns.remove(&conn) {
-                Some(entry) => {
-                    if let Some(forward) = state.forwards.get_mut(&entry.forward) {
-                        forward.conns.remove(&conn);
-                    }
-                    true
-                }
-                None => false,
-            }
+            state.conns.forget(conn).is_some()
         };
         if let (true, Some(reason)) = (still_known, reason) {
             let _ = self.shared.send(Frame::Close { conn, reason }).await;
@@ -249,11 +237,7 @@ impl ConnPump {
             }
         };
         let (mut reader, writer) = channel.split();
-        let grant = self
-            .recv_window
-            .lock()
-            .expect("window lock")
-            .initial_grant();
+        let grant = self.flow.initial_grant();
         if self
             .shared
             .send(Frame::Credit {
@@ -276,12 +260,7 @@ impl ConnPump {
                             return Err(format!("SSH channel write failed: {err}"));
                         }
                         self.stats.bytes_up.fetch_add(len as u64, Ordering::Relaxed);
-                        let grant = self
-                            .recv_window
-                            .lock()
-                            .expect("window lock")
-                            .on_consumed(len);
-                        if let Some(bytes) = grant {
+                        if let Some(bytes) = self.flow.consumed(len) {
                             let _ = self
                                 .shared
                                 .send(Frame::Credit {
@@ -308,7 +287,7 @@ impl ConnPump {
                 match reader.wait().await {
                     Some(ChannelMsg::Data { mut data }) => {
                         while !data.is_empty() {
-                            let n = self.send_credit.take(data.len()).await;
+                            let n = self.flow.credit().take(data.len()).await;
                             let chunk = data.split_to(n);
                             if self
                                 .shared

@@ -2,14 +2,14 @@
 //! forwards opened on it. The demultiplexer never blocks on one stream, so a Credit
 //! frame is always processed even while SSH bytes wait for russh.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::{SinkExt, StreamExt};
 use russh::client;
-use tabtunnel_proto::{CONNECTION_WINDOW, CreditGate, Frame, MAX_DATA, RecvWindow, VERSION};
+use tabtunnel_proto::{Action, ConnError, ConnTable, Frame, MAX_DATA, Side, VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::debug;
@@ -116,14 +116,23 @@ pub(crate) struct Shared {
     ssh_frames: std::sync::atomic::AtomicU64,
 }
 
-#[derive(Default)]
 pub(crate) struct MuxState {
     next_forward: u32,
     pending: HashMap<u32, PendingListen>,
     pub(crate) forwards: HashMap<u32, ForwardEntry>,
-    pub(crate) conns: HashMap<u32, ConnEntry>,
-    /// Highest connection id the relay has opened; ids are never reused.
-    last_conn: u32,
+    /// The forwarded connections and their rules: ids, Eof, windows, credit.
+    pub(crate) conns: ConnTable<ConnEntry>,
+}
+
+impl Default for MuxState {
+    fn default() -> Self {
+        Self {
+            next_forward: 0,
+            pending: HashMap::new(),
+            forwards: HashMap::new(),
+            conns: ConnTable::new(Side::Tab),
+        }
+    }
 }
 
 struct PendingListen {
@@ -134,20 +143,15 @@ struct PendingListen {
 pub(crate) struct ForwardEntry {
     pub(crate) spec: Arc<ForwardSpec>,
     pub(crate) stats: Arc<ForwardStats>,
-    pub(crate) conns: HashSet<u32>,
 }
 
+/// The demultiplexer's handle to a connection, kept in `MuxState::conns`.
 pub(crate) struct ConnEntry {
-    pub(crate) forward: u32,
-    /// Unbounded, yet bounded in bytes and frames: Data is checked against
-    /// `recv_window` first, where each frame costs its bytes plus a fixed overhead.
+    /// Unbounded, yet bounded in bytes and frames: the table checks Data against the
+    /// connection's window first, where each frame costs its bytes plus an overhead.
     pub(crate) input: mpsc::UnboundedSender<ConnInput>,
-    pub(crate) recv_window: Arc<Mutex<RecvWindow>>,
-    pub(crate) send_credit: Arc<CreditGate>,
     /// Dropping this stops the connection's pump at once, wherever it waits.
     pub(crate) abort: oneshot::Sender<()>,
-    /// The relay sent Eof: any later Data or Eof is a protocol error.
-    pub(crate) eof_received: bool,
 }
 
 impl Shared {
@@ -543,7 +547,7 @@ async fn demux<S>(
     // Fail pending requests and stop every connection.
     let mut state = shared.state.lock().expect("state lock");
     state.pending.clear();
-    state.conns.clear(); // drops every abort guard
+    state.conns.forget_all(); // drops every abort guard
 }
 
 /// The session's `ServerAliveInterval`: each interval in which the SSH server sent
@@ -607,7 +611,6 @@ fn route(
                     ForwardEntry {
                         spec: pending.spec,
                         stats,
-                        conns: HashSet::new(),
                     },
                 );
                 if pending.reply.send(Ok(address)).is_err() {
@@ -643,103 +646,36 @@ fn route(
             forward,
             peer,
         } => {
-            if conn <= state.last_conn {
-                return Err(ClientError::Protocol(format!(
-                    "the relay reused connection id {conn}"
-                )));
-            }
-            state.last_conn = conn;
-            let Some(entry) = state.forwards.get_mut(&forward) else {
+            let opening = state.conns.accept(conn, forward).map_err(broken)?;
+            let Some(entry) = state.forwards.get(&forward) else {
                 // Closed while the relay accepted; the relay forgets it on Unlisten.
                 return Ok(());
             };
-            entry.conns.insert(conn);
             let (input, input_rx) = mpsc::unbounded_channel();
-            let recv_window = Arc::new(Mutex::new(RecvWindow::new(CONNECTION_WINDOW)));
-            let send_credit = Arc::new(CreditGate::default());
             let (abort, abort_rx) = oneshot::channel();
-            let spec = entry.spec.clone();
-            let stats = entry.stats.clone();
-            state.conns.insert(
-                conn,
-                ConnEntry {
-                    forward,
-                    input,
-                    recv_window: recv_window.clone(),
-                    send_credit: send_credit.clone(),
-                    abort,
-                    eof_received: false,
-                },
-            );
             let pump = forward::ConnPump {
                 shared: shared.clone(),
                 conn,
-                spec,
+                spec: entry.spec.clone(),
                 peer,
-                stats,
-                recv_window,
-                send_credit,
+                stats: entry.stats.clone(),
+                flow: opening.flow().clone(),
             };
+            state.conns.insert(opening, ConnEntry { input, abort });
             rt::spawn(pump.run(input_rx, abort_rx));
         }
         Frame::Data { conn, data } => {
-            if let Some(entry) = known_conn(&state, conn, "Data")? {
-                if data.is_empty() || entry.eof_received {
-                    return Err(ClientError::Protocol(format!(
-                        "connection {conn}: Data frame {}",
-                        if data.is_empty() {
-                            "with no bytes"
-                        } else {
-                            "after Eof"
-                        }
-                    )));
-                }
-                entry
-                    .recv_window
-                    .lock()
-                    .expect("window lock")
-                    .on_data(data.len())
-                    .map_err(|err| ClientError::Protocol(format!("connection {conn}: {err}")))?;
-                // A decoded frame may share the transport's read buffer: queued as it
-                // is, a one-byte frame could keep a whole buffer alive. The queue holds
-                // copies, so a frame costs what credit charges for it.
-                let data = Bytes::copy_from_slice(&data);
-                let _ = entry.input.send(ConnInput::Data(data));
-            }
+            deliver(conn, state.conns.handle_data(conn, &data).map_err(broken)?);
         }
         Frame::Credit { conn, bytes } => {
-            if let Some(entry) = known_conn(&state, conn, "Credit")? {
-                entry
-                    .send_credit
-                    .grant(bytes)
-                    .map_err(|err| ClientError::Protocol(format!("connection {conn}: {err}")))?;
-            }
+            state.conns.handle_credit(conn, bytes).map_err(broken)?;
         }
-        Frame::Eof { conn } => {
-            known_conn(&state, conn, "Eof")?;
-            if let Some(entry) = state.conns.get_mut(&conn) {
-                if entry.eof_received {
-                    return Err(ClientError::Protocol(format!(
-                        "connection {conn}: a second Eof"
-                    )));
-                }
-                entry.eof_received = true;
-                let _ = entry.input.send(ConnInput::Eof);
-            }
-        }
+        Frame::Eof { conn } => deliver(conn, state.conns.handle_eof(conn).map_err(broken)?),
         Frame::Close { conn, reason } => {
-            known_conn(&state, conn, "Close")?;
-            if let Some(entry) = state.conns.remove(&conn) {
-                debug!(conn, %reason, "relay closed connection");
-                if let Some(forward) = state.forwards.get_mut(&entry.forward) {
-                    forward.conns.remove(&conn);
-                }
-                if reason.is_empty() {
-                    // Orderly: bytes queued before the Close still reach the channel.
-                    let _ = entry.input.send(ConnInput::Close(entry.abort));
-                }
-                // Otherwise dropping the entry aborts the pump now.
-            }
+            deliver(
+                conn,
+                state.conns.handle_close(conn, reason).map_err(broken)?,
+            );
         }
         Frame::Error { code, message } => return Err(ClientError::Relay { code, message }),
         other => {
@@ -752,18 +688,30 @@ fn route(
     Ok(())
 }
 
-/// The live connection `conn`; `None` if it already ended (frames cross on the wire);
-/// an error if the relay never opened it.
-fn known_conn<'a>(
-    state: &'a MuxState,
-    conn: u32,
-    frame: &str,
-) -> Result<Option<&'a ConnEntry>, ClientError> {
-    match state.conns.get(&conn) {
-        Some(entry) => Ok(Some(entry)),
-        None if conn <= state.last_conn => Ok(None),
-        None => Err(ClientError::Protocol(format!(
-            "{frame} for connection {conn}, which the relay never opened"
-        ))),
+/// The relay broke a rule of a connection.
+fn broken(err: ConnError) -> ClientError {
+    ClientError::Protocol(err.to_string())
+}
+
+/// Passes what the connection table decided on to the connection's pump.
+fn deliver(conn: u32, action: Action<'_, ConnEntry>) {
+    match action {
+        Action::Ignore => {}
+        Action::Data(entry, data) => {
+            let _ = entry.input.send(ConnInput::Data(data));
+        }
+        Action::Eof(entry) => {
+            let _ = entry.input.send(ConnInput::Eof);
+        }
+        Action::Close(entry) => {
+            debug!(conn, "relay closed connection");
+            // Orderly: bytes queued before the Close still reach the channel.
+            let _ = entry.input.send(ConnInput::Close(entry.abort));
+        }
+        Action::Abort(entry, reason) => {
+            debug!(conn, %reason, "relay closed connection");
+            // Dropping the entry aborts the pump now.
+            drop(entry);
+        }
     }
 }
