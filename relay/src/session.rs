@@ -94,15 +94,7 @@ impl SessionError {
     fn protocol(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Protocol, message)
     }
-}
 
-impl From<ConnError> for SessionError {
-    fn from(err: ConnError) -> Self {
-        Self::protocol(err.to_string())
-    }
-}
-
-impl SessionError {
     /// RFC 6455 close codes: 1002 protocol error, 1008 policy, 1011 server trouble.
     fn close_code(&self) -> u16 {
         match self.code {
@@ -115,6 +107,13 @@ impl SessionError {
             ErrorCode::ShuttingDown => 1001,
             _ => 1011,
         }
+    }
+}
+
+/// A rule of a forwarded connection the tab broke.
+impl From<ConnError> for SessionError {
+    fn from(err: ConnError) -> Self {
+        Self::protocol(err.to_string())
     }
 }
 
@@ -789,7 +788,8 @@ impl Session {
                 if self.conns.forget(conn).is_some() {
                     self.last_activity = tokio::time::Instant::now();
                     if let Some(reason) = close {
-                        self.send(Frame::Close { conn, reason }).await?;
+                        // A writer that stopped is noticed by the loop's other sends.
+                        let _ = self.send(Frame::Close { conn, reason }).await;
                     }
                 }
             }
