@@ -201,6 +201,9 @@ impl End {
 fn run(u: &mut Unstructured) -> Result<()> {
     // Small windows, so that limits are reached within a few steps.
     let window = u.int_in_range(2 * (DATA_FRAME_OVERHEAD + 1)..=4096)?;
+    // One input in four has a broken peer. The others stay honest to the end, so they
+    // reach long exchanges instead of ending at the first injected frame.
+    let hostile = u.int_in_range(0..=3u8)? == 0;
     let mut relay = End::new(Side::Relay, window);
     let mut tab = End::new(Side::Tab, window);
     let mut next_forward = 1u32;
@@ -245,7 +248,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 Ok(())
             }
             // One frame arrives, at either side.
-            2 | 3 => {
+            2 | 3 | 9 if !(step == 9 && hostile) => {
                 let (from, to) = if tab_side {
                     (&mut relay, &mut tab)
                 } else {
