@@ -1,10 +1,12 @@
 //! One accepted TCP connection of a forward: TCP bytes go to the tab within the credit
 //! the tab granted; the tab's bytes go to TCP, and credit flows back as they are written.
+//! What the tab's frames mean is the session's `ConnTable`'s to decide; this task only
+//! moves the bytes and reports how the connection ended.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use tabtunnel_proto::{CreditGate, Frame, MAX_DATA, RecvWindow};
+use tabtunnel_proto::{ConnFlow, Frame, MAX_DATA};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -24,30 +26,27 @@ pub(crate) enum ToTcp {
     Close,
 }
 
-/// The session loop's view of a live connection.
+/// The session loop's handle to a live connection, kept in its `ConnTable`.
 #[derive(Debug)]
 pub(crate) struct ConnHandle {
-    pub forward: u32,
-    /// Unbounded, yet bounded: the session checks each Data against `recv_window`
-    /// before queueing it, and a frame costs its bytes plus a fixed overhead there, so
-    /// at most one window is queued, in bytes and in frames (a 256 KiB window holds at
-    /// most 4032 frames, however small).
+    /// Unbounded, yet bounded: the session's table checks each Data against the
+    /// connection's window before it is queued, and a frame costs its bytes plus a
+    /// fixed overhead there, so at most one window is queued, in bytes and in frames
+    /// (a 256 KiB window holds at most 4032 frames, however small).
     pub to_tcp: mpsc::UnboundedSender<ToTcp>,
-    pub recv_window: Arc<Mutex<RecvWindow>>,
-    pub send_credit: Arc<CreditGate>,
     pub task: AbortHandle,
-    /// The tab sent Eof: any later Data or Eof is a protocol error.
-    pub eof_received: bool,
-    /// The tab opened the SSH channel (it granted credit). Until then the connection
-    /// counts against `limits.pending_accepts_per_forward`.
-    pub answered: bool,
 }
 
 /// How a connection's task ended: the session forgets the connection when it reads
-/// this from its set (a task the session aborted has been forgotten already).
+/// this from its set (a task the session aborted has been forgotten already), and sends
+/// the tab `close` only if it still knew the connection (the tab may have closed it
+/// meanwhile).
 #[derive(Debug)]
 pub(crate) struct Ended {
     pub conn: u32,
+    /// The Close to send (an empty reason when both directions finished); `None` when
+    /// the tab closed the connection.
+    pub close: Option<String>,
 }
 
 /// Where a connection reports to: the tab's queue and the counters.
@@ -63,41 +62,20 @@ pub(crate) fn spawn(
     conn: u32,
     forward: u32,
     stream: TcpStream,
-    window: RecvWindow,
+    flow: Arc<ConnFlow>,
     outlets: Outlets,
 ) -> ConnHandle {
     let (to_tcp, input) = mpsc::unbounded_channel();
-    let recv_window = Arc::new(Mutex::new(window));
-    let send_credit = Arc::new(CreditGate::default());
     let span = debug_span!("conn", conn, forward);
-    let task = tasks.spawn(
-        run(
-            conn,
-            stream,
-            input,
-            recv_window.clone(),
-            send_credit.clone(),
-            outlets,
-        )
-        .instrument(span),
-    );
-    ConnHandle {
-        forward,
-        to_tcp,
-        recv_window,
-        send_credit,
-        task,
-        eof_received: false,
-        answered: false,
-    }
+    let task = tasks.spawn(run(conn, stream, input, flow, outlets).instrument(span));
+    ConnHandle { to_tcp, task }
 }
 
 async fn run(
     conn: u32,
     stream: TcpStream,
     mut input: mpsc::UnboundedReceiver<ToTcp>,
-    recv_window: Arc<Mutex<RecvWindow>>,
-    send_credit: Arc<CreditGate>,
+    flow: Arc<ConnFlow>,
     outlets: Outlets,
 ) -> Ended {
     let Outlets { out, metrics } = outlets;
@@ -110,13 +88,13 @@ async fn run(
         let mut buf = vec![0u8; MAX_DATA];
         loop {
             // Read only what the tab can take, so nothing waits here for credit.
-            let allowed = send_credit.available().await.min(MAX_DATA as u64) as usize;
+            let allowed = flow.credit().available().await.min(MAX_DATA as u64) as usize;
             let n = tcp_read.read(&mut buf[..allowed]).await?;
             if n == 0 {
                 send(Frame::Eof { conn }).await.map_err(|_| gone())?;
                 return Ok::<_, std::io::Error>(());
             }
-            send_credit.consume(n);
+            flow.credit().consume(n);
             metrics.bytes_up.inc_by(n as u64);
             let data = Bytes::copy_from_slice(&buf[..n]);
             send(Frame::Data { conn, data }).await.map_err(|_| gone())?;
@@ -133,11 +111,7 @@ async fn run(
                 ToTcp::Data(data) => {
                     tcp_write.write_all(&data).await?;
                     metrics.bytes_down.inc_by(data.len() as u64);
-                    let grant = recv_window
-                        .lock()
-                        .expect("window lock")
-                        .on_consumed(data.len());
-                    if let Some(bytes) = grant {
+                    if let Some(bytes) = flow.consumed(data.len()) {
                         send(Frame::Credit { conn, bytes })
                             .await
                             .map_err(|_| gone())?;
@@ -168,7 +142,7 @@ async fn run(
                 Err(err) => break Some(describe(&err)),
             },
             result = &mut downstream => match result {
-                Ok(()) => break None, // the tab closed it and forgot it
+                Ok(()) => break None, // the tab closed it: no Close back
                 Err(err) => break Some(describe(&err)),
             },
             _ = &mut eof_rx, if !down_done => down_done = true,
@@ -177,11 +151,13 @@ async fn run(
             break Some(String::new());
         }
     };
-    if let Some(reason) = close_reason {
+    if let Some(reason) = &close_reason {
         debug!(%reason, "connection ends");
-        let _ = send(Frame::Close { conn, reason }).await;
     }
-    Ended { conn }
+    Ended {
+        conn,
+        close: close_reason,
+    }
 }
 
 fn gone() -> std::io::Error {

@@ -8,15 +8,14 @@
 //! The loop is generic over the WebSocket's two halves (any `Sink`/`Stream` of
 //! messages), so tests drive it in memory with hand-made frames.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Message;
-use bytes::Bytes;
 use futures::{Sink, Stream, StreamExt};
-use tabtunnel_proto::{CONNECTION_WINDOW, ErrorCode, Frame, RecvWindow, VERSION, decode};
+use tabtunnel_proto::{Action, ConnError, ConnTable, ErrorCode, Frame, Side, VERSION, decode};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -81,6 +80,12 @@ impl SessionError {
             ErrorCode::ShuttingDown => 1001,
             _ => 1011,
         }
+    }
+}
+
+impl From<ConnError> for SessionError {
+    fn from(err: ConnError) -> Self {
+        Self::protocol(err.to_string())
     }
 }
 
@@ -203,8 +208,8 @@ struct Session {
     /// The socket to the target's SSH server.
     ssh: SshPipe,
     forwards: HashMap<u32, ForwardEntry>,
-    conns: HashMap<u32, ConnHandle>,
-    next_conn: u32,
+    /// The forwarded connections and their rules: ids, Eof, windows, credit.
+    conns: ConnTable<ConnHandle>,
     /// Where the forwards' listeners hand over their TCP clients.
     accepted_tx: mpsc::Sender<Accepted>,
     accepted_rx: mpsc::Receiver<Accepted>,
@@ -231,7 +236,6 @@ struct Session {
 
 struct ForwardEntry {
     listener: AbortHandle,
-    conns: HashSet<u32>,
     /// The forward's ports in the relay's book, given back when the forward ends.
     _lease: Lease,
     _active: GaugeGuard,
@@ -382,8 +386,7 @@ impl Session {
             out,
             config,
             forwards: HashMap::new(),
-            conns: HashMap::new(),
-            next_conn: 1,
+            conns: ConnTable::new(Side::Relay),
             accepted_tx,
             accepted_rx,
             listeners: JoinSet::new(),
@@ -444,8 +447,8 @@ impl Session {
                 Some(accepted) = self.accepted_rx.recv() => self.on_accepted(accepted).await?,
                 Some(ended) = self.connections.join_next(), if !self.connections.is_empty() => {
                     // An aborted task's connection was forgotten when it was aborted.
-                    if let Ok(connection::Ended { conn }) = ended {
-                        self.forget(conn);
+                    if let Ok(ended) = ended {
+                        self.forget(ended).await;
                     }
                 }
                 end = self.ssh.closed() => return self.ssh_ended(end).await,
@@ -493,81 +496,22 @@ impl Session {
                 if let Some(entry) = self.forwards.remove(&forward) {
                     self.last_activity = tokio::time::Instant::now();
                     entry.listener.abort();
-                    for conn in entry.conns {
-                        if let Some(handle) = self.conns.remove(&conn) {
-                            handle.task.abort();
-                        }
+                    for (_, handle) in self.conns.forget_forward(forward) {
+                        handle.task.abort();
                     }
                     debug!(forward, "forward closed by the tab");
                 }
             }
             Frame::Data { conn, data } => {
-                if let Some(handle) = self.conn(conn, "Data")? {
-                    // Empty or post-Eof Data would queue without spending credit.
-                    if data.is_empty() || handle.eof_received {
-                        return Err(SessionError::protocol(format!(
-                            "connection {conn}: Data frame {}",
-                            if data.is_empty() {
-                                "with no bytes"
-                            } else {
-                                "after Eof"
-                            }
-                        )));
-                    }
-                    handle
-                        .recv_window
-                        .lock()
-                        .expect("window lock")
-                        .on_data(data.len())
-                        .map_err(|err| {
-                            SessionError::protocol(format!(
-                                "connection {conn}: the tab sent {err}; reload the page"
-                            ))
-                        })?;
-                    // A decoded frame shares the WebSocket's read buffer (128 KiB at a
-                    // time): queued as it is, a one-byte frame would keep all of it alive.
-                    // The queue holds copies, so a frame costs what credit charges for it.
-                    let data = Bytes::copy_from_slice(&data);
-                    let _ = handle.to_tcp.send(ToTcp::Data(data));
-                }
+                deliver(conn, self.conns.handle_data(conn, &data)?);
             }
-            Frame::Credit { conn, bytes } => {
-                if let Some(handle) = self.conn(conn, "Credit")? {
-                    handle.send_credit.grant(bytes).map_err(|err| {
-                        SessionError::protocol(format!("connection {conn}: {err}"))
-                    })?;
-                }
-                // The tab grants credit once it has opened the SSH channel.
-                if let Some(handle) = self.conns.get_mut(&conn) {
-                    handle.answered = true;
-                }
-            }
+            Frame::Credit { conn, bytes } => self.conns.handle_credit(conn, bytes)?,
             Frame::Eof { conn } => {
-                self.conn(conn, "Eof")?;
-                if let Some(handle) = self.conns.get_mut(&conn) {
-                    if handle.eof_received {
-                        return Err(SessionError::protocol(format!(
-                            "connection {conn}: a second Eof"
-                        )));
-                    }
-                    handle.eof_received = true;
-                    let _ = handle.to_tcp.send(ToTcp::Eof);
-                }
+                deliver(conn, self.conns.handle_eof(conn)?);
             }
             Frame::Close { conn, reason } => {
-                self.conn(conn, "Close")?;
-                if let Some(handle) = self.conns.remove(&conn) {
+                if deliver(conn, self.conns.handle_close(conn, reason)?) {
                     self.last_activity = tokio::time::Instant::now();
-                    debug!(conn, %reason, "tab closed connection");
-                    if let Some(entry) = self.forwards.get_mut(&handle.forward) {
-                        entry.conns.remove(&conn);
-                    }
-                    if reason.is_empty() {
-                        // Orderly: bytes queued before the Close are still written.
-                        let _ = handle.to_tcp.send(ToTcp::Close);
-                    } else {
-                        handle.task.abort();
-                    }
                 }
             }
             other => {
@@ -578,18 +522,6 @@ impl Session {
             }
         }
         Ok(())
-    }
-
-    /// The live connection `conn`, `None` if it has already ended (frames may cross a
-    /// Close on the wire), or an error if the relay never opened it.
-    fn conn(&self, conn: u32, frame: &str) -> Result<Option<&ConnHandle>, SessionError> {
-        match self.conns.get(&conn) {
-            Some(handle) => Ok(Some(handle)),
-            None if conn < self.next_conn => Ok(None),
-            None => Err(SessionError::protocol(format!(
-                "{frame} frame for connection {conn}, which the relay never opened"
-            ))),
-        }
     }
 
     async fn listen(&mut self, forward: u32, bind: &str, port: u16) -> Result<(), SessionError> {
@@ -627,7 +559,6 @@ impl Session {
                     forward,
                     ForwardEntry {
                         listener,
-                        conns: HashSet::new(),
                         _lease: lease,
                         _active: GaugeGuard::new(&self.metrics.forwards_active),
                     },
@@ -711,34 +642,26 @@ impl Session {
             stream,
             peer,
         } = accepted;
-        let Some(entry) = self.forwards.get(&forward) else {
+        if !self.forwards.contains_key(&forward) {
             return Ok(()); // the forward closed while this connection waited
-        };
-        let waiting = entry
-            .conns
-            .iter()
-            .filter(|c| self.conns.get(c).is_some_and(|h| !h.answered))
-            .count();
+        }
         // A refusal drops the stream, which closes it: the TCP client sees its
         // connection end, and no byte of it reaches the tab or the destination.
-        if let Err(refusal) =
-            crate::limits::admit_connection(&self.config, peer, entry.conns.len(), waiting)
-        {
+        let (open, waiting) = (self.conns.count(forward), self.conns.unanswered(forward));
+        if let Err(refusal) = crate::limits::admit_connection(&self.config, peer, open, waiting) {
             self.refuse_connection(forward, peer, refusal);
             return Ok(());
         }
-        let Some(entry) = self.forwards.get_mut(&forward) else {
-            return Ok(());
+        let opening = match self.conns.open(forward) {
+            Ok(opening) => opening,
+            Err(err) => {
+                warn!("{err}; refusing {peer}");
+                return Ok(());
+            }
         };
+        let conn = opening.conn;
         self.last_activity = tokio::time::Instant::now();
         self.metrics.connections_total.inc();
-        let conn = self.next_conn;
-        let Some(next) = self.next_conn.checked_add(1) else {
-            warn!("connection ids exhausted; refusing {peer}");
-            return Ok(());
-        };
-        self.next_conn = next;
-        entry.conns.insert(conn);
         debug!(conn, forward, %peer, "accepted");
         self.send(Frame::Accept {
             conn,
@@ -746,10 +669,9 @@ impl Session {
             peer: peer.to_string(),
         })
         .await?;
-        let window = RecvWindow::new(CONNECTION_WINDOW);
         self.send(Frame::Credit {
             conn,
-            bytes: window.initial_grant(),
+            bytes: opening.flow().initial_grant(),
         })
         .await?;
         let handle = connection::spawn(
@@ -757,13 +679,13 @@ impl Session {
             conn,
             forward,
             stream,
-            window,
+            opening.flow().clone(),
             connection::Outlets {
                 out: self.out.clone(),
                 metrics: self.metrics.clone(),
             },
         );
-        self.conns.insert(conn, handle);
+        self.conns.insert(opening, handle);
         Ok(())
     }
 
@@ -795,13 +717,43 @@ impl Session {
         Ok(reason.into())
     }
 
-    /// Forgets a connection whose task ended by itself.
-    fn forget(&mut self, conn: u32) {
-        if let Some(handle) = self.conns.remove(&conn) {
+    /// Forgets a connection whose task ended by itself, and tells the tab how it
+    /// ended, unless the tab had closed it already.
+    async fn forget(&mut self, ended: connection::Ended) {
+        let connection::Ended { conn, close } = ended;
+        if self.conns.forget(conn).is_some() {
             self.last_activity = tokio::time::Instant::now();
-            if let Some(entry) = self.forwards.get_mut(&handle.forward) {
-                entry.conns.remove(&conn);
+            if let Some(reason) = close {
+                // A writer that stopped is noticed by the loop's other sends.
+                let _ = self.send(Frame::Close { conn, reason }).await;
             }
+        }
+    }
+}
+
+/// Passes what the connection table decided on to the connection's task; true if the
+/// tab ended the connection.
+fn deliver(conn: u32, action: Action<'_, ConnHandle>) -> bool {
+    match action {
+        Action::Ignore => false,
+        Action::Data(handle, data) => {
+            let _ = handle.to_tcp.send(ToTcp::Data(data));
+            false
+        }
+        Action::Eof(handle) => {
+            let _ = handle.to_tcp.send(ToTcp::Eof);
+            false
+        }
+        Action::Close(handle) => {
+            debug!(conn, "tab closed connection");
+            // Orderly: bytes queued before the Close are still written.
+            let _ = handle.to_tcp.send(ToTcp::Close);
+            true
+        }
+        Action::Abort(handle, reason) => {
+            debug!(conn, %reason, "tab closed connection");
+            handle.task.abort();
+            true
         }
     }
 }

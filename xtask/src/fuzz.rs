@@ -42,6 +42,12 @@ pub const TARGETS: &[Target] = &[
         step: "fuzz ssh_command",
         max_len: 4096,
     },
+    Target {
+        name: "conn_table",
+        step: "fuzz conn_table",
+        // Each step takes a few bytes; a few thousand steps make long exchanges.
+        max_len: 8192,
+    },
 ];
 
 /// Largest resident memory a target may use before libFuzzer calls it a failure.
