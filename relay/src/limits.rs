@@ -1,7 +1,8 @@
 //! Every place a session takes in the relay, as RAII slots: dropping a slot frees its
 //! place, so a session that ends in any way holds nothing.
 //!
-//! A WebSocket passes three gates, each counted here:
+//! A WebSocket passes three gates, each counted here, and each TCP client of its forwards
+//! a fourth:
 //! 1. [`Admission::wait_for_hello`] at the upgrade: a small *waiting* place, per address
 //!    (`limits.hellos_per_ip`) and in total (`limits.hellos`). It never refuses the
 //!    newcomer: when an address (or the relay) is at its cap, the oldest waiting WebSocket
@@ -21,7 +22,6 @@
 //!    Listen (the page and the client send one only after the SSH login succeeded, so it
 //!    is progress) or when `login_grace` has passed (by then sshd has closed any connection
 //!    that did not log in), or when the slot is dropped.
-//!
 //! 4. [`admit_connection`] for each TCP client a forward accepts: allowed sources, and
 //!    the caps on a forward's open and waiting connections.
 //!
@@ -645,5 +645,28 @@ mod tests {
         let late = login(&first, start + GRACE).expect("past its grace it counts no more");
         drop((held, late));
         assert!(admission.places().logins.is_empty());
+    }
+
+    #[test]
+    fn a_forwards_client_is_admitted_by_source_then_open_then_waiting_connections() {
+        let config = Config::from_toml(
+            "forward_allowed_sources = [\"127.0.0.0/8\"]\n[limits]\nconnections_per_forward = 3\npending_accepts_per_forward = 2\n",
+        )
+        .unwrap();
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let other: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        assert_eq!(admit_connection(&config, local, 2, 1), Ok(()));
+        let refused = admit_connection(&config, other, 0, 0).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::SourceNotAllowed);
+        assert!(refused.message.contains("forward_allowed_sources"));
+        let refused = admit_connection(&config, local, 3, 0).unwrap_err();
+        assert_eq!((refused.code, refused.reason), (ErrorCode::Limit, "limit"));
+        assert!(refused.message.contains("maximum of 3 open connections"));
+        let refused = admit_connection(&config, local, 2, 2).unwrap_err();
+        assert_eq!(
+            (refused.code, refused.reason),
+            (ErrorCode::Limit, crate::metrics::PENDING_ACCEPTS)
+        );
+        assert!(refused.message.contains("still waiting for the SSH server"));
     }
 }
