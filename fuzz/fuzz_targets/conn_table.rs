@@ -297,10 +297,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 let end = if tab_side { &mut tab } else { &mut relay };
                 if let Some(conn) = end.pick(u, false)? {
                     let pump = end.pumps.get_mut(&conn).expect("picked");
-                    if let Some(len) = pump.queue.pop_front() {
-                        if let Some(bytes) = pump.flow.consumed(len) {
-                            end.out.push_back(Frame::Credit { conn, bytes });
-                        }
+                    if let Some(len) = pump.queue.pop_front()
+                        && let Some(bytes) = pump.flow.consumed(len)
+                    {
+                        end.out.push_back(Frame::Credit { conn, bytes });
                     }
                     if pump.draining && pump.queue.is_empty() {
                         end.pumps.remove(&conn);
