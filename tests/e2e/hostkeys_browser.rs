@@ -9,7 +9,8 @@ use fantoccini::{Client, Locator};
 use serde_json::json;
 use tabtunnel_e2e::browser::Browser;
 use tabtunnel_e2e::page::{
-    browser_turn, fill_login, log_in_with_password, open, page, status, wait_until_connected,
+    browser_turn, fill_login, log_in_with_password, open, page, status, wait_for_status,
+    wait_until_connected,
 };
 use tabtunnel_e2e::relay::{Relay, test_config};
 use tabtunnel_e2e::sshd::Sshd;
@@ -29,18 +30,9 @@ async fn connect_without_questions(c: &Client) -> Result<()> {
 
 async fn disconnect(c: &Client) -> Result<()> {
     c.find(Locator::Id("connect")).await?.click().await?;
-    wait_for(
-        "the status to say disconnected",
-        Duration::from_secs(30),
-        || async {
-            status(c)
-                .await
-                .ok()?
-                .to_lowercase()
-                .starts_with("disconnected")
-                .then_some(())
-        },
-    )
+    wait_for_status(c, "the status to say disconnected", |s| {
+        s.starts_with("disconnected")
+    })
     .await
 }
 

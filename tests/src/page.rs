@@ -46,20 +46,23 @@ pub async fn status(c: &fantoccini::Client) -> Result<String> {
     Ok(c.find(Locator::Id("status")).await?.text().await?)
 }
 
+/// Waits until the status line, in lower case, passes `says` (within 30 s).
+pub async fn wait_for_status(
+    c: &fantoccini::Client,
+    what: &str,
+    says: impl Fn(&str) -> bool,
+) -> Result<()> {
+    wait_for(what, Duration::from_secs(30), || async {
+        says(&status(c).await.ok()?.to_lowercase()).then_some(())
+    })
+    .await
+}
+
 /// Waits until the status says the page is connected.
 pub async fn wait_until_connected(c: &fantoccini::Client) -> Result<()> {
-    wait_for(
-        "the status to say connected",
-        Duration::from_secs(30),
-        || async {
-            status(c)
-                .await
-                .ok()?
-                .to_lowercase()
-                .contains("connected as")
-                .then_some(())
-        },
-    )
+    wait_for_status(c, "the status to say connected", |s| {
+        s.contains("connected as")
+    })
     .await
 }
 
