@@ -19,6 +19,9 @@ pub(crate) struct SshPipe {
     to_ssh: mpsc::Sender<Bytes>,
     /// SSH server -> tab; ends with how the server's side ended.
     reader: AbortOnDropHandle<Ending>,
+    /// The reader stopped because the tab's queue closed: its result has been taken,
+    /// and a finished task's handle must not be polled again (tokio panics).
+    tab_gone: bool,
     _writer: AbortOnDropHandle<()>,
 }
 
@@ -30,6 +33,7 @@ impl SshPipe {
         Self {
             to_ssh,
             reader: AbortOnDropHandle::new(tokio::spawn(from_ssh(read, out).in_current_span())),
+            tab_gone: false,
             _writer: AbortOnDropHandle::new(tokio::spawn(
                 to_ssh_server(write, rx).in_current_span(),
             )),
@@ -45,11 +49,17 @@ impl SshPipe {
     /// Resolves when the server's side has ended: `None` for an orderly close, else the
     /// error. Cancel-safe, so a loop may race it; call it until it resolves, not after.
     pub(crate) async fn closed(&mut self) -> Option<std::io::Error> {
+        if self.tab_gone {
+            return std::future::pending().await;
+        }
         match (&mut self.reader).await {
             Ok(Ending::Closed) => None,
             Ok(Ending::Failed(err)) => Some(err),
             // The session is ending by another way, which it reports itself.
-            Ok(Ending::TabGone) => std::future::pending().await,
+            Ok(Ending::TabGone) => {
+                self.tab_gone = true;
+                std::future::pending().await
+            }
             Err(err) => Some(std::io::Error::other(format!(
                 "the relay's reader of the SSH server failed: {err}"
             ))),

@@ -426,3 +426,44 @@ async fn a_tab_that_answers_nothing_is_ended_by_the_watchdog() {
     assert_eq!(close, 1000);
     assert!(reason.starts_with("the tab stopped answering"), "{reason}");
 }
+
+#[tokio::test]
+async fn the_ssh_reader_stopping_for_a_gone_writer_does_not_panic_the_loop() {
+    let (lab, mut ssh) = welcomed("").await;
+    let Lab {
+        tab, mut session, ..
+    } = lab;
+    let Tab {
+        mut to_relay,
+        from_relay,
+    } = tab;
+    // The tab stops taking messages: the writer fails at its next one, and the SSH
+    // reader then finds the queue to the tab closed and stops (it is gone, not closed).
+    drop(from_relay);
+    // Each round gives the reader bytes it cannot pass on and makes the loop go round
+    // again; the SSH server reading the tab's byte proves the loop handled the frame.
+    for _ in 0..20 {
+        if ssh.write_all(b"x").await.is_err() || session.is_finished() {
+            break;
+        }
+        let frame = Frame::Ssh(Bytes::from_static(b"y"));
+        if to_relay
+            .send(Ok(Message::Binary(encode_to_bytes(&frame))))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(DEADLINE, ssh.read(&mut byte)).await {
+            Ok(Ok(1)) => {}
+            _ => break,
+        }
+    }
+    assert!(!session.is_finished(), "the session ended early");
+    drop(to_relay);
+    tokio::time::timeout(DEADLINE, &mut session)
+        .await
+        .expect("the session did not end")
+        .expect("the session's task panicked");
+}
