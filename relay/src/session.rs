@@ -451,6 +451,9 @@ impl Session {
                         self.forget(ended).await;
                     }
                 }
+                // Reap the accept loops of closed forwards: a tab may open and close
+                // forwards for as long as it likes, and the set must not grow with them.
+                Some(_) = self.listeners.join_next(), if !self.listeners.is_empty() => {}
                 end = self.ssh.closed() => return self.ssh_ended(end).await,
                 () = tokio::time::sleep_until(idle_deadline.unwrap_or_else(tokio::time::Instant::now)),
                     if idle_deadline.is_some() =>

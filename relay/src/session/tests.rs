@@ -467,3 +467,76 @@ async fn the_ssh_reader_stopping_for_a_gone_writer_does_not_panic_the_loop() {
         .expect("the session did not end")
         .expect("the session's task panicked");
 }
+
+#[tokio::test]
+async fn forwards_opened_and_closed_over_and_over_leave_no_listener_task_behind() {
+    let sshd = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = Arc::new(
+        Config::from_toml(&format!(
+            "forward_ports = \"42000-42999\"\n[targets.lab]\naddress = \"{}\"\n",
+            sshd.local_addr().unwrap()
+        ))
+        .unwrap(),
+    );
+    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let client = crate::ClientAddr::resolve(peer, &Default::default(), &config);
+    let metrics = Arc::<Metrics>::default();
+    let hello = Arc::<Admission>::default().wait_for_hello(client.ip(), &config.limits);
+    let holder = Holder {
+        book: Arc::new(PortBook::new(metrics.forward_binds.clone())),
+        session: 1,
+        ip: client.ip(),
+    };
+    let (mut to_relay, mut relay_rx) = mpsc::channel(16);
+    let (out, mut from_relay) = tokio::sync::mpsc::channel(crate::outgoing::OUT_QUEUE);
+    let frame = |frame: Frame| Ok(Message::Binary(encode_to_bytes(&frame)));
+    to_relay
+        .send(frame(Frame::Hello {
+            version: VERSION,
+            target: "lab".into(),
+            token: String::new(),
+        }))
+        .await
+        .unwrap();
+    let mut session = super::Session::start(&mut relay_rx, out, config, metrics, holder, hello)
+        .await
+        .expect("the session started");
+    let (_ssh, _) = sshd.accept().await.unwrap();
+    let heard = std::sync::Mutex::new(tokio::time::Instant::now());
+    // The tab opens and closes a forward again and again, as any tab may; then leaves.
+    let tab = async move {
+        for _ in 0..50 {
+            to_relay
+                .send(frame(Frame::Listen {
+                    forward: 1,
+                    bind: "127.0.0.1".into(),
+                    port: 0,
+                }))
+                .await
+                .unwrap();
+            loop {
+                let message = tokio::time::timeout(DEADLINE, from_relay.recv())
+                    .await
+                    .expect("no Listening in time")
+                    .expect("the session stopped");
+                if let crate::outgoing::Outgoing::Frame(Frame::Listening { .. }) = message {
+                    break;
+                }
+            }
+            to_relay
+                .send(frame(Frame::Unlisten { forward: 1 }))
+                .await
+                .unwrap();
+        }
+        to_relay.send(Ok(Message::Close(None))).await.unwrap();
+        from_relay
+    };
+    let (ended, _from_relay) = tokio::join!(session.run(&mut relay_rx, &heard), tab);
+    assert_eq!(ended.unwrap(), "the tab closed the WebSocket");
+    // Each closed forward's accept loop was aborted; the session must not keep them.
+    assert!(
+        session.listeners.len() <= 1,
+        "the session holds {} listener tasks for its one forward",
+        session.listeners.len()
+    );
+}
