@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::limits::Admission;
+use crate::limits::{Admission, HelloSlot};
 use crate::metrics::Metrics;
 use crate::ports::{Holder, PortBook};
 
@@ -93,8 +93,17 @@ struct Lab {
     session: tokio::task::JoinHandle<()>,
 }
 
-async fn lab(extra_toml: &str, adjust: impl FnOnce(&mut Config)) -> Lab {
-    let sshd = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// What a session is started with: a config whose target "lab" is `sshd`, and the
+/// places and counters of a relay of its own.
+struct Parts {
+    config: Arc<Config>,
+    client: crate::ClientAddr,
+    metrics: Arc<Metrics>,
+    hello: HelloSlot,
+    holder: Holder,
+}
+
+fn parts(sshd: &TcpListener, extra_toml: &str, adjust: impl FnOnce(&mut Config)) -> Parts {
     let mut config = Config::from_toml(&format!(
         "forward_ports = \"42000-42999\"\n{extra_toml}\n[targets.lab]\naddress = \"{}\"\npinned_host_keys = [\"SHA256:pinned\"]\n",
         sshd.local_addr().unwrap()
@@ -111,6 +120,24 @@ async fn lab(extra_toml: &str, adjust: impl FnOnce(&mut Config)) -> Lab {
         session: 1,
         ip: client.ip(),
     };
+    Parts {
+        config,
+        client,
+        metrics,
+        hello,
+        holder,
+    }
+}
+
+async fn lab(extra_toml: &str, adjust: impl FnOnce(&mut Config)) -> Lab {
+    let sshd = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let Parts {
+        config,
+        client,
+        metrics,
+        hello,
+        holder,
+    } = parts(&sshd, extra_toml, adjust);
     let (to_relay, relay_rx) = mpsc::channel(16);
     let (relay_tx, from_relay) = mpsc::channel(16);
     let shutdown = CancellationToken::new();
@@ -471,22 +498,13 @@ async fn the_ssh_reader_stopping_for_a_gone_writer_does_not_panic_the_loop() {
 #[tokio::test]
 async fn forwards_opened_and_closed_over_and_over_leave_no_listener_task_behind() {
     let sshd = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = Arc::new(
-        Config::from_toml(&format!(
-            "forward_ports = \"42000-42999\"\n[targets.lab]\naddress = \"{}\"\n",
-            sshd.local_addr().unwrap()
-        ))
-        .unwrap(),
-    );
-    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
-    let client = crate::ClientAddr::resolve(peer, &Default::default(), &config);
-    let metrics = Arc::<Metrics>::default();
-    let hello = Arc::<Admission>::default().wait_for_hello(client.ip(), &config.limits);
-    let holder = Holder {
-        book: Arc::new(PortBook::new(metrics.forward_binds.clone())),
-        session: 1,
-        ip: client.ip(),
-    };
+    let Parts {
+        config,
+        metrics,
+        hello,
+        holder,
+        ..
+    } = parts(&sshd, "", |_| {});
     let (mut to_relay, mut relay_rx) = mpsc::channel(16);
     let (out, mut from_relay) = tokio::sync::mpsc::channel(crate::outgoing::OUT_QUEUE);
     let frame = |frame: Frame| Ok(Message::Binary(encode_to_bytes(&frame)));
