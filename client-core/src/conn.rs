@@ -161,15 +161,8 @@ impl ConnPump {
                             return Err(format!("SSH channel write failed: {err}"));
                         }
                         self.stats.bytes_up.fetch_add(len as u64, Ordering::Relaxed);
-                        let grant = self.flow.consumed(len);
-                        if let Some(bytes) = grant {
-                            let _ = self
-                                .mux
-                                .send(Frame::Credit {
-                                    conn: self.conn,
-                                    bytes,
-                                })
-                                .await;
+                        if let Some(bytes) = self.flow.consumed(len) {
+                            self.mux.grant(self.conn, bytes);
                         }
                     }
                     // Keep reading after Eof: a Close may follow while the other
@@ -189,7 +182,22 @@ impl ConnPump {
                 match reader.wait().await {
                     Some(ChannelMsg::Data { mut data }) => {
                         while !data.is_empty() {
-                            let n = self.flow.credit().take(data.len()).await;
+                            let credit = self.flow.credit();
+                            let mut n = credit.try_take(data.len());
+                            if n == 0 {
+                                // Out of credit: say so (the relay may grow the window),
+                                // then wait.
+                                if credit.ran_dry()
+                                    && self
+                                        .mux
+                                        .send(Frame::Blocked { conn: self.conn })
+                                        .await
+                                        .is_err()
+                                {
+                                    return Ok(());
+                                }
+                                n = credit.take(data.len()).await;
+                            }
                             let chunk = data.split_to(n);
                             if self
                                 .mux

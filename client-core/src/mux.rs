@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::{SinkExt, StreamExt};
-use tabtunnel_proto::{Action, ConnError, ConnFlow, ConnTable, Frame, MAX_DATA, Side, VERSION};
+use tabtunnel_proto::{
+    Action, ConnError, ConnFlow, ConnTable, Frame, MAX_DATA, Side, UrgentGrants, VERSION,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -33,6 +35,8 @@ const SSH_PIPE: usize = 256 * 1024;
 /// The session's link to the relay, shared by its handles and background tasks.
 pub(crate) struct Mux {
     out: mpsc::Sender<Frame>,
+    /// Credit refills, which the write loop sends ahead of `out`.
+    grants: Arc<UrgentGrants>,
     state: Mutex<MuxState>,
     end: End,
     /// Ssh frames received so far: the keepalive's sign of life.
@@ -138,8 +142,9 @@ pub(crate) struct Opened {
 pub(crate) async fn open<T: Transport>(transport: T, hello: Frame) -> Result<Opened, ClientError> {
     let (sink, mut stream) = transport.split();
     let (out, out_rx) = mpsc::channel(OUT_QUEUE);
+    let grants = Arc::new(UrgentGrants::default());
     let end = End::default();
-    rt::spawn(write_loop(sink, out_rx, end.clone()));
+    rt::spawn(write_loop(sink, out_rx, grants.clone(), end.clone()));
 
     // Until the Welcome, an error drops `out`: the writer then closes the transport.
     out.send(hello)
@@ -177,6 +182,7 @@ pub(crate) async fn open<T: Transport>(transport: T, hello: Frame) -> Result<Ope
 
     let mux = Arc::new(Mux {
         out,
+        grants,
         state: Mutex::new(MuxState {
             next_forward: 1,
             pending: HashMap::new(),
@@ -203,6 +209,12 @@ pub(crate) async fn open<T: Transport>(transport: T, hello: Frame) -> Result<Ope
 impl Mux {
     pub(crate) async fn send(&self, frame: Frame) -> Result<(), ClientError> {
         self.out.send(frame).await.map_err(|_| self.closed_error())
+    }
+
+    /// Grants the relay `bytes` more credit for `conn`, ahead of queued frames. Only for
+    /// refills (see [`UrgentGrants`]); a connection's first grant goes through `send`.
+    pub(crate) fn grant(&self, conn: u32, bytes: u32) {
+        self.grants.push(conn, bytes);
     }
 
     pub(crate) fn end(&self) -> &End {
@@ -294,23 +306,38 @@ where
 /// Frames -> transport, flushing once per batch of ready frames, until the session
 /// is closing or ended (closed, abandoned, or ended by either side) or the queue ends;
 /// then it closes the transport, which ends the relay's session and everything it holds.
-async fn write_loop<S>(mut sink: S, mut rx: mpsc::Receiver<Frame>, end: End)
-where
+async fn write_loop<S>(
+    mut sink: S,
+    mut rx: mpsc::Receiver<Frame>,
+    grants: Arc<UrgentGrants>,
+    end: End,
+) where
     S: futures::Sink<Bytes, Error = TransportError> + Unpin,
 {
     let closing = end.wait_closing();
     tokio::pin!(closing);
     loop {
-        let first = tokio::select! {
+        let mut next = tokio::select! {
             biased;
             () = &mut closing => break,
+            () = grants.ready() => None,
             frame = rx.recv() => match frame {
-                Some(frame) => frame,
+                Some(frame) => Some(frame),
                 None => break,
             },
         };
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
+        loop {
+            // Waiting grants go first: behind bulk data they would starve the relay.
+            for grant in grants.take() {
+                if sink
+                    .feed(tabtunnel_proto::encode_to_bytes(&grant))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let Some(frame) = next.take() else { break };
             if sink
                 .feed(tabtunnel_proto::encode_to_bytes(&frame))
                 .await
@@ -474,6 +501,11 @@ fn route(mux: &Mux, links: &Links, frame: Frame) -> Result<(), ClientError> {
         }
         Frame::Data { conn, data } => apply(state.conns.handle_data(conn, &data).map_err(broken)?),
         Frame::Credit { conn, bytes } => state.conns.handle_credit(conn, bytes).map_err(broken)?,
+        Frame::Blocked { conn } => {
+            if let Some(bytes) = state.conns.handle_blocked(conn).map_err(broken)? {
+                mux.grant(conn, bytes);
+            }
+        }
         Frame::Eof { conn } => apply(state.conns.handle_eof(conn).map_err(broken)?),
         Frame::Close { conn, reason } => {
             apply(state.conns.handle_close(conn, reason).map_err(broken)?);

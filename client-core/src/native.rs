@@ -37,9 +37,12 @@ impl NativeTransport {
         url: &str,
         connector: Option<tokio_tungstenite::Connector>,
     ) -> Result<Self, TransportError> {
-        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(url, None, false, connector)
-            .await
-            .map_err(|err| TransportError(format!("cannot reach the relay at {url}: {err}")))?;
+        // TCP_NODELAY: a keystroke or a ping-pong reply must not wait for Nagle.
+        let disable_nagle = true;
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, disable_nagle, connector)
+                .await
+                .map_err(|err| TransportError(format!("cannot reach the relay at {url}: {err}")))?;
         Ok(Self { ws })
     }
 }

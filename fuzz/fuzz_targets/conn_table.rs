@@ -3,14 +3,15 @@
 //! Each side runs the table as the product does: the relay opens connections for the
 //! forwards the tab listens on, the tab takes them (or drops them when the forward is
 //! gone) and answers with credit; either side's pumps send Data within their credit,
-//! send Eof once, write out what they queued (returning credit), and end connections
+//! say Blocked when they spent it all (which may grow the peer's window), send Eof once, write out what they queued (returning credit), and end connections
 //! (orderly or not); the tab closes forwards. Frames travel in order, one queue per
 //! direction, and cross each other as on a real wire. Some steps inject arbitrary
 //! connection frames, as from a broken peer.
 //!
 //! Properties: nothing panics; while every frame is honest, neither table reports an
 //! error (the two sides agree on every rule); what a connection has queued and not yet
-//! written out never exceeds its window, in credit (memory bounded by the window); a
+//! written out never exceeds its window (which grows only to its largest, within the
+//! session's budget), in credit (memory bounded by the window); a
 //! connection is never handed Data or Eof after it ended; and every id that was opened
 //! ends exactly once (peer's Close, local end, its forward's close, or the session's).
 
@@ -28,6 +29,9 @@ use tabtunnel_proto::{
 
 /// Steps per input: enough for long exchanges, few enough to stay fast.
 const MAX_STEPS: usize = 4096;
+
+/// How many times its starting size a window may grow to.
+const GROWS_TO: u32 = 4;
 
 fuzz_target!(|input: &[u8]| {
     let mut u = Unstructured::new(input);
@@ -76,9 +80,9 @@ struct End {
 }
 
 impl End {
-    fn new(side: Side, window: u32) -> Self {
+    fn new(side: Side, window: u32, growth: u64) -> Self {
         Self {
-            table: ConnTable::with_window(side, window),
+            table: ConnTable::with_windows(side, window, window * GROWS_TO, growth),
             pumps: BTreeMap::new(),
             out: VecDeque::new(),
             listening: BTreeSet::new(),
@@ -134,6 +138,11 @@ impl End {
                 other => panic!("{side:?}: Data gave {other:?}"),
             },
             Frame::Credit { conn, bytes } => self.table.handle_credit(conn, bytes)?,
+            Frame::Blocked { conn } => {
+                if let Some(bytes) = self.table.handle_blocked(conn)? {
+                    self.out.push_back(Frame::Credit { conn, bytes });
+                }
+            }
             Frame::Eof { conn } => match self.table.handle_eof(conn)? {
                 Action::Eof(&id) => {
                     assert_eq!(id, conn);
@@ -186,15 +195,21 @@ impl End {
         Ok(())
     }
 
-    fn check_bounded(&self, window: u32) {
+    fn check_bounded(&self, window: u32, growth: u64) {
+        let mut grown = 0;
         for (id, pump) in &self.pumps {
             let queued = pump.queued();
+            let now = pump.flow.window();
             assert!(
-                queued <= u64::from(window),
-                "{:?}: connection {id} queued {queued} bytes of credit, window {window}",
+                queued <= u64::from(now) && now >= window && now <= window * GROWS_TO,
+                "{:?}: connection {id} queued {queued} bytes of credit, window {now}",
                 self.table.side()
             );
+            grown += u64::from(now - window);
         }
+        // Forgotten connections whose pumps still drain hold their growth too.
+        assert!(grown <= growth, "windows grew by {grown}, budget {growth}");
+        assert!(self.table.growth_left() <= growth);
     }
 }
 
@@ -204,8 +219,9 @@ fn run(u: &mut Unstructured) -> Result<()> {
     // One input in four has a broken peer. The others stay honest to the end, so they
     // reach long exchanges instead of ending at the first injected frame.
     let hostile = u.int_in_range(0..=3u8)? == 0;
-    let mut relay = End::new(Side::Relay, window);
-    let mut tab = End::new(Side::Tab, window);
+    let growth = u64::from(u.int_in_range(0..=3 * window)?);
+    let mut relay = End::new(Side::Relay, window, growth);
+    let mut tab = End::new(Side::Tab, window, growth);
     let mut next_forward = 1u32;
     // An injected frame happened: from then on, a table may report an error.
     let mut broken = false;
@@ -271,6 +287,8 @@ fn run(u: &mut Unstructured) -> Result<()> {
                         if n > 0 {
                             let data = Bytes::from(vec![0x5a; n]);
                             end.out.push_back(Frame::Data { conn, data });
+                        } else if pump.flow.credit().ran_dry() {
+                            end.out.push_back(Frame::Blocked { conn });
                         }
                     }
                 }
@@ -351,8 +369,8 @@ fn run(u: &mut Unstructured) -> Result<()> {
                 Ok(())
             }
         };
-        relay.check_bounded(window);
-        tab.check_bounded(window);
+        relay.check_bounded(window, growth);
+        tab.check_bounded(window, growth);
         if let Err(err) = result {
             assert!(broken, "honest peers broke a rule: {err}");
             break; // the session ends
@@ -374,7 +392,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
 /// A connection frame a broken peer might send: ids near the live ones, any sizes.
 fn arbitrary_frame(u: &mut Unstructured, to_tab: bool) -> Result<Frame> {
     let conn = u.int_in_range(1..=12u32)?;
-    Ok(match u.int_in_range(0..=4u8)? {
+    Ok(match u.int_in_range(0..=5u8)? {
         0 => {
             let len = u.int_in_range(0..=8192usize)?;
             Frame::Data {
@@ -387,6 +405,7 @@ fn arbitrary_frame(u: &mut Unstructured, to_tab: bool) -> Result<Frame> {
             bytes: u.arbitrary()?,
         },
         2 => Frame::Eof { conn },
+        4 => Frame::Blocked { conn },
         3 => Frame::Close {
             conn,
             reason: if u.arbitrary()? {

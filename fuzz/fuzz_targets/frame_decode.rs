@@ -47,6 +47,7 @@ fn encoded_frames_decode_to_themselves(frame: Frame) {
         | Frame::Data { conn, .. }
         | Frame::Credit { conn, .. }
         | Frame::Eof { conn }
+        | Frame::Blocked { conn }
         | Frame::Close { conn, .. } => *conn == 0,
         _ => false,
     };
@@ -137,7 +138,7 @@ fn arbitrary_frame(u: &mut Unstructured<'_>) -> Result<Frame> {
         let len = u.int_in_range(0..=MAX_DATA)?;
         Ok(Bytes::copy_from_slice(u.bytes(len.min(u.len()))?))
     };
-    Ok(match u.int_in_range(1..=13u8)? {
+    Ok(match u.int_in_range(1..=14u8)? {
         1 => Frame::Hello {
             version: u.arbitrary()?,
             target: u.arbitrary()?,
@@ -183,6 +184,9 @@ fn arbitrary_frame(u: &mut Unstructured<'_>) -> Result<Frame> {
             bytes: u.arbitrary()?,
         },
         12 => Frame::Eof {
+            conn: u.arbitrary()?,
+        },
+        14 => Frame::Blocked {
             conn: u.arbitrary()?,
         },
         _ => Frame::Close {

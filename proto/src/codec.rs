@@ -62,6 +62,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
         | Frame::Data { conn, .. }
         | Frame::Credit { conn, .. }
         | Frame::Eof { conn }
+        | Frame::Blocked { conn }
         | Frame::Close { conn, .. } => *conn,
     };
     out.reserve(HEADER_LEN + payload_len_hint(frame));
@@ -109,7 +110,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             put_text(out, bind);
         }
         Frame::Listening { address, .. } => put_text(out, address),
-        Frame::Unlisten { .. } | Frame::Eof { .. } => {}
+        Frame::Unlisten { .. } | Frame::Eof { .. } | Frame::Blocked { .. } => {}
         Frame::Accept { forward, peer, .. } => {
             out.put_u32(*forward);
             put_text(out, peer);
@@ -263,6 +264,11 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
             let conn = r.stream(stream)?;
             r.end()?;
             Frame::Eof { conn }
+        }
+        Kind::Blocked => {
+            let conn = r.stream(stream)?;
+            r.end()?;
+            Frame::Blocked { conn }
         }
         Kind::Close => {
             let conn = r.stream(stream)?;

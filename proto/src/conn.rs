@@ -21,6 +21,9 @@
 //! - **Credit.** A grant may not put the sender beyond its largest credit. The first
 //!   grant says the peer took the connection (the tab opened its SSH channel): the relay
 //!   counts connections still waiting for one ([`ConnTable::unanswered`]).
+//! - **Blocked** says the peer spent all its credit for the connection: its window
+//!   may grow ([`crate::credit`]); the table answers with the Credit to send. After the
+//!   peer's Eof it means nothing and is ignored.
 //! - **Eof** comes at most once per direction.
 //! - **Close** ends a connection for both sides: an empty reason is orderly (what was
 //!   queued before it is still written), any other aborts it now. A side that ends a
@@ -42,8 +45,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use crate::CONNECTION_WINDOW;
-use crate::credit::{CreditError, CreditGate, RecvWindow};
+use crate::credit::{CreditError, CreditGate, RecvWindow, WindowBudget};
+use crate::{CONNECTION_WINDOW, MAX_CONNECTION_WINDOW, SESSION_WINDOW_GROWTH};
 
 /// The side of the wire a table runs on; its peer is the other side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,13 +137,16 @@ pub enum ConnError {
 pub struct ConnFlow {
     window: Mutex<RecvWindow>,
     credit: CreditGate,
+    /// The session's budget for grown windows, given back when the connection goes.
+    budget: Arc<WindowBudget>,
 }
 
 impl ConnFlow {
-    fn new(window: u32) -> Self {
+    fn new(window: &Windows) -> Self {
         Self {
-            window: Mutex::new(RecvWindow::new(window)),
+            window: Mutex::new(RecvWindow::growing(window.base, window.max)),
             credit: CreditGate::default(),
+            budget: window.budget.clone(),
         }
     }
 
@@ -152,13 +158,37 @@ impl ConnFlow {
     /// One Data frame of `len` bytes, handed out by the table, was written out: the
     /// credit to grant back in a Credit frame, once there is enough to send.
     pub fn consumed(&self, len: usize) -> Option<u32> {
-        self.window.lock().expect("window lock").on_consumed(len)
+        self.window
+            .lock()
+            .expect("window lock")
+            .on_consumed(len, &self.budget)
     }
 
     /// What this side may send: wait here for credit, spend it before each Data frame.
     pub fn credit(&self) -> &CreditGate {
         &self.credit
     }
+
+    /// The receive window's size now (it grows while the peer starves).
+    pub fn window(&self) -> u32 {
+        self.window.lock().expect("window lock").window()
+    }
+}
+
+impl Drop for ConnFlow {
+    fn drop(&mut self) {
+        let growth = self.window.get_mut().map_or(0, |w| w.growth());
+        self.budget.give_back(growth);
+    }
+}
+
+/// The windows of one table's connections: where each starts, what it may grow to, and
+/// the budget they grow within together.
+#[derive(Debug, Clone)]
+struct Windows {
+    base: u32,
+    max: u32,
+    budget: Arc<WindowBudget>,
 }
 
 /// A connection id taken but not yet in the table: [`ConnTable::insert`] it with its
@@ -212,7 +242,7 @@ struct Entry<T> {
 /// the caller's handle to a connection (its queue, its task).
 pub struct ConnTable<T> {
     side: Side,
-    window: u32,
+    windows: Windows,
     conns: HashMap<u32, Entry<T>>,
     /// Every id below this has been opened (and may be forgotten); none from it up has.
     next_id: u64,
@@ -229,25 +259,51 @@ impl<T> std::fmt::Debug for ConnTable<T> {
 }
 
 impl<T> ConnTable<T> {
-    /// An empty table whose connections have the protocol's [`CONNECTION_WINDOW`].
+    /// An empty table whose connections' windows start at the protocol's
+    /// [`CONNECTION_WINDOW`] and grow to [`MAX_CONNECTION_WINDOW`], by
+    /// [`SESSION_WINDOW_GROWTH`] at most together.
     pub fn new(side: Side) -> Self {
-        Self::with_window(side, CONNECTION_WINDOW)
+        Self::with_windows(
+            side,
+            CONNECTION_WINDOW,
+            MAX_CONNECTION_WINDOW,
+            SESSION_WINDOW_GROWTH,
+        )
     }
 
-    /// An empty table with another window per connection (tests, fuzzing).
+    /// An empty table with another fixed window per connection (tests, fuzzing).
     ///
     /// # Panics
     ///
     /// If the window is too small for the credit rule ([`RecvWindow::new`]).
     pub fn with_window(side: Side, window: u32) -> Self {
+        Self::with_windows(side, window, window, 0)
+    }
+
+    /// An empty table whose windows start at `base`, grow to `max`, and grow by
+    /// `growth` bytes at most together.
+    ///
+    /// # Panics
+    ///
+    /// As [`RecvWindow::growing`].
+    pub fn with_windows(side: Side, base: u32, max: u32, growth: u64) -> Self {
         // Checked now rather than at the first connection.
-        let _ = RecvWindow::new(window);
+        let _ = RecvWindow::growing(base, max);
         Self {
             side,
-            window,
+            windows: Windows {
+                base,
+                max,
+                budget: Arc::new(WindowBudget::new(growth)),
+            },
             conns: HashMap::new(),
             next_id: 1,
         }
+    }
+
+    /// What the connections' windows may still grow by together.
+    pub fn growth_left(&self) -> u64 {
+        self.windows.budget.left()
     }
 
     pub fn side(&self) -> Side {
@@ -282,7 +338,7 @@ impl<T> ConnTable<T> {
         Opening {
             conn,
             forward,
-            flow: Arc::new(ConnFlow::new(self.window)),
+            flow: Arc::new(ConnFlow::new(&self.windows)),
         }
     }
 
@@ -359,6 +415,23 @@ impl<T> ConnTable<T> {
             entry.answered = true;
         }
         Ok(())
+    }
+
+    /// The peer's Blocked frame: it spent all its credit. Returns the credit to grant
+    /// it now, if any (the window may have grown; see [`RecvWindow::on_dry`]).
+    pub fn handle_blocked(&mut self, conn: u32) -> Result<Option<u32>, ConnError> {
+        let Some(entry) = self.known(conn, "Blocked")? else {
+            return Ok(None);
+        };
+        if entry.eof_received {
+            return Ok(None);
+        }
+        let flow = &entry.flow;
+        Ok(flow
+            .window
+            .lock()
+            .expect("window lock")
+            .on_dry(&flow.budget))
     }
 
     /// The peer's Eof frame.
@@ -517,6 +590,41 @@ mod tests {
         }
         // Gaps are allowed: the relay skips ids of connections it refused.
         assert!(tab.accept(9, 1).is_ok());
+    }
+
+    #[test]
+    fn a_blocked_peer_grows_its_window_within_the_session_budget_until_it_goes() {
+        let mut relay = ConnTable::<()>::with_windows(Side::Relay, 1000, 4000, 1500);
+        let first = relay.open(1).unwrap();
+        let flow = first.flow().clone();
+        relay.insert(first, ());
+        // Everything granted arrived and was written out: the window doubles, and the
+        // grant is what was consumed (the pump sent none yet) plus the growth.
+        let mut grants = Vec::new();
+        for _ in 0..6 {
+            relay.handle_data(1, &[0; 100]).unwrap(); // costs 164
+            grants.extend(flow.consumed(100));
+        }
+        assert_eq!(grants, [4 * 164]);
+        assert_eq!(relay.handle_blocked(1), Ok(Some(2 * 164 + 1000)));
+        assert_eq!((flow.window(), relay.growth_left()), (2000, 500));
+        // Never opened: the peer's error; forgotten: ignored; after Eof: ignored.
+        assert!(matches!(
+            relay.handle_blocked(9),
+            Err(ConnError::NeverOpened {
+                frame: "Blocked",
+                ..
+            })
+        ));
+        let second = relay.open(1).unwrap();
+        relay.insert(second, ());
+        relay.handle_eof(2).unwrap();
+        assert_eq!(relay.handle_blocked(2), Ok(None));
+        // Gone, the connection gives its growth back to the session.
+        relay.forget(1);
+        drop(flow);
+        assert_eq!(relay.handle_blocked(1), Ok(None));
+        assert_eq!(relay.growth_left(), 1500);
     }
 
     #[test]

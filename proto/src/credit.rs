@@ -26,8 +26,24 @@
 //!   ([`RecvWindow::new`] checks).
 //! - Both sides must agree on the rule, which is why it is part of the protocol version
 //!   ([`crate::VERSION`] 2).
+//!
+//! # A window that grows while its sender starves
+//!
+//! A window must cover what is in flight while a grant travels back, and a grant can
+//! travel behind megabytes of the other direction's data (the relay's Credit waits
+//! behind the SSH bytes it sends the tab). A fixed 256 KiB window starved downloads; a
+//! fixed 4 MiB one would let every slow connection hold 4 MiB. So a window starts at
+//! [`crate::CONNECTION_WINDOW`] and grows only when its sender says it ran dry (a
+//! Blocked frame: it spent all its credit, which only the sender can know) while the
+//! receiver's own queue is short, so more credit would not just queue behind a slow
+//! reader. Each time it doubles, up to [`crate::MAX_CONNECTION_WINDOW`] and within the
+//! session's [`WindowBudget`]; the growth is granted at once. It halves back (down to
+//! where it started) once [`SHRINK_AFTER`] windows' worth passed without the sender
+//! running dry, by granting back less than was consumed: credit the sender already
+//! holds cannot be taken back, so the budget, not idleness, is what bounds memory.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Poll, Waker};
 
 /// Credit a Data frame costs beyond its payload: the receiver's cost of one queued
@@ -59,6 +75,8 @@ const MAX_CREDIT: u64 = 1 << 32;
 #[derive(Debug, Default, Clone)]
 pub struct SendCredit {
     available: u64,
+    /// Some credit was granted since the sender last reported running dry (or ever).
+    granted_since_dry: bool,
 }
 
 impl SendCredit {
@@ -74,7 +92,19 @@ impl SendCredit {
             return Err(CreditError::Overflow { max: MAX_CREDIT });
         }
         self.available = next;
+        self.granted_since_dry = true;
         Ok(())
+    }
+
+    /// True once each time the sender has spent all it was granted: tell the receiver
+    /// (a Blocked frame), which may grow the window. Never before the first grant, since
+    /// a sender that was never granted anything has not shown the window is too small.
+    pub fn ran_dry(&mut self) -> bool {
+        let dry = self.granted_since_dry && self.available() == 0;
+        if dry {
+            self.granted_since_dry = false;
+        }
+        dry
     }
 
     /// Payload bytes one Data frame may carry now: the credit left after the frame's
@@ -96,18 +126,66 @@ impl SendCredit {
     }
 }
 
-/// What the receiving side has granted, received and consumed.
-#[derive(Debug, Clone)]
+/// Credit beyond their starting windows that the connections of one session may hold
+/// together (see the module documentation). Shared by a session's windows; a window
+/// gives back its growth when it shrinks or is dropped.
+#[derive(Debug)]
+pub struct WindowBudget {
+    left: AtomicU64,
+}
+
+impl WindowBudget {
+    pub fn new(bytes: u64) -> Self {
+        Self {
+            left: AtomicU64::new(bytes),
+        }
+    }
+
+    /// What is still free.
+    pub fn left(&self) -> u64 {
+        self.left.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` if all of them are free.
+    fn take(&self, bytes: u64) -> bool {
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(bytes)
+            })
+            .is_ok()
+    }
+
+    /// A window gives back what it grew by (when it goes).
+    pub fn give_back(&self, bytes: u64) {
+        self.left.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A window shrinks after this many windows' worth of credit went by without its sender
+/// running dry.
+pub const SHRINK_AFTER: u64 = 4;
+
+/// What the receiving side has granted, received and consumed. Always
+/// `outstanding + queued + consumed == window`.
+#[derive(Debug)]
 pub struct RecvWindow {
+    /// Where the window starts and never shrinks below.
+    base: u32,
+    /// What it may grow to.
+    max: u32,
     window: u32,
     /// Granted to the peer and not yet received.
     outstanding: u64,
+    /// Received and not yet consumed.
+    queued: u64,
     /// Consumed since the last grant, not yet returned to the peer.
     consumed: u64,
+    /// Consumed since the sender last ran dry (or the window last changed).
+    since_dry: u64,
 }
 
 impl RecvWindow {
-    /// A window of `window` bytes of credit; the first grant is
+    /// A window of `window` bytes of credit that never grows; the first grant is
     /// [`RecvWindow::initial_grant`].
     ///
     /// # Panics
@@ -115,20 +193,48 @@ impl RecvWindow {
     /// If the window is smaller than two frame overheads: a sender could then wait for
     /// a grant that never comes (see the module documentation).
     pub fn new(window: u32) -> Self {
+        Self::growing(window, window)
+    }
+
+    /// A window that starts at `base` bytes and may grow to `max` (see the module
+    /// documentation).
+    ///
+    /// # Panics
+    ///
+    /// As [`RecvWindow::new`], or if `max` is below `base`.
+    pub fn growing(base: u32, max: u32) -> Self {
         assert!(
-            window >= 2 * (DATA_FRAME_OVERHEAD + 1),
+            base >= 2 * (DATA_FRAME_OVERHEAD + 1),
             "a window must hold at least two frames' overhead"
         );
+        assert!(
+            max >= base,
+            "a window cannot grow to less than it starts with"
+        );
         Self {
-            window,
-            outstanding: u64::from(window),
+            base,
+            max,
+            window: base,
+            outstanding: u64::from(base),
+            queued: 0,
             consumed: 0,
+            since_dry: 0,
         }
     }
 
     /// The credit to send when the connection opens.
     pub fn initial_grant(&self) -> u32 {
+        self.base
+    }
+
+    /// The window now: what may be in flight and queued together.
+    pub fn window(&self) -> u32 {
         self.window
+    }
+
+    /// What the window grew by, to give back to its budget when it goes.
+    pub fn growth(&self) -> u64 {
+        u64::from(self.window - self.base)
     }
 
     /// Records one received Data frame of `len` bytes, charging its [`frame_cost`]; an
@@ -143,23 +249,65 @@ impl RecvWindow {
             });
         }
         self.outstanding -= cost;
+        self.queued += cost;
         Ok(())
     }
 
     /// Records that one received Data frame of `len` bytes was consumed (written out),
     /// returning its [`frame_cost`] to the window. Returns the credit to grant back once
-    /// half a window has been consumed, so grants are batched, not per frame. Call it
-    /// once per frame, with the length passed to [`RecvWindow::on_data`].
-    pub fn on_consumed(&mut self, len: usize) -> Option<u32> {
-        self.consumed += frame_cost(len);
-        if self.consumed >= u64::from(self.window / 2).max(1) {
-            let grant = self.consumed.min(u64::from(u32::MAX)) as u32;
-            self.consumed -= u64::from(grant);
-            self.outstanding += u64::from(grant);
-            Some(grant)
-        } else {
-            None
+    /// half a window has been consumed, so grants are batched, not per frame; a window
+    /// that is shrinking grants back less (see the module documentation). Call it once
+    /// per frame, with the length passed to [`RecvWindow::on_data`].
+    pub fn on_consumed(&mut self, len: usize, budget: &WindowBudget) -> Option<u32> {
+        let cost = frame_cost(len);
+        debug_assert!(
+            cost <= self.queued,
+            "consumed a frame that was not received"
+        );
+        self.queued = self.queued.saturating_sub(cost);
+        self.consumed += cost;
+        self.since_dry += cost;
+        if self.consumed < u64::from(self.window / 2).max(1) {
+            return None;
         }
+        if self.window > self.base && self.since_dry >= SHRINK_AFTER * u64::from(self.window) {
+            let smaller = (self.window / 2).max(self.base);
+            // At most half the window, and half the window has been consumed: the cut
+            // comes out of this grant.
+            let cut = u64::from(self.window - smaller);
+            self.consumed -= cut;
+            self.window = smaller;
+            self.since_dry = 0;
+            budget.give_back(cut);
+        }
+        self.grant_consumed(0)
+    }
+
+    /// The sender says it spent all its credit and waits (a Blocked frame). Returns the
+    /// credit to grant now: what was consumed and not yet returned, and the window's
+    /// growth if it grew. It grows (doubles, up to its largest and within `budget`)
+    /// only while no more than a quarter of it waits here to be consumed: behind a slow
+    /// reader, more credit would only queue.
+    pub fn on_dry(&mut self, budget: &WindowBudget) -> Option<u32> {
+        self.since_dry = 0;
+        let mut growth = 0;
+        if self.queued <= u64::from(self.window / 4) {
+            let want = self.window.min(self.max - self.window);
+            if want > 0 && budget.take(u64::from(want)) {
+                self.window += want;
+                growth = want;
+            }
+        }
+        self.grant_consumed(growth)
+    }
+
+    /// Grants back what was consumed, plus `extra`.
+    fn grant_consumed(&mut self, extra: u32) -> Option<u32> {
+        let grant = self.consumed + u64::from(extra);
+        self.consumed = 0;
+        self.outstanding += grant;
+        // consumed + extra never exceeds the window, a u32.
+        (grant > 0).then(|| u32::try_from(grant).expect("a grant fits the window"))
     }
 
     /// Credit the peer still holds: what it may still send, frame overheads included,
@@ -227,6 +375,16 @@ impl CreditGate {
         .await
     }
 
+    /// [`SendCredit::ran_dry`]: true once each time the sender spent all it was granted;
+    /// send the receiver a Blocked frame before waiting.
+    pub fn ran_dry(&self) -> bool {
+        self.inner
+            .lock()
+            .expect("credit gate lock")
+            .credit
+            .ran_dry()
+    }
+
     /// [`CreditGate::take`] without waiting: 0, and nothing taken, when the credit does
     /// not cover a byte.
     pub fn try_take(&self, want: usize) -> usize {
@@ -242,6 +400,66 @@ impl CreditGate {
     pub fn consume(&self, n: usize) {
         let taken = self.inner.lock().expect("credit gate lock").credit.take(n);
         debug_assert_eq!(taken, n, "only one sender takes credit from a gate");
+    }
+}
+
+/// Credit grants waiting to be sent, which a side's writer sends before anything else
+/// it has queued: a grant stuck behind megabytes of bulk data starves its sender (the
+/// relay's Credit travels to the tab behind the SSH bytes). Grants for one connection
+/// add up into one Credit frame, so it holds at most one entry per connection.
+///
+/// Only grants that refill credit belong here: the first Credit of a connection must
+/// not pass the frame that announced it. A refill never can, since it answers Data the
+/// peer could only send after both sides knew the connection; and a Credit that
+/// passes a Close is ignored as one for a forgotten connection.
+#[derive(Debug, Default)]
+pub struct UrgentGrants {
+    inner: Mutex<UrgentState>,
+}
+
+#[derive(Debug, Default)]
+struct UrgentState {
+    grants: Vec<(u32, u32)>,
+    writer: Option<Waker>,
+}
+
+impl UrgentGrants {
+    /// Queues a grant of `bytes` for connection `conn` and wakes the writer.
+    pub fn push(&self, conn: u32, bytes: u32) {
+        let mut state = self.inner.lock().expect("grants lock");
+        match state.grants.iter_mut().find(|(c, _)| *c == conn) {
+            // What one connection has granted and not sent is within its window, a
+            // u32; saturating only guards the arithmetic.
+            Some((_, pending)) => *pending = pending.saturating_add(bytes),
+            None => state.grants.push((conn, bytes)),
+        }
+        if let Some(writer) = state.writer.take() {
+            writer.wake();
+        }
+    }
+
+    /// Takes every waiting grant, as Credit frames.
+    pub fn take(&self) -> Vec<crate::Frame> {
+        let mut state = self.inner.lock().expect("grants lock");
+        state
+            .grants
+            .drain(..)
+            .map(|(conn, bytes)| crate::Frame::Credit { conn, bytes })
+            .collect()
+    }
+
+    /// Waits until a grant is waiting. One writer waits at a time.
+    pub async fn ready(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.inner.lock().expect("grants lock");
+            if state.grants.is_empty() {
+                state.writer = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
     }
 }
 
@@ -290,12 +508,13 @@ mod tests {
 
     #[test]
     fn receiver_detects_overrun_and_batches_grants() {
+        let none = WindowBudget::new(0);
         let mut window = RecvWindow::new(1000);
         assert_eq!(window.initial_grant(), 1000);
         window.on_data(370).unwrap(); // costs 434
-        assert_eq!(window.on_consumed(370), None);
+        assert_eq!(window.on_consumed(370, &none), None);
         window.on_data(100).unwrap(); // costs 164
-        assert_eq!(window.on_consumed(100), Some(434 + 164));
+        assert_eq!(window.on_consumed(100, &none), Some(434 + 164));
         assert_eq!(window.outstanding(), 1000);
         assert_eq!(
             window.on_data(937),
@@ -334,6 +553,7 @@ mod tests {
     fn exchange(window: u32, rounds: usize, size: impl Fn(usize) -> usize, drain: usize) {
         let mut sender = SendCredit::new();
         let mut receiver = RecvWindow::new(window);
+        let none = WindowBudget::new(0);
         sender.grant(receiver.initial_grant()).unwrap();
         let most_frames = (u64::from(window) / frame_cost(1)) as usize;
         let mut queue = VecDeque::new();
@@ -357,7 +577,7 @@ mod tests {
             {
                 queued -= frame_cost(len);
                 delivered += len;
-                if let Some(grant) = receiver.on_consumed(len) {
+                if let Some(grant) = receiver.on_consumed(len, &none) {
                     sender.grant(grant).unwrap();
                 }
             }
@@ -388,6 +608,145 @@ mod tests {
             |round| round % 200 + 1,
             1,
         );
+    }
+
+    /// One round trip of a sender that spends all it holds in `len`-byte frames, which
+    /// the receiver writes out at once, while the grants travel back too late to help:
+    /// the sender runs dry and says so, then gets every grant. Returns the sender.
+    fn starve(sender: &mut SendCredit, window: &mut RecvWindow, budget: &WindowBudget, len: usize) {
+        let mut in_flight = Vec::new();
+        for _ in 0..100_000 {
+            let sent = sender.take(len);
+            if sent == 0 {
+                break;
+            }
+            window.on_data(sent).unwrap();
+            in_flight.extend(window.on_consumed(sent, budget));
+        }
+        assert!(sender.ran_dry());
+        in_flight.extend(window.on_dry(budget));
+        for grant in in_flight {
+            sender.grant(grant).unwrap();
+        }
+    }
+
+    /// A sender and receiver whose window starts at 1000 and may grow to `max`.
+    fn pair(max: u32) -> (SendCredit, RecvWindow) {
+        let window = RecvWindow::growing(1000, max);
+        let mut sender = SendCredit::new();
+        sender.grant(window.initial_grant()).unwrap();
+        (sender, window)
+    }
+
+    #[test]
+    fn a_starved_window_doubles_up_to_its_largest_and_grants_the_growth_at_once() {
+        let budget = WindowBudget::new(1 << 30);
+        let (mut sender, mut window) = pair(4000);
+        let mut sizes = Vec::new();
+        for _ in 0..4 {
+            starve(&mut sender, &mut window, &budget, 100);
+            sizes.push(window.window());
+            // Everything consumed was granted back with the growth: the sender holds the
+            // whole window again.
+            assert_eq!(window.outstanding(), u64::from(window.window()));
+            assert_eq!(sender.available() + OVERHEAD, u64::from(window.window()));
+        }
+        assert_eq!(sizes, [2000, 4000, 4000, 4000]);
+        assert_eq!(budget.left(), (1 << 30) - 3000);
+        assert_eq!(window.growth(), 3000);
+    }
+
+    #[test]
+    fn a_window_does_not_grow_behind_a_slow_reader() {
+        let budget = WindowBudget::new(1 << 30);
+        let mut window = RecvWindow::growing(1000, 4000);
+        // The sender spends it all; the reader wrote out nothing yet.
+        while window.outstanding() >= frame_cost(100) {
+            window.on_data(100).unwrap();
+        }
+        assert_eq!(window.on_dry(&budget), None);
+        assert_eq!(window.window(), 1000);
+        assert_eq!(budget.left(), 1 << 30);
+    }
+
+    #[test]
+    fn growth_stays_within_the_session_budget() {
+        let budget = WindowBudget::new(1500);
+        let (mut first_sender, mut first) = pair(4000);
+        let (mut second_sender, mut second) = pair(4000);
+        starve(&mut first_sender, &mut first, &budget, 100);
+        assert_eq!((first.window(), budget.left()), (2000, 500));
+        // Doubling the second would take 1000 of the 500 left: it stays as it is, but
+        // still gets back what it consumed.
+        starve(&mut second_sender, &mut second, &budget, 100);
+        assert_eq!(second.window(), 1000);
+        assert_eq!(second_sender.available() + OVERHEAD, 1000);
+    }
+
+    #[test]
+    fn a_window_that_stops_starving_shrinks_back_and_returns_its_budget() {
+        let budget = WindowBudget::new(1 << 30);
+        let (mut sender, mut window) = pair(8000);
+        for _ in 0..3 {
+            starve(&mut sender, &mut window, &budget, 100);
+        }
+        assert_eq!(window.window(), 8000);
+        // A sender that never runs dry again: after SHRINK_AFTER windows' worth, each
+        // window halves, down to where it started.
+        let mut sizes = vec![window.window()];
+        for _ in 0..2000 {
+            let sent = sender.take(100);
+            assert!(sent > 0, "grants arrive in time: the sender never runs dry");
+            window.on_data(sent).unwrap();
+            if let Some(grant) = window.on_consumed(sent, &budget) {
+                sender.grant(grant).unwrap();
+            }
+            if *sizes.last().unwrap() != window.window() {
+                sizes.push(window.window());
+            }
+            assert_eq!(budget.left() + window.growth(), 1 << 30);
+        }
+        assert_eq!(sizes, [8000, 4000, 2000, 1000]);
+        assert!(
+            window.outstanding() <= 1000,
+            "the sender holds at most the base window"
+        );
+    }
+
+    #[test]
+    fn a_sender_reports_running_dry_once_each_time_and_never_before_a_grant() {
+        let mut credit = SendCredit::new();
+        assert!(
+            !credit.ran_dry(),
+            "nothing granted yet: not a sign of a small window"
+        );
+        credit.grant(200).unwrap();
+        assert!(!credit.ran_dry(), "it still holds credit");
+        credit.take(1000);
+        assert!(credit.ran_dry());
+        assert!(!credit.ran_dry(), "once per time it runs dry");
+        credit.grant(200).unwrap();
+        credit.take(1000);
+        assert!(credit.ran_dry());
+    }
+
+    #[test]
+    fn urgent_grants_add_up_per_connection() {
+        let urgent = UrgentGrants::default();
+        urgent.push(1, 100);
+        urgent.push(2, 5);
+        urgent.push(1, 50);
+        assert_eq!(
+            urgent.take(),
+            [
+                crate::Frame::Credit {
+                    conn: 1,
+                    bytes: 150
+                },
+                crate::Frame::Credit { conn: 2, bytes: 5 }
+            ]
+        );
+        assert!(urgent.take().is_empty());
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub enum Frame {
     Eof { conn: u32 },
     /// Connection `conn` is over; the sender forgets it. Empty reason: orderly end.
     Close { conn: u32, reason: String },
+    /// The sender of connection `conn` spent all the credit it was granted and waits
+    /// for more: the receiver may grow the window (see [`crate::credit`]).
+    Blocked { conn: u32 },
 }
 
 /// Declares the frame kinds once: each row is a frame's wire number and its `Frame`
@@ -121,6 +124,7 @@ frame_kinds! {
     (11, Credit);
     (12, Eof);
     (13, Close);
+    (14, Blocked);
 }
 
 impl Frame {
@@ -229,7 +233,7 @@ mod tests {
             assert_eq!(Kind::from_u8(kind.number()), Some(kind));
         }
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(14), None);
+        assert_eq!(Kind::from_u8(15), None);
     }
 
     #[test]

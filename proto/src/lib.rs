@@ -22,6 +22,7 @@
 //! | 11   | Credit        | both         | conn id    | u32: more bytes the sender may now send   |
 //! | 12   | Eof           | both         | conn id    | empty: no more Data in this direction     |
 //! | 13   | Close         | both         | conn id    | reason (UTF-8), empty when orderly        |
+//! | 14   | Blocked       | both         | conn id    | empty: the sender spent all its credit    |
 //!
 //! A ListenFailed for a forward that is already listening reports one TCP client the
 //! relay refused (its source address is not allowed, or too many wait for the tab); the
@@ -48,7 +49,8 @@ pub mod frame;
 pub use codec::{DecodeError, decode, encode, encode_to_bytes};
 pub use conn::{Action, ConnError, ConnFlow, ConnTable, Opening, Side};
 pub use credit::{
-    CreditError, CreditGate, DATA_FRAME_OVERHEAD, RecvWindow, SendCredit, frame_cost,
+    CreditError, CreditGate, DATA_FRAME_OVERHEAD, RecvWindow, SendCredit, UrgentGrants,
+    WindowBudget, frame_cost,
 };
 pub use frame::{ErrorCode, Frame, Kind};
 
@@ -57,7 +59,9 @@ pub use frame::{ErrorCode, Frame, Kind};
 /// - 1: the first.
 /// - 2: a Data frame costs [`DATA_FRAME_OVERHEAD`] bytes of credit beyond its payload
 ///   (see [`credit`]). A version-1 peer would overrun a version-2 receiver's window.
-pub const VERSION: u16 = 2;
+/// - 3: Blocked frames, and windows that grow while their sender starves (see
+///   [`credit`]). A version-2 receiver would refuse a Blocked frame as unknown.
+pub const VERSION: u16 = 3;
 
 /// Size of the frame header: kind (1 byte) and stream (4 bytes).
 pub const HEADER_LEN: usize = 5;
@@ -81,3 +85,13 @@ pub const STREAM_SESSION: u32 = 0;
 /// direction per connection, counting each Data frame's [`DATA_FRAME_OVERHEAD`], never
 /// exceed this.
 pub const CONNECTION_WINDOW: u32 = 256 * 1024;
+
+/// Largest window one connection grows to while its sender starves (see [`credit`]):
+/// about what a bulk transfer has in flight while a grant travels back behind the other
+/// direction's data.
+pub const MAX_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// Credit beyond [`CONNECTION_WINDOW`] that the connections of one session may hold
+/// together, so growth costs a receiver at most this much memory per session: two
+/// connections at [`MAX_CONNECTION_WINDOW`], or more at smaller sizes.
+pub const SESSION_WINDOW_GROWTH: u64 = 8 * 1024 * 1024;

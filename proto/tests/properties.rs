@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use tabtunnel_proto::{
-    ErrorCode, Frame, MAX_DATA, RecvWindow, SendCredit, decode, encode_to_bytes, frame_cost,
+    ErrorCode, Frame, MAX_DATA, RecvWindow, SendCredit, WindowBudget, decode, encode_to_bytes,
+    frame_cost,
 };
 
 fn text() -> impl Strategy<Value = String> {
@@ -61,6 +62,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         (id(), data()).prop_map(|(conn, data)| Frame::Data { conn, data }),
         (id(), any::<u32>()).prop_map(|(conn, bytes)| Frame::Credit { conn, bytes }),
         id().prop_map(|conn| Frame::Eof { conn }),
+        id().prop_map(|conn| Frame::Blocked { conn }),
         (id(), text()).prop_map(|(conn, reason)| Frame::Close { conn, reason }),
     ]
 }
@@ -99,14 +101,20 @@ proptest! {
 
     /// Whatever the frame sizes and however slowly the receiver writes frames out, an
     /// honest sender never overruns the receiver's window, the receiver never holds more
-    /// than a window of credit (frame overheads included), and credit keeps flowing.
+    /// than its window of credit (frame overheads included), a window grows only within
+    /// its largest size and its session's budget, and credit keeps flowing.
     #[test]
     fn an_honest_sender_never_overruns_and_never_stalls(
-        window in (2 * (tabtunnel_proto::DATA_FRAME_OVERHEAD + 1))..=(1u32 << 20),
+        base in (2 * (tabtunnel_proto::DATA_FRAME_OVERHEAD + 1))..=(1u32 << 20),
+        growth in 0u32..4,
+        budget in prop_oneof![Just(0u64), 0u64..(8 << 20)],
         steps in proptest::collection::vec((prop_oneof![1usize..=8, 1usize..=MAX_DATA], 0u8..4), 1..400),
     ) {
+        let max = base.saturating_mul(1 << growth);
+        let budget = WindowBudget::new(budget);
+        let start = budget.left();
         let mut sender = SendCredit::new();
-        let mut receiver = RecvWindow::new(window);
+        let mut receiver = RecvWindow::growing(base, max);
         sender.grant(receiver.initial_grant()).unwrap();
         let mut queue = std::collections::VecDeque::new();
         let mut queued = 0u64; // the credit the queued frames cost
@@ -117,13 +125,20 @@ proptest! {
                 queue.push_back(sent);
                 queued += frame_cost(sent);
             }
-            prop_assert!(queued <= u64::from(window));
+            if sender.ran_dry()
+                && let Some(grant) = receiver.on_dry(&budget)
+            {
+                sender.grant(grant).unwrap();
+            }
+            prop_assert!(queued <= u64::from(receiver.window()));
+            prop_assert!(receiver.window() >= base && receiver.window() <= max);
+            prop_assert_eq!(budget.left() + receiver.growth(), start);
             // The receiver writes out 0 to 3 frames, or everything when the sender waits.
             let drain = if sent == 0 { queue.len() } else { usize::from(drain) };
             for _ in 0..drain {
                 let Some(len) = queue.pop_front() else { break };
                 queued -= frame_cost(len);
-                if let Some(grant) = receiver.on_consumed(len) {
+                if let Some(grant) = receiver.on_consumed(len, &budget) {
                     sender.grant(grant).unwrap();
                 }
             }

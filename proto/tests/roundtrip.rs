@@ -71,6 +71,7 @@ fn every_variant() -> Vec<Frame> {
             bytes: u32::MAX,
         },
         Frame::Eof { conn: 9 },
+        Frame::Blocked { conn: 9 },
         Frame::Close {
             conn: 9,
             reason: String::new(),

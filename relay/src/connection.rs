@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tabtunnel_proto::{ConnFlow, Frame, MAX_DATA};
+use tabtunnel_proto::{ConnFlow, Frame, MAX_DATA, UrgentGrants};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -53,6 +53,8 @@ pub(crate) struct Ended {
 #[derive(Debug, Clone)]
 pub(crate) struct Outlets {
     pub out: mpsc::Sender<Outgoing>,
+    /// Credit refills, sent ahead of the queue.
+    pub grants: Arc<UrgentGrants>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -78,7 +80,11 @@ async fn run(
     flow: Arc<ConnFlow>,
     outlets: Outlets,
 ) -> Ended {
-    let Outlets { out, metrics } = outlets;
+    let Outlets {
+        out,
+        grants,
+        metrics,
+    } = outlets;
     let _active = GaugeGuard::new(&metrics.connections_active);
     let (mut tcp_read, mut tcp_write) = stream.into_split();
     let send = |frame: Frame| out.send(Outgoing::Frame(frame));
@@ -87,7 +93,11 @@ async fn run(
     let upstream = async {
         let mut buf = vec![0u8; MAX_DATA];
         loop {
-            // Read only what the tab can take, so nothing waits here for credit.
+            // Read only what the tab can take, so nothing waits here for credit. Having
+            // spent it all, say so: the tab may grow the window.
+            if flow.credit().ran_dry() {
+                send(Frame::Blocked { conn }).await.map_err(|_| gone())?;
+            }
             let allowed = flow.credit().available().await.min(MAX_DATA as u64) as usize;
             let n = tcp_read.read(&mut buf[..allowed]).await?;
             if n == 0 {
@@ -112,9 +122,7 @@ async fn run(
                     tcp_write.write_all(&data).await?;
                     metrics.bytes_down.inc_by(data.len() as u64);
                     if let Some(bytes) = flow.consumed(data.len()) {
-                        send(Frame::Credit { conn, bytes })
-                            .await
-                            .map_err(|_| gone())?;
+                        grants.push(conn, bytes);
                     }
                 }
                 ToTcp::Eof => {

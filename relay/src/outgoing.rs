@@ -1,10 +1,12 @@
 //! What a session sends its tab, and the task that writes it. A leaf: the session, its
 //! connections and its watchdog all queue here, and it imports none of them.
 
+use std::sync::Arc;
+
 use axum::extract::ws::{CloseFrame, Message};
 use bytes::Bytes;
 use futures::{Sink, SinkExt};
-use tabtunnel_proto::{Frame, encode_to_bytes};
+use tabtunnel_proto::{Frame, UrgentGrants, encode_to_bytes};
 use tokio::sync::mpsc;
 
 /// Frames queued for the WebSocket writer. Data frames are bounded by credit anyway;
@@ -25,15 +27,36 @@ pub(crate) enum Outgoing {
 }
 
 /// Sends queued messages, batching what is ready into one flush, until the queue ends,
-/// a Close has been sent, or the WebSocket fails.
-pub(crate) async fn write_loop<W>(mut ws: W, mut rx: mpsc::Receiver<Outgoing>)
-where
+/// a Close has been sent, or the WebSocket fails. Waiting credit grants go first, ahead
+/// of whatever is queued (see [`UrgentGrants`]).
+pub(crate) async fn write_loop<W>(
+    mut ws: W,
+    mut rx: mpsc::Receiver<Outgoing>,
+    grants: Arc<UrgentGrants>,
+) where
     W: Sink<Message> + Unpin,
 {
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
+    loop {
+        let mut next = tokio::select! {
+            biased;
+            () = grants.ready() => None,
+            item = rx.recv() => match item {
+                Some(item) => Some(item),
+                None => return,
+            },
+        };
         let mut batched = 0;
-        while let Some(item) = next.take() {
+        loop {
+            for grant in grants.take() {
+                if ws
+                    .feed(Message::Binary(encode_to_bytes(&grant)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let Some(item) = next.take() else { break };
             let message = match item {
                 Outgoing::Frame(frame) => Message::Binary(encode_to_bytes(&frame)),
                 Outgoing::Ping => Message::Ping(Bytes::new()),

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use axum::extract::ws::Message;
 use futures::{Sink, Stream, StreamExt};
-use tabtunnel_proto::{Action, ConnError, ConnTable, ErrorCode, Frame, Side, VERSION, decode};
+use tabtunnel_proto::{
+    Action, ConnError, ConnTable, ErrorCode, Frame, Side, UrgentGrants, VERSION, decode,
+};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -113,10 +115,12 @@ pub async fn run<W, R>(
     let span = info_span!("session", id, %peer, user = tracing::field::Empty, target = tracing::field::Empty);
     async move {
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-        let writer = tokio::spawn(write_loop(ws_tx, out_rx).in_current_span());
+        let grants = Arc::new(UrgentGrants::default());
+        let writer = tokio::spawn(write_loop(ws_tx, out_rx, grants.clone()).in_current_span());
         let result = Session::start(
             &mut ws_rx,
             out_tx.clone(),
+            grants,
             config,
             metrics.clone(),
             holder,
@@ -204,6 +208,8 @@ fn last_words(
 
 struct Session {
     out: mpsc::Sender<Outgoing>,
+    /// Credit refills, which the writer sends ahead of `out`.
+    grants: Arc<UrgentGrants>,
     config: Arc<Config>,
     /// The socket to the target's SSH server.
     ssh: SshPipe,
@@ -247,6 +253,7 @@ impl Session {
     async fn start<R>(
         ws_rx: &mut R,
         out: mpsc::Sender<Outgoing>,
+        grants: Arc<UrgentGrants>,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         ports: Holder,
@@ -384,6 +391,7 @@ impl Session {
         Ok(Self {
             ssh: SshPipe::start(stream, out.clone()),
             out,
+            grants,
             config,
             forwards: HashMap::new(),
             conns: ConnTable::new(Side::Relay),
@@ -509,6 +517,11 @@ impl Session {
                 deliver(conn, self.conns.handle_data(conn, &data)?);
             }
             Frame::Credit { conn, bytes } => self.conns.handle_credit(conn, bytes)?,
+            Frame::Blocked { conn } => {
+                if let Some(bytes) = self.conns.handle_blocked(conn)? {
+                    self.grants.push(conn, bytes);
+                }
+            }
             Frame::Eof { conn } => {
                 deliver(conn, self.conns.handle_eof(conn)?);
             }
@@ -685,6 +698,7 @@ impl Session {
             opening.flow().clone(),
             connection::Outlets {
                 out: self.out.clone(),
+                grants: self.grants.clone(),
                 metrics: self.metrics.clone(),
             },
         );

@@ -10,7 +10,9 @@ use axum::extract::ws::Message;
 use bytes::Bytes;
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
-use tabtunnel_proto::{CONNECTION_WINDOW, ErrorCode, Frame, VERSION, decode, encode_to_bytes};
+use tabtunnel_proto::{
+    CONNECTION_WINDOW, DATA_FRAME_OVERHEAD, ErrorCode, Frame, VERSION, decode, encode_to_bytes,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -516,9 +518,17 @@ async fn forwards_opened_and_closed_over_and_over_leave_no_listener_task_behind(
         }))
         .await
         .unwrap();
-    let mut session = super::Session::start(&mut relay_rx, out, config, metrics, holder, hello)
-        .await
-        .expect("the session started");
+    let mut session = super::Session::start(
+        &mut relay_rx,
+        out,
+        Default::default(),
+        config,
+        metrics,
+        holder,
+        hello,
+    )
+    .await
+    .expect("the session started");
     let (_ssh, _) = sshd.accept().await.unwrap();
     let heard = std::sync::Mutex::new(tokio::time::Instant::now());
     // The tab opens and closes a forward again and again, as any tab may; then leaves.
@@ -557,4 +567,148 @@ async fn forwards_opened_and_closed_over_and_over_leave_no_listener_task_behind(
         "the session holds {} listener tasks for its one forward",
         session.listeners.len()
     );
+}
+
+/// Accepts a TCP client on forward 1 and takes the connection as the tab does: reads
+/// Accept and the relay's first Credit, and grants the relay `grant`.
+async fn connected(lab: &mut Lab, grant: u32) -> (TcpStream, u32) {
+    let address = listen(&mut lab.tab).await;
+    let client = TcpStream::connect(address).await.unwrap();
+    let Frame::Accept { conn, .. } = lab.tab.frame().await else {
+        panic!("expected Accept");
+    };
+    assert_eq!(
+        lab.tab.frame().await,
+        Frame::Credit {
+            conn,
+            bytes: CONNECTION_WINDOW
+        }
+    );
+    lab.tab.send(Frame::Credit { conn, bytes: grant }).await;
+    (client, conn)
+}
+
+#[tokio::test]
+async fn a_tab_that_runs_dry_while_the_client_keeps_up_gets_a_window_twice_as_large() {
+    let (mut lab, _ssh) = welcomed("").await;
+    let (mut client, conn) = connected(&mut lab, CONNECTION_WINDOW).await;
+    // The tab spends the whole window in four frames (each costs 64 bytes of overhead)
+    // and the client reads it all.
+    let len = CONNECTION_WINDOW as usize / 4 - DATA_FRAME_OVERHEAD as usize;
+    for _ in 0..4 {
+        let data = Bytes::from(vec![7u8; len]);
+        lab.tab.send(Frame::Data { conn, data }).await;
+    }
+    assert_eq!(read_exactly(&mut client, 4 * len).await.len(), 4 * len);
+    // The relay refills what was written out, half a window at a time.
+    let mut granted = 0u64;
+    while granted < u64::from(CONNECTION_WINDOW) {
+        match lab.tab.frame().await {
+            Frame::Credit { conn: c, bytes } if c == conn => granted += u64::from(bytes),
+            other => panic!("expected Credit, got {other:?}"),
+        }
+    }
+    // Credit stuck behind other traffic would leave the tab waiting: it says so, and
+    // as the client keeps up, the relay doubles the window, granting the growth at once.
+    lab.tab.send(Frame::Blocked { conn }).await;
+    while granted < 2 * u64::from(CONNECTION_WINDOW) {
+        match lab.tab.frame().await {
+            Frame::Credit { conn: c, bytes } if c == conn => granted += u64::from(bytes),
+            other => panic!("expected Credit, got {other:?}"),
+        }
+    }
+    assert_eq!(granted, 2 * u64::from(CONNECTION_WINDOW));
+}
+
+#[tokio::test]
+async fn the_relay_says_blocked_once_it_spent_the_tabs_credit() {
+    let (mut lab, _ssh) = welcomed("").await;
+    let grant = 3 * (DATA_FRAME_OVERHEAD + 1000);
+    let (mut client, conn) = connected(&mut lab, grant).await;
+    client.write_all(&[1u8; 5000]).await.unwrap();
+    let (mut spent, mut received) = (0u64, 0u64);
+    loop {
+        match lab.tab.frame().await {
+            Frame::Data { conn: c, data } if c == conn => {
+                spent += tabtunnel_proto::frame_cost(data.len());
+                received += data.len() as u64;
+            }
+            Frame::Blocked { conn: c } if c == conn => break,
+            other => panic!("expected Data or Blocked, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        spent,
+        u64::from(grant),
+        "Blocked comes only after all credit is spent"
+    );
+    // More credit, and the rest flows.
+    lab.tab
+        .send(Frame::Credit {
+            conn,
+            bytes: 10_000,
+        })
+        .await;
+    while received < 5000 {
+        match lab.tab.frame().await {
+            Frame::Data { conn: c, data } if c == conn => received += data.len() as u64,
+            other => panic!("expected Data, got {other:?}"),
+        }
+    }
+    assert_eq!(received, 5000);
+}
+
+#[tokio::test]
+async fn a_credit_refill_goes_ahead_of_the_ssh_bytes_queued_for_the_tab() {
+    let (mut lab, mut ssh) = welcomed("").await;
+    let (mut client, conn) = connected(&mut lab, CONNECTION_WINDOW).await;
+    // The SSH server sends more than the tab reads, until everything between them is
+    // full: the socket, the SSH reader, the session's queue and the WebSocket.
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flood = tokio::spawn({
+        let written = written.clone();
+        async move {
+            let chunk = vec![0u8; 64 * 1024];
+            for _ in 0..1024 {
+                if ssh.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                written.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let mut last = usize::MAX;
+    let mut unchanged = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = written.load(std::sync::atomic::Ordering::Relaxed);
+        unchanged = if now == last { unchanged + 1 } else { 0 };
+        last = now;
+        if unchanged == 3 {
+            break;
+        }
+    }
+    assert_eq!(unchanged, 3, "the SSH server's writes never stalled");
+    // Half a window written out to the TCP client: the relay refills the tab's credit.
+    let len = CONNECTION_WINDOW as usize / 4 - DATA_FRAME_OVERHEAD as usize;
+    for _ in 0..2 {
+        let data = Bytes::from(vec![1u8; len]);
+        lab.tab.send(Frame::Data { conn, data }).await;
+    }
+    read_exactly(&mut client, 2 * len).await;
+    let mut ssh_frames_first = 0;
+    loop {
+        match lab.tab.frame().await {
+            Frame::Ssh(_) => ssh_frames_first += 1,
+            Frame::Credit { conn: c, .. } if c == conn => break,
+            other => panic!("expected Ssh or Credit, got {other:?}"),
+        }
+        assert!(ssh_frames_first < 1000, "no Credit");
+    }
+    // Only what the WebSocket writer had in hand; the session's queue was full.
+    assert!(
+        ssh_frames_first < crate::outgoing::OUT_QUEUE,
+        "the Credit came after {ssh_frames_first} Ssh frames"
+    );
+    flood.abort();
 }
