@@ -64,7 +64,8 @@ window.tabtunnelPage = {
   get forwards() { return forwards.open; },
   get pending() { return pending.specs; },
   get state() { return connection.state; },
-  /** The SSH client's Worker. */
+  /** The SSH client as the page uses it (`await client.get()` gives connect and the parsers), and its Worker. */
+  get client() { return wasm; },
   get clientWorker() { return wasm.worker; },
   ready: null,
 };

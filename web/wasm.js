@@ -154,12 +154,18 @@ export class WasmClient {
     if (!record || record.closedReason !== null) return;
     record.closedReason = String(reason ?? "");
     if (record.proxy) this.sessions.delete(id);
-    record.onClose?.(record.closedReason);
+    try {
+      record.onClose?.(record.closedReason);
+    } catch (err) {
+      // As when the wasm calls it: the page's bug, shown in the console, stops nothing here.
+      globalThis.reportError?.(err);
+    }
   }
 
   /** The worker is gone: every request fails, every session ends, and the user is told. */
   stop(reason, { loading = false } = {}) {
     if (this.stopped) return;
+    reason = String(reason ?? "").trim().replace(/\.$/, "") || "unknown error";
     const starting = loading || !this.loaded;
     this.stopped = starting
       ? `The SSH client could not be loaded: ${reason}`
