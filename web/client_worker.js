@@ -145,10 +145,12 @@ const handlers = {
     return mod.parseSshCommand(text);
   },
 
+  /** Answers with the writes, [before, after], for the page to apply and report on. */
   async forgetHostKey(mod, { target, algorithm, relay, knownHosts }) {
-    const store = snapshotStore(knownHosts, (before, after) => post({ type: "known-hosts", before, after }));
+    const writes = [];
+    const store = snapshotStore(knownHosts, (before, after) => writes.push([before, after]));
     mod.forgetHostKey(target, algorithm, relay, store);
-    return null;
+    return writes;
   },
 };
 

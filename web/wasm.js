@@ -40,8 +40,10 @@ export class WasmClient {
       connect: (options) => this.connect(options),
       parseForwardSpec: (text) => this.request("parseForwardSpec", { text }),
       parseSshCommand: (text) => this.request("parseSshCommand", { text }),
-      forgetHostKey: (target, algorithm) =>
-        this.request("forgetHostKey", { target, algorithm, relay: location.origin, knownHosts: readKnownHosts() }),
+      forgetHostKey: async (target, algorithm) => {
+        const fields = { target, algorithm, relay: location.origin, knownHosts: readKnownHosts() };
+        for (const [before, after] of await this.request("forgetHostKey", fields)) writeKnownHosts(before, after);
+      },
     };
     try {
       this.worker = new Worker(WORKER_URL, { type: "module" });
@@ -86,7 +88,12 @@ export class WasmClient {
         this.ended(message.session, message.reason);
         return;
       case "known-hosts":
-        writeKnownHosts(message.before, message.after);
+        try {
+          writeKnownHosts(message.before, message.after);
+        } catch (err) {
+          // As in client-wasm: a key not remembered costs a question next time, not this session.
+          console.warn(`tabtunnel: host key accepted but not remembered: ${messageOf(err)}`);
+        }
         return;
       default:
         this.stop(`it sent an unknown message: ${String(message?.type)}`);
@@ -250,11 +257,12 @@ function readKnownHosts() {
   }
 }
 
-/** Applies the worker's write to the page's known hosts. */
+/** Applies the worker's write to the page's known hosts; throws as client-wasm's store does. */
 function writeKnownHosts(before, after) {
   try {
     localStorage.setItem(KNOWN_HOSTS_KEY, applyKnownHostsWrite(readKnownHosts(), before, after));
-  } catch (err) {
-    console.warn(`tabtunnel: the known hosts could not be saved: ${messageOf(err)}`);
+  } catch {
+    // client-core's KnownHostsError over client-wasm's reason, word for word.
+    throw Object.assign(new Error("the known host keys could not be saved: localStorage refused the write (full or disabled)"), { code: "known-hosts" });
   }
 }
