@@ -169,8 +169,13 @@ export class Connection {
    * The user confirmed a changed key is expected: forget the old one. The client is
    * loaded: it reported the change.
    */
-  forgetKey(target, algorithm) {
-    this.wasm.module.forgetHostKey(target, algorithm);
+  async forgetKey(target, algorithm) {
+    try {
+      await this.wasm.module.forgetHostKey(target, algorithm);
+    } catch (err) {
+      this.showError(messageOf(err));
+      return;
+    }
     this.showError("");
     this.setStatus(`disconnected (old host key for ${target} forgotten; connect again to check the new key)`, "disconnected");
     this.button.focus();

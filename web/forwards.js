@@ -85,7 +85,7 @@ export class ForwardList {
   async add(spec) {
     try {
       const mod = await this.wasm.get();
-      mod.parseForwardSpec(spec);
+      await mod.parseForwardSpec(spec);
     } catch (err) {
       this.showError(messageOf(err));
       return false;

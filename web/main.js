@@ -1,5 +1,5 @@
 // tabtunnel page: `ssh -L` from a browser tab. The SSH client is the wasm module at
-// /pkg/client_wasm.js; these modules drive the UI. This one builds them and wires them
+// /pkg/client_wasm.js, run in a worker (wasm.js, client_worker.js); these modules drive the UI. This one builds them and wires them
 // together; none of the others imports another's state.
 
 import { Connection } from "./connection.js";
@@ -64,6 +64,9 @@ window.tabtunnelPage = {
   get forwards() { return forwards.open; },
   get pending() { return pending.specs; },
   get state() { return connection.state; },
+  /** The SSH client as the page uses it (`await client.get()` gives connect and the parsers), and its Worker. */
+  get client() { return wasm; },
+  get clientWorker() { return wasm.worker; },
   ready: null,
 };
 

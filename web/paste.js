@@ -39,7 +39,7 @@ export class PasteForm {
     let parsed;
     try {
       const mod = await this.wasm.get();
-      parsed = mod.parseSshCommand(command);
+      parsed = await mod.parseSshCommand(command);
     } catch (err) {
       this.line(messageOf(err), "error");
       this.command.focus();

@@ -2,55 +2,89 @@
 //! has always used, so keys users remembered survive: one JSON object under
 //! `tabtunnel.knownHosts`, keyed `RELAY|TARGET|ALGORITHM`, each value
 //! `{ fingerprint, algorithm, added }` (`added` an ISO date).
+//!
+//! The store is `localStorage` or any object with its `getItem(name)` and
+//! `setItem(name, text)`: a worker has no `localStorage`, so the page's client worker
+//! passes one that reads a copy the page sent and posts each write back to the page.
 
-use js_sys::{Array, Date, JSON, Object, Reflect};
+use js_sys::{Array, Date, Function, JSON, Object, Reflect};
+use send_wrapper::SendWrapper;
 use tabtunnel_client::{KnownHostId, KnownHosts, KnownHostsError};
 use wasm_bindgen::{JsCast, JsValue};
 
 const STORAGE_KEY: &str = "tabtunnel.knownHosts";
 
-/// Reads and writes `localStorage` on every call: another tab of the page may have
-/// changed it meanwhile. Holds nothing, so it is `Send` as russh's handler needs.
-#[derive(Debug, Default)]
-pub struct BrowserKnownHosts;
+/// Reads and writes its store on every call: another tab of the page may have changed
+/// it meanwhile. The JS object is wrapped to be `Send` as russh's handler needs (wasm
+/// runs it on one thread).
+#[derive(Debug)]
+pub struct BrowserKnownHosts {
+    /// `None` when the browser offers no `localStorage` (disabled): nothing is known
+    /// and every write fails.
+    store: SendWrapper<Option<JsValue>>,
+}
 
-fn storage() -> Result<web_sys::Storage, KnownHostsError> {
-    web_sys::window()
-        .and_then(|w| w.local_storage().ok().flatten())
-        .ok_or_else(|| KnownHostsError("this browser offers no localStorage".into()))
+impl BrowserKnownHosts {
+    /// Over `store` (`getItem`/`setItem`), or this window's `localStorage` when it is
+    /// `None`.
+    pub fn new(store: Option<JsValue>) -> Self {
+        let store = store.or_else(|| {
+            web_sys::window()
+                .and_then(|w| w.local_storage().ok().flatten())
+                .map(JsValue::from)
+        });
+        Self {
+            store: SendWrapper::new(store),
+        }
+    }
+
+    fn call(&self, method: &str, args: &Array) -> Result<JsValue, KnownHostsError> {
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| KnownHostsError("this browser offers no localStorage".into()))?;
+        Reflect::get(store, &method.into())
+            .and_then(|f| f.dyn_into::<Function>())
+            .and_then(|f| f.apply(store, args))
+            .map_err(|_| {
+                KnownHostsError("localStorage refused the write (full or disabled)".into())
+            })
+    }
+
+    /// The stored object; anything unreadable counts as empty, as it always has.
+    fn load(&self) -> Object {
+        let raw = self
+            .call("getItem", &Array::of1(&STORAGE_KEY.into()))
+            .ok()
+            .and_then(|v| v.as_string());
+        let Some(raw) = raw else {
+            return Object::new();
+        };
+        match JSON::parse(&raw) {
+            Ok(value) if value.is_object() && !Array::is_array(&value) => value.unchecked_into(),
+            _ => Object::new(),
+        }
+    }
+
+    fn save(&self, all: &Object) -> Result<(), KnownHostsError> {
+        let text = JSON::stringify(all)
+            .ok()
+            .and_then(|s| s.as_string())
+            .ok_or_else(|| {
+                KnownHostsError("the known hosts could not be written as JSON".into())
+            })?;
+        self.call("setItem", &Array::of2(&STORAGE_KEY.into(), &text.into()))
+            .map(|_| ())
+    }
 }
 
 fn key(id: &KnownHostId) -> String {
     format!("{}|{}|{}", id.relay, id.target, id.algorithm)
 }
 
-/// The stored object; anything unreadable counts as empty, as it always has.
-fn load() -> Object {
-    let Ok(storage) = storage() else {
-        return Object::new();
-    };
-    let Some(raw) = storage.get_item(STORAGE_KEY).ok().flatten() else {
-        return Object::new();
-    };
-    match JSON::parse(&raw) {
-        Ok(value) if value.is_object() && !Array::is_array(&value) => value.unchecked_into(),
-        _ => Object::new(),
-    }
-}
-
-fn save(all: &Object) -> Result<(), KnownHostsError> {
-    let text = JSON::stringify(all)
-        .ok()
-        .and_then(|s| s.as_string())
-        .ok_or_else(|| KnownHostsError("the known hosts could not be written as JSON".into()))?;
-    storage()?
-        .set_item(STORAGE_KEY, &text)
-        .map_err(|_| KnownHostsError("localStorage refused the write (full or disabled)".into()))
-}
-
 impl KnownHosts for BrowserKnownHosts {
     fn get(&self, id: &KnownHostId) -> Option<String> {
-        let entry = Reflect::get(&load(), &key(id).into()).ok()?;
+        let entry = Reflect::get(&self.load(), &key(id).into()).ok()?;
         if !entry.is_object() {
             return None;
         }
@@ -60,7 +94,7 @@ impl KnownHosts for BrowserKnownHosts {
     }
 
     fn put(&mut self, id: &KnownHostId, fingerprint: &str) -> Result<(), KnownHostsError> {
-        let all = load();
+        let all = self.load();
         let entry = Object::new();
         let set = |k: &str, v: JsValue| Reflect::set(&entry, &k.into(), &v).map(|_| ());
         set("fingerprint", fingerprint.into())
@@ -68,18 +102,18 @@ impl KnownHosts for BrowserKnownHosts {
             .and_then(|()| set("added", Date::new_0().to_iso_string().into()))
             .and_then(|()| Reflect::set(&all, &key(id).into(), &entry).map(|_| ()))
             .map_err(|_| KnownHostsError("the entry could not be built".into()))?;
-        save(&all)
+        self.save(&all)
     }
 
     fn forget(&mut self, id: &KnownHostId) -> Result<(), KnownHostsError> {
-        let all = load();
+        let all = self.load();
         let _ = Reflect::delete_property(&all, &key(id).into());
-        save(&all)
+        self.save(&all)
     }
 
     fn algorithms(&self, relay: &str, target: &str) -> Vec<String> {
         let prefix = format!("{relay}|{target}|");
-        Object::keys(&load())
+        Object::keys(&self.load())
             .iter()
             .filter_map(|k| k.as_string())
             .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))

@@ -36,7 +36,9 @@ fn start() {
 /// relay, target and key type (OpenSSH's known_hosts rules, in
 /// `tabtunnel_client::known_hosts`): a remembered key is trusted, a changed one refused
 /// (`error.code` "host-key-changed", with `algorithm`, `remembered` and `offered`), and
-/// `onHostKey` is asked only about keys seen for the first time.
+/// `onHostKey` is asked only about keys seen for the first time. Where there is no
+/// `localStorage` (a worker), `knownHosts` is the store instead: an object with
+/// `getItem(name)` and `setItem(name, text)` as `localStorage` has, and `relay` is needed.
 #[wasm_bindgen]
 pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
     let target = required_string(&options, "target")?;
@@ -52,9 +54,12 @@ pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
     let ask = optional_function(&options, "onHostKey")?.map(host_key_prompt);
     let on_close = optional_function(&options, "onClose")?;
     let relay = optional_string(&options, "relay")?;
-    let known_hosts = match Reflect::get(&options, &"knownHosts".into())?.is_truthy() {
+    let known_hosts = Reflect::get(&options, &"knownHosts".into())?;
+    let known_hosts = match known_hosts.is_truthy() {
         true => Some(KnownHostsCheck {
-            store: Box::new(BrowserKnownHosts),
+            store: Box::new(BrowserKnownHosts::new(
+                known_hosts.is_object().then_some(known_hosts),
+            )),
             relay: relay_origin(relay.as_deref())?,
         }),
         false => None,
@@ -198,19 +203,21 @@ fn prompt_callback(callback: Function) -> PromptCallback {
 }
 
 /// Forgets the host key remembered (with `knownHosts: true`) for `target`'s `algorithm`
-/// on this page's relay (or `relay`): the next connection asks anew.
+/// on this page's relay (or `relay`): the next connection asks anew. `store` is the
+/// known-hosts store as `connect`'s `knownHosts` takes it (default `localStorage`).
 #[wasm_bindgen(js_name = forgetHostKey)]
 pub fn forget_host_key(
     target: String,
     algorithm: String,
     relay: Option<String>,
+    store: Option<Object>,
 ) -> Result<(), JsValue> {
     let id = tabtunnel_client::KnownHostId {
         relay: relay_origin(relay.as_deref())?,
         target,
         algorithm,
     };
-    BrowserKnownHosts
+    BrowserKnownHosts::new(store.map(JsValue::from))
         .forget(&id)
         .map_err(|e| error("known-hosts", &e.to_string()))
 }

@@ -22,14 +22,17 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 
 /// What the page loads, and from where (web/index.html, its ES modules and wasm-bindgen's
-/// `client_wasm.js`): its own scripts and styles (no inline ones), the wasm bundle,
-/// which needs `'wasm-unsafe-eval'` to be compiled, `fetch('/api/targets')` and the
-/// WebSocket to `/ws` (CSP3's `'self'` covers ws:/wss: of the page's own host). No
+/// `client_wasm.js`): its own scripts and styles (no inline ones), the SSH client's
+/// worker (`/client_worker.js`; said outright rather than left to the `script-src`
+/// fallback, and never `blob:`), the wasm bundle, which needs `'wasm-unsafe-eval'` to
+/// be compiled, `fetch('/api/targets')` and the WebSocket to `/ws` (CSP3's `'self'`
+/// covers ws:/wss: of the page's own host). The worker's own answer carries this policy
+/// too, so inside it the same holds. No
 /// plugins, no `<base>`, no form posts (the forms are handled in script; a form sent
 /// before the script runs would put the password in the URL), and no framing.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; \
-     script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self'; \
-     connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; \
+     script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; style-src 'self'; \
+     img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
 /// The headers every answer carries. `X-Frame-Options` is for browsers that predate
@@ -174,6 +177,39 @@ async fn inside_web_dir(web_dir: &Path, path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_allows_the_page_its_own_worker_and_nothing_more() {
+        let directives: Vec<&str> = CONTENT_SECURITY_POLICY.split("; ").collect();
+        for wanted in [
+            "default-src 'self'",
+            "script-src 'self' 'wasm-unsafe-eval'",
+            "worker-src 'self'",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(
+                directives.contains(&wanted),
+                "{CONTENT_SECURITY_POLICY} lacks {wanted}"
+            );
+        }
+        for loose in [
+            "unsafe-inline",
+            "'unsafe-eval'",
+            "blob:",
+            "data:",
+            "*",
+            "child-src",
+        ] {
+            assert!(
+                !CONTENT_SECURITY_POLICY.contains(loose),
+                "{CONTENT_SECURITY_POLICY} allows {loose}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn only_paths_that_stay_in_the_folder_pass() {

@@ -28,3 +28,4 @@ mod no_leaks;
 mod redteam;
 mod semantics_native;
 mod tls;
+mod worker_browser;

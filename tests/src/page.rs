@@ -183,3 +183,14 @@ pub async fn open_forwards_with_key(
         .and_then(|all| all.iter().map(|l| l.as_str().map(str::to_owned)).collect())
         .ok_or_else(|| anyhow::anyhow!("the page returned no listen addresses: {listens}"))
 }
+
+/// Adds the forward `spec` through the Forwards form, as a user does, and returns its
+/// row's listen address.
+pub async fn add_forward_in_form(c: &fantoccini::Client, spec: &str) -> Result<String> {
+    c.find(Locator::Id("forward-spec"))
+        .await?
+        .send_keys(spec)
+        .await?;
+    c.find(Locator::Id("add-forward")).await?.click().await?;
+    row_listen_address(c, &format!(".forward-row[data-spec='{spec}']")).await
+}
