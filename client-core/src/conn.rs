@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use futures::channel::oneshot;
 use russh::ChannelMsg;
-use tabtunnel_proto::{ConnFlow, Frame};
+use tabtunnel_proto::{ConnFlow, Frame, SSH_PACKET_DATA};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -157,8 +157,12 @@ impl ConnPump {
                 match item {
                     ConnInput::Data(data) => {
                         let len = data.len();
-                        if let Err(err) = writer.data_bytes(data).await {
-                            return Err(format!("SSH channel write failed: {err}"));
+                        // Whole packets whose ciphertext pairs fit one Ssh frame.
+                        for start in (0..len).step_by(SSH_PACKET_DATA) {
+                            let piece = data.slice(start..len.min(start + SSH_PACKET_DATA));
+                            if let Err(err) = writer.data_bytes(piece).await {
+                                return Err(format!("SSH channel write failed: {err}"));
+                            }
                         }
                         self.stats.bytes_up.fetch_add(len as u64, Ordering::Relaxed);
                         if let Some(bytes) = self.flow.consumed(len) {

@@ -167,6 +167,10 @@ fn ssh_config() -> client::Config {
     // Each channel queues at most this many messages (each up to a 32 KiB packet), which
     // bounds what a slow TCP client can make the tab hold.
     config.channel_buffer_size = 32;
+    // What sshd may put in one packet to us: two packets' ciphertext then fit one 64 KiB
+    // read of the relay, so no tiny Ssh frame follows every second packet (see
+    // `tabtunnel_proto::SSH_PACKET_DATA`, the same rule for the tab's own packets).
+    config.maximum_packet_size = tabtunnel_proto::SSH_PACKET_DATA as u32;
     config
 }
 

@@ -69,6 +69,17 @@ pub const HEADER_LEN: usize = 5;
 /// Largest Data or Ssh payload a sender may put in one frame.
 pub const MAX_DATA: usize = 64 * 1024;
 
+/// Forwarded bytes the tab puts in one SSH packet: OpenSSH's largest channel packet
+/// (32 KiB of data) less room for the packet's framing (length, padding, channel header
+/// and MAC: at most 49 bytes with the ciphers the client offers), so that two packets'
+/// ciphertext fit one Ssh frame. With whole 32 KiB packets, two came to 65.6 KB, and the
+/// tab sent a tiny Ssh frame after every second packet.
+pub const SSH_PACKET_DATA: usize = 32 * 1024 - 64;
+
+/// Most bytes the relay reads from a TCP client into one Data frame: two SSH packets'
+/// worth ([`SSH_PACKET_DATA`]), so the tab turns each Data frame into whole packets.
+pub const DATA_CHUNK: usize = 2 * SSH_PACKET_DATA;
+
 /// Largest frame either side accepts; anything larger is a protocol error.
 pub const MAX_FRAME: usize = HEADER_LEN + MAX_DATA;
 

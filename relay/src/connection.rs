@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tabtunnel_proto::{ConnFlow, Frame, MAX_DATA, UrgentGrants};
+use tabtunnel_proto::{ConnFlow, DATA_CHUNK, Frame, UrgentGrants};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -91,14 +91,14 @@ async fn run(
 
     // TCP client -> tab, within credit.
     let upstream = async {
-        let mut buf = vec![0u8; MAX_DATA];
+        let mut buf = vec![0u8; DATA_CHUNK];
         loop {
             // Read only what the tab can take, so nothing waits here for credit. Having
             // spent it all, say so: the tab may grow the window.
             if flow.credit().ran_dry() {
                 send(Frame::Blocked { conn }).await.map_err(|_| gone())?;
             }
-            let allowed = flow.credit().available().await.min(MAX_DATA as u64) as usize;
+            let allowed = flow.credit().available().await.min(DATA_CHUNK as u64) as usize;
             let n = tcp_read.read(&mut buf[..allowed]).await?;
             if n == 0 {
                 send(Frame::Eof { conn }).await.map_err(|_| gone())?;
