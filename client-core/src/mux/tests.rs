@@ -611,3 +611,36 @@ async fn a_connection_rule_the_relay_breaks_ends_the_session() {
         "protocol error: connection 4: the relay sent a second Eof"
     );
 }
+
+#[tokio::test]
+async fn a_blocked_relay_whose_data_was_written_out_gets_a_window_twice_as_large() {
+    use tabtunnel_proto::{CONNECTION_WINDOW, DATA_FRAME_OVERHEAD};
+    let (opened, mut relay, mut accepted) = with_connection(3).await;
+    // The relay spends the tab's whole window; the pump writes it all out, returning
+    // credit as the pump does.
+    let len = CONNECTION_WINDOW as usize / 4 - DATA_FRAME_OVERHEAD as usize;
+    for _ in 0..4 {
+        relay.send(Frame::Data {
+            conn: 3,
+            data: Bytes::from(vec![0u8; len]),
+        });
+    }
+    for _ in 0..4 {
+        let item = tokio::time::timeout(DEADLINE, accepted.input.recv()).await;
+        assert!(matches!(item, Ok(Some(super::ConnInput::Data(_)))));
+        if let Some(bytes) = accepted.flow.consumed(len) {
+            opened.owner.mux().grant(3, bytes);
+        }
+    }
+    relay.send(Frame::Blocked { conn: 3 });
+    // The refills (one window) and the growth (another) come back as Credit.
+    let mut granted = 0u64;
+    while granted < 2 * u64::from(CONNECTION_WINDOW) {
+        match relay.recv().await {
+            Some(Frame::Credit { conn: 3, bytes }) => granted += u64::from(bytes),
+            other => panic!("expected Credit, got {other:?}"),
+        }
+    }
+    assert_eq!(granted, 2 * u64::from(CONNECTION_WINDOW));
+    assert_eq!(accepted.flow.window(), 2 * CONNECTION_WINDOW);
+}
