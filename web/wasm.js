@@ -2,12 +2,18 @@
 // (targets, error messages) still works if it is missing or fails to start.
 
 import { messageOf } from "./text.js";
+import { unsupportedReason } from "./wasm_support.js";
 
 export class WasmClient {
   /** Starts loading at once; `onLoadError(text)` says why it failed, once. */
   constructor(onLoadError) {
     this.module = null;
     this.ready = (async () => {
+      const unsupported = unsupportedReason();
+      if (unsupported) {
+        onLoadError(unsupported);
+        throw new Error(unsupported);
+      }
       try {
         const mod = await import("/pkg/client_wasm.js");
         await mod.default();
