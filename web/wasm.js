@@ -9,6 +9,7 @@ import { messageOf } from "./text.js";
 import {
   InFlight, KNOWN_HOSTS_KEY, NO_STATS, applyKnownHostsWrite, connectFields, errorFromWire,
 } from "./worker_protocol.js";
+import { unsupportedReason } from "./wasm_support.js";
 
 const WORKER_URL = "/client_worker.js";
 
@@ -45,6 +46,11 @@ export class WasmClient {
         for (const [before, after] of await this.request("forgetHostKey", fields)) writeKnownHosts(before, after);
       },
     };
+    const unsupported = unsupportedReason();
+    if (unsupported) {
+      this.stop(unsupported, { loading: true });
+      return;
+    }
     try {
       this.worker = new Worker(WORKER_URL, { type: "module" });
     } catch (err) {

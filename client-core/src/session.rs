@@ -150,18 +150,27 @@ fn login_failure(err: ClientError, ended: Option<Ended>) -> ClientError {
     }
 }
 
+/// The cipher the client asks for first: the fastest where it runs (ring's, 32 KiB packets).
+/// In wasm there are no AES instructions: ChaCha20-Poly1305 (with SIMD) runs at about
+/// 450 MiB/s, AES-256-GCM at about 40. Natively, with AES-NI, AES-256-GCM is about 7x
+/// ChaCha20-Poly1305 (8.3 GiB/s against 1.1).
+#[cfg(target_arch = "wasm32")]
+const FIRST_CIPHER: russh::cipher::Name = russh::cipher::CHACHA20_POLY1305;
+#[cfg(not(target_arch = "wasm32"))]
+const FIRST_CIPHER: russh::cipher::Name = russh::cipher::AES_256_GCM;
+
 /// russh settings for the tab. No keepalive or inactivity timers: russh drives those
 /// with tokio timers, which do not exist in the browser.
 fn ssh_config() -> client::Config {
     let mut config = client::Config::default();
-    // chacha20-poly1305 first: about 4x faster than AES-GCM in wasm (no AES instructions).
-    let mut ciphers = vec![russh::cipher::CHACHA20_POLY1305];
+    // russh's other ciphers follow, in its order, for servers that lack the first.
+    let mut ciphers = vec![FIRST_CIPHER];
     ciphers.extend(
         config
             .preferred
             .cipher
             .iter()
-            .filter(|c| **c != russh::cipher::CHACHA20_POLY1305),
+            .filter(|c| **c != FIRST_CIPHER),
     );
     config.preferred.cipher = ciphers.into();
     // Each channel queues at most this many messages (each up to a 32 KiB packet), which
@@ -259,6 +268,16 @@ mod tests {
             reason: reason.into(),
             code,
         })
+    }
+
+    #[test]
+    fn the_fastest_cipher_comes_first_and_every_default_one_is_still_offered() {
+        let ciphers = ssh_config().preferred.cipher;
+        assert_eq!(ciphers[0], FIRST_CIPHER);
+        let defaults = russh::Preferred::DEFAULT.cipher;
+        assert_eq!(ciphers.len(), defaults.len());
+        assert!(defaults.iter().all(|c| ciphers.contains(c)));
+        assert!(ciphers.contains(&russh::cipher::CHACHA20_POLY1305));
     }
 
     #[test]

@@ -53,6 +53,13 @@ impl Cmd {
         self
     }
 
+    /// Removes an environment variable from the child's environment; shown as `-u KEY`.
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.shown = format!("-u {key} {}", self.shown);
+        self.inner.env_remove(key);
+        self
+    }
+
     pub fn current_dir(mut self, dir: &Path) -> Self {
         self.inner.current_dir(dir);
         self

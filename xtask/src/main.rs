@@ -26,10 +26,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Install what is missing: wasm32 target, Debian packages, /run/sshd, the e2e test
-    /// user and wasm-bindgen-cli (exactly the Cargo.lock version).
+    /// user, wasm-bindgen-cli (exactly the Cargo.lock version) and wasm-opt (npm binaryen).
     Setup,
     /// Build the wasm client into web/pkg (sets up only the wasm pieces).
-    Wasm,
+    Wasm {
+        /// Keep the function names (the wasm name section, about 330 KiB), so that a browser
+        /// profile names functions; the code is the same.
+        #[arg(long)]
+        profiling: bool,
+    },
     /// Build the wasm client, then run the relay in demo mode.
     Demo {
         /// Address the relay listens on.
@@ -79,11 +84,22 @@ fn main() -> Result<()> {
     let root = repo_root()?;
     match cli.task {
         Task::Setup => {
-            let wasm_bindgen = setup::all(&root)?;
-            println!("setup complete (wasm-bindgen: {})", wasm_bindgen.display());
+            let tools = setup::all(&root)?;
+            println!(
+                "setup complete (wasm-bindgen: {}, wasm-opt: {})",
+                tools.wasm_bindgen.display(),
+                tools.wasm_opt.display()
+            );
             Ok(())
         }
-        Task::Wasm => tasks::wasm(&root),
+        Task::Wasm { profiling } => tasks::wasm(
+            &root,
+            if profiling {
+                tasks::WasmNames::Keep
+            } else {
+                tasks::WasmNames::Strip
+            },
+        ),
         Task::Demo { listen } => tasks::demo(&root, &listen),
         Task::Test => tasks::test(&root),
         Task::Imports => imports::check(&root),

@@ -24,34 +24,55 @@ pub const APT_PACKAGES: &[&str] = &[
     "nodejs",
 ];
 
-/// Debian packages the wasm build needs (ring's C code for wasm32 needs clang).
-pub const WASM_APT_PACKAGES: &[&str] = &["clang"];
+/// Debian packages the wasm build needs (ring's C code for wasm32 needs clang; npm, see
+/// [`npm`], installs wasm-opt).
+pub const WASM_APT_PACKAGES: &[&str] = &["clang", "nodejs"];
+
+/// binaryen's wasm-opt, from npm: Debian's binaryen is years older than what wasm-bindgen's
+/// output needs. Pinned like wasm-bindgen, installed project-locally.
+pub const BINARYEN_VERSION: &str = "132.0.0";
+
+/// The tools that turn the compiled client into web/pkg.
+#[derive(Debug)]
+pub struct WasmTools {
+    pub wasm_bindgen: PathBuf,
+    pub wasm_opt: PathBuf,
+}
 
 /// How long to keep retrying apt-get while another process holds the dpkg/apt lock.
 const APT_LOCK_DEADLINE: Duration = Duration::from_secs(5 * 60);
 const APT_LOCK_RETRY: Duration = Duration::from_secs(5);
 
-/// Everything: wasm target, apt packages, /run/sshd, the e2e user, wasm-bindgen-cli.
-/// Returns the wasm-bindgen binary to use.
-pub fn all(root: &Path) -> Result<PathBuf> {
+/// Everything: wasm target, apt packages, /run/sshd, the e2e user, wasm-bindgen-cli and
+/// wasm-opt.
+pub fn all(root: &Path) -> Result<WasmTools> {
     let root_user = is_root();
     wasm_target()?;
     let mut need_sudo = Vec::new();
     apt_packages(APT_PACKAGES, root_user, &mut need_sudo)?;
+    npm(root_user, &mut need_sudo)?;
     run_sshd_dir(root_user)?;
     e2e_user(root_user, &mut need_sudo)?;
     fail_if_sudo_needed(&need_sudo)?;
-    wasm_bindgen(root)
+    wasm_tools(root)
 }
 
-/// Only what `cargo xtask wasm` needs: wasm target, clang, wasm-bindgen-cli.
-/// Returns the wasm-bindgen binary to use.
-pub fn wasm_only(root: &Path) -> Result<PathBuf> {
+/// Only what `cargo xtask wasm` needs: wasm target, clang, npm, wasm-bindgen-cli, wasm-opt.
+pub fn wasm_only(root: &Path) -> Result<WasmTools> {
     wasm_target()?;
+    let root_user = is_root();
     let mut need_sudo = Vec::new();
-    apt_packages(WASM_APT_PACKAGES, is_root(), &mut need_sudo)?;
+    apt_packages(WASM_APT_PACKAGES, root_user, &mut need_sudo)?;
+    npm(root_user, &mut need_sudo)?;
     fail_if_sudo_needed(&need_sudo)?;
-    wasm_bindgen(root)
+    wasm_tools(root)
+}
+
+fn wasm_tools(root: &Path) -> Result<WasmTools> {
+    Ok(WasmTools {
+        wasm_bindgen: wasm_bindgen(root)?,
+        wasm_opt: wasm_opt(root)?,
+    })
 }
 
 fn is_root() -> bool {
@@ -187,6 +208,16 @@ fn is_lock_error(stderr: &str) -> bool {
     ]
     .iter()
     .any(|m| stderr.contains(m))
+}
+
+/// npm comes with NodeSource's nodejs but is its own package in Debian (and conflicts with
+/// NodeSource's), so it is installed only when no `npm` command exists.
+fn npm(root_user: bool, need_sudo: &mut Vec<String>) -> Result<()> {
+    if probe("npm", &["--version"]).is_some() {
+        println!("ok: npm is installed");
+        return Ok(());
+    }
+    apt_packages(&["npm"], root_user, need_sudo)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,6 +382,55 @@ pub fn wasm_bindgen(root: &Path) -> Result<PathBuf> {
     }
     println!(
         "ok: using {} ({version}, project-local, just installed)",
+        local.display()
+    );
+    Ok(local)
+}
+
+// ---------------------------------------------------------------------------------------------
+// wasm-opt (binaryen from npm)
+
+/// Whether `bin --version` names binaryen's major version `BINARYEN_VERSION` starts with
+/// (`wasm-opt version 132 (version_132)`).
+fn wasm_opt_is_pinned(bin: &Path) -> Option<bool> {
+    let out = probe(bin, &["--version"])?;
+    let major = BINARYEN_VERSION
+        .split('.')
+        .next()
+        .unwrap_or(BINARYEN_VERSION);
+    Some(out.split_whitespace().nth(2) == Some(major))
+}
+
+/// Finds or installs wasm-opt from npm's `binaryen` at exactly `BINARYEN_VERSION`; returns its
+/// path.
+pub fn wasm_opt(root: &Path) -> Result<PathBuf> {
+    let rel_root = PathBuf::from(".tools").join(format!("binaryen-{BINARYEN_VERSION}"));
+    let local = root.join(&rel_root).join("node_modules/.bin/wasm-opt");
+    if wasm_opt_is_pinned(&local) == Some(true) {
+        println!(
+            "ok: using {} (binaryen {BINARYEN_VERSION}, project-local)",
+            local.display()
+        );
+        return Ok(local);
+    }
+    println!(
+        "installing binaryen {BINARYEN_VERSION} (npm) into {}",
+        quote_path(&rel_root)
+    );
+    Cmd::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&rel_root)
+        .arg(format!("binaryen@{BINARYEN_VERSION}"))
+        .current_dir(root)
+        .run()?;
+    if wasm_opt_is_pinned(&local) != Some(true) {
+        bail!(
+            "after installing, {} --version does not name binaryen {BINARYEN_VERSION}",
+            local.display()
+        );
+    }
+    println!(
+        "ok: using {} (binaryen {BINARYEN_VERSION}, project-local, just installed)",
         local.display()
     );
     Ok(local)
