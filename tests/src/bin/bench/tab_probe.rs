@@ -54,15 +54,20 @@ pub async fn longest_task_ms(browser: &Browser) -> Result<f64> {
 }
 
 /// The main thread's used JS heap in bytes (`performance.memory`, exact with Chromium's
-/// `--enable-precise-memory-info`), after a garbage collection (`--js-flags=--expose-gc`),
-/// so that what is left is what the page holds.
+/// `--enable-precise-memory-info`), after garbage collections (`--js-flags=--expose-gc`)
+/// on either side of a turn of the event loop, so that what is left is what the page holds.
 pub async fn js_heap(browser: &Browser) -> Result<u64> {
     let used = browser
         .client
-        .execute(
+        .execute_async(
             r#"
-            if (typeof gc === "function") gc();
-            return performance.memory ? performance.memory.usedJSHeapSize : null;
+            const done = arguments[arguments.length - 1];
+            const collect = () => { if (typeof gc === "function") gc(); };
+            collect();
+            setTimeout(() => {
+                collect();
+                done(performance.memory ? performance.memory.usedJSHeapSize : null);
+            }, 0);
             "#,
             vec![],
         )
