@@ -115,10 +115,11 @@ async fn side_by_side(options: &Options) -> Result<Table> {
 
 /// The measures, in order, on one path.
 async fn measure(path: &Path, to: &mut Destinations, options: &Options) -> Result<Figures> {
+    // Memory first: its gc() is a task of its own, not the transfer's.
+    let before = footprint::read(path).await?;
     if let Some(browser) = &path.browser {
         tab_probe::watch_long_tasks(browser).await?;
     }
-    let before = footprint::read(path).await?;
     let bulk = bulk::run(path, to, options).await?;
     let longest_task_ms = match &path.browser {
         Some(browser) => Some(tab_probe::longest_task_ms(browser).await?),
