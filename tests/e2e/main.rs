@@ -18,6 +18,7 @@ mod access_native;
 mod auth_native;
 mod backpressure_browser;
 mod backpressure_native;
+mod bench_smoke;
 mod faults_native;
 mod forward_browser;
 mod forward_native;

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{Value, json};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
+pub const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// A browser session: chromedriver process, its Chromium, and the WebDriver client.
@@ -151,6 +151,12 @@ impl Browser {
                 (field("level"), field("message"))
             })
             .collect())
+    }
+
+    /// chromedriver's process id: Chromium's processes are below it (the bench reads
+    /// their CPU time from /proc).
+    pub fn driver_pid(&self) -> u32 {
+        self.driver.id()
     }
 
     /// Stops the browser and chromedriver.

@@ -44,11 +44,14 @@ enum Task {
     /// Setup, wasm, fmt check, clippy (native and wasm32), all tests, then each fuzz target
     /// for FUZZ_SECONDS (60; 0 skips), with timings. What CI runs (`.ci/run`).
     Test,
-    /// Throughput of a forward (native client, browser tab, and OpenSSH ssh -L as the
-    /// reference), the wasm bundle's size, and the relay process under load (memory and
-    /// CPU with many sessions), as tables. BENCH_MIB sets the transfer size (64);
-    /// BENCH_SESSIONS (500), BENCH_RATE_KIB (16), BENCH_LOAD_SECS (20) and
-    /// BENCH_LOGIN_PARALLEL (8) shape the load.
+    /// The browser tab and the native client side by side with OpenSSH's ssh -L (the
+    /// reference) through one sshd: bulk speed and CPU per MiB per process, first byte,
+    /// ping-pong, concurrent connections, the tab's longest task and memory, the wasm
+    /// bundle's size, each against issue 10's target; then the relay process under load.
+    /// The table is printed and written as Markdown to BENCH_OUT (target/bench-latest.md).
+    /// BENCH_MIB (256), BENCH_RUNS (3), BENCH_CONNECTS (200), BENCH_TURNS (1000) and
+    /// BENCH_CONCURRENT (100) size the table; BENCH_SESSIONS (500), BENCH_RATE_KIB (16),
+    /// BENCH_LOAD_SECS (20) and BENCH_LOGIN_PARALLEL (8) shape the load.
     Bench {
         /// Only the load section (needs no browser and no wasm build).
         #[arg(long)]

@@ -149,8 +149,9 @@ pub fn demo(root: &Path, listen: &str) -> Result<()> {
 }
 
 /// `cargo xtask bench`: everything the benchmark needs, then the release-built bench,
-/// which prints its tables. `load_only`: just the load section, against the release
-/// `relay` binary (built here, since `cargo run` builds only the bench).
+/// which prints its tables and writes the side-by-side one to BENCH_OUT (default
+/// `<target dir>/bench-latest.md`). Both sections run the release `relay` binary (built
+/// here, since `cargo run` builds only the bench). `load_only`: just the load section.
 pub fn bench(root: &Path, load_only: bool) -> Result<()> {
     setup::all(root)?;
     if !load_only {

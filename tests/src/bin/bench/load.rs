@@ -18,11 +18,14 @@ use anyhow::{Context, Result, bail};
 use tabtunnel_client::{ConnectOptions, Forward, Session};
 use tabtunnel_e2e::relay::{RelayProcess, web_dir};
 use tabtunnel_e2e::services::EchoServer;
-use tabtunnel_e2e::sshd::{Sshd, SshdOptions, descendants};
+use tabtunnel_e2e::sshd::{Sshd, SshdOptions};
 use tabtunnel_e2e::{log_in, pattern, sshd_key_login};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+
+use crate::options::env_number;
+use crate::procs::{self, CpuReading, Group};
 
 /// Writes per second on each connection: small writes, as interactive traffic makes.
 const TICKS_PER_SEC: u64 = 10;
@@ -57,21 +60,6 @@ impl LoadOptions {
     }
 }
 
-fn env_number<T: std::str::FromStr + PartialOrd + Default + Copy>(
-    name: &str,
-    default: T,
-) -> Result<T> {
-    match std::env::var(name) {
-        Err(_) => Ok(default),
-        Ok(text) => match text.trim().parse::<T>() {
-            Ok(value) if value > T::default() => Ok(value),
-            _ => {
-                bail!("{name}={text:?}: give a whole number above 0 (or unset it for the default)")
-            }
-        },
-    }
-}
-
 /// Failures by kind, each with its messages (and how often each occurred).
 #[derive(Debug, Default)]
 struct Failures(BTreeMap<&'static str, BTreeMap<String, usize>>);
@@ -98,103 +86,31 @@ impl Failures {
 /// The relay process as /proc shows it.
 struct RelayProc {
     pid: u32,
-    clock_ticks: f64,
 }
 
 impl RelayProc {
-    fn new(pid: u32) -> Result<Self> {
-        Ok(Self {
-            pid,
-            clock_ticks: clock_ticks()?,
-        })
-    }
-
-    /// A `kB` field of /proc/PID/status, in bytes.
-    fn status_bytes(&self, field: &str) -> Result<u64> {
-        status_bytes(self.pid, field)
-    }
-
     fn rss(&self) -> Result<u64> {
-        self.status_bytes("VmRSS")
+        procs::rss(self.pid)
     }
 
     /// User plus system CPU seconds so far.
     fn cpu_seconds(&self) -> Result<f64> {
-        Ok(cpu_ticks(&format!("/proc/{}/stat", self.pid))? as f64 / self.clock_ticks)
+        procs::cpu_seconds(self.pid).context("the relay has exited")
     }
 
     fn open_files(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, |d| d.count())
+        procs::open_files(self.pid)
     }
-}
-
-fn status_bytes(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status (has the relay exited?)"))?;
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
-    Ok(kib * 1024)
-}
-
-/// utime + stime (fields 14 and 15) of a /proc/.../stat file, in clock ticks.
-fn cpu_ticks(path: &str) -> Result<u64> {
-    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    // Fields after the parenthesised command name start at field 3 (state).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let utime: u64 = fields
-        .get(11)
-        .and_then(|f| f.parse().ok())
-        .context(path.to_owned())?;
-    let stime: u64 = fields
-        .get(12)
-        .and_then(|f| f.parse().ok())
-        .context(path.to_owned())?;
-    Ok(utime + stime)
-}
-
-fn clock_ticks() -> Result<f64> {
-    let out = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .context("running getconf CLK_TCK")?;
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .context("getconf CLK_TCK printed no number")
-}
-
-/// Busy and total jiffies of the whole machine, from /proc/stat's first line.
-fn machine_jiffies() -> Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let values: Vec<u64> = stat
-        .lines()
-        .next()
-        .context("empty /proc/stat")?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = values.iter().sum();
-    // idle and iowait are the 4th and 5th values.
-    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
-    Ok((total - idle, total))
 }
 
 /// A figure measured over an interval: relay CPU, machine CPU and this process's CPU.
 struct CpuWindow {
     started: Instant,
     relay: f64,
-    sshd_pid: u32,
-    /// sshd's session processes' CPU ticks, by pid.
-    sshd: BTreeMap<u32, u64>,
+    sshd: Group,
+    sshd_cpu: CpuReading,
     machine: (u64, u64),
-    bench: u64,
+    bench: f64,
 }
 
 struct CpuUse {
@@ -211,33 +127,29 @@ struct CpuUse {
 
 impl CpuWindow {
     fn start(relay: &RelayProc, sshd: &Sshd) -> Result<Self> {
+        let sshd = Group::Below(sshd.pid());
         Ok(Self {
             started: Instant::now(),
             relay: relay.cpu_seconds()?,
-            sshd_pid: sshd.pid(),
-            sshd: sshd_ticks(sshd.pid()),
-            machine: machine_jiffies()?,
-            bench: cpu_ticks("/proc/self/stat")?,
+            sshd_cpu: sshd.cpu(),
+            sshd,
+            machine: procs::machine_ticks()?,
+            bench: bench_cpu()?,
         })
     }
 
     fn end(&self, relay: &RelayProc) -> Result<CpuUse> {
         let seconds = self.started.elapsed().as_secs_f64();
         let relay_cpu = relay.cpu_seconds()? - self.relay;
-        let (busy, total) = machine_jiffies()?;
+        let (busy, total) = procs::machine_ticks()?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let machine_pct = if total > self.machine.1 {
             (busy - self.machine.0) as f64 / (total - self.machine.1) as f64 * 100.0 * cores
         } else {
             0.0
         };
-        let bench_cpu = (cpu_ticks("/proc/self/stat")? - self.bench) as f64 / relay.clock_ticks;
-        // Processes that came or went in the window count from 0 or up to their last figure.
-        let sshd_ticks: u64 = sshd_ticks(self.sshd_pid)
-            .into_iter()
-            .map(|(pid, now)| now.saturating_sub(self.sshd.get(&pid).copied().unwrap_or(0)))
-            .sum();
-        let sshd_cpu = sshd_ticks as f64 / relay.clock_ticks;
+        let bench_cpu = bench_cpu()? - self.bench;
+        let sshd_cpu = self.sshd.cpu().since(&self.sshd_cpu);
         Ok(CpuUse {
             seconds,
             relay_cpu,
@@ -249,12 +161,9 @@ impl CpuWindow {
     }
 }
 
-/// CPU ticks of each of sshd's session processes.
-fn sshd_ticks(sshd: u32) -> BTreeMap<u32, u64> {
-    descendants(sshd)
-        .into_iter()
-        .filter_map(|pid| Some((pid, cpu_ticks(&format!("/proc/{pid}/stat")).ok()?)))
-        .collect()
+/// This process's CPU seconds so far.
+fn bench_cpu() -> Result<f64> {
+    procs::cpu_seconds(std::process::id()).context("reading this process's CPU time")
 }
 
 /// Byte counts of all connections together.
@@ -264,8 +173,9 @@ struct Totals {
     echoed: AtomicU64,
 }
 
-/// Runs the load section and prints its table. Fails after printing if anything failed.
-pub async fn run(options: &LoadOptions) -> Result<()> {
+/// Runs the load section, prints its table and returns it. Fails after printing if
+/// anything failed.
+pub async fn run(options: &LoadOptions) -> Result<String> {
     let n = options.sessions;
     // Per session this process holds a WebSocket, one forwarded connection and the echo
     // service's side of it; leave room for everything else.
@@ -328,7 +238,7 @@ pub async fn run(options: &LoadOptions) -> Result<()> {
         "warn",
     )
     .await?;
-    let proc = RelayProc::new(relay.pid()?)?;
+    let proc = RelayProc { pid: relay.pid()? };
     let echo = EchoServer::start("127.0.0.1").await?;
     let mut failures = Failures::default();
     let mut table = Table::default();
@@ -464,7 +374,7 @@ pub async fn run(options: &LoadOptions) -> Result<()> {
     }
     live = drop_closed(live, &mut failures, "session lost while active");
 
-    table.row("relay peak RSS (VmHWM)", mib(proc.status_bytes("VmHWM")?));
+    table.row("relay peak RSS (VmHWM)", mib(procs::peak_rss(proc.pid)?));
     let sent = totals.sent.load(Ordering::Relaxed);
     table.row(
         "payload sent / echoed in all",
@@ -484,7 +394,8 @@ pub async fn run(options: &LoadOptions) -> Result<()> {
             failures.count("connection (open)") + failures.count("connection (data)")
         ),
     );
-    print!("{}", table.render());
+    let rendered = table.render();
+    print!("{rendered}");
     failures.print();
 
     // Tear down: the relay first (every session ends with it), then clients and sshd.
@@ -509,7 +420,7 @@ pub async fn run(options: &LoadOptions) -> Result<()> {
             failures.total()
         );
     }
-    Ok(())
+    Ok(rendered)
 }
 
 /// Keeps the sessions that are still open; counts the others as `kind` failures.

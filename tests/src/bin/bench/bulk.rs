@@ -1,0 +1,91 @@
+//! Bulk transfers: `runs` downloads and uploads of `mib` MiB each through one path, their
+//! median speed each way, and the CPU time each of the path's processes spent on them.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tabtunnel_e2e::sha256_hex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::options::Options;
+use crate::paths::{Destinations, MIB, Path, Role};
+
+/// Longest one transfer may take (a stalled path fails the bench instead of hanging it).
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+pub struct Bulk {
+    /// Median MiB/s.
+    pub upload: f64,
+    pub download: f64,
+    /// CPU milliseconds per MiB moved, by role, over all runs both ways.
+    pub cpu_ms_per_mib: BTreeMap<Role, f64>,
+}
+
+pub async fn run(path: &Path, to: &mut Destinations, options: &Options) -> Result<Bulk> {
+    let before: Vec<_> = path.processes.iter().map(|(_, g)| g.cpu()).collect();
+    let (mut uploads, mut downloads) = (Vec::new(), Vec::new());
+    for _ in 0..options.runs {
+        let seconds = download(&path.forwards.download, to, options.mib).await?;
+        downloads.push(options.mib as f64 / seconds);
+        let seconds = upload(&path.forwards.upload, to).await?;
+        uploads.push(options.mib as f64 / seconds);
+    }
+    let moved = (options.mib * options.runs * 2) as f64;
+    let cpu_ms_per_mib = path
+        .processes
+        .iter()
+        .zip(&before)
+        .map(|((role, group), before)| (*role, group.cpu().since(before) * 1000.0 / moved))
+        .collect();
+    Ok(Bulk {
+        upload: median(uploads),
+        download: median(downloads),
+        cpu_ms_per_mib,
+    })
+}
+
+/// Seconds until the last byte of the download arrived; checked whole afterwards.
+async fn download(listen: &str, to: &Destinations, mib: usize) -> Result<f64> {
+    let mut stream = tokio::net::TcpStream::connect(listen).await?;
+    let started = Instant::now();
+    stream.shutdown().await?;
+    let mut received = Vec::with_capacity(mib * MIB);
+    tokio::time::timeout(TRANSFER_TIMEOUT, stream.read_to_end(&mut received))
+        .await
+        .context("the download stalled")??;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        sha256_hex(&received) == to.download.sent_sha256,
+        "download corrupted ({} of {} bytes)",
+        received.len(),
+        mib * MIB
+    );
+    Ok(seconds)
+}
+
+/// Seconds until the destination had every byte of the upload (it hashes as it reads).
+async fn upload(listen: &str, to: &mut Destinations) -> Result<f64> {
+    let mut stream = tokio::net::TcpStream::connect(listen).await?;
+    let started = Instant::now();
+    stream.write_all(&to.upload_data).await?;
+    stream.shutdown().await?;
+    let report = tokio::time::timeout(TRANSFER_TIMEOUT, to.upload.report())
+        .await
+        .context("the upload stalled")?
+        .context("the upload destination stopped")?;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        report.received_sha256 == to.upload_sha256,
+        "upload corrupted ({} of {} bytes)",
+        report.received,
+        to.upload_data.len()
+    );
+    Ok(seconds)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
