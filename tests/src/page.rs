@@ -184,6 +184,42 @@ pub async fn open_forwards_with_key(
         .ok_or_else(|| anyhow::anyhow!("the page returned no listen addresses: {listens}"))
 }
 
+/// [`open_forwards_with_key`] through the page's own client, which runs in its worker
+/// (`window.tabtunnelPage.client`), so nothing of the SSH client runs on the page's main
+/// thread: the page as shipped, for the bench.
+pub async fn open_forwards_in_worker(
+    browser: &crate::browser::Browser,
+    sshd: &Sshd,
+    specs: &[String],
+) -> Result<Vec<String>> {
+    let script = r#"
+        const done = arguments[arguments.length - 1];
+        const [user, key, fingerprint, specs] = arguments;
+        (async () => {
+            await window.tabtunnelPage.ready;
+            const client = await window.tabtunnelPage.client.get();
+            window.__workerSession ??= await client.connect({ target: "sshd", username: user, privateKey: key, hostKey: fingerprint });
+            const listens = [];
+            for (const spec of specs) listens.push((await window.__workerSession.forward(spec)).listen);
+            return listens;
+        })().then((ok) => done({ ok }), (e) => done({ error: String(e && e.message || e) }));
+    "#;
+    let args = vec![
+        serde_json::json!(sshd.user),
+        serde_json::json!(sshd.client_key),
+        serde_json::json!(sshd.host_key_fingerprint),
+        serde_json::json!(specs),
+    ];
+    let result = browser.client.execute_async(script, args).await?;
+    if let Some(error) = result.get("error") {
+        anyhow::bail!("the page's client could not open the forwards: {error}");
+    }
+    result["ok"]
+        .as_array()
+        .and_then(|all| all.iter().map(|l| l.as_str().map(str::to_owned)).collect())
+        .ok_or_else(|| anyhow::anyhow!("the page returned no listen addresses: {result}"))
+}
+
 /// Adds the forward `spec` through the Forwards form, as a user does, and returns its
 /// row's listen address.
 pub async fn add_forward_in_form(c: &fantoccini::Client, spec: &str) -> Result<String> {

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use tabtunnel_client::native::NativeTransport;
 use tabtunnel_client::{ConnectOptions, Forward, Session};
 use tabtunnel_e2e::browser::Browser;
-use tabtunnel_e2e::page::open_forwards_with_key;
+use tabtunnel_e2e::page::open_forwards_in_worker;
 use tabtunnel_e2e::relay::{RelayProcess, web_dir};
 use tabtunnel_e2e::services::{BulkServer, EchoServer};
 use tabtunnel_e2e::sshd::{Sshd, free_port};
@@ -161,7 +161,7 @@ impl Path {
     pub async fn tab(relay: &RelayProcess, sshd: &Sshd, to: &Destinations) -> Result<Self> {
         let browser = Browser::start().await?;
         browser.client.goto(&relay.http_url()).await?;
-        let listens = open_forwards_with_key(&browser, sshd, &to.specs()).await?;
+        let listens = open_forwards_in_worker(&browser, sshd, &to.specs()).await?;
         let driver = browser.driver_pid();
         let chromium = |role| Group::Chromium { driver, role };
         Ok(Self {
