@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tabtunnel_client::{ConnectOptions, Forward, Session};
-use tabtunnel_e2e::relay::{RelayProcess, web_dir};
 use tabtunnel_e2e::services::EchoServer;
 use tabtunnel_e2e::sshd::{Sshd, SshdOptions};
 use tabtunnel_e2e::{log_in, pattern, sshd_key_login};
@@ -207,35 +206,17 @@ pub async fn run(options: &LoadOptions) -> Result<String> {
         ],
     })
     .await?;
-    let config_dir = tempfile::Builder::new()
-        .prefix("tabtunnel-load-")
-        .tempdir()?;
-    let config = config_dir.path().join("relay.toml");
     // All sessions come from 127.0.0.1, so the per-address caps must allow them all (a
     // forward each, and each session is a TCP connection to the relay too); the bench
     // bounds the logins in flight below sshd's MaxStartups itself.
-    std::fs::write(
-        &config,
-        format!(
+    let (relay, _config_dir) = crate::paths::relay_with_limits(
+        &sshd,
+        &format!(
             "[limits]\nsessions = {cap}\nsessions_per_ip = {cap}\nhellos_per_ip = {cap}\n\
              logins_per_target = {cap}\nlogins_per_ip = {cap}\nforwards = {cap}\n\
              forwards_per_ip = {cap}\nconnections_per_ip = {cap}\n",
             cap = n + 16
         ),
-    )?;
-    let target = format!("sshd={}", sshd.address());
-    let config_arg = config.display().to_string();
-    let web = web_dir().display().to_string();
-    let relay = RelayProcess::start(
-        &[
-            "--target",
-            &target,
-            "--config",
-            &config_arg,
-            "--web-dir",
-            &web,
-        ],
-        "warn",
     )
     .await?;
     let proc = RelayProc { pid: relay.pid()? };

@@ -247,30 +247,37 @@ impl Path {
 /// connections at once, past the default `pending_accepts_per_forward` (64), which the
 /// relay would refuse by design.
 pub async fn start_relay(sshd: &Sshd) -> Result<(RelayProcess, tempfile::TempDir)> {
+    relay_with_limits(
+        sshd,
+        "[limits]\nconnections_per_forward = 1000\npending_accepts_per_forward = 1000\n\
+         connections_per_ip = 1000\n",
+    )
+    .await
+}
+
+/// The relay binary with target "sshd", the page, and `config` (TOML) as its config
+/// file, which lives in the returned directory.
+pub async fn relay_with_limits(
+    sshd: &Sshd,
+    config: &str,
+) -> Result<(RelayProcess, tempfile::TempDir)> {
     let dir = tempfile::Builder::new()
         .prefix("tabtunnel-bench-")
         .tempdir()?;
-    let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        "[limits]\nconnections_per_forward = 1000\npending_accepts_per_forward = 1000\n\
-         connections_per_ip = 1000\n",
-    )?;
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, config)?;
     let target = format!("sshd={}", sshd.address());
-    let config_arg = config.display().to_string();
+    let config_arg = path.display().to_string();
     let web = web_dir().display().to_string();
-    let relay = RelayProcess::start(
-        &[
-            "--target",
-            &target,
-            "--config",
-            &config_arg,
-            "--web-dir",
-            &web,
-        ],
-        "warn",
-    )
-    .await?;
+    let args = [
+        "--target",
+        &target,
+        "--config",
+        &config_arg,
+        "--web-dir",
+        &web,
+    ];
+    let relay = RelayProcess::start(&args, "warn").await?;
     Ok((relay, dir))
 }
 
