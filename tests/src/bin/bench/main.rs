@@ -84,7 +84,7 @@ async fn side_by_side(options: &Options) -> Result<Table> {
     for column in Column::ALL {
         println!("measuring {} ...", column.label());
         let path = match column {
-            Column::Tab => Path::tab(&relay, &sshd, &to).await,
+            Column::Tab => Path::tab(&relay, &sshd, &to, &options.chromium_args).await,
             Column::Native => Path::native(&relay, &sshd, &to).await,
             Column::SshChacha | Column::SshAes => Path::ssh(column, &sshd, &to).await,
         }

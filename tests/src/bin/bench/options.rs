@@ -20,6 +20,10 @@ pub struct Options {
     pub concurrent: usize,
     /// MiB each concurrent connection sends and gets back.
     pub concurrent_mib: usize,
+    /// BENCH_CHROMIUM_ARGS: more Chromium flags for the tab's browser, separated by
+    /// spaces; a later `--js-flags=...` replaces the default one. For profiling, e.g.
+    /// `--js-flags=--expose-gc\ --perf-basic-prof` (see docs/PERFORMANCE.md).
+    pub chromium_args: Vec<String>,
     /// BENCH_OUT: the Markdown file the table is written to (default
     /// `<cargo target dir>/bench-latest.md`).
     pub out: PathBuf,
@@ -34,12 +38,36 @@ impl Options {
             turns: env_number("BENCH_TURNS", 1000)?,
             concurrent: env_number("BENCH_CONCURRENT", 100)?,
             concurrent_mib: 1,
+            chromium_args: chromium_args(&std::env::var("BENCH_CHROMIUM_ARGS").unwrap_or_default()),
             out: match std::env::var_os("BENCH_OUT") {
                 Some(path) => PathBuf::from(path),
                 None => default_out()?,
             },
         })
     }
+}
+
+/// Flags separated by spaces; a backslash keeps the space after it inside a flag
+/// (`--js-flags=--expose-gc\ --perf-basic-prof` is one flag).
+fn chromium_args(text: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !current.is_empty() {
+                    args.push(std::mem::take(&mut current));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        args.push(current);
+    }
+    args
 }
 
 /// `bench-latest.md` in the cargo target folder this bench was built into (it runs from
@@ -66,5 +94,19 @@ pub fn env_number<T: std::str::FromStr + PartialOrd + Default + Copy>(
                 bail!("{name}={text:?}: give a whole number above 0 (or unset it for the default)")
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chromium_args;
+
+    #[test]
+    fn chromium_args_split_on_spaces_but_not_escaped_ones() {
+        assert!(chromium_args("  ").is_empty());
+        assert_eq!(
+            chromium_args(r"--a  --js-flags=--expose-gc\ --perf-basic-prof --b"),
+            ["--a", "--js-flags=--expose-gc --perf-basic-prof", "--b"]
+        );
     }
 }

@@ -158,8 +158,13 @@ pub struct Path {
 
 impl Path {
     /// The relay's page in a fresh Chromium, logged in with sshd's test key.
-    pub async fn tab(relay: &RelayProcess, sshd: &Sshd, to: &Destinations) -> Result<Self> {
-        let browser = Browser::start().await?;
+    pub async fn tab(
+        relay: &RelayProcess,
+        sshd: &Sshd,
+        to: &Destinations,
+        chromium_args: &[String],
+    ) -> Result<Self> {
+        let browser = Browser::start_with_args(chromium_args).await?;
         browser.client.goto(&relay.http_url()).await?;
         let listens = open_forwards_in_worker(&browser, sshd, &to.specs()).await?;
         let driver = browser.driver_pid();
