@@ -161,6 +161,17 @@ async fn a_lab_link_fills_the_form_says_what_it_does_and_opens_its_forwards_once
             format!("127.0.0.1:{port}")
         );
         carries_data(port, format!("through {port}").as_bytes()).await?;
+        // The row counts what went through.
+        let stats = format!("{row} .stats");
+        wait_for(
+            "the row to count the connection",
+            Duration::from_secs(10),
+            || async {
+                let text = c.find(Locator::Css(&stats)).await.ok()?.text().await.ok()?;
+                text.contains("connections 1").then_some(())
+            },
+        )
+        .await?;
     }
 
     // The card is one line now and the forwards come before the paste card.
