@@ -70,7 +70,7 @@ const connection = new Connection({
   onChange: refresh,
   mayConnect: () => linkPanel?.blocker() ?? null,
 });
-new PasteForm({ wasm, form, state: () => connection.state, pending });
+new PasteForm({ wasm, form, state: () => connection.state, pending, portBlock: () => relay.portBlock });
 
 // Debug/test hook, kept up to date through getters.
 window.tabtunnelPage = {

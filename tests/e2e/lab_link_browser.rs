@@ -310,6 +310,28 @@ async fn two_tokens_get_disjoint_blocks_and_each_page_shows_and_uses_its_own() -
         problems.contains(&format!("port 30100 is outside your block {BOB_BLOCK}")),
         "{problems}"
     );
+    // A pasted command's port outside the block is named before connecting, not queued.
+    c.find(Locator::Id("paste-command"))
+        .await?
+        .send_keys(&format!(
+            "ssh -L 30101:{} {}@sshd",
+            echo.addr, lab.sshd.user
+        ))
+        .await?;
+    c.find(Locator::Id("paste-fill")).await?.click().await?;
+    wait_for("the paste to be read", Duration::from_secs(10), || async {
+        let said = text_of(c, "paste-result").await.ok()?;
+        said.contains(&format!(
+            "30101:{} not queued: port 30101 is outside your block {BOB_BLOCK}",
+            echo.addr
+        ))
+        .then_some(())
+    })
+    .await?;
+    let pending = c
+        .find_all(Locator::Css("#pending-forwards .pending-row"))
+        .await?;
+    assert_eq!(pending.len(), 1, "only the link's port-0 forward waits");
     c.find(Locator::Id("lab-link-accept"))
         .await?
         .click()
