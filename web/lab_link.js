@@ -41,6 +41,15 @@ export function readLabLink(search) {
   };
 }
 
+/**
+ * Whether a forward's bind address keeps it to the relay host: a link may open only those,
+ * since a forward on another address lends the user's SSH account to whoever reaches it.
+ */
+function isLoopbackBind(bind) {
+  const b = String(bind ?? "").replace(/^\[|\]$/g, "").toLowerCase();
+  return b === "" || b === "localhost" || b === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(b);
+}
+
 /** Whether the link asks for anything at all. */
 export function isLabLink(link) {
   return link.entries.length > 0;
@@ -109,6 +118,8 @@ export function planLabLink(link, page) {
         problem(name, value, "empty; a forward reads like 8080:web:80.");
       } else if (!parsed || parsed.error) {
         problem(name, value, `not a forward: ${parsed ? parsed.error : "it could not be read"}. Ask for a corrected link, or add the forward yourself after connecting.`);
+      } else if (!isLoopbackBind(parsed.bind)) {
+        problem(name, value, `listens on ${parsed.bind}, where anyone who can reach the relay host could use your SSH account through it, so a link may not open it. Add it yourself after connecting if you mean it.`);
       } else if (plan.specs.includes(spec)) {
         problem(name, value, "appears twice in the link; it is opened once.");
       } else if (parsed.port !== 0 && ports.has(parsed.port)) {

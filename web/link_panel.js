@@ -101,6 +101,9 @@ export class LabLinkPanel {
 
   /** Why Connect must wait, as LoginForm.read says it ({ error, focus }), or null. */
   blocker() {
+    if (!this.dismissed && this.plan === null) {
+      return { error: "This link is still being read: press Connect again in a moment.", focus: $("connect") };
+    }
     if (!this.blocked) return null;
     return {
       error: "Some entries of this link are not used (see the list above): press \"Use the rest of the link\", or \"Don't use this link\".",

@@ -219,7 +219,7 @@ async fn targets(
         }
         answer["token_error"] = error.into();
     }
-    (
+    let mut response = (
         status,
         // The answer names the token's holder: for this client only.
         [
@@ -228,7 +228,14 @@ async fn targets(
         ],
         Json(answer),
     )
-        .into_response()
+        .into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            token_check::FAILED_CHECK_REFILL.as_secs().into(),
+        );
+    }
+    response
 }
 
 async fn websocket(
@@ -420,6 +427,19 @@ mod tests {
                 .contains("too many wrong access tokens")
         );
         assert!(answer.get("token_holder").is_none());
+        let response = app
+            .oneshot(
+                Request::get("/api/targets")
+                    .header(header::HOST, "127.0.0.1")
+                    .header(header::AUTHORIZATION, "Bearer guess")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "12");
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
     }
 
     #[tokio::test]

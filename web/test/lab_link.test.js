@@ -10,8 +10,9 @@ function parsedSpecs(link) {
   for (const [name, value] of link.entries) {
     if (name !== "L") continue;
     const parts = value.trim().split(":");
+    const bind = parts.length === 4 ? parts.shift() : "";
     if (parts.length === 3 && parts.every((p) => p !== "") && /^\d+$/.test(parts[0])) {
-      parsed.set(value.trim(), { bind: "", port: Number(parts[0]), host: parts[1], hostPort: Number(parts[2]) });
+      parsed.set(value.trim(), { bind, port: Number(parts[0]), host: parts[1], hostPort: Number(parts[2]) });
     } else {
       parsed.set(value.trim(), { error: "expected [bind:]port:host:hostport" });
     }
@@ -124,4 +125,14 @@ test("long values are cut in what the page repeats", () => {
   const p = plan(`?what=${"x".repeat(500)}`);
   assert.ok(p.problems[0].length < 250, p.problems[0]);
   assert.ok(p.problems[0].includes("…"));
+});
+
+test("a link opens forwards on the relay host's loopback only", () => {
+  const p = plan("?L=127.0.0.1:0:a:1&L=localhost:0:b:1&L=0.0.0.0:0:c:1&L=10.1.2.3:8080:d:1");
+  assert.deepEqual(p.specs, ["127.0.0.1:0:a:1", "localhost:0:b:1"]);
+  assert.match(p.summary, /any free port on 127\.0\.0\.1 to a:1; any free port on localhost to b:1\.$/);
+  assert.deepEqual(p.problems, [
+    "L=0.0.0.0:0:c:1: listens on 0.0.0.0, where anyone who can reach the relay host could use your SSH account through it, so a link may not open it. Add it yourself after connecting if you mean it.",
+    "L=10.1.2.3:8080:d:1: listens on 10.1.2.3, where anyone who can reach the relay host could use your SSH account through it, so a link may not open it. Add it yourself after connecting if you mean it.",
+  ]);
 });
