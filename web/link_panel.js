@@ -106,7 +106,7 @@ export class LabLinkPanel {
     }
     if (!this.blocked) return null;
     return {
-      error: "Some entries of this link are not used (see the list above): press \"Use the rest of the link\", or \"Don't use this link\".",
+      error: "Some entries of this link are not used (see the list below): press \"Use the rest of the link\", or \"Don't use this link\".",
       focus: this.acceptButton,
     };
   }
