@@ -28,13 +28,8 @@ export class LabLinkPanel {
       this.render();
       this.focusNext();
     });
+    // No Escape here: the panel is not a dialog, and dropping a link cannot be undone.
     $("lab-link-dismiss").addEventListener("click", () => this.dismiss());
-    this.panel.addEventListener("keydown", (ev) => {
-      if (ev.key === "Escape") {
-        ev.preventDefault();
-        this.dismiss();
-      }
-    });
   }
 
   get active() {
