@@ -368,7 +368,7 @@ async fn two_tokens_get_disjoint_blocks_and_each_page_shows_and_uses_its_own() -
     bob.stop().await;
 
     // A token the relay does not know: said, and no block shown.
-    let stranger = open_link(&lab, "", "not-a-token-of-this-relay").await?;
+    let stranger = open_link(&lab, "?L=oops&L=0:127.0.0.1:9", "not-a-token-of-this-relay").await?;
     let c = &stranger.client;
     let error = text_of(c, "session-error").await?;
     assert!(
@@ -382,6 +382,26 @@ async fn two_tokens_get_disjoint_blocks_and_each_page_shows_and_uses_its_own() -
             .await?
     );
     screenshots(c, "lab_link", "6-token-error").await?;
+    // "Don't use this link" takes its forwards back and lets the form be used as ever.
+    let queued = c
+        .find_all(Locator::Css("#pending-forwards .pending-row"))
+        .await?;
+    assert_eq!(queued.len(), 1);
+    c.find(Locator::Id("lab-link-dismiss"))
+        .await?
+        .click()
+        .await?;
+    assert!(
+        !c.find(Locator::Id("lab-link"))
+            .await?
+            .is_displayed()
+            .await?
+    );
+    let queued = c
+        .find_all(Locator::Css("#pending-forwards .pending-row"))
+        .await?;
+    assert!(queued.is_empty());
+    assert_eq!(active_id(c).await?, "username");
     stranger.stop().await;
     Ok(())
 }
