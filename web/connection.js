@@ -10,10 +10,11 @@ export class Connection {
   /**
    * `wasm`: the SSH client; `form`: the LoginForm; `dialogs`: { hostKey, prompt };
    * `mismatch`: the MismatchPanel; `forwards`: the ForwardList; `afterConnect()`: adds
-   * the pending forwards; `onChange()`: redraws the controls.
+   * the pending forwards; `onChange()`: redraws the controls; `mayConnect()`: null, or
+   * { error, focus } when something else must be settled first (a lab link's problems).
    */
-  constructor({ wasm, form, dialogs, mismatch, forwards, afterConnect, onChange }) {
-    Object.assign(this, { wasm, form, dialogs, mismatch, forwards, afterConnect, onChange });
+  constructor({ wasm, form, dialogs, mismatch, forwards, afterConnect, onChange, mayConnect = () => null }) {
+    Object.assign(this, { wasm, form, dialogs, mismatch, forwards, afterConnect, onChange, mayConnect });
     /** "disconnected" | "connecting" | "connected" */
     this.state = "disconnected";
     /** The live session handle, or null. */
@@ -45,7 +46,7 @@ export class Connection {
   async connect() {
     this.showError("");
     this.mismatch.hide();
-    const read = this.form.read(this.targetsLoaded);
+    const read = this.mayConnect() ?? this.form.read(this.targetsLoaded);
     if (read.error) {
       this.showError(read.error);
       read.focus.focus();

@@ -114,6 +114,8 @@ function addressLine(lineClass, label, codeClass, address, copyLabel) {
   const copy = element("button", "copy small", "Copy");
   copy.type = "button";
   copy.setAttribute("aria-label", `${copyLabel} ${address}`);
+  // "Copied" (or what to press) is said as well as shown.
+  copy.setAttribute("aria-live", "polite");
   copy.addEventListener("click", () => copyText(code, copy));
   line.append(element("span", "label", label), code, copy);
   return line;

@@ -2,6 +2,7 @@
 // the rows' numbers current while any forward is open.
 
 import { ForwardRow } from "./forward_row.js";
+import { outsideBlock } from "./port_block.js";
 import { specFromFields } from "./reach.js";
 import { messageOf } from "./text.js";
 
@@ -12,7 +13,7 @@ const STATS_INTERVAL_MS = 500;
 export class ForwardList {
   /**
    * `wasm`: the SSH client (to check specs); `session()`: the connected session or null;
-   * `relay`: { publicHost, allowedSources } (filled in when the targets arrive);
+   * `relay`: { publicHost, allowedSources, portBlock } (filled in when the targets arrive);
    * `onChange()`: redraws the controls.
    */
   constructor({ wasm, session, relay, onChange }) {
@@ -83,11 +84,18 @@ export class ForwardList {
 
   /** Validates and opens one forward. Returns true on success; errors go to #forward-error. */
   async add(spec) {
+    let parsed;
     try {
       const mod = await this.wasm.get();
-      await mod.parseForwardSpec(spec);
+      parsed = await mod.parseForwardSpec(spec);
     } catch (err) {
       this.showError(messageOf(err));
+      return false;
+    }
+    // Said here rather than by the relay: the user sees their block and a clear reason.
+    const outside = outsideBlock(Number(parsed.port), this.relay.portBlock);
+    if (outside) {
+      this.showError(`${spec}: ${outside}`);
       return false;
     }
     const s = this.session();

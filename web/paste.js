@@ -1,6 +1,7 @@
 // "Paste an ssh command": fills the user name and target, and queues the -L forwards.
 
 import { planPaste } from "./paste_plan.js";
+import { outsideBlock } from "./port_block.js";
 import { messageOf } from "./text.js";
 
 const $ = (id) => document.getElementById(id);
@@ -8,10 +9,11 @@ const $ = (id) => document.getElementById(id);
 export class PasteForm {
   /**
    * `wasm`: the SSH client (it parses the line); `form`: the LoginForm to fill in;
-   * `state()`: the connection's state; `pending`: the PendingForwards queue.
+   * `state()`: the connection's state; `pending`: the PendingForwards queue; `portBlock()`:
+   * the token holder's block of forward ports, or null.
    */
-  constructor({ wasm, form, state, pending }) {
-    Object.assign(this, { wasm, form, state, pending });
+  constructor({ wasm, form, state, pending, portBlock = () => null }) {
+    Object.assign(this, { wasm, form, state, pending, portBlock });
     this.command = $("paste-command");
     this.result = $("paste-result");
     $("paste-form").addEventListener("submit", (ev) => {
@@ -46,6 +48,10 @@ export class PasteForm {
       return;
     }
     const { form } = this;
+    // A port outside the holder's block is said now, not after connecting, and not queued.
+    const specs = Array.isArray(parsed.forwards) ? parsed.forwards.map(String) : [];
+    const outside = await this.outsideBlock(specs);
+    parsed = { ...parsed, forwards: specs.filter((spec) => !outside.has(spec)) };
     const plan = planPaste(parsed, {
       state: this.state(),
       username: form.username.value.trim(),
@@ -55,11 +61,29 @@ export class PasteForm {
     if (plan.user !== null) form.username.value = plan.user;
     if (plan.target !== null) form.target.value = plan.target;
     for (const [text, kind] of plan.lines) this.line(text, kind);
+    for (const [spec, why] of outside) this.line(`${spec} not queued: ${why}`, "warn");
     if (plan.addNow) {
       this.pending.queue(plan.specs);
       await this.pending.addAll();
     } else if (plan.specs.length > 0) {
       this.pending.queue(plan.specs, { unique: true });
     }
+  }
+
+  /** Specs of `specs` whose port is outside the holder's block: Map spec -> why. */
+  async outsideBlock(specs) {
+    const outside = new Map();
+    const block = this.portBlock();
+    if (!block) return outside;
+    const mod = await this.wasm.get();
+    for (const spec of specs) {
+      try {
+        const why = outsideBlock(Number((await mod.parseForwardSpec(spec)).port), block);
+        if (why) outside.set(spec, why);
+      } catch {
+        // Said when it is added, as before.
+      }
+    }
+    return outside;
   }
 }

@@ -27,6 +27,12 @@ export class PendingForwards {
     this.render();
   }
 
+  /** Takes `specs` out of the queue (those a lab link queued, when it is dropped or re-read). */
+  unqueue(specs) {
+    this.items = this.items.filter((p) => !specs.includes(p.spec));
+    this.render();
+  }
+
   render() {
     this.list.replaceChildren();
     for (const p of this.items) {

@@ -1,9 +1,12 @@
 // The relay's answer to /api/targets, checked. No DOM here: tested by web/test/relay_info.test.js.
 
 /**
- * { names, tokenRequired, publicHost, allowedSources } from the JSON body: the target
- * names to offer, whether the relay asks for an access token, the name users reach its
- * host by (or null), and the source networks forwards accept (empty: any).
+ * { names, tokenRequired, publicHost, allowedSources, maxForwards, tokenHolder, portBlock,
+ * tokenError } from the JSON body: the target names to offer, whether the relay asks for
+ * an access token, the name users reach its host by (or null), the source networks
+ * forwards accept (empty: any), the forwards one session may open (or null); and, when
+ * the page sent a token, whose it is and their block of forward ports ({ first, last }),
+ * or why the relay did not take it (each null otherwise).
  * Throws when the answer has no target list.
  */
 export function parseTargetsAnswer(body) {
@@ -19,7 +22,20 @@ export function parseTargetsAnswer(body) {
     allowedSources: Array.isArray(body.forward_allowed_sources)
       ? body.forward_allowed_sources.filter((n) => typeof n === "string")
       : [],
+    maxForwards: Number.isInteger(body.forwards_per_session) && body.forwards_per_session > 0
+      ? body.forwards_per_session
+      : null,
+    tokenHolder: typeof body.token_holder === "string" && body.token_holder !== "" ? body.token_holder : null,
+    portBlock: portBlockOf(body.port_block),
+    tokenError: typeof body.token_error === "string" && body.token_error !== "" ? body.token_error : null,
   };
+}
+
+const isPort = (n) => Number.isInteger(n) && n >= 1 && n <= 65535;
+
+function portBlockOf(block) {
+  if (!block || !isPort(block.first) || !isPort(block.last) || block.first > block.last) return null;
+  return { first: block.first, last: block.last };
 }
 
 /**

@@ -2,6 +2,7 @@
 //! to an SSH server its operator configured, and opens forward listeners for live
 //! sessions. See `docs/ARCHITECTURE.md` for the whole picture.
 
+mod api_targets;
 pub mod client_addr;
 pub mod config;
 mod connection;
@@ -18,13 +19,13 @@ mod serve;
 mod session;
 mod ssh_pipe;
 pub mod tls;
+mod token_check;
 pub mod web_guard;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::Json;
 use axum::Router;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
@@ -58,6 +59,8 @@ pub struct AppState {
     ports: Arc<ports::PortBook>,
     /// Set when the config names a certificate and key: `run` then serves HTTPS only.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Failed token checks of `/api/targets`, by source.
+    token_checks: Arc<token_check::TokenChecks>,
 }
 
 impl AppState {
@@ -74,6 +77,7 @@ impl AppState {
             admission: Arc::default(),
             ports: Arc::new(ports::PortBook::new(metrics.forward_binds.clone())),
             metrics,
+            token_checks: Arc::default(),
         })
     }
 
@@ -98,7 +102,14 @@ pub fn app(state: AppState) -> Router {
         .service(ServeDir::new(&state.config.web_dir).append_index_html_on_directories(true));
     Router::new()
         .route("/ws", get(websocket))
-        .route("/api/targets", get(targets))
+        .route(
+            "/api/targets",
+            get(api_targets::targets).with_state(api_targets::TargetsApi {
+                config: state.config.clone(),
+                metrics: state.metrics.clone(),
+                checks: state.token_checks.clone(),
+            }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback_service(static_files)
@@ -141,28 +152,6 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
-}
-
-/// Target names, never their addresses; and what the page needs to tell users how to
-/// reach a forward: the relay host's public name and the source networks forwards accept.
-async fn targets(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let config = &state.config;
-    let targets: Vec<_> = config
-        .targets
-        .keys()
-        .map(|name| serde_json::json!({ "name": name }))
-        .collect();
-    let sources: Vec<String> = config
-        .forward_allowed_sources
-        .iter()
-        .map(|net| net.to_string())
-        .collect();
-    Json(serde_json::json!({
-        "targets": targets,
-        "token_required": !config.tokens.is_empty(),
-        "public_host": config.public_host,
-        "forward_allowed_sources": sources,
-    }))
 }
 
 async fn websocket(
@@ -253,7 +242,7 @@ mod tests {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(
             &body[..],
-            br#"{"forward_allowed_sources":[],"public_host":null,"targets":[{"name":"lab"}],"token_required":false}"#
+            br#"{"forward_allowed_sources":[],"forwards_per_session":10,"public_host":null,"targets":[{"name":"lab"}],"token_required":false}"#
         );
     }
 

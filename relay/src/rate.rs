@@ -40,6 +40,13 @@ impl TokenBucket {
         self.tokens >= 1.0
     }
 
+    /// Whether the bucket is whole again at `now` (nothing of it spent, so nothing to
+    /// remember about its owner).
+    pub fn full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);

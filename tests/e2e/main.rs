@@ -23,6 +23,7 @@ mod faults_native;
 mod forward_browser;
 mod forward_native;
 mod hostkeys_browser;
+mod lab_link_browser;
 mod limits_native;
 mod liveness_native;
 mod no_leaks;

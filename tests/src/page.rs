@@ -230,3 +230,66 @@ pub async fn add_forward_in_form(c: &fantoccini::Client, spec: &str) -> Result<S
     c.find(Locator::Id("add-forward")).await?.click().await?;
     row_listen_address(c, &format!(".forward-row[data-spec='{spec}']")).await
 }
+
+/// The widths the page is looked at: desktop and a phone, (name, width, height).
+pub const SCREEN_SIZES: [(&str, u32, u32); 2] = [("desktop", 1200, 900), ("phone", 390, 844)];
+
+/// The narrowest window [`screenshots`] checks the page fits (no screenshot).
+pub const NARROWEST: (u32, u32) = (360, 740);
+
+/// Where page tests put their screenshots: `screenshots/` in the cargo target folder
+/// (`CARGO_TARGET_DIR`, or the workspace's `target/`), for people to open.
+pub fn screenshot_dir() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("screenshots")
+}
+
+/// Saves the top of the page as `screenshots/TEST/STATE-WIDTHxHEIGHT.png` at each of
+/// [`SCREEN_SIZES`], checking at each and at [`NARROWEST`] that nothing is wider than the
+/// window (a phone would scroll sideways), and leaves the window at desktop size. Returns the files.
+pub async fn screenshots(
+    c: &fantoccini::Client,
+    test: &str,
+    state: &str,
+) -> Result<Vec<std::path::PathBuf>> {
+    let dir = screenshot_dir().join(test);
+    std::fs::create_dir_all(&dir)?;
+    let mut files = Vec::new();
+    for (_, width, height) in SCREEN_SIZES {
+        c.set_window_size(width, height).await?;
+        // The top of the page, where each state shows first: a screenshot holds only the
+        // window, and the focus may have scrolled it anywhere.
+        c.execute("window.scrollTo(0, 0);", vec![]).await?;
+        let overflow = c
+            .execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+                vec![],
+            )
+            .await?;
+        anyhow::ensure!(
+            overflow.as_i64() == Some(0),
+            "{state} at {width}px: the page is {overflow} px wider than the window"
+        );
+        let file = dir.join(format!("{state}-{width}x{height}.png"));
+        std::fs::write(&file, c.screenshot().await?)?;
+        files.push(file);
+    }
+    // The narrowest phones in common use: still nothing wider than the window.
+    c.set_window_size(NARROWEST.0, NARROWEST.1).await?;
+    let overflow = c
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            vec![],
+        )
+        .await?;
+    anyhow::ensure!(
+        overflow.as_i64() == Some(0),
+        "{state} at {}px: the page is {overflow} px wider than the window",
+        NARROWEST.0
+    );
+    let (_, width, height) = SCREEN_SIZES[0];
+    c.set_window_size(width, height).await?;
+    Ok(files)
+}

@@ -36,7 +36,7 @@ test("no module imports one that imports it", () => {
 
 test("the DOM-free modules load without a DOM", async () => {
   assert.equal(typeof globalThis.document, "undefined");
-  for (const name of ["reach.js", "relay_info.js", "paste_plan.js", "text.js", "worker_protocol.js", "wasm_support.js"]) {
+  for (const name of ["reach.js", "relay_info.js", "paste_plan.js", "lab_link.js", "port_block.js", "text.js", "worker_protocol.js", "wasm_support.js"]) {
     assert.match(source(name), /No DOM here/, name);
     await import(new URL(name, dir).href);
   }

@@ -27,6 +27,26 @@ test("token, public host and allowed sources are read only when well-formed", ()
   assert.deepEqual(odd.allowedSources, []);
 });
 
+test("a token holder's name and block of ports are read when well-formed", () => {
+  const info = parseTargetsAnswer({
+    targets: [],
+    forwards_per_session: 10,
+    token_holder: "alice",
+    port_block: { first: 20000, last: 20009 },
+  });
+  assert.equal(info.maxForwards, 10);
+  assert.equal(info.tokenHolder, "alice");
+  assert.deepEqual(info.portBlock, { first: 20000, last: 20009 });
+  assert.equal(info.tokenError, null);
+  for (const block of [null, { first: 20010, last: 20009 }, { first: 0, last: 2 }, { first: "1", last: 2 }, { first: 1, last: 70000 }]) {
+    assert.equal(parseTargetsAnswer({ targets: [], port_block: block }).portBlock, null, JSON.stringify(block));
+  }
+  const refused = parseTargetsAnswer({ targets: [], token_error: "not valid here", forwards_per_session: -1 });
+  assert.equal(refused.tokenError, "not valid here");
+  assert.equal(refused.tokenHolder, null);
+  assert.equal(refused.maxForwards, null);
+});
+
 test("an answer without a target list is refused", () => {
   for (const body of [null, {}, { targets: "a" }]) {
     assert.throws(() => parseTargetsAnswer(body), /the relay's answer has no target list/);
