@@ -18,6 +18,7 @@ mod serve;
 mod session;
 mod ssh_pipe;
 pub mod tls;
+pub mod web_forward;
 pub mod web_guard;
 
 use std::future::Future;
@@ -58,6 +59,8 @@ pub struct AppState {
     ports: Arc<ports::PortBook>,
     /// Set when the config names a certificate and key: `run` then serves HTTPS only.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The forwards open as web apps (when the config turns web forwards on).
+    web_forwards: Arc<web_forward::WebForwards>,
 }
 
 impl AppState {
@@ -74,6 +77,7 @@ impl AppState {
             admission: Arc::default(),
             ports: Arc::new(ports::PortBook::new(metrics.forward_binds.clone())),
             metrics,
+            web_forwards: Arc::default(),
         })
     }
 
@@ -96,6 +100,12 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(CompressionLayer::new())
         .service(ServeDir::new(&state.config.web_dir).append_index_html_on_directories(true));
+    let web_proxy = web_forward::WebProxy::new(
+        state.config.clone(),
+        state.web_forwards.clone(),
+        state.metrics.clone(),
+        state.tls(),
+    );
     Router::new()
         .route("/ws", get(websocket))
         .route("/api/targets", get(targets))
@@ -109,6 +119,11 @@ pub fn app(state: AppState) -> Router {
                 metrics: state.metrics.clone(),
             },
             web_guard::guard,
+        ))
+        // Outermost: a web forward's requests go to its app, never to the relay's routes.
+        .layer(axum::middleware::from_fn_with_state(
+            web_proxy,
+            web_forward::dispatch,
         ))
         .with_state(state)
 }
@@ -204,6 +219,13 @@ async fn websocket(
     let waiting = state
         .admission
         .wait_for_hello(client_addr::limit_key(peer.ip()), &state.config.limits);
+    let web = web_forward::Offer::for_session(
+        &state.config,
+        &state.web_forwards,
+        state.tls(),
+        header(axum::http::header::HOST),
+        origin,
+    );
     upgrade
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
@@ -214,7 +236,7 @@ async fn websocket(
         .on_upgrade(move |socket| {
             let (ws_tx, ws_rx) = futures::StreamExt::split(socket);
             sessions.track_future(session::run(
-                ws_tx, ws_rx, config, metrics, peer, shutdown, holder, waiting,
+                ws_tx, ws_rx, config, metrics, peer, shutdown, holder, waiting, web,
             ))
         })
 }
