@@ -29,4 +29,5 @@ mod no_leaks;
 mod redteam;
 mod semantics_native;
 mod tls;
+mod web_forward_native;
 mod worker_browser;
