@@ -279,6 +279,74 @@ mod tests {
         );
     }
 
+    /// The router alone (no session): a forward entered in the book by hand.
+    #[tokio::test]
+    async fn web_forward_links_set_a_secure_cookie_under_tls_and_route_only_exact_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        let config = Config {
+            web_dir: dir.path().to_owned(),
+            tls_cert: Some(cert_path),
+            tls_key: Some(key_path),
+            web_forward_domain: Some("tunnel.example.edu".into()),
+            ..Config::default()
+        };
+        let state = AppState::new(config).unwrap();
+        let offer = web_forward::Offer::for_session(
+            &state.config,
+            &state.web_forwards,
+            state.tls(),
+            Some("relay.example.edu"),
+            None,
+        )
+        .unwrap();
+        let registration = offer.register(1, tokio::sync::mpsc::channel(1).0);
+        let url = offer.url(&registration);
+        let host = format!("f-{}.tunnel.example.edu", registration.id());
+        assert!(
+            url.starts_with(&format!("https://{host}/?tabtunnel_key=")),
+            "{url}"
+        );
+        let app = app(state);
+        let get = |host: &str, path: &str| {
+            Request::get(path)
+                .header(header::HOST, host)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let key = registration.capability().to_owned();
+        let link = app
+            .clone()
+            .oneshot(get(&host, &format!("/?tabtunnel_key={key}")))
+            .await
+            .unwrap();
+        assert_eq!(link.status(), StatusCode::FOUND);
+        assert_eq!(
+            link.headers()[header::SET_COOKIE],
+            format!("tabtunnel_fwd={key}; Path=/; HttpOnly; SameSite=Lax; Secure").as_str()
+        );
+        let refused = app.clone().oneshot(get(&host, "/")).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        // Not exactly a forward's name: the relay's guard refuses it.
+        let near = format!("a.{host}");
+        let near = app.clone().oneshot(get(&near, "/")).await.unwrap();
+        assert_eq!(near.status(), StatusCode::MISDIRECTED_REQUEST);
+        // The relay's own routes stay on its own names, even under the forward's path.
+        let own = app
+            .clone()
+            .oneshot(get("127.0.0.1", "/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(own.status(), StatusCode::OK);
+        // Revoked with its registration.
+        drop(registration);
+        let closed = app.oneshot(get(&host, "/")).await.unwrap();
+        assert_eq!(closed.status(), StatusCode::NOT_FOUND);
+    }
+
     #[tokio::test]
     async fn the_bundle_is_served_compressed_as_wasm() {
         let dir = tempfile::tempdir().unwrap();

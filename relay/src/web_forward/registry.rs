@@ -19,13 +19,23 @@ pub(crate) struct Opener {
     pub accepted: mpsc::Sender<Accepted>,
 }
 
-#[derive(Debug)]
 struct Entry {
     /// 256 random bits in hex: the first link's key and the cookie's value.
     capability: String,
     opener: Opener,
     requests: usize,
     sockets: usize,
+}
+
+/// Never shows the capability.
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("forward", &self.opener.forward)
+            .field("requests", &self.requests)
+            .field("sockets", &self.sockets)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -42,11 +52,19 @@ pub struct WebForwards {
 }
 
 /// A forward's entry in the book, held by its session; dropping it revokes the forward.
-#[derive(Debug)]
 pub struct Registration {
     book: Arc<WebForwards>,
     id: String,
     capability: String,
+}
+
+/// Never shows the capability.
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registration {
@@ -220,6 +238,8 @@ mod tests {
         assert_ne!(a.id(), b.id());
         assert_eq!(a.capability().len(), 64);
         assert_ne!(a.capability(), b.capability());
+        let shown = format!("{book:?} {a:?}");
+        assert!(!shown.contains(a.capability()), "{shown}");
         assert_eq!(book.capability(a.id()).as_deref(), Some(a.capability()));
         let id = a.id().to_owned();
         drop(a);
