@@ -12,8 +12,8 @@ use fantoccini::{Client, Locator};
 use tabtunnel_e2e::browser::Browser;
 use tabtunnel_e2e::lab::Lab;
 use tabtunnel_e2e::page::{add_forward_in_form, browser_turn, log_in_with_password, open};
-use tabtunnel_e2e::wait_for;
 use tabtunnel_e2e::web_app::{HOME_TITLE, WebApp};
+use tabtunnel_e2e::{pattern, sha256_hex, wait_for};
 
 const DOMAIN: &str = "tabtunnel.localhost";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -128,6 +128,27 @@ async fn the_open_button_opens_a_web_app_with_its_redirects_forms_and_websockets
         c.find(Locator::Id("go")).await?.click().await?;
         wait_for_text(c, "#answers", |t| t.contains(&format!("echo: {word}"))).await?;
     }
+
+    // A large body, streamed, as the app's own script fetches it.
+    const SIZE: usize = 8 << 20;
+    let digest = c
+        .execute_async(
+            r#"
+            const [size, done] = arguments;
+            fetch(`big?bytes=${size}`)
+                .then((r) => r.arrayBuffer())
+                .then((b) => crypto.subtle.digest("SHA-256", b))
+                .then((d) => done(Array.from(new Uint8Array(d), (x) => x.toString(16).padStart(2, "0")).join("")))
+                .catch((e) => done(`failed: ${e}`));
+            "#,
+            vec![serde_json::json!(SIZE)],
+        )
+        .await?;
+    assert_eq!(
+        digest,
+        serde_json::json!(sha256_hex(&pattern(5, SIZE))),
+        "the streamed body arrived whole"
+    );
 
     // A second browser, without the cookie, is refused, even with the page's address.
     let other = Browser::start().await?;

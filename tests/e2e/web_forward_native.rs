@@ -588,3 +588,24 @@ async fn path_mode_serves_under_the_prefix_with_a_cookie_for_it() -> Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_forwards_are_off_unless_the_operator_turns_them_on() -> Result<()> {
+    let lab = Lab::start().await?;
+    let session = lab.log_in().await?;
+    let app = WebApp::start().await?;
+    let forward = session.forward(&format!("0:{}", app.addr)).await?;
+    assert_eq!(forward.web_url(), None);
+    let name = format!("f-0123456789abcdef.{DOMAIN}");
+    let mut by_name = Http::open(lab.relay.addr, &name).await?;
+    assert_eq!(
+        by_name.get("/", None).await?.status,
+        StatusCode::MISDIRECTED_REQUEST
+    );
+    let mut by_path = Http::open(lab.relay.addr, &lab.relay.addr.to_string()).await?;
+    assert_eq!(
+        by_path.get("/f/0123456789abcdef/", None).await?.status,
+        StatusCode::NOT_FOUND
+    );
+    Ok(())
+}
