@@ -104,7 +104,6 @@ pub fn app(state: AppState) -> Router {
         state.config.clone(),
         state.web_forwards.clone(),
         state.metrics.clone(),
-        state.tls(),
     );
     Router::new()
         .route("/ws", get(websocket))

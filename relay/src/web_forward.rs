@@ -130,8 +130,11 @@ impl Offer {
 
     /// Enters forward `forward` of the session whose clients queue on `accepted`.
     pub(crate) fn register(&self, forward: u32, accepted: mpsc::Sender<Accepted>) -> Registration {
-        self.forwards
-            .register(registry::Opener { forward, accepted })
+        self.forwards.register(registry::Opener {
+            forward,
+            accepted,
+            secure: self.scheme == "https",
+        })
     }
 
     /// The forward's first link, with its key.
@@ -218,5 +221,22 @@ mod tests {
         assert_eq!(o.scheme, "http");
         let o = Offer::for_session(&paths, &forwards, true, Some("h:1"), None).unwrap();
         assert_eq!(o.scheme, "https");
+    }
+
+    #[test]
+    fn the_cookie_is_secure_whenever_the_url_is_https() {
+        let forwards = Arc::new(WebForwards::default());
+        let paths = Config {
+            web_forward_paths: true,
+            ..Config::default()
+        };
+        // Behind a TLS-terminating proxy: no TLS here, but the page came over https.
+        for (origin, secure) in [("https://h", true), ("http://h", false)] {
+            let offer =
+                Offer::for_session(&paths, &forwards, false, Some("h"), Some(origin)).unwrap();
+            let registration = offer.register(1, mpsc::channel(1).0);
+            let (_, is_secure) = forwards.capability(registration.id()).unwrap();
+            assert_eq!(is_secure, secure, "{origin}");
+        }
     }
 }

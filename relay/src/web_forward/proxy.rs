@@ -37,23 +37,15 @@ pub struct WebProxy {
     forwards: Arc<WebForwards>,
     metrics: Arc<Metrics>,
     client: ForwardClientPool,
-    /// Whether the relay serves HTTPS: the cookie is then `Secure`.
-    tls: bool,
 }
 
 impl WebProxy {
-    pub fn new(
-        config: Arc<Config>,
-        forwards: Arc<WebForwards>,
-        metrics: Arc<Metrics>,
-        tls: bool,
-    ) -> Self {
+    pub fn new(config: Arc<Config>, forwards: Arc<WebForwards>, metrics: Arc<Metrics>) -> Self {
         Self {
             client: client(forwards.clone()),
             config,
             forwards,
             metrics,
-            tls,
         }
     }
 }
@@ -248,7 +240,7 @@ impl WebProxy {
             .copied()
             .map(|c| c.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let Some(capability) = self.forwards.capability(id) else {
+        let Some((capability, secure)) = self.forwards.capability(id) else {
             self.metrics.refused("web-closed");
             return closed();
         };
@@ -272,7 +264,7 @@ impl WebProxy {
                 None => path.clone(),
             };
             let cookie_path = prefix.as_deref().map_or("/".into(), |p| format!("{p}/"));
-            let set = rules::set_cookie(&cookie, &capability, &cookie_path, self.tls);
+            let set = rules::set_cookie(&cookie, &capability, &cookie_path, secure);
             let mut response = relay_answer(StatusCode::FOUND, "Opening the forward", "Opening…");
             let headers = response.headers_mut();
             if let (Ok(location), Ok(set)) = (

@@ -17,6 +17,9 @@ use crate::listen::Accepted;
 pub(crate) struct Opener {
     pub forward: u32,
     pub accepted: mpsc::Sender<Accepted>,
+    /// The forward's URL is https (the relay's TLS, or a TLS-terminating proxy in
+    /// front): its cookie is then `Secure`.
+    pub secure: bool,
 }
 
 struct Entry {
@@ -156,9 +159,12 @@ impl WebForwards {
         }
     }
 
-    /// The forward's capability, if it is open.
-    pub(crate) fn capability(&self, id: &str) -> Option<String> {
-        self.lock().forwards.get(id).map(|e| e.capability.clone())
+    /// The forward's capability and whether its cookie is `Secure`, if it is open.
+    pub(crate) fn capability(&self, id: &str) -> Option<(String, bool)> {
+        self.lock()
+            .forwards
+            .get(id)
+            .map(|e| (e.capability.clone(), e.opener.secure))
     }
 
     /// The way to the forward's session, if it is open.
@@ -226,6 +232,7 @@ mod tests {
         Opener {
             forward: 1,
             accepted: mpsc::channel(1).0,
+            secure: false,
         }
     }
 
@@ -240,7 +247,10 @@ mod tests {
         assert_ne!(a.capability(), b.capability());
         let shown = format!("{book:?} {a:?}");
         assert!(!shown.contains(a.capability()), "{shown}");
-        assert_eq!(book.capability(a.id()).as_deref(), Some(a.capability()));
+        assert_eq!(
+            book.capability(a.id()),
+            Some((a.capability().to_owned(), false))
+        );
         let id = a.id().to_owned();
         drop(a);
         assert_eq!(book.capability(&id), None);
