@@ -189,3 +189,86 @@ async fn the_url_dies_with_the_session() -> Result<()> {
     wait_until_closed(c).await?;
     Ok(())
 }
+
+/// A self-signed certificate for the relay's names and every forward's name, and the
+/// SHA-256 of its key, which Chromium is told to trust (and nothing else).
+fn wildcard_cert(
+    dir: &std::path::Path,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, String)> {
+    use base64ct::Encoding as _;
+    use sha2::Digest;
+    let pair = rcgen::generate_simple_self_signed(vec![
+        "127.0.0.1".to_owned(),
+        "localhost".to_owned(),
+        format!("*.{DOMAIN}"),
+    ])?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, pair.cert.pem())?;
+    std::fs::write(&key, pair.signing_key.serialize_pem())?;
+    let spki = base64ct::Base64::encode_string(&sha2::Sha256::digest(
+        rcgen::PublicKeyData::subject_public_key_info(&pair.signing_key),
+    ));
+    Ok((cert, key, spki))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_the_cookie_is_secure_http_only_lax_and_host_only() -> Result<()> {
+    let _one = browser_turn().await?;
+    let dir = tempfile::tempdir()?;
+    let (cert, key, spki) = wildcard_cert(dir.path())?;
+    let lab = Lab::builder()
+        .configure(move |config| {
+            config.tls_cert = Some(cert);
+            config.tls_key = Some(key);
+            config.web_forward_domain = Some(DOMAIN.into());
+        })
+        .start()
+        .await?;
+    let app = WebApp::start().await?;
+    let browser =
+        Browser::start_with_args(&[format!("--ignore-certificate-errors-spki-list={spki}")])
+            .await?;
+    let c = &browser.client;
+    c.goto(&lab.relay.http_url()).await?;
+    log_in_with_password(c, "sshd", lab.sshd.user, lab.sshd.password).await?;
+    let spec = format!("0:127.0.0.1:{}", app.addr.port());
+    add_forward_in_form(c, &spec).await?;
+    let row = format!(".forward-row[data-spec='{spec}']");
+    let (_page_tab, _app_tab) = open_with_keyboard(c, &row).await?;
+    wait_for_text(c, "h1", |t| t == HOME_TITLE).await?;
+    let here = c.current_url().await?;
+    assert_eq!(here.scheme(), "https", "{here}");
+    let host = here.host_str().unwrap_or_default().to_owned();
+    assert!(host.starts_with("f-") && host.ends_with(DOMAIN), "{here}");
+
+    // The cookie as Chromium keeps it.
+    let cookies = c.get_all_cookies().await?;
+    let ours: Vec<_> = cookies
+        .iter()
+        .filter(|k| k.name() == "tabtunnel_fwd")
+        .collect();
+    assert_eq!(ours.len(), 1, "{cookies:?}");
+    let cookie = ours[0];
+    assert_eq!(cookie.secure(), Some(true), "{cookie:?}");
+    assert_eq!(cookie.http_only(), Some(true), "{cookie:?}");
+    // fantoccini does not re-export the cookie crate's SameSite: compare its name.
+    assert_eq!(
+        format!("{:?}", cookie.same_site()),
+        "Some(Lax)",
+        "{cookie:?}"
+    );
+    assert_eq!(cookie.path(), Some("/"), "{cookie:?}");
+    // Host-only: the forward's own name, never a parent domain other forwards share.
+    assert_eq!(cookie.domain(), Some(host.as_str()), "{cookie:?}");
+
+    // The app works over https too: its WebSocket page.
+    c.goto(&format!("{}echo", here.as_str())).await?;
+    wait_for_text(c, "#state", |t| t == "open").await?;
+    c.find(Locator::Id("say"))
+        .await?
+        .send_keys("secure")
+        .await?;
+    c.find(Locator::Id("go")).await?.click().await?;
+    wait_for_text(c, "#answers", |t| t.contains("echo: secure")).await?;
+    Ok(())
+}
