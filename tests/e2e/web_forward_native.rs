@@ -235,12 +235,19 @@ async fn the_link_sets_a_private_cookie_and_the_app_never_sees_it() -> Result<()
 
     // With it: the app answers, with its own headers, and sees neither key nor cookie.
     let both = format!("a=1; {cookie}; b=2");
-    let seen = http.get("/headers?x=1", Some(&both)).await?;
+    let spoofed = http
+        .request(Method::GET, "/headers?x=1", Some(&both))
+        .header("x-forwarded-for", "10.9.9.9")
+        .body(Full::default())?;
+    let seen = http.send(spoofed).await?;
     assert_eq!(seen.status, StatusCode::OK, "{}", seen.text());
     let text = seen.text();
     assert!(text.contains("cookie: a=1; b=2\n"), "{text}");
     assert!(!text.contains(&key), "{text}");
     assert!(text.contains(&format!("host: {}\n", url.host)), "{text}");
+    assert!(text.contains("x-forwarded-for: 127.0.0.1\n"), "{text}");
+    assert!(text.contains("x-forwarded-proto: http\n"), "{text}");
+    assert!(!text.contains("10.9.9.9"), "{text}");
     assert!(
         seen.header(header::CONTENT_SECURITY_POLICY).is_empty(),
         "the app's headers are its own"

@@ -317,11 +317,14 @@ impl WebProxy {
         parts.extensions = Default::default();
         rules::strip_cookie(&mut parts.headers, &cookie);
         rules::strip_hop_by_hop(&mut parts.headers, upgrade);
-        if let Some(prefix) = &prefix
-            && let Ok(value) = HeaderValue::from_str(prefix)
-        {
-            parts.headers.insert("x-forwarded-prefix", value);
-        }
+        rules::set_forwarded(
+            &mut parts.headers,
+            &rules::Forwarded {
+                client,
+                proto: if secure { "https" } else { "http" },
+                prefix: prefix.as_deref(),
+            },
+        );
         let outgoing = Request::from_parts(parts, body);
 
         let mut response = match self.client.request(outgoing).await {

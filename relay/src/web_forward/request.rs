@@ -161,6 +161,43 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// What the proxy tells the app about the request, as reverse proxies do.
+#[derive(Debug)]
+pub struct Forwarded<'a> {
+    /// The browser's address (behind trusted proxies, the client they name).
+    pub client: std::net::IpAddr,
+    /// `https` when the browser reached the relay over https.
+    pub proto: &'static str,
+    /// The path mode's `/f/<id>`, which the app's paths no longer carry.
+    pub prefix: Option<&'a str>,
+}
+
+/// Replaces whatever the browser sent as `Forwarded`, `X-Forwarded-*` or `X-Real-IP`
+/// with what the relay knows: an app behind a local proxy often believes these, and a
+/// browser could name any address there. The Host header is the browser's, unchanged.
+pub fn set_forwarded(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
+    for name in [
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-prefix",
+        "x-real-ip",
+    ] {
+        headers.remove(name);
+    }
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    };
+    set("x-forwarded-for", &forwarded.client.to_string());
+    set("x-forwarded-proto", forwarded.proto);
+    if let Some(prefix) = forwarded.prefix {
+        set("x-forwarded-prefix", prefix);
+    }
+}
+
 /// Whether a request asks to switch protocols (a WebSocket).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     let connection_upgrade = headers
@@ -315,6 +352,43 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h[header::CONNECTION], "upgrade");
         assert_eq!(h[header::UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn the_app_is_told_what_the_relay_knows_not_what_the_browser_claims() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("x-forwarded-for", "10.9.9.9"),
+            ("forwarded", "for=10.9.9.9"),
+            ("x-real-ip", "10.9.9.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-prefix", "/admin"),
+        ] {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+        let client = "192.0.2.7".parse().unwrap();
+        set_forwarded(
+            &mut h,
+            &Forwarded {
+                client,
+                proto: "http",
+                prefix: None,
+            },
+        );
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        set_forwarded(
+            &mut h,
+            &Forwarded {
+                client,
+                proto: "https",
+                prefix: Some("/f/0123456789abcdef"),
+            },
+        );
+        assert_eq!(h["x-forwarded-prefix"], "/f/0123456789abcdef");
+        assert_eq!(h["x-forwarded-proto"], "https");
     }
 
     #[test]
