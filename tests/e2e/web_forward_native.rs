@@ -284,6 +284,15 @@ async fn the_link_sets_a_private_cookie_and_the_app_never_sees_it() -> Result<()
         StatusCode::FORBIDDEN
     );
 
+    // Each refusal is counted by its reason.
+    let metrics = s.lab.relay.get("/metrics").await?;
+    for reason in ["web-cookie", "web-key"] {
+        assert!(
+            metrics.contains(&format!("tabtunnel_refusals_total{{reason=\"{reason}\"}}")),
+            "{reason} in {metrics}"
+        );
+    }
+
     // Names close to a forward's are not the relay's.
     let mut near = Http::open(s.lab.relay.addr, &format!("x.{}", url.host)).await?;
     assert_eq!(
