@@ -21,10 +21,13 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// The lab (relay with web forwards by name), the web app, and the relay's page in
 /// Chromium, logged in.
 async fn logged_in() -> Result<(Lab, WebApp, Browser)> {
-    let lab = Lab::builder()
-        .configure(|config| config.web_forward_domain = Some(DOMAIN.into()))
-        .start()
-        .await?;
+    logged_in_with(|config| config.web_forward_domain = Some(DOMAIN.into())).await
+}
+
+async fn logged_in_with(
+    web: impl FnOnce(&mut tabtunnel_relay::Config) + Send + 'static,
+) -> Result<(Lab, WebApp, Browser)> {
+    let lab = Lab::builder().configure(web).start().await?;
     let app = WebApp::start().await?;
     let browser = open(&lab.relay.http_url()).await?;
     let c = &browser.client;
@@ -270,5 +273,42 @@ async fn over_https_the_cookie_is_secure_http_only_lax_and_host_only() -> Result
         .await?;
     c.find(Locator::Id("go")).await?.click().await?;
     wait_for_text(c, "#answers", |t| t.contains("echo: secure")).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_path_an_app_with_relative_links_works_under_its_prefix() -> Result<()> {
+    let _one = browser_turn().await?;
+    let (_lab, app, browser) = logged_in_with(|config| config.web_forward_paths = true).await?;
+    let c = &browser.client;
+    let spec = format!("0:127.0.0.1:{}", app.addr.port());
+    add_forward_in_form(c, &spec).await?;
+    let row = format!(".forward-row[data-spec='{spec}']");
+    let (_page_tab, _app_tab) = open_with_keyboard(c, &row).await?;
+    wait_for_text(c, "h1", |t| t == HOME_TITLE).await?;
+    let here = c.current_url().await?;
+    assert!(
+        here.path().starts_with("/f/") && here.path().ends_with('/'),
+        "{here}"
+    );
+    assert_eq!(here.query(), None, "{here}");
+    c.find(Locator::Id("to-redirect")).await?.click().await?;
+    wait_for_text(c, "#landed", |t| t == "after the redirect").await?;
+    // The app's absolute redirect (to /landed) is kept under the prefix.
+    c.goto(&format!("{}absolute", here.as_str())).await?;
+    wait_for_text(c, "#landed", |t| t == "after the redirect").await?;
+    assert!(c.current_url().await?.path().starts_with(here.path()));
+    c.goto(&format!("{}form", here.as_str())).await?;
+    c.find(Locator::Id("name")).await?.send_keys("Lin").await?;
+    c.find(Locator::Id("send")).await?.click().await?;
+    wait_for_text(c, "#greeting", |t| t == "Hello, Lin").await?;
+    c.goto(&format!("{}echo", here.as_str())).await?;
+    wait_for_text(c, "#state", |t| t == "open").await?;
+    c.find(Locator::Id("say"))
+        .await?
+        .send_keys("by path")
+        .await?;
+    c.find(Locator::Id("go")).await?.click().await?;
+    wait_for_text(c, "#answers", |t| t.contains("echo: by path")).await?;
     Ok(())
 }
