@@ -113,7 +113,7 @@ const handlers = {
     }
     forwards.set(fid, { obj: fwd, busy: 0, closed: false });
     handle.forwards.add(fid);
-    return { forward: fid, listen: fwd.listen, spec: fwd.spec };
+    return { forward: fid, listen: fwd.listen, spec: fwd.spec, webUrl: fwd.webUrl ?? null };
   },
 
   async stats(mod, { forward }) {

@@ -1,5 +1,5 @@
 // One forward's row in the Active list: its spec and state, where to connect and who
-// else can, its live numbers, and Remove.
+// else can, its live numbers, Open (when the relay serves it as a web app) and Remove.
 
 import { reachOf } from "./reach.js";
 import { statsView } from "./text.js";
@@ -46,7 +46,8 @@ export class ForwardRow {
     this.removeBtn.type = "button";
     this.removeBtn.setAttribute("aria-label", `Remove forward ${spec}`);
     this.removeBtn.addEventListener("click", () => onRemove(this));
-    actions.append(this.removeBtn);
+    this.openLink = fwd.webUrl ? openLink(fwd.webUrl, spec) : null;
+    actions.append(...(this.openLink ? [this.openLink] : []), this.removeBtn);
     const foot = element("div", "forward-foot");
     foot.append(this.statsEl, actions);
 
@@ -96,9 +97,24 @@ export class ForwardRow {
     this.closed = true;
     this.show("closed", label);
     this.row.classList.add("closed");
+    // The relay revoked the forward's URL with it: nothing left to open.
+    this.openLink?.remove();
     this.removeBtn.disabled = false;
     this.removeBtn.textContent = "Remove";
   }
+}
+
+/**
+ * "Open": the forward's web URL in a new tab. It carries the forward's key, so it is a
+ * link to follow, never text to copy; noopener keeps the app from scripting this page.
+ */
+function openLink(url, spec) {
+  const link = element("a", "open-web button-link small", "Open");
+  link.href = url;
+  link.target = "_blank";
+  link.rel = "noopener noreferrer";
+  link.setAttribute("aria-label", `Open forward ${spec} in a new tab`);
+  return link;
 }
 
 function stat(label, value) {

@@ -1,7 +1,7 @@
 // The SSH client, /pkg/client_wasm.js, run in a dedicated worker (client_worker.js) so
 // a bulk transfer never competes with the page. This module gives the page the client's
 // shape, asynchronously: connect(options) with the same callbacks, sessions with
-// forward/close/closedReason, forwards with listen/spec/stats/close, and errors with the
+// forward/close/closedReason, forwards with listen/spec/webUrl/stats/close, and errors with the
 // same messages and `code`. The rest of the page still works if the client is missing,
 // fails to start or stops: the user is told why.
 
@@ -221,8 +221,9 @@ class SessionProxy {
  * asks for new ones, one question at a time: the page polls it on a timer.
  */
 class ForwardProxy {
-  constructor(session, { forward, listen, spec }) {
-    Object.assign(this, { session, id: forward, listen, spec });
+  constructor(session, { forward, listen, spec, webUrl }) {
+    // webUrl: where a browser opens the forward as a web app, or null.
+    Object.assign(this, { session, id: forward, listen, spec, webUrl: webUrl ?? null });
     this.latest = NO_STATS;
     this.polling = false;
   }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::error::ClientError;
-use crate::mux::Owner;
+use crate::mux::{Listened, Owner};
 use crate::spec::ForwardSpec;
 use crate::stats::{ForwardStats, StatsSnapshot};
 
@@ -14,6 +14,8 @@ pub struct Forward {
     id: u32,
     spec: Arc<ForwardSpec>,
     listen: String,
+    /// Carries the forward's capability: kept out of `Debug`.
+    web_url: Option<String>,
     stats: Arc<ForwardStats>,
 }
 
@@ -23,6 +25,7 @@ impl std::fmt::Debug for Forward {
             .field("id", &self.id)
             .field("spec", &self.spec)
             .field("listen", &self.listen)
+            .field("web_url", &self.web_url.as_ref().map(|_| "(redacted)"))
             .finish()
     }
 }
@@ -32,21 +35,29 @@ impl Forward {
         owner: Arc<Owner>,
         id: u32,
         spec: Arc<ForwardSpec>,
-        listen: String,
-        stats: Arc<ForwardStats>,
+        listened: Listened,
     ) -> Self {
         Self {
             owner,
             id,
             spec,
-            listen,
-            stats,
+            listen: listened.address,
+            web_url: listened.web_url,
+            stats: listened.stats,
         }
     }
 
     /// Where TCP clients connect, on the relay host (`127.0.0.1:10080`).
     pub fn listen(&self) -> &str {
         &self.listen
+    }
+
+    /// Where a browser opens this forward as a web app, when the relay has web forwards
+    /// on (`https://f-<id>.tunnel.example.edu/?tabtunnel_key=...`). The first visit with
+    /// it sets a cookie for that browser only: hand it to no one you would not give the
+    /// forward itself.
+    pub fn web_url(&self) -> Option<&str> {
+        self.web_url.as_deref()
     }
 
     pub fn spec(&self) -> &ForwardSpec {

@@ -80,12 +80,22 @@ struct MuxState {
     conns: ConnTable<ConnHandle>,
 }
 
-/// What a Listen waits for: the relay's address and the forward's counters.
-type ListenReply = Result<(String, Arc<ForwardStats>), ClientError>;
+/// What a Listen waits for.
+type ListenReply = Result<Listened, ClientError>;
+
+/// A forward the relay opened: where it listens, its web URL if the relay gave one,
+/// and its counters.
+pub(crate) struct Listened {
+    pub(crate) address: String,
+    pub(crate) web_url: Option<String>,
+    pub(crate) stats: Arc<ForwardStats>,
+}
 
 struct PendingListen {
     spec: Arc<ForwardSpec>,
     reply: oneshot::Sender<ListenReply>,
+    /// The WebForward the relay sends just before the Listening.
+    web_url: Option<String>,
 }
 
 struct ForwardEntry {
@@ -235,12 +245,12 @@ impl Mux {
         )
     }
 
-    /// Asks the relay to listen for `spec`; returns the forward's id, the address the
-    /// relay listens on, and the forward's counters.
+    /// Asks the relay to listen for `spec`; returns the forward's id and what the relay
+    /// answered.
     pub(crate) async fn listen(
         &self,
         spec: Arc<ForwardSpec>,
-    ) -> Result<(u32, String, Arc<ForwardStats>), ClientError> {
+    ) -> Result<(u32, Listened), ClientError> {
         let (reply, answer) = oneshot::channel();
         let forward = {
             let mut state = self.state.lock().expect("state lock");
@@ -253,6 +263,7 @@ impl Mux {
                 PendingListen {
                     spec: spec.clone(),
                     reply,
+                    web_url: None,
                 },
             );
             id
@@ -263,8 +274,8 @@ impl Mux {
             port: spec.port,
         })
         .await?;
-        let (address, stats) = answer.await.map_err(|_| self.closed_error())??;
-        Ok((forward, address, stats))
+        let listened = answer.await.map_err(|_| self.closed_error())??;
+        Ok((forward, listened))
     }
 
     /// Stops the relay listening for `forward` and ends its connections.
@@ -441,6 +452,12 @@ fn route(mux: &Mux, links: &Links, frame: Frame) -> Result<(), ClientError> {
             mux.ssh_frames.fetch_add(1, Ordering::Relaxed);
             let _ = links.ssh_in.send(data);
         }
+        Frame::WebForward { forward, url } => {
+            // Kept until the Listening that follows; one for no pending Listen is stale.
+            if let Some(pending) = state.pending.get_mut(&forward) {
+                pending.web_url = Some(url);
+            }
+        }
         Frame::Listening { forward, address } => {
             if let Some(pending) = state.pending.remove(&forward) {
                 let stats = Arc::new(ForwardStats::default());
@@ -451,7 +468,12 @@ fn route(mux: &Mux, links: &Links, frame: Frame) -> Result<(), ClientError> {
                         stats: stats.clone(),
                     },
                 );
-                if pending.reply.send(Ok((address, stats))).is_err() {
+                let listened = Listened {
+                    address,
+                    web_url: pending.web_url,
+                    stats,
+                };
+                if pending.reply.send(Ok(listened)).is_err() {
                     // The caller gave up waiting; do not leave a listener behind.
                     state.forwards.remove(&forward);
                     let _ = mux.out.try_send(Frame::Unlisten { forward });

@@ -205,8 +205,8 @@ impl Session {
         if options.check_destination {
             self.check_destination(&spec).await?;
         }
-        let (id, address, stats) = self.owner.listen(spec.clone()).await?;
-        Ok(Forward::new(self.owner.clone(), id, spec, address, stats))
+        let (id, listened) = self.owner.listen(spec.clone()).await?;
+        Ok(Forward::new(self.owner.clone(), id, spec, listened))
     }
 
     /// Opens and closes one channel to the spec's destination, so a destination the

@@ -353,6 +353,13 @@ impl Forward {
         self.spec.clone()
     }
 
+    /// Where a browser opens this forward as a web app (its first link, which carries
+    /// the forward's key), or `null` when the relay offers no web forwards.
+    #[wasm_bindgen(getter, js_name = webUrl)]
+    pub fn web_url(&self) -> Option<String> {
+        self.inner.web_url().map(str::to_owned)
+    }
+
     /// `{ connections, active, bytesUp, bytesDown, failures, lastError }`.
     pub fn stats(&self) -> Result<Object, JsValue> {
         let s = self.inner.stats();

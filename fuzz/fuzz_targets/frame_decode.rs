@@ -41,6 +41,7 @@ fn encoded_frames_decode_to_themselves(frame: Frame) {
     let zero_id = match &frame {
         Frame::Listen { forward, .. }
         | Frame::Listening { forward, .. }
+        | Frame::WebForward { forward, .. }
         | Frame::ListenFailed { forward, .. }
         | Frame::Unlisten { forward } => *forward == 0,
         Frame::Accept { conn, .. }
@@ -104,6 +105,10 @@ fn cut_to_limits(frame: Frame) -> Frame {
             forward,
             address: cut(address),
         },
+        Frame::WebForward { forward, url } => Frame::WebForward {
+            forward,
+            url: cut(url),
+        },
         Frame::ListenFailed {
             forward,
             code,
@@ -138,7 +143,7 @@ fn arbitrary_frame(u: &mut Unstructured<'_>) -> Result<Frame> {
         let len = u.int_in_range(0..=MAX_DATA)?;
         Ok(Bytes::copy_from_slice(u.bytes(len.min(u.len()))?))
     };
-    Ok(match u.int_in_range(1..=14u8)? {
+    Ok(match u.int_in_range(1..=15u8)? {
         1 => Frame::Hello {
             version: u.arbitrary()?,
             target: u.arbitrary()?,
@@ -188,6 +193,10 @@ fn arbitrary_frame(u: &mut Unstructured<'_>) -> Result<Frame> {
         },
         14 => Frame::Blocked {
             conn: u.arbitrary()?,
+        },
+        15 => Frame::WebForward {
+            forward: u.arbitrary()?,
+            url: u.arbitrary()?,
         },
         _ => Frame::Close {
             conn: u.arbitrary()?,

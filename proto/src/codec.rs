@@ -56,6 +56,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
         }
         Frame::Listen { forward, .. }
         | Frame::Listening { forward, .. }
+        | Frame::WebForward { forward, .. }
         | Frame::ListenFailed { forward, .. }
         | Frame::Unlisten { forward } => *forward,
         Frame::Accept { conn, .. }
@@ -110,6 +111,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             put_text(out, bind);
         }
         Frame::Listening { address, .. } => put_text(out, address),
+        Frame::WebForward { url, .. } => put_text(out, url),
         Frame::Unlisten { .. } | Frame::Eof { .. } | Frame::Blocked { .. } => {}
         Frame::Accept { forward, peer, .. } => {
             out.put_u32(*forward);
@@ -225,6 +227,13 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
             Frame::Listening {
                 forward,
                 address: r.rest_text("address")?,
+            }
+        }
+        Kind::WebForward => {
+            let forward = r.stream(stream)?;
+            Frame::WebForward {
+                forward,
+                url: r.rest_text("url")?,
             }
         }
         Kind::ListenFailed => {

@@ -59,6 +59,11 @@ pub enum Frame {
     /// The sender of connection `conn` spent all the credit it was granted and waits
     /// for more: the receiver may grow the window (see [`crate::credit`]).
     Blocked { conn: u32 },
+    /// Forward `forward` can also be opened in a browser at `url` (the relay's web
+    /// forwards are on). Sent just before the forward's Listening, so the tab knows it
+    /// by the time the forward is open. The URL carries the forward's capability: only
+    /// the tab that opened the forward learns it (see the relay's `web_forward`).
+    WebForward { forward: u32, url: String },
 }
 
 /// Declares the frame kinds once: each row is a frame's wire number and its `Frame`
@@ -125,6 +130,7 @@ frame_kinds! {
     (12, Eof);
     (13, Close);
     (14, Blocked);
+    (15, WebForward);
 }
 
 impl Frame {
@@ -233,7 +239,7 @@ mod tests {
             assert_eq!(Kind::from_u8(kind.number()), Some(kind));
         }
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(15), None);
+        assert_eq!(Kind::from_u8(16), None);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! | 12   | Eof           | both         | conn id    | empty: no more Data in this direction     |
 //! | 13   | Close         | both         | conn id    | reason (UTF-8), empty when orderly        |
 //! | 14   | Blocked       | both         | conn id    | empty: the sender spent all its credit    |
+//! | 15   | WebForward    | relay → tab  | forward id | the forward's web URL (UTF-8), before its Listening |
 //!
 //! A ListenFailed for a forward that is already listening reports one TCP client the
 //! relay refused (its source address is not allowed, or too many wait for the tab); the
@@ -61,7 +62,9 @@ pub use frame::{ErrorCode, Frame, Kind};
 ///   (see [`credit`]). A version-1 peer would overrun a version-2 receiver's window.
 /// - 3: Blocked frames, and windows that grow while their sender starves (see
 ///   [`credit`]). A version-2 receiver would refuse a Blocked frame as unknown.
-pub const VERSION: u16 = 3;
+/// - 4: WebForward frames (a forward's URL for the browser, before its Listening). A
+///   version-3 tab would refuse one as unknown.
+pub const VERSION: u16 = 4;
 
 /// Size of the frame header: kind (1 byte) and stream (4 bytes).
 pub const HEADER_LEN: usize = 5;

@@ -48,6 +48,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             port
         }),
         (id(), text()).prop_map(|(forward, address)| Frame::Listening { forward, address }),
+        (id(), text()).prop_map(|(forward, url)| Frame::WebForward { forward, url }),
         (id(), code, text()).prop_map(|(forward, code, message)| Frame::ListenFailed {
             forward,
             code,

@@ -72,6 +72,10 @@ fn every_variant() -> Vec<Frame> {
         },
         Frame::Eof { conn: 9 },
         Frame::Blocked { conn: 9 },
+        Frame::WebForward {
+            forward: 3,
+            url: "https://f-0123456789abcdef.tunnel.example.edu/?tabtunnel_key=00ff".into(),
+        },
         Frame::Close {
             conn: 9,
             reason: String::new(),

@@ -1,5 +1,7 @@
-//! One accepted TCP connection of a forward: TCP bytes go to the tab within the credit
-//! the tab granted; the tab's bytes go to TCP, and credit flows back as they are written.
+//! One accepted connection of a forward: its bytes go to the tab within the credit the
+//! tab granted; the tab's bytes go to it, and credit flows back as they are written. The
+//! client is a TCP client of the forward's listener or a web forward's request (an
+//! in-memory pipe to the relay's HTTP proxy); both are pumped alike.
 //! What the tab's frames mean is the session's `ConnTable`'s to decide; this task only
 //! moves the bytes and reports how the connection ended.
 
@@ -7,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tabtunnel_proto::{ConnFlow, DATA_CHUNK, Frame, UrgentGrants};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -15,6 +17,15 @@ use tracing::{Instrument, debug, debug_span};
 
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::outgoing::Outgoing;
+
+/// The client side of a forwarded connection.
+#[derive(Debug)]
+pub(crate) enum Client {
+    /// A TCP client of the forward's listener.
+    Tcp(TcpStream),
+    /// The relay's web proxy, through an in-memory pipe (see `web_forward`).
+    Web(DuplexStream),
+}
 
 /// What the session loop passes to a connection, in wire order.
 #[derive(Debug)]
@@ -63,30 +74,44 @@ pub(crate) fn spawn(
     tasks: &mut JoinSet<Ended>,
     conn: u32,
     forward: u32,
-    stream: TcpStream,
+    client: Client,
     flow: Arc<ConnFlow>,
     outlets: Outlets,
 ) -> ConnHandle {
     let (to_tcp, input) = mpsc::unbounded_channel();
     let span = debug_span!("conn", conn, forward);
-    let task = tasks.spawn(run(conn, stream, input, flow, outlets).instrument(span));
+    let task = match client {
+        // A TCP stream splits into owned halves without a lock.
+        Client::Tcp(stream) => {
+            let (read, write) = stream.into_split();
+            tasks.spawn(run(conn, read, write, input, flow, outlets).instrument(span))
+        }
+        Client::Web(pipe) => {
+            let (read, write) = tokio::io::split(pipe);
+            tasks.spawn(run(conn, read, write, input, flow, outlets).instrument(span))
+        }
+    };
     ConnHandle { to_tcp, task }
 }
 
-async fn run(
+async fn run<R, W>(
     conn: u32,
-    stream: TcpStream,
+    mut tcp_read: R,
+    mut tcp_write: W,
     mut input: mpsc::UnboundedReceiver<ToTcp>,
     flow: Arc<ConnFlow>,
     outlets: Outlets,
-) -> Ended {
+) -> Ended
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let Outlets {
         out,
         grants,
         metrics,
     } = outlets;
     let _active = GaugeGuard::new(&metrics.connections_active);
-    let (mut tcp_read, mut tcp_write) = stream.into_split();
     let send = |frame: Frame| out.send(Outgoing::Frame(frame));
 
     // TCP client -> tab, within credit.

@@ -20,6 +20,7 @@ mod session;
 mod ssh_pipe;
 pub mod tls;
 mod token_check;
+pub mod web_forward;
 pub mod web_guard;
 
 use std::future::Future;
@@ -61,6 +62,8 @@ pub struct AppState {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Failed token checks of `/api/targets`, by source.
     token_checks: Arc<token_check::TokenChecks>,
+    /// The forwards open as web apps (when the config turns web forwards on).
+    web_forwards: Arc<web_forward::WebForwards>,
 }
 
 impl AppState {
@@ -78,6 +81,7 @@ impl AppState {
             ports: Arc::new(ports::PortBook::new(metrics.forward_binds.clone())),
             metrics,
             token_checks: Arc::default(),
+            web_forwards: Arc::default(),
         })
     }
 
@@ -100,6 +104,11 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(CompressionLayer::new())
         .service(ServeDir::new(&state.config.web_dir).append_index_html_on_directories(true));
+    let web_proxy = web_forward::WebProxy::new(
+        state.config.clone(),
+        state.web_forwards.clone(),
+        state.metrics.clone(),
+    );
     Router::new()
         .route("/ws", get(websocket))
         .route(
@@ -120,6 +129,11 @@ pub fn app(state: AppState) -> Router {
                 metrics: state.metrics.clone(),
             },
             web_guard::guard,
+        ))
+        // Outermost: a web forward's requests go to its app, never to the relay's routes.
+        .layer(axum::middleware::from_fn_with_state(
+            web_proxy,
+            web_forward::dispatch,
         ))
         .with_state(state)
 }
@@ -193,6 +207,13 @@ async fn websocket(
     let waiting = state
         .admission
         .wait_for_hello(client_addr::limit_key(peer.ip()), &state.config.limits);
+    let web = web_forward::Offer::for_session(
+        &state.config,
+        &state.web_forwards,
+        state.tls(),
+        header(axum::http::header::HOST),
+        origin,
+    );
     upgrade
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
@@ -203,7 +224,7 @@ async fn websocket(
         .on_upgrade(move |socket| {
             let (ws_tx, ws_rx) = futures::StreamExt::split(socket);
             sessions.track_future(session::run(
-                ws_tx, ws_rx, config, metrics, peer, shutdown, holder, waiting,
+                ws_tx, ws_rx, config, metrics, peer, shutdown, holder, waiting, web,
             ))
         })
 }
@@ -244,6 +265,74 @@ mod tests {
             &body[..],
             br#"{"forward_allowed_sources":[],"forwards_per_session":10,"public_host":null,"targets":[{"name":"lab"}],"token_required":false}"#
         );
+    }
+
+    /// The router alone (no session): a forward entered in the book by hand.
+    #[tokio::test]
+    async fn web_forward_links_set_a_secure_cookie_under_tls_and_route_only_exact_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        let config = Config {
+            web_dir: dir.path().to_owned(),
+            tls_cert: Some(cert_path),
+            tls_key: Some(key_path),
+            web_forward_domain: Some("tunnel.example.edu".into()),
+            ..Config::default()
+        };
+        let state = AppState::new(config).unwrap();
+        let offer = web_forward::Offer::for_session(
+            &state.config,
+            &state.web_forwards,
+            state.tls(),
+            Some("relay.example.edu"),
+            None,
+        )
+        .unwrap();
+        let registration = offer.register(1, tokio::sync::mpsc::channel(1).0);
+        let url = offer.url(&registration);
+        let host = format!("f-{}.tunnel.example.edu", registration.id());
+        assert!(
+            url.starts_with(&format!("https://{host}/?tabtunnel_key=")),
+            "{url}"
+        );
+        let app = app(state);
+        let get = |host: &str, path: &str| {
+            Request::get(path)
+                .header(header::HOST, host)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let key = registration.capability().to_owned();
+        let link = app
+            .clone()
+            .oneshot(get(&host, &format!("/?tabtunnel_key={key}")))
+            .await
+            .unwrap();
+        assert_eq!(link.status(), StatusCode::FOUND);
+        assert_eq!(
+            link.headers()[header::SET_COOKIE],
+            format!("tabtunnel_fwd={key}; Path=/; HttpOnly; SameSite=Lax; Secure").as_str()
+        );
+        let refused = app.clone().oneshot(get(&host, "/")).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        // Not exactly a forward's name: the relay's guard refuses it.
+        let near = format!("a.{host}");
+        let near = app.clone().oneshot(get(&near, "/")).await.unwrap();
+        assert_eq!(near.status(), StatusCode::MISDIRECTED_REQUEST);
+        // The relay's own routes stay on its own names, even under the forward's path.
+        let own = app
+            .clone()
+            .oneshot(get("127.0.0.1", "/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(own.status(), StatusCode::OK);
+        // Revoked with its registration.
+        drop(registration);
+        let closed = app.oneshot(get(&host, "/")).await.unwrap();
+        assert_eq!(closed.status(), StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

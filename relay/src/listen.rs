@@ -5,12 +5,13 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tabtunnel_proto::ErrorCode;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::config::Config;
 use crate::config::values::{BindAddr, InvalidValue};
+use crate::connection::Client;
 use crate::ports::{self, Holder, Lease, PORT_ZERO_ATTEMPTS, PortBook, Refusal, Want};
 
 fn refuse(code: ErrorCode, message: String) -> Refusal {
@@ -220,12 +221,16 @@ fn bind_error(err: std::io::Error, ip: IpAddr, port: u16, lo: u16, hi: u16) -> R
     }
 }
 
-/// A TCP client one of a session's forwards accepted, for the session to admit or close.
+/// A client of one of a session's forwards, for the session to admit or close: a TCP
+/// client its listener accepted, or a web forward's request.
 #[derive(Debug)]
 pub(crate) struct Accepted {
     pub forward: u32,
-    pub stream: TcpStream,
+    pub stream: Client,
     pub peer: SocketAddr,
+    /// Told whether the session admitted it, and if not why (a web request answers with
+    /// it); a TCP client learns only that its connection closed.
+    pub admitted: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
 /// Accepts connections for one forward, on each of its listeners, and hands them to the
@@ -256,8 +261,9 @@ pub(crate) async fn accept_loop(
                 if to_session
                     .send(Accepted {
                         forward,
-                        stream,
+                        stream: Client::Tcp(stream),
                         peer,
+                        admitted: None,
                     })
                     .await
                     .is_err()

@@ -105,6 +105,7 @@ pub async fn run<W, R>(
     shutdown: CancellationToken,
     holder: Holder,
     hello: HelloSlot,
+    web: Option<crate::web_forward::Offer>,
 ) where
     W: Sink<Message> + Unpin + Send + 'static,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -132,7 +133,10 @@ pub async fn run<W, R>(
         let welcomed = result.is_ok();
         let result = match result {
             // Serving consumes the session: its listeners, connections and places end here.
-            Ok(session) => session.serve(&mut ws_rx, shutdown).await,
+            Ok(session) => {
+                let session = Session { web, ..session };
+                session.serve(&mut ws_rx, shutdown).await
+            }
             Err(err) => Err(err),
         };
         let (error, close) = last_words(result, &metrics, peer);
@@ -238,6 +242,8 @@ struct Session {
     _place: SessionPlace,
     /// Its place among the sessions logging in to the target; dropped at the first Listen.
     login: Option<LoginSlot>,
+    /// Where its forwards are offered as web apps, when the relay has web forwards on.
+    web: Option<crate::web_forward::Offer>,
 }
 
 struct ForwardEntry {
@@ -245,6 +251,8 @@ struct ForwardEntry {
     /// The forward's ports in the relay's book, given back when the forward ends.
     _lease: Lease,
     _active: GaugeGuard,
+    /// Its entry among the web forwards: dropping it revokes the forward's URL.
+    _web: Option<crate::web_forward::Registration>,
 }
 
 impl Session {
@@ -406,6 +414,7 @@ impl Session {
             refused_listens: RefusalBudget::default(),
             _place: place,
             login: Some(login),
+            web: None,
         })
     }
 
@@ -571,15 +580,27 @@ impl Session {
                         listen::accept_loop(forward, listeners, self.accepted_tx.clone())
                             .instrument(info_span!("forward", forward, %address)),
                     );
+                // The web URL goes first, so the tab has it when the forward opens.
+                let web = self
+                    .web
+                    .as_ref()
+                    .map(|offer| (offer.register(forward, self.accepted_tx.clone()), offer));
+                let url = web
+                    .as_ref()
+                    .map(|(registration, offer)| offer.url(registration));
                 self.forwards.insert(
                     forward,
                     ForwardEntry {
                         listener,
                         _lease: lease,
                         _active: GaugeGuard::new(&self.metrics.forwards_active),
+                        _web: web.map(|(registration, _)| registration),
                     },
                 );
                 self.last_activity = tokio::time::Instant::now();
+                if let Some(url) = url {
+                    self.send(Frame::WebForward { forward, url }).await?;
+                }
                 self.send(Frame::Listening { forward, address }).await
             }
             Err(refusal) => {
@@ -657,14 +678,23 @@ impl Session {
             forward,
             stream,
             peer,
+            admitted,
         } = accepted;
+        let refuse = |admitted: Option<tokio::sync::oneshot::Sender<_>>, why: String| {
+            if let Some(admitted) = admitted {
+                let _ = admitted.send(Err(why));
+            }
+        };
         if !self.forwards.contains_key(&forward) {
-            return Ok(()); // the forward closed while this connection waited
+            // the forward closed while this connection waited
+            refuse(admitted, "this forward is closed".into());
+            return Ok(());
         }
         // A refusal drops the stream, which closes it: the TCP client sees its
         // connection end, and no byte of it reaches the tab or the destination.
         let (open, waiting) = (self.conns.count(forward), self.conns.unanswered(forward));
         if let Err(refusal) = crate::limits::admit_connection(&self.config, peer, open, waiting) {
+            refuse(admitted, refusal.message.clone());
             self.refuse_connection(forward, peer, refusal);
             return Ok(());
         }
@@ -672,9 +702,13 @@ impl Session {
             Ok(opening) => opening,
             Err(err) => {
                 warn!("{err}; refusing {peer}");
+                refuse(admitted, err.to_string());
                 return Ok(());
             }
         };
+        if let Some(admitted) = admitted {
+            let _ = admitted.send(Ok(()));
+        }
         let conn = opening.conn;
         self.last_activity = tokio::time::Instant::now();
         self.metrics.connections_total.inc();

@@ -64,11 +64,16 @@ pub async fn guard(State(state): State<Guard>, request: Request, next: Next) -> 
             refusal.into_response()
         }
     };
-    let headers = response.headers_mut();
+    add_security_headers(response.headers_mut());
+    response
+}
+
+/// Puts the relay's security headers on an answer of its own. Web forwards add them to
+/// their refusals and redirects, never to what the forwarded app answers.
+pub fn add_security_headers(headers: &mut axum::http::HeaderMap) {
     for (name, value) in SECURITY_HEADERS {
         headers.insert(name, HeaderValue::from_static(value));
     }
-    response
 }
 
 /// Why a request's host was refused; the answer says what the operator can do.

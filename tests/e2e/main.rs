@@ -30,4 +30,6 @@ mod no_leaks;
 mod redteam;
 mod semantics_native;
 mod tls;
+mod web_forward_browser;
+mod web_forward_native;
 mod worker_browser;

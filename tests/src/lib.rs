@@ -1,6 +1,6 @@
 //! Test harness: real components only. `Sshd` runs OpenSSH's sshd on a free loopback
 //! port, `Relay` runs the relay in-process (`RelayProcess` as its binary), `Lab` is the two
-//! together, `services` are TCP destinations, `Browser` drives headless Chromium through
+//! together, `services` are TCP destinations, `web_app` a web app for web forwards, `Browser` drives headless Chromium through
 //! chromedriver and `page` the relay's page in it, and `FakeTab` speaks frames by hand.
 //! Everything started here is stopped on drop.
 
@@ -11,6 +11,7 @@ pub mod page;
 pub mod relay;
 pub mod services;
 pub mod sshd;
+pub mod web_app;
 
 use std::time::{Duration, Instant};
 

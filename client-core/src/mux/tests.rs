@@ -388,11 +388,46 @@ async fn listening(
         forward: 1,
         address: "127.0.0.1:10080".into(),
     });
-    tokio::time::timeout(DEADLINE, listen)
+    let (id, listened) = tokio::time::timeout(DEADLINE, listen)
         .await
         .expect("in time")
         .expect("no panic")
-        .expect("listening")
+        .expect("listening");
+    assert_eq!(listened.web_url, None, "the relay sent no WebForward");
+    (id, listened.address, listened.stats)
+}
+
+#[tokio::test]
+async fn a_web_forwards_url_comes_with_its_listening() {
+    let (opened, mut relay) = welcomed().await;
+    let spec = Arc::new(parse_forward("0:localhost:8888").expect("spec"));
+    let owner = opened.owner.clone();
+    let listen = tokio::spawn(async move { owner.listen(spec).await });
+    assert!(matches!(
+        relay.recv().await,
+        Some(Frame::Listen { forward: 1, .. })
+    ));
+    // A WebForward for a forward nobody asked for is stale and ignored.
+    relay.send(Frame::WebForward {
+        forward: 7,
+        url: "http://f-7/".into(),
+    });
+    let url = "https://f-0123456789abcdef.tunnel.example.edu/?tabtunnel_key=00";
+    relay.send(Frame::WebForward {
+        forward: 1,
+        url: url.into(),
+    });
+    relay.send(Frame::Listening {
+        forward: 1,
+        address: "127.0.0.1:10080".into(),
+    });
+    let (id, listened) = tokio::time::timeout(DEADLINE, listen)
+        .await
+        .expect("in time")
+        .expect("no panic")
+        .expect("listening");
+    assert_eq!((id, listened.web_url.as_deref()), (1, Some(url)));
+    assert_eq!(listened.address, "127.0.0.1:10080");
 }
 
 #[tokio::test]

@@ -88,4 +88,12 @@ pub struct Flags {
     /// The name or IP users reach this host by; the page shows it with each forward's port.
     #[arg(long, value_name = "NAME")]
     pub public_host: Option<PublicHost>,
+    /// Open forwards in the browser at https://f-<id>.DOMAIN/ (point the wildcard
+    /// *.DOMAIN at this relay), e.g. tunnel.example.edu.
+    #[arg(long, value_name = "DOMAIN")]
+    pub web_forward_domain: Option<HostName>,
+    /// Open forwards in the browser at /f/<id>/ on the relay's own names. The app then
+    /// shares the relay page's origin: see the README before turning this on.
+    #[arg(long)]
+    pub web_forward_paths: bool,
 }

@@ -12,7 +12,9 @@ mod settings;
 pub mod values;
 
 pub use flags::Flags;
-pub use policy::{Config, ConfigError, Limits, Target};
+pub use policy::{
+    Config, ConfigError, Limits, Target, WEB_FORWARD_ID_LEN, WebForwardMode, is_web_forward_id,
+};
 pub use settings::Settings;
 pub use values::AccessToken;
 

@@ -109,6 +109,30 @@ pub struct Config {
     pub tls_first_byte_timeout: std::time::Duration,
     /// With TLS: how long a whole TLS handshake may take.
     pub tls_handshake_timeout: std::time::Duration,
+    /// Web forwards by name: each forward is also served at `f-<id>.<this domain>`
+    /// (the operator points the wildcard `*.<domain>` at the relay). See `web_forward`.
+    pub web_forward_domain: Option<String>,
+    /// Web forwards by path, `/f/<id>/` on the relay's own names: off unless the
+    /// operator turns it on, since the forwarded app then shares the page's origin.
+    pub web_forward_paths: bool,
+}
+
+/// How forwards are offered to browsers as web apps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebForwardMode<'a> {
+    /// `https://f-<id>.<domain>/`: each app on an origin of its own.
+    Subdomain(&'a str),
+    /// `https://<relay>/f/<id>/`: on the relay page's origin (see the README's limits).
+    Path,
+}
+
+/// Length of a web forward's id: 64 random bits in lower-case hex. Not a secret (the
+/// capability is); it only has to be unique and fit a DNS label.
+pub const WEB_FORWARD_ID_LEN: usize = 16;
+
+/// Whether `id` is written as the relay writes web forward ids.
+pub fn is_web_forward_id(id: &str) -> bool {
+    id.len() == WEB_FORWARD_ID_LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Caps that keep one user (or one script) from taking the relay from everyone else.
@@ -171,6 +195,20 @@ pub struct Limits {
     /// TLS handshakes in progress at once from one address (trusted proxies exempt).
     #[serde(deserialize_with = "values::at_least_one")]
     pub tls_handshakes_per_ip: usize,
+    /// HTTP requests in progress at once through one web forward (a response being
+    /// streamed counts until its end); beyond it, 503.
+    #[serde(deserialize_with = "values::at_least_one")]
+    pub web_requests_per_forward: usize,
+    /// HTTP requests in progress at once from one address, through all web forwards;
+    /// beyond it, 429.
+    #[serde(deserialize_with = "values::at_least_one")]
+    pub web_requests_per_ip: usize,
+    /// Upgraded connections (WebSockets) open at once through one web forward.
+    #[serde(deserialize_with = "values::at_least_one")]
+    pub web_sockets_per_forward: usize,
+    /// Upgraded connections open at once from one address, through all web forwards.
+    #[serde(deserialize_with = "values::at_least_one")]
+    pub web_sockets_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -193,6 +231,10 @@ impl Default for Limits {
             connections: 4096,
             connections_per_ip: 64,
             tls_handshakes_per_ip: 16,
+            web_requests_per_forward: 64,
+            web_requests_per_ip: 128,
+            web_sockets_per_forward: 32,
+            web_sockets_per_ip: 64,
         }
     }
 }
@@ -265,6 +307,28 @@ impl Config {
             || self.allowed_hosts.iter().any(|h| same(h))
     }
 
+    /// How forwards are offered as web apps, if at all.
+    pub fn web_forward_mode(&self) -> Option<WebForwardMode<'_>> {
+        match (&self.web_forward_domain, self.web_forward_paths) {
+            (Some(domain), _) => Some(WebForwardMode::Subdomain(domain)),
+            (None, true) => Some(WebForwardMode::Path),
+            (None, false) => None,
+        }
+    }
+
+    /// The web forward a request's Host header names in subdomain mode: exactly
+    /// `f-<id>.<web_forward_domain>` (any port, case and trailing dot as in
+    /// [`Config::host_allowed`]), the id as the relay writes it. Nothing looser: no deeper
+    /// names, no other prefix, not the domain itself. Returns the id in lower case.
+    pub fn web_forward_host(&self, host: &str) -> Option<String> {
+        let domain = self.web_forward_domain.as_deref()?;
+        let name = host_name(host)?;
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let label = name.strip_suffix(domain)?.strip_suffix('.')?;
+        let id = label.strip_prefix("f-")?;
+        is_web_forward_id(id).then(|| id.to_owned())
+    }
+
     /// Whether a WebSocket upgrade from `origin` (the Origin header) to `host` (the
     /// Host header) may proceed. Browsers always send Origin; other clients may not,
     /// and could forge it anyway, so its absence passes. An origin passes when it is
@@ -335,6 +399,8 @@ impl Default for Config {
             http_idle_timeout: std::time::Duration::from_secs(60),
             tls_first_byte_timeout: std::time::Duration::from_secs(2),
             tls_handshake_timeout: std::time::Duration::from_secs(10),
+            web_forward_domain: None,
+            web_forward_paths: false,
         }
     }
 }
@@ -390,6 +456,12 @@ impl Config {
             ));
         }
         self.validate_port_blocks()?;
+        if self.web_forward_domain.is_some() && self.web_forward_paths {
+            return Err(invalid(
+                "web_forward_paths",
+                "is on, and so is web_forward_domain: choose one (names are the safe mode; see the README)",
+            ));
+        }
         Ok(())
     }
 
@@ -531,6 +603,67 @@ mod tests {
         assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
         config.allow_privileged_ports = true;
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn web_forward_names_are_exactly_f_id_under_the_domain() {
+        let config = Config {
+            web_forward_domain: Some("tunnel.example.edu".into()),
+            ..Config::default()
+        };
+        let id = "0123456789abcdef";
+        for (host, named) in [
+            ("f-0123456789abcdef.tunnel.example.edu", true),
+            ("f-0123456789abcdef.tunnel.example.edu:8443", true),
+            ("F-0123456789ABCDEF.Tunnel.Example.Edu.", true),
+            ("tunnel.example.edu", false),
+            ("f-0123456789abcdef.example.edu", false),
+            ("x.f-0123456789abcdef.tunnel.example.edu", false),
+            ("f-0123456789abcdef.x.tunnel.example.edu", false),
+            ("f-0123456789abcdef.eviltunnel.example.edu", false),
+            ("f-0123456789abcdef-tunnel.example.edu", false),
+            ("g-0123456789abcdef.tunnel.example.edu", false),
+            ("f-0123456789abcde.tunnel.example.edu", false),
+            ("f-0123456789abcdeg.tunnel.example.edu", false),
+            ("f-.tunnel.example.edu", false),
+            ("f-0123456789abcdef.tunnel.example.edu:x", false),
+        ] {
+            assert_eq!(
+                config.web_forward_host(host).as_deref(),
+                named.then_some(id),
+                "{host}"
+            );
+        }
+        // The relay's own routes never answer to these names.
+        assert!(!config.host_allowed("f-0123456789abcdef.tunnel.example.edu"));
+        assert_eq!(
+            Config::default().web_forward_host("f-0123456789abcdef.tunnel.example.edu"),
+            None,
+            "off without a domain"
+        );
+    }
+
+    #[test]
+    fn web_forward_modes_are_one_or_the_other() {
+        assert_eq!(Config::default().web_forward_mode(), None);
+        let config = Config::from_toml("web_forward_domain = \"Tunnel.Example.edu\"").unwrap();
+        assert_eq!(
+            config.web_forward_mode(),
+            Some(WebForwardMode::Subdomain("tunnel.example.edu"))
+        );
+        let config = Config::from_toml("web_forward_paths = true").unwrap();
+        assert_eq!(config.web_forward_mode(), Some(WebForwardMode::Path));
+        let err = Config::from_toml(
+            "web_forward_paths = true\nweb_forward_domain = \"tunnel.example.edu\"",
+        )
+        .and_then(|c| c.validate())
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("choose one"), "{err}");
+        let err = Config::from_toml("web_forward_domain = \"192.0.2.1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("web_forward_domain"), "{err}");
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct Settings {
     http_idle_timeout: Option<HttpTimeout>,
     tls_first_byte_timeout: Option<TlsFirstByteTimeout>,
     tls_handshake_timeout: Option<HttpTimeout>,
+    web_forward_domain: Option<HostName>,
+    web_forward_paths: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +145,8 @@ impl Settings {
             tls_cert,
             tls_key,
             public_host,
+            web_forward_domain,
+            web_forward_paths,
         } = flags;
         for spec in targets {
             self.targets.insert(
@@ -168,6 +172,10 @@ impl Settings {
         replace(&mut self.tls_cert, tls_cert);
         replace(&mut self.tls_key, tls_key);
         replace(&mut self.public_host, public_host);
+        replace(&mut self.web_forward_domain, web_forward_domain);
+        if web_forward_paths {
+            self.web_forward_paths = Some(true);
+        }
     }
 
     /// The relay's settings: the defaults, with what was given laid over them, and the
@@ -227,6 +235,8 @@ impl Settings {
             tls_handshake_timeout: self
                 .tls_handshake_timeout
                 .map_or(default.tls_handshake_timeout, |d| d.0),
+            web_forward_domain: self.web_forward_domain.map(|h| h.0),
+            web_forward_paths: self.web_forward_paths.unwrap_or(default.web_forward_paths),
         };
         if let Some(path) = &self.token_file {
             config.load_tokens(path)?;

@@ -152,6 +152,7 @@ async fn lab(extra_toml: &str, adjust: impl FnOnce(&mut Config)) -> Lab {
         shutdown.clone(),
         holder,
         hello,
+        None,
     ));
     Lab {
         tab: Tab {
