@@ -154,6 +154,7 @@ pub(crate) async fn open<T: Transport>(transport: T, hello: Frame) -> Result<Ope
         Some(Frame::Welcome {
             version,
             pinned_host_keys,
+            ..
         }) if version == VERSION => pinned_host_keys,
         Some(Frame::Welcome { version, .. }) => {
             return Err(ClientError::Protocol(format!(

@@ -69,6 +69,7 @@ pub async fn connect<T: Transport>(
         version: VERSION,
         target: options.target.clone(),
         token: options.token.clone().unwrap_or_default(),
+        resume: None,
     };
     // From here on, any early return drops the owner and so closes the transport.
     let Opened {

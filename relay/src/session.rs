@@ -288,6 +288,7 @@ impl Session {
             version,
             target,
             token,
+            resume: _,
         } = hello
         else {
             return Err(SessionError::protocol(format!(
@@ -382,6 +383,8 @@ impl Session {
         let welcome = Frame::Welcome {
             version: VERSION,
             pinned_host_keys: entry.pinned_host_keys.clone(),
+            resume: None,
+            resumed: false,
         };
         out.send(Outgoing::Frame(welcome))
             .await

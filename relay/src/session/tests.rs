@@ -81,6 +81,7 @@ impl Tab {
             version: VERSION,
             target: target.into(),
             token: String::new(),
+            resume: None,
         })
         .await;
         self.frame().await
@@ -219,6 +220,8 @@ async fn a_hello_is_welcomed_with_the_pins_and_ssh_bytes_flow_both_ways() {
         Frame::Welcome {
             version: VERSION,
             pinned_host_keys: vec!["SHA256:pinned".into()],
+            resume: None,
+            resumed: false,
         }
     );
     let (mut ssh, _) = lab.sshd.accept().await.unwrap();
@@ -251,6 +254,7 @@ async fn another_protocol_version_is_told_to_reload() {
             version: VERSION + 1,
             target: "lab".into(),
             token: String::new(),
+            resume: None,
         })
         .await;
     let (code, message, close) = lab.tab.error().await;
@@ -515,6 +519,7 @@ async fn forwards_opened_and_closed_over_and_over_leave_no_listener_task_behind(
             version: VERSION,
             target: "lab".into(),
             token: String::new(),
+            resume: None,
         }))
         .await
         .unwrap();
