@@ -18,18 +18,20 @@ use futures::{Sink, Stream, StreamExt};
 use tabtunnel_proto::{
     Action, ConnError, ConnTable, ErrorCode, Frame, Side, UrgentGrants, VERSION, decode,
 };
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Config;
+use crate::config::values::BindAddr;
 use crate::connection::{self, ConnHandle, ToTcp};
 use crate::limits::{HelloSlot, LoginSlot, SessionPlace};
 use crate::listen::{self, Accepted};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::outgoing::{OUT_QUEUE, Outgoing, write_loop};
+use crate::parked::{Claimant, ParkedForward, Parking, SecretHash};
 use crate::ports::{self, Holder, Lease, RefusalBudget};
 use crate::ssh_pipe::SshPipe;
 
@@ -105,6 +107,7 @@ pub async fn run<W, R>(
     shutdown: CancellationToken,
     holder: Holder,
     hello: HelloSlot,
+    parking: Arc<Parking>,
 ) where
     W: Sink<Message> + Unpin + Send + 'static,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -125,6 +128,7 @@ pub async fn run<W, R>(
             metrics.clone(),
             holder,
             hello,
+            parking,
         )
         .await;
         // A tab sends nothing after its Hello until the Welcome, so a session that ended
@@ -238,18 +242,62 @@ struct Session {
     _place: SessionPlace,
     /// Its place among the sessions logging in to the target; dropped at the first Listen.
     login: Option<LoginSlot>,
+    /// Where a lost session parks its forwards, and a resuming one finds them.
+    parking: Arc<Parking>,
+    /// The hash of the secret this session's Welcome gave (`None`: parking is off).
+    resume: Option<SecretHash>,
+    /// Who may resume this session.
+    claimant: Claimant,
+    /// Set when the session ends abnormally (its tab lost or silent, its SSH server's
+    /// connection ended): its forwards are then parked rather than freed.
+    lost: bool,
+    /// The forwards of the session this one resumed that no Listen has taken back yet,
+    /// by bind address and port; freed at `claim_by`.
+    unclaimed: HashMap<(BindAddr, u16), ParkedForward>,
+    claim_by: tokio::time::Instant,
 }
 
 struct ForwardEntry {
     listener: AbortHandle,
+    /// What a Listen asked for and got: a lost session parks it under these.
+    bind: BindAddr,
+    port: u16,
+    /// Shared with the accept loop, so that a lost session can park them.
+    listeners: Arc<[TcpListener]>,
     /// The forward's ports in the relay's book, given back when the forward ends.
-    _lease: Lease,
-    _active: GaugeGuard,
+    lease: Lease,
+    active: GaugeGuard,
+}
+
+impl ForwardEntry {
+    /// Stops accepting and keeps what a resuming session needs.
+    fn park(self) -> ParkedForward {
+        self.listener.abort();
+        ParkedForward {
+            bind: self.bind,
+            port: self.port,
+            listeners: self.listeners,
+            lease: self.lease,
+            active: self.active,
+        }
+    }
+}
+
+/// How a tab's WebSocket ended.
+enum Heard {
+    Frame(Frame),
+    /// The tab closed it with a Close message that says it meant to (no code, 1000
+    /// normal, 1001 going away: a page closed or reloaded).
+    Closed,
+    /// It ended otherwise: dropped without a Close, a read error, or a Close with
+    /// another code (a tab that reconnects says so with one).
+    Lost,
 }
 
 impl Session {
     /// Reads the Hello, takes the session's places, reaches the target and answers
     /// Welcome.
+    #[allow(clippy::too_many_arguments)]
     async fn start<R>(
         ws_rx: &mut R,
         out: mpsc::Sender<Outgoing>,
@@ -258,6 +306,7 @@ impl Session {
         metrics: Arc<Metrics>,
         ports: Holder,
         mut waiting: HelloSlot,
+        parking: Arc<Parking>,
     ) -> Result<Self, SessionError>
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -279,7 +328,7 @@ impl Session {
                 humantime::format_duration(limit)
             ))
         })??;
-        let Some(hello) = hello else {
+        let Heard::Frame(hello) = hello else {
             return Err(SessionError::protocol(
                 "the WebSocket closed before the Hello",
             ));
@@ -288,7 +337,7 @@ impl Session {
             version,
             target,
             token,
-            resume: _,
+            resume,
         } = hello
         else {
             return Err(SessionError::protocol(format!(
@@ -380,11 +429,27 @@ impl Session {
         if let Some(suppressed) = metrics.refusal_log.admit(ports.ip, "started") {
             info!(address = %entry.address, suppressed, "connected to SSH server");
         }
+        let claimant = Claimant {
+            user: owner.clone(),
+            target: target.clone(),
+        };
+        // An unknown, expired or someone else's secret is simply a fresh session.
+        let adopted = resume.and_then(|secret| parking.resume(&secret, &claimant));
+        let resumed = adopted.is_some();
+        let unclaimed: HashMap<_, _> = adopted
+            .into_iter()
+            .flatten()
+            .map(|forward| ((forward.bind, forward.port), forward))
+            .collect();
+        if resumed {
+            info!(forwards = unclaimed.len(), "resumed a parked session");
+        }
+        let secret = parking.enabled().then(crate::parked::new_secret);
         let welcome = Frame::Welcome {
             version: VERSION,
             pinned_host_keys: entry.pinned_host_keys.clone(),
-            resume: None,
-            resumed: false,
+            resume: secret,
+            resumed,
         };
         out.send(Outgoing::Frame(welcome))
             .await
@@ -409,6 +474,12 @@ impl Session {
             refused_listens: RefusalBudget::default(),
             _place: place,
             login: Some(login),
+            claim_by: tokio::time::Instant::now() + parking.grace(),
+            parking,
+            resume: secret.as_ref().map(SecretHash::of),
+            claimant,
+            lost: false,
+            unclaimed,
         })
     }
 
@@ -425,14 +496,43 @@ impl Session {
     {
         let heard = Arc::new(Mutex::new(tokio::time::Instant::now()));
         let watchdog = watch_silence(heard.clone(), self.out.clone(), self.config.ping_interval);
-        tokio::select! {
+        let end = tokio::select! {
             end = self.run(ws_rx, &heard) => end,
-            reason = watchdog => Ok(reason),
+            reason = watchdog => {
+                self.lost = true;
+                Ok(reason)
+            }
             () = shutdown.cancelled() => Err(SessionError::new(
                 ErrorCode::ShuttingDown,
                 "the relay is shutting down; connect again when it is back",
             )),
+        };
+        if self.lost {
+            self.park();
         }
+        end
+    }
+
+    /// Parks the forwards of a lost session (and those of a session it resumed that it
+    /// had not claimed yet) for its tab to take back; the connections end with the
+    /// session. Without a secret (parking off), they end with it too.
+    fn park(&mut self) {
+        let Some(hash) = self.resume else { return };
+        let mut forwards: Vec<ParkedForward> = self
+            .forwards
+            .drain()
+            .map(|(_, entry)| entry.park())
+            .collect();
+        forwards.extend(self.unclaimed.drain().map(|(_, forward)| forward));
+        if !forwards.is_empty() {
+            debug!(
+                forwards = forwards.len(),
+                grace = %humantime::format_duration(self.parking.grace()),
+                "parked the session's forwards for its tab to resume"
+            );
+        }
+        self.parking
+            .park(hash, self.claimant.clone(), self.ports.ip, forwards);
     }
 
     /// Reads the tab's frames, the forwards' TCP clients, the connections' ends and the
@@ -452,8 +552,12 @@ impl Session {
             let idle_deadline = idle.map(|t| self.last_activity + t);
             tokio::select! {
                 frame = next_frame(ws_rx, heard) => match frame? {
-                    Some(frame) => self.on_frame(frame).await?,
-                    None => return Ok("the tab closed the WebSocket".into()),
+                    Heard::Frame(frame) => self.on_frame(frame).await?,
+                    Heard::Closed => return Ok("the tab closed the WebSocket".into()),
+                    Heard::Lost => {
+                        self.lost = true;
+                        return Ok("the tab's WebSocket was lost".into());
+                    }
                 },
                 Some(accepted) = self.accepted_rx.recv() => self.on_accepted(accepted).await?,
                 Some(ended) = self.connections.join_next(), if !self.connections.is_empty() => {
@@ -465,7 +569,15 @@ impl Session {
                 // Reap the accept loops of closed forwards: a tab may open and close
                 // forwards for as long as it likes, and the set must not grow with them.
                 Some(_) = self.listeners.join_next(), if !self.listeners.is_empty() => {}
-                end = self.ssh.closed() => return self.ssh_ended(end).await,
+                end = self.ssh.closed() => {
+                    self.lost = true;
+                    return self.ssh_ended(end).await;
+                }
+                () = tokio::time::sleep_until(self.claim_by), if !self.unclaimed.is_empty() => {
+                    debug!(forwards = self.unclaimed.len(), "freed the resumed forwards nobody claimed");
+                    self.unclaimed.clear();
+                    self.parking.count_unclaimed();
+                }
                 () = tokio::time::sleep_until(idle_deadline.unwrap_or_else(tokio::time::Instant::now)),
                     if idle_deadline.is_some() =>
                 {
@@ -557,39 +669,86 @@ impl Session {
                 .refuse_listen(forward, ErrorCode::DuplicateForward, message)
                 .await;
         }
+        // A forward of the session this one resumed: the same listeners, no bind().
+        if let Some(parked) = self.claim(bind, port) {
+            parked.lease.hand_to(self.ports.session);
+            let ParkedForward {
+                bind,
+                port,
+                listeners,
+                lease,
+                active,
+            } = parked;
+            return self
+                .start_forward(forward, bind, port, listeners.clone(), lease, active)
+                .await;
+        }
         let bound =
             listen::bind(&self.config, &self.ports, self.owner.as_deref(), bind, port).await;
         match bound {
             Ok(bound) => {
-                let address = bound
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|_| format!("{bind}:{port}"));
-                debug!(forward, %address, "listening");
-                let listen::Bound { listeners, lease } = bound;
-                let listener = self
-                    .listeners
-                    // A span per forward, inside the session's: its accept loop logs there.
-                    .spawn(
-                        listen::accept_loop(forward, listeners, self.accepted_tx.clone())
-                            .instrument(info_span!("forward", forward, %address)),
-                    );
-                self.forwards.insert(
-                    forward,
-                    ForwardEntry {
-                        listener,
-                        _lease: lease,
-                        _active: GaugeGuard::new(&self.metrics.forwards_active),
-                    },
-                );
-                self.last_activity = tokio::time::Instant::now();
-                self.send(Frame::Listening { forward, address }).await
+                let port = bound.local_addr().map_or(port, |a| a.port());
+                let listen::Bound {
+                    listeners,
+                    lease,
+                    addr,
+                } = bound;
+                let active = GaugeGuard::new(&self.metrics.forwards_active);
+                self.start_forward(forward, addr, port, listeners.into(), lease, active)
+                    .await
             }
             Err(refusal) => {
                 self.refuse_listen(forward, refusal.code, refusal.message)
                     .await
             }
         }
+    }
+
+    /// The forward of a resumed session that listens on `bind`:`port`, if no Listen has
+    /// taken it yet.
+    fn claim(&mut self, bind: &str, port: u16) -> Option<ParkedForward> {
+        if self.unclaimed.is_empty() {
+            return None;
+        }
+        let addr: BindAddr = crate::log_limit::clip(bind).parse().ok()?;
+        self.unclaimed.remove(&(addr, port))
+    }
+
+    /// Accepts on a forward's listeners and tells the tab where it listens.
+    async fn start_forward(
+        &mut self,
+        forward: u32,
+        bind: BindAddr,
+        port: u16,
+        listeners: Arc<[TcpListener]>,
+        lease: Lease,
+        active: GaugeGuard,
+    ) -> Result<(), SessionError> {
+        let address = listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .map_or_else(|| format!("{bind:?}:{port}"), |a| a.to_string());
+        debug!(forward, %address, "listening");
+        let listener = self
+            .listeners
+            // A span per forward, inside the session's: its accept loop logs there.
+            .spawn(
+                listen::accept_loop(forward, listeners.clone(), self.accepted_tx.clone())
+                    .instrument(info_span!("forward", forward, %address)),
+            );
+        self.forwards.insert(
+            forward,
+            ForwardEntry {
+                listener,
+                bind,
+                port,
+                listeners,
+                lease,
+                active,
+            },
+        );
+        self.last_activity = tokio::time::Instant::now();
+        self.send(Frame::Listening { forward, address }).await
     }
 
     /// Logs, counts and answers a refused Listen; ends the session when it has had more
@@ -805,12 +964,12 @@ async fn watch_silence(
     }
 }
 
-/// The next frame from the tab; `None` when the WebSocket has closed. Any message,
+/// The next frame from the tab, or how its WebSocket ended. Any message,
 /// pongs included, counts as hearing from the tab.
 async fn next_frame<R>(
     ws: &mut R,
     heard: &Mutex<tokio::time::Instant>,
-) -> Result<Option<Frame>, SessionError>
+) -> Result<Heard, SessionError>
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -818,7 +977,7 @@ where
         let next = ws.next().await;
         *heard.lock().expect("heard lock") = tokio::time::Instant::now();
         let message = match next {
-            None => return Ok(None),
+            None => return Ok(Heard::Lost),
             Some(Err(err)) => {
                 // A message over the limit or a broken WebSocket frame is the tab's fault:
                 // say so, and close with 1002, rather than end as if the tab had left.
@@ -829,17 +988,22 @@ where
                     return Err(SessionError::protocol(fault));
                 }
                 debug!("WebSocket read failed: {err}");
-                return Ok(None);
+                return Ok(Heard::Lost);
             }
             Some(Ok(message)) => message,
         };
         match message {
             Message::Binary(bytes) => {
                 return decode(bytes)
-                    .map(Some)
+                    .map(Heard::Frame)
                     .map_err(|err| SessionError::protocol(format!("malformed frame: {err}")));
             }
-            Message::Close(_) => return Ok(None),
+            Message::Close(close) => {
+                return Ok(match close.map(|c| c.code) {
+                    None | Some(1000) | Some(1001) => Heard::Closed,
+                    Some(_) => Heard::Lost,
+                });
+            }
             Message::Ping(_) | Message::Pong(_) => continue,
             Message::Text(_) => {
                 return Err(SessionError::protocol(
