@@ -3,14 +3,15 @@
 use std::sync::Arc;
 
 use crate::error::ClientError;
-use crate::mux::Owner;
+use crate::link::Link;
 use crate::spec::ForwardSpec;
 use crate::stats::{ForwardStats, StatsSnapshot};
 
-/// A forward the relay listens for.
+/// A forward the relay listens for. After a reconnect it listens at the same address,
+/// and its counters carry on.
 #[derive(Clone)]
 pub struct Forward {
-    owner: Arc<Owner>,
+    link: Arc<Link>,
     id: u32,
     spec: Arc<ForwardSpec>,
     listen: String,
@@ -29,14 +30,14 @@ impl std::fmt::Debug for Forward {
 
 impl Forward {
     pub(crate) fn new(
-        owner: Arc<Owner>,
+        link: Arc<Link>,
         id: u32,
         spec: Arc<ForwardSpec>,
         listen: String,
         stats: Arc<ForwardStats>,
     ) -> Self {
         Self {
-            owner,
+            link,
             id,
             spec,
             listen,
@@ -59,6 +60,6 @@ impl Forward {
 
     /// Stops listening and ends this forward's connections.
     pub async fn close(&self) -> Result<(), ClientError> {
-        self.owner.close_forward(self.id).await
+        self.link.close_forward(self.id).await
     }
 }
