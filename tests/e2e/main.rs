@@ -26,6 +26,7 @@ mod hostkeys_browser;
 mod limits_native;
 mod liveness_native;
 mod no_leaks;
+mod reconnect_browser;
 mod reconnect_native;
 mod redteam;
 mod semantics_native;

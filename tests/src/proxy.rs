@@ -3,6 +3,7 @@
 //! pass again. Both sides see their socket close without a WebSocket close.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
@@ -16,6 +17,8 @@ pub struct CutProxy {
     pub addr: SocketAddr,
     accept: AbortHandle,
     pipes: Arc<Mutex<Vec<AbortHandle>>>,
+    /// While set, new connections are closed as soon as they are accepted.
+    down: Arc<AtomicBool>,
 }
 
 impl CutProxy {
@@ -23,10 +26,14 @@ impl CutProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let pipes: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let down: Arc<AtomicBool> = Arc::default();
         let accept = tokio::spawn({
-            let pipes = pipes.clone();
+            let (pipes, down) = (pipes.clone(), down.clone());
             async move {
                 while let Ok((mut client, _)) = listener.accept().await {
+                    if down.load(Ordering::Relaxed) {
+                        continue; // dropped: closed at once
+                    }
                     let _ = client.set_nodelay(true);
                     let pipe = tokio::spawn(async move {
                         let Ok(mut server) = TcpStream::connect(target).await else {
@@ -46,6 +53,7 @@ impl CutProxy {
             addr,
             accept,
             pipes,
+            down,
         })
     }
 
@@ -63,6 +71,20 @@ impl CutProxy {
             pipe.abort();
         }
         open
+    }
+
+    /// Takes the way through down (every connection cut, new ones closed at once) or
+    /// brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
+        if down {
+            self.cut();
+        }
+    }
+
+    /// `http://ADDR` through the proxy.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Connections through the proxy now.
