@@ -9,6 +9,10 @@
 //! same target, takes the forwards back, once; what nobody takes within the grace is
 //! freed. The registry keeps no secret, only its hash.
 //!
+//! A tab may come back before the relay noticed its loss (a network that went silent
+//! rather than closed): each live session is registered under its hash too, and a Hello
+//! with its secret ends it as lost (so it parks) and then takes its forwards.
+//!
 //! Bounds: every parked session holds at least one forward, so the forward caps bound
 //! the registry; besides, one source address or token holder keeps at most
 //! [`MAX_PARKED_PER_HOLDER`] parked sessions (a newer one frees the oldest).
@@ -22,8 +26,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tabtunnel_proto::{RESUME_SECRET_LEN, ResumeSecret};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::values::BindAddr;
 use crate::metrics::{GaugeGuard, Metrics};
@@ -85,6 +91,47 @@ pub fn new_secret() -> ResumeSecret {
     ResumeSecret(secret)
 }
 
+/// How long a Hello waits for a live session it took over to park its forwards.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// A live session's place in the registry, so that its tab, coming back on another
+/// connection before the relay noticed the loss, can take it over. Dropped with the
+/// session.
+pub struct LiveSession {
+    parking: Arc<Parking>,
+    hash: SecretHash,
+    taken_over: CancellationToken,
+}
+
+impl std::fmt::Debug for LiveSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSession").finish_non_exhaustive()
+    }
+}
+
+impl LiveSession {
+    /// Resolves when a Hello with this session's secret took it over: the session must
+    /// then end as lost (and park its forwards).
+    pub fn taken_over(&self) -> CancellationToken {
+        self.taken_over.clone()
+    }
+}
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        self.parking
+            .live
+            .lock()
+            .expect("parking lock")
+            .remove(&self.hash);
+    }
+}
+
+struct Live {
+    claimant: Claimant,
+    taken_over: CancellationToken,
+}
+
 /// What `/metrics` counts of the registry.
 #[derive(Debug, Clone)]
 struct Counts {
@@ -116,6 +163,10 @@ impl Drop for Entry {
 pub struct Parking {
     grace: Duration,
     entries: Mutex<HashMap<SecretHash, Entry>>,
+    /// Live sessions that would park, by hash; bounded by the session caps.
+    live: Mutex<HashMap<SecretHash, Live>>,
+    /// Woken whenever a session parks (a takeover waits for that).
+    parked: Notify,
     counts: Counts,
     /// Itself, for the expiry timers (which must not keep the registry alive).
     this: Weak<Parking>,
@@ -136,6 +187,8 @@ impl Parking {
         Arc::new_cyclic(|this| Self {
             grace,
             entries: Mutex::default(),
+            live: Mutex::default(),
+            parked: Notify::new(),
             counts: Counts {
                 parked: metrics.sessions_parked.clone(),
                 resumed: metrics.sessions_resumed.clone(),
@@ -169,6 +222,18 @@ impl Parking {
     /// Parks a lost session's forwards under `hash` until the grace runs out. Nothing is
     /// parked when parking is off or there is no forward: the forwards are freed now.
     pub fn park(
+        &self,
+        hash: SecretHash,
+        claimant: Claimant,
+        source: IpAddr,
+        forwards: Vec<ParkedForward>,
+    ) {
+        self.hold(hash, claimant, source, forwards);
+        // A takeover may wait for this session, with or without forwards.
+        self.parked.notify_waiters();
+    }
+
+    fn hold(
         &self,
         hash: SecretHash,
         claimant: Claimant,
@@ -216,6 +281,56 @@ impl Parking {
             },
         );
         self.counts.parked.inc();
+    }
+
+    /// Registers a live session under `hash`, for its tab to take over if it comes back
+    /// on another connection.
+    pub fn live(self: &Arc<Self>, hash: SecretHash, claimant: Claimant) -> LiveSession {
+        let taken_over = CancellationToken::new();
+        self.live.lock().expect("parking lock").insert(
+            hash,
+            Live {
+                claimant,
+                taken_over: taken_over.clone(),
+            },
+        );
+        LiveSession {
+            parking: self.clone(),
+            hash,
+            taken_over,
+        }
+    }
+
+    /// [`Parking::resume`], also for a session that is still live: it is ended as lost
+    /// (its tab is evidently not on that connection any more), and its forwards are
+    /// taken once it has parked them (within a few seconds).
+    pub async fn take_over(
+        &self,
+        secret: &ResumeSecret,
+        claimant: &Claimant,
+    ) -> Option<Vec<ParkedForward>> {
+        let hash = SecretHash::of(secret);
+        let deadline = Instant::now() + TAKEOVER_WAIT;
+        loop {
+            // Registered before looking, so that a park in between is not missed.
+            let parked = self.parked.notified();
+            tokio::pin!(parked);
+            parked.as_mut().enable();
+            if let Some(forwards) = self.resume(secret, claimant) {
+                return Some(forwards);
+            }
+            {
+                let live = self.live.lock().expect("parking lock");
+                let session = live.get(&hash)?;
+                if session.claimant != *claimant {
+                    return None;
+                }
+                session.taken_over.cancel();
+            }
+            if tokio::time::timeout_at(deadline, parked).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// Takes the forwards parked under `secret`, if it is known, unexpired and
@@ -470,5 +585,71 @@ mod tests {
             "only the resumed session's forward is left"
         );
         drop(kept);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_session_is_taken_over_by_its_own_claimant_only() {
+        let f = fixture(GRACE);
+        let secret = new_secret();
+        let hash = SecretHash::of(&secret);
+        let live = f.parking.live(hash, claimant("alice"));
+        // Someone else's claim neither ends the live session nor takes anything.
+        assert!(
+            f.parking
+                .take_over(&secret, &claimant("bob"))
+                .await
+                .is_none()
+        );
+        assert!(!live.taken_over().is_cancelled());
+        // The session, told it was taken over, parks as a lost session does.
+        let forward = f.forward(1, 40100, "alice", SOURCE);
+        let parking = f.parking.clone();
+        let token = live.taken_over();
+        let session = tokio::spawn(async move {
+            token.cancelled().await;
+            parking.park(hash, claimant("alice"), SOURCE, vec![forward]);
+            drop(live);
+        });
+        let forwards = f
+            .parking
+            .take_over(&secret, &claimant("alice"))
+            .await
+            .expect("taken over");
+        assert_eq!(forwards[0].port, 40100);
+        session.await.unwrap();
+        assert!(f.parking.is_empty());
+        // Once it is gone, the secret is worth nothing.
+        assert!(
+            f.parking
+                .take_over(&secret, &claimant("alice"))
+                .await
+                .is_none()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_taken_over_session_with_nothing_to_park_answers_at_once() {
+        let f = fixture(GRACE);
+        let secret = new_secret();
+        let hash = SecretHash::of(&secret);
+        let live = f.parking.live(hash, claimant("alice"));
+        let parking = f.parking.clone();
+        let token = live.taken_over();
+        tokio::spawn(async move {
+            token.cancelled().await;
+            drop(live);
+            parking.park(hash, claimant("alice"), SOURCE, vec![]);
+        });
+        let started = Instant::now();
+        assert!(
+            f.parking
+                .take_over(&secret, &claimant("alice"))
+                .await
+                .is_none()
+        );
+        assert!(
+            started.elapsed() < TAKEOVER_WAIT,
+            "no wait for the deadline"
+        );
     }
 }

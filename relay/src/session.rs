@@ -31,7 +31,7 @@ use crate::limits::{HelloSlot, LoginSlot, SessionPlace};
 use crate::listen::{self, Accepted};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::outgoing::{OUT_QUEUE, Outgoing, write_loop};
-use crate::parked::{Claimant, ParkedForward, Parking, SecretHash};
+use crate::parked::{Claimant, LiveSession, ParkedForward, Parking, SecretHash};
 use crate::ports::{self, Holder, Lease, RefusalBudget};
 use crate::ssh_pipe::SshPipe;
 
@@ -246,6 +246,8 @@ struct Session {
     parking: Arc<Parking>,
     /// The hash of the secret this session's Welcome gave (`None`: parking is off).
     resume: Option<SecretHash>,
+    /// Its place among the live sessions a returning tab may take over.
+    live: Option<LiveSession>,
     /// Who may resume this session.
     claimant: Claimant,
     /// Set when the session ends abnormally (its tab lost or silent, its SSH server's
@@ -434,7 +436,10 @@ impl Session {
             target: target.clone(),
         };
         // An unknown, expired or someone else's secret is simply a fresh session.
-        let adopted = resume.and_then(|secret| parking.resume(&secret, &claimant));
+        let adopted = match resume {
+            Some(secret) => parking.take_over(&secret, &claimant).await,
+            None => None,
+        };
         let resumed = adopted.is_some();
         let unclaimed: HashMap<_, _> = adopted
             .into_iter()
@@ -455,6 +460,8 @@ impl Session {
             .await
             .map_err(|_| gone())?;
 
+        let hash = secret.as_ref().map(SecretHash::of);
+        let live = hash.map(|hash| parking.live(hash, claimant.clone()));
         let (accepted_tx, accepted_rx) = mpsc::channel(ACCEPTED_QUEUE);
         Ok(Self {
             ssh: SshPipe::start(stream, out.clone()),
@@ -475,8 +482,9 @@ impl Session {
             _place: place,
             login: Some(login),
             claim_by: tokio::time::Instant::now() + parking.grace(),
+            resume: hash,
+            live,
             parking,
-            resume: secret.as_ref().map(SecretHash::of),
             claimant,
             lost: false,
             unclaimed,
@@ -496,11 +504,22 @@ impl Session {
     {
         let heard = Arc::new(Mutex::new(tokio::time::Instant::now()));
         let watchdog = watch_silence(heard.clone(), self.out.clone(), self.config.ping_interval);
+        let taken_over = self.live.as_ref().map(LiveSession::taken_over);
+        let taken_over = async move {
+            match taken_over {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         let end = tokio::select! {
             end = self.run(ws_rx, &heard) => end,
             reason = watchdog => {
                 self.lost = true;
                 Ok(reason)
+            }
+            () = taken_over => {
+                self.lost = true;
+                Ok("its tab came back on another connection".into())
             }
             () = shutdown.cancelled() => Err(SessionError::new(
                 ErrorCode::ShuttingDown,

@@ -2,8 +2,9 @@
 //! relay (in-process, or its binary when it restarts), real sshd, and a TCP proxy between
 //! client and relay that the test cuts. A dropped WebSocket, a restarted sshd and a
 //! restarted relay each bring the forwards back on their ports, carrying data, while the
-//! connections that were open end; the relay keeps a lost session's ports from others
-//! for `resume_grace` and frees them after; a wrong secret resumes nothing.
+//! connections that were open end; a network gone silent is noticed by the keepalive and
+//! the relay's still-live session taken over; the relay keeps a lost session's ports from
+//! others for `resume_grace` and frees them after; a wrong secret resumes nothing.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -351,6 +352,34 @@ async fn a_relay_that_never_comes_back_is_given_up_on() -> Result<()> {
         .filter(|s| matches!(s, ConnectionState::Reconnecting { .. }))
         .count();
     assert!(attempts >= 2, "{all:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_network_is_noticed_by_the_keepalive_and_the_live_session_taken_over() -> Result<()>
+{
+    let lab = Lab::start().await?;
+    let proxy = CutProxy::start(lab.relay.addr).await?;
+    let states = States::default();
+    let mut login = lab.login();
+    login.keepalive = Some(tabtunnel_client::Keepalive {
+        interval: Duration::from_secs(1),
+        count_max: 2,
+    });
+    let session = connect_resilient(dial(&proxy.ws_url()), login, states.options(FAST)).await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
+    let listen = fwd.listen().to_owned();
+    assert_eq!(exchange(&listen, b"before").await?, b"before");
+    // The old WebSocket goes silent; the relay still thinks it live (it pings every 20 s).
+    proxy.freeze();
+    states.reached(1, restored(true)).await?;
+    let all = states.all();
+    assert!(
+        matches!(&all[1], ConnectionState::Reconnecting { reason, .. } if reason.contains("ServerAliveInterval")),
+        "{all:?}"
+    );
+    assert_eq!(exchange(&listen, b"after").await?, b"after");
+    metrics_show(&lab, "tabtunnel_sessions_resumed_total 1").await?;
     Ok(())
 }
 

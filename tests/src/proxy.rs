@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 /// Forwards every connection to `target` until cut or dropped.
@@ -19,6 +20,8 @@ pub struct CutProxy {
     pipes: Arc<Mutex<Vec<AbortHandle>>>,
     /// While set, new connections are closed as soon as they are accepted.
     down: Arc<AtomicBool>,
+    /// Wakes the connections open now to stop carrying bytes, sockets left open.
+    freeze: Arc<Notify>,
 }
 
 impl CutProxy {
@@ -27,20 +30,31 @@ impl CutProxy {
         let addr = listener.local_addr()?;
         let pipes: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let down: Arc<AtomicBool> = Arc::default();
+        let freeze: Arc<Notify> = Arc::default();
         let accept = tokio::spawn({
-            let (pipes, down) = (pipes.clone(), down.clone());
+            let (pipes, down, freeze) = (pipes.clone(), down.clone(), freeze.clone());
             async move {
                 while let Ok((mut client, _)) = listener.accept().await {
                     if down.load(Ordering::Relaxed) {
                         continue; // dropped: closed at once
                     }
                     let _ = client.set_nodelay(true);
+                    let freeze = freeze.clone();
                     let pipe = tokio::spawn(async move {
+                        let frozen = freeze.notified();
+                        tokio::pin!(frozen);
+                        frozen.as_mut().enable();
                         let Ok(mut server) = TcpStream::connect(target).await else {
                             return;
                         };
                         let _ = server.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            () = frozen => {
+                                // Both sockets stay open and silent until cut.
+                                std::future::pending::<()>().await;
+                            }
+                        }
                     });
                     let mut pipes = pipes.lock().expect("pipes");
                     pipes.retain(|p| !p.is_finished());
@@ -54,6 +68,7 @@ impl CutProxy {
             accept,
             pipes,
             down,
+            freeze,
         })
     }
 
@@ -71,6 +86,13 @@ impl CutProxy {
             pipe.abort();
         }
         open
+    }
+
+    /// Stops every connection open now from carrying bytes, without closing it: a network
+    /// gone silent, which neither side notices until its keepalive or pings give up.
+    /// New connections pass.
+    pub fn freeze(&self) {
+        self.freeze.notify_waiters();
     }
 
     /// Takes the way through down (every connection cut, new ones closed at once) or

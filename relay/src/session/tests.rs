@@ -731,13 +731,20 @@ async fn a_credit_refill_goes_ahead_of_the_ssh_bytes_queued_for_the_tab() {
 struct Relay {
     parts: Parts,
     sshd: TcpListener,
+    /// The SSH server's side of each session's socket, kept open: closing one ends its
+    /// session (as lost).
+    ssh: std::sync::Mutex<Vec<TcpStream>>,
 }
 
 impl Relay {
     async fn new(grace: Duration) -> Self {
         let sshd = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let parts = parts(&sshd, "", |c| c.resume_grace = grace);
-        Self { parts, sshd }
+        Self {
+            parts,
+            sshd,
+            ssh: Default::default(),
+        }
     }
 
     /// Starts a session (session id `id`) and says Hello with `resume`; returns its tab
@@ -788,9 +795,11 @@ impl Relay {
         else {
             panic!("expected a Welcome");
         };
-        let _ = tokio::time::timeout(DEADLINE, self.sshd.accept())
+        let (ssh, _) = tokio::time::timeout(DEADLINE, self.sshd.accept())
             .await
-            .expect("the session reached the SSH server");
+            .expect("the session reached the SSH server")
+            .unwrap();
+        self.ssh.lock().unwrap().push(ssh);
         (tab, resume, resumed, task)
     }
 }
@@ -948,4 +957,23 @@ async fn with_parking_off_a_lost_session_frees_its_ports() {
         .unwrap();
     assert!(relay.parts.parking.is_empty());
     std::net::TcpListener::bind(address).expect("the port is free at once");
+}
+
+#[tokio::test]
+async fn a_tab_back_before_its_loss_was_noticed_takes_its_live_session_over() {
+    let relay = Relay::new(Duration::from_secs(60)).await;
+    let (mut old, secret, _, first) = relay.session(1, None).await;
+    let address = listen_on(&mut old, 1, 0).await.unwrap();
+    // The old WebSocket is still open (a network gone silent): the tab comes back anyway.
+    let (mut tab, _, resumed, _second) = relay.session(2, secret).await;
+    assert!(resumed, "the live session was ended and its forwards taken");
+    tokio::time::timeout(DEADLINE, first)
+        .await
+        .expect("the old session ended")
+        .unwrap();
+    assert_eq!(
+        listen_on(&mut tab, 1, address.port()).await.unwrap(),
+        address
+    );
+    drop(old);
 }
