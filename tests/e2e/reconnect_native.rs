@@ -12,15 +12,19 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::SinkExt;
 use tabtunnel_client::{
-    ClientError, ConnectionState, Reconnect, ReconnectOptions, Session, connect_resilient,
+    ClientError, ConnectOptions, ConnectionState, Credentials, HostKeyPolicy, PromptCallback,
+    Reconnect, ReconnectOptions, Session, connect_resilient,
 };
 use tabtunnel_e2e::fake_tab::FakeTab;
 use tabtunnel_e2e::lab::{Lab, echo_forward};
 use tabtunnel_e2e::proxy::CutProxy;
-use tabtunnel_e2e::relay::RelayProcess;
+use tabtunnel_e2e::relay::{Relay, RelayProcess};
 use tabtunnel_e2e::services::{EchoServer, exchange};
-use tabtunnel_e2e::{dial, init_logging, log_in, sshd_login, wait_for, wait_until_port_free};
+use tabtunnel_e2e::{
+    dial, init_logging, log_in, sshd_key_login, sshd_login, wait_for, wait_until_port_free,
+};
 use tabtunnel_proto::{ErrorCode, Frame, ResumeSecret, VERSION, encode_to_bytes};
+use tabtunnel_relay::demo::{DemoOptions, DemoServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -380,6 +384,91 @@ async fn a_silent_network_is_noticed_by_the_keepalive_and_the_live_session_taken
     );
     assert_eq!(exchange(&listen, b"after").await?, b"after");
     metrics_show(&lab, "tabtunnel_sessions_resumed_total 1").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_login_asks_the_prompt_callback_again_when_the_server_wants_it() -> Result<()> {
+    init_logging();
+    // The demo SSH server asks its password and a code through keyboard-interactive.
+    let demo = DemoServer::start_with(DemoOptions {
+        second_factor: Some("4242".into()),
+        ..DemoOptions::default()
+    })
+    .await?;
+    let relay = Relay::start(&[("demo", &demo.ssh_addr.to_string())]).await?;
+    let proxy = CutProxy::start(relay.addr).await?;
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let password = demo.password.clone();
+    let prompt: PromptCallback = Box::new({
+        let asked = asked.clone();
+        move |_request| {
+            asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let answers = Some(vec![password.clone(), "4242".to_owned()]);
+            Box::pin(async move { answers })
+        }
+    });
+    let options = ConnectOptions {
+        keepalive: None,
+        token: None,
+        target: "demo".into(),
+        username: demo.username.clone(),
+        auth: Credentials {
+            prompt: Some(prompt),
+            ..Credentials::default()
+        },
+        host_key: HostKeyPolicy {
+            pinned: vec![],
+            expected: Some(demo.host_key_fingerprint.clone()),
+            ask: None,
+            known_hosts: None,
+        },
+    };
+    let states = States::default();
+    let session = connect_resilient(dial(&proxy.ws_url()), options, states.options(FAST)).await?;
+    assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+    proxy.cut();
+    states
+        .reached(1, |s| matches!(s, ConnectionState::Restored { .. }))
+        .await?;
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "the code was asked again"
+    );
+    assert_eq!(session.closed_reason(), None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_the_server_no_longer_takes_end_the_session_at_once() -> Result<()> {
+    let lab = Lab::start().await?;
+    let proxy = CutProxy::start(lab.relay.addr).await?;
+    let states = States::default();
+    let session = connect_resilient(
+        dial(&proxy.ws_url()),
+        sshd_key_login(&lab.sshd),
+        states.options(FAST),
+    )
+    .await?;
+    // The key is no longer authorized (an operator revoked it) when the link drops.
+    std::fs::write(lab.sshd.dir().join("authorized_keys"), "")?;
+    proxy.cut();
+    let reason = tokio::time::timeout(BACK, session.closed()).await?;
+    assert!(reason.contains("authentication failed"), "{reason}");
+    let all = states.all();
+    let attempts = all
+        .iter()
+        .filter(|s| matches!(s, ConnectionState::Reconnecting { .. }))
+        .count();
+    assert_eq!(
+        attempts, 1,
+        "no second try with refused credentials: {all:?}"
+    );
+    assert!(
+        matches!(all.last(), Some(ConnectionState::GaveUp { reason }) if reason.contains("authentication failed")),
+        "{all:?}"
+    );
     Ok(())
 }
 
