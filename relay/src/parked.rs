@@ -124,6 +124,8 @@ impl Drop for LiveSession {
             .lock()
             .expect("parking lock")
             .remove(&self.hash);
+        // A takeover may wait for this session to end, parked or not.
+        self.parking.parked.notify_waiters();
     }
 }
 
@@ -301,36 +303,43 @@ impl Parking {
         }
     }
 
-    /// [`Parking::resume`], also for a session that is still live: it is ended as lost
-    /// (its tab is evidently not on that connection any more), and its forwards are
-    /// taken once it has parked them (within a few seconds).
+    /// Ends the live session `secret` names, if it is `claimant`'s, as lost (its tab is
+    /// evidently not on that connection any more), and waits until it has ended (at most
+    /// a few seconds), parking its forwards. The tab's Hello does this before it takes
+    /// its places, which the old session may be holding.
+    pub async fn end_live(&self, secret: &ResumeSecret, claimant: &Claimant) {
+        let hash = SecretHash::of(secret);
+        let deadline = Instant::now() + TAKEOVER_WAIT;
+        loop {
+            // Registered before looking, so that an end in between is not missed.
+            let ended = self.parked.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            {
+                let live = self.live.lock().expect("parking lock");
+                let Some(session) = live.get(&hash) else {
+                    return;
+                };
+                if session.claimant != *claimant {
+                    return;
+                }
+                session.taken_over.cancel();
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// [`Parking::resume`], also for a session that is still live (see
+    /// [`Parking::end_live`]).
     pub async fn take_over(
         &self,
         secret: &ResumeSecret,
         claimant: &Claimant,
     ) -> Option<Vec<ParkedForward>> {
-        let hash = SecretHash::of(secret);
-        let deadline = Instant::now() + TAKEOVER_WAIT;
-        loop {
-            // Registered before looking, so that a park in between is not missed.
-            let parked = self.parked.notified();
-            tokio::pin!(parked);
-            parked.as_mut().enable();
-            if let Some(forwards) = self.resume(secret, claimant) {
-                return Some(forwards);
-            }
-            {
-                let live = self.live.lock().expect("parking lock");
-                let session = live.get(&hash)?;
-                if session.claimant != *claimant {
-                    return None;
-                }
-                session.taken_over.cancel();
-            }
-            if tokio::time::timeout_at(deadline, parked).await.is_err() {
-                return None;
-            }
-        }
+        self.end_live(secret, claimant).await;
+        self.resume(secret, claimant)
     }
 
     /// Takes the forwards parked under `secret`, if it is known, unexpired and
@@ -607,8 +616,8 @@ mod tests {
         let token = live.taken_over();
         let session = tokio::spawn(async move {
             token.cancelled().await;
-            parking.park(hash, claimant("alice"), SOURCE, vec![forward]);
             drop(live);
+            parking.park(hash, claimant("alice"), SOURCE, vec![forward]);
         });
         let forwards = f
             .parking
@@ -637,8 +646,8 @@ mod tests {
         let token = live.taken_over();
         tokio::spawn(async move {
             token.cancelled().await;
-            drop(live);
-            parking.park(hash, claimant("alice"), SOURCE, vec![]);
+            drop(live); // ended with nothing to park
+            drop(parking);
         });
         let started = Instant::now();
         assert!(

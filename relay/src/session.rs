@@ -384,10 +384,19 @@ impl Session {
                 ),
             ));
         };
+        let owner = user.map(str::to_owned);
+        let claimant = Claimant {
+            user: owner.clone(),
+            target: target.clone(),
+        };
+        // A tab back before the relay noticed its loss: its old session, still holding
+        // places this one needs, ends as lost now, parking its forwards for below.
+        if let Some(secret) = &resume {
+            parking.end_live(secret, &claimant).await;
+        }
         let place = waiting
             .admit(user, &config.limits)
             .map_err(SessionError::refused)?;
-        let owner = user.map(str::to_owned);
         // From here until its first Listen, the session is one more connection the SSH
         // server counts against its MaxStartups.
         let login = place
@@ -431,15 +440,8 @@ impl Session {
         if let Some(suppressed) = metrics.refusal_log.admit(ports.ip, "started") {
             info!(address = %entry.address, suppressed, "connected to SSH server");
         }
-        let claimant = Claimant {
-            user: owner.clone(),
-            target: target.clone(),
-        };
         // An unknown, expired or someone else's secret is simply a fresh session.
-        let adopted = match resume {
-            Some(secret) => parking.take_over(&secret, &claimant).await,
-            None => None,
-        };
+        let adopted = resume.and_then(|secret| parking.resume(&secret, &claimant));
         let resumed = adopted.is_some();
         let unclaimed: HashMap<_, _> = adopted
             .into_iter()
@@ -536,6 +538,8 @@ impl Session {
     /// had not claimed yet) for its tab to take back; the connections end with the
     /// session. Without a secret (parking off), they end with it too.
     fn park(&mut self) {
+        // First out of the live sessions: a takeover waits for that, then for the park.
+        self.live = None;
         let Some(hash) = self.resume else { return };
         let mut forwards: Vec<ParkedForward> = self
             .forwards

@@ -362,7 +362,11 @@ async fn a_relay_that_never_comes_back_is_given_up_on() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_network_is_noticed_by_the_keepalive_and_the_live_session_taken_over() -> Result<()>
 {
-    let lab = Lab::start().await?;
+    // One session per address: the old one, still live, must give its place up first.
+    let lab = Lab::builder()
+        .configure(|config| config.limits.sessions_per_ip = 1)
+        .start()
+        .await?;
     let proxy = CutProxy::start(lab.relay.addr).await?;
     let states = States::default();
     let mut login = lab.login();
