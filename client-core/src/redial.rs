@@ -127,6 +127,8 @@ async fn reconnect<T: Transport>(
         let result = tokio::select! {
             result = try_once(&link, redial) => result,
             () = session_end.wait_closing() => {
+                // A link the attempt may have put in place closes too.
+                link.owner().end().close_transport();
                 session_end.end("the session was closed while reconnecting", None);
                 return None;
             }

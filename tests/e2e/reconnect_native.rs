@@ -476,6 +476,42 @@ async fn credentials_the_server_no_longer_takes_end_the_session_at_once() -> Res
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_while_reconnecting_stops_for_good() -> Result<()> {
+    let lab = Lab::builder()
+        .configure(|config| config.resume_grace = Duration::from_secs(2))
+        .start()
+        .await?;
+    let proxy = CutProxy::start(lab.relay.addr).await?;
+    let states = States::default();
+    let session =
+        connect_resilient(dial(&proxy.ws_url()), lab.login(), states.options(FAST)).await?;
+    let (_echo, fwd) = echo_forward(&session).await?;
+    let listen = fwd.listen().to_owned();
+    proxy.set_down(true);
+    states
+        .reached(2, |s| matches!(s, ConnectionState::Reconnecting { .. }))
+        .await?;
+    let reason = tokio::time::timeout(BACK, async {
+        session.close().await;
+        session.closed().await
+    })
+    .await?;
+    assert_eq!(reason, "the session was closed while reconnecting");
+    // The way back opens, but nothing comes back: the parked port is freed after the grace.
+    proxy.set_down(false);
+    wait_until_port_free(&listen).await?;
+    let all = states.all();
+    assert!(
+        !all.iter().any(|s| matches!(
+            s,
+            ConnectionState::Restored { .. } | ConnectionState::GaveUp { .. }
+        )),
+        "{all:?}"
+    );
+    Ok(())
+}
+
 /// Not a test of reconnecting: a plain `connect` session is unchanged (it ends when its
 /// WebSocket drops, and never comes back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
