@@ -703,7 +703,7 @@ impl Session {
                 active,
             } = parked;
             return self
-                .start_forward(forward, bind, port, listeners.clone(), lease, active)
+                .start_forward(forward, bind, port, listeners, lease, active)
                 .await;
         }
         let bound =
