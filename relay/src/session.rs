@@ -679,21 +679,10 @@ impl Session {
     }
 
     async fn listen(&mut self, forward: u32, bind: &str, port: u16) -> Result<(), SessionError> {
-        let most = self.config.limits.forwards_per_session;
-        if self.forwards.len() >= most {
-            let message = format!(
-                "a session may have at most {most} forwards on this relay; remove one before adding another"
-            );
-            return self.refuse_listen(forward, ErrorCode::Limit, message).await;
-        }
-        if self.forwards.contains_key(&forward) {
-            let message = format!("forward id {forward} is already listening");
-            return self
-                .refuse_listen(forward, ErrorCode::DuplicateForward, message)
-                .await;
-        }
-        // A forward of the session this one resumed: the same listeners, no bind().
-        if let Some(parked) = self.claim(bind, port) {
+        let duplicate = self.forwards.contains_key(&forward);
+        // A forward of the session this one resumed: counted already, the same
+        // listeners, no bind().
+        if !duplicate && let Some(parked) = self.claim(bind, port) {
             parked.lease.hand_to(self.ports.session);
             let ParkedForward {
                 bind,
@@ -704,6 +693,20 @@ impl Session {
             } = parked;
             return self
                 .start_forward(forward, bind, port, listeners, lease, active)
+                .await;
+        }
+        let most = self.config.limits.forwards_per_session;
+        // Unclaimed forwards of a resumed session count: they hold their ports.
+        if self.forwards.len() + self.unclaimed.len() >= most {
+            let message = format!(
+                "a session may have at most {most} forwards on this relay; remove one before adding another"
+            );
+            return self.refuse_listen(forward, ErrorCode::Limit, message).await;
+        }
+        if duplicate {
+            let message = format!("forward id {forward} is already listening");
+            return self
+                .refuse_listen(forward, ErrorCode::DuplicateForward, message)
                 .await;
         }
         let bound =

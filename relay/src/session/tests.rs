@@ -738,8 +738,15 @@ struct Relay {
 
 impl Relay {
     async fn new(grace: Duration) -> Self {
+        Self::with(grace, |_| {}).await
+    }
+
+    async fn with(grace: Duration, adjust: impl FnOnce(&mut Config)) -> Self {
         let sshd = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let parts = parts(&sshd, "", |c| c.resume_grace = grace);
+        let parts = parts(&sshd, "", |c| {
+            c.resume_grace = grace;
+            adjust(c);
+        });
         Self {
             parts,
             sshd,
@@ -976,4 +983,30 @@ async fn a_tab_back_before_its_loss_was_noticed_takes_its_live_session_over() {
         address
     );
     drop(old);
+}
+
+#[tokio::test]
+async fn unclaimed_forwards_count_toward_the_forwards_per_session_cap() {
+    let relay = Relay::with(Duration::from_secs(60), |c| {
+        c.limits.forwards_per_session = 1;
+    })
+    .await;
+    let (mut tab, secret, _, first) = relay.session(1, None).await;
+    let address = listen_on(&mut tab, 1, 0).await.unwrap();
+    drop(tab);
+    tokio::time::timeout(DEADLINE, first)
+        .await
+        .unwrap()
+        .unwrap();
+    parked(&relay, 1).await;
+    let (mut tab, _, resumed, _second) = relay.session(2, secret).await;
+    assert!(resumed);
+    // Another forward first: the unclaimed one still holds the session's only place.
+    let (code, message) = listen_on(&mut tab, 1, 0).await.unwrap_err();
+    assert_eq!(code, ErrorCode::Limit, "{message}");
+    // Claiming it needs no new place.
+    assert_eq!(
+        listen_on(&mut tab, 2, address.port()).await.unwrap(),
+        address
+    );
 }
