@@ -6,14 +6,16 @@
 export class ConnectionAttempt {
   /**
    * `hostKeyDialog` and `promptDialog` ask the user; `onClose(attempt, reason)` hears
-   * when the session ends.
+   * when the session ends, `onState(attempt, state)` when its link drops, is tried
+   * again, is restored or is given up on (the session reconnects by itself).
    */
-  constructor(target, username, { hostKeyDialog, promptDialog, onClose }) {
+  constructor(target, username, { hostKeyDialog, promptDialog, onClose, onState }) {
     this.target = target;
     this.username = username;
     this.hostKeyDialog = hostKeyDialog;
     this.promptDialog = promptDialog;
     this.onClose = onClose;
+    this.onState = onState;
     /** The user cancelled while connecting. */
     this.cancelled = false;
     /** Why the session ended while still connecting (the caller handles it once connected). */
@@ -37,6 +39,9 @@ export class ConnectionAttempt {
       this.askHostKey(String(fingerprint), algorithm == null ? "" : String(algorithm), knownTypes ?? []);
     options.onPrompt = (request) => (this.cancelled ? null : this.promptDialog.ask(this.target, request));
     options.onClose = (reason) => this.onClose(this, reason);
+    // The session reconnects by itself when its link drops (the client keeps the
+    // credentials in its memory for that), and says how it goes.
+    options.onStateChange = (state) => this.onState?.(this, state);
     try {
       const mod = await wasm.get();
       if (this.cancelled) return { cancelled: true };

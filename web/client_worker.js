@@ -83,13 +83,14 @@ function endSession(id, reason) {
 }
 
 const handlers = {
-  async connect(mod, { id, options, knownHosts, asksHostKey, asksPrompt }) {
+  async connect(mod, { id, options, knownHosts, asksHostKey, asksPrompt, asksState }) {
     let closedEarly = null;
     const session = await mod.connect({
       ...options,
       knownHosts: knownHosts && snapshotStore(knownHosts.text, (before, after) => post({ type: "known-hosts", before, after })),
       onHostKey: asksHostKey ? (...args) => ask(id, "hostKey", [args[0], args[1], args[2], Array.from(args[3] ?? [], String)], false) : undefined,
       onPrompt: asksPrompt ? (request) => ask(id, "prompt", [request], null) : undefined,
+      onStateChange: asksState ? (state) => post({ type: "state", session: id, state: { ...state } }) : undefined,
       onClose: (reason) => {
         if (sessions.has(id)) endSession(id, String(reason ?? ""));
         else closedEarly = String(reason ?? "");
@@ -118,7 +119,8 @@ const handlers = {
 
   async stats(mod, { forward }) {
     const handle = forwards.get(forward);
-    return handle ? use(handle, (f) => f.stats()) : null;
+    // The web URL too: a session the relay did not resume (it restarted) gets a new one.
+    return handle ? use(handle, (f) => ({ ...f.stats(), webUrl: f.webUrl ?? null })) : null;
   },
 
   async closeForward(mod, { session, forward }) {

@@ -2,7 +2,7 @@
 // what the page shows when a connection fails or a session ends.
 
 import { ConnectionAttempt } from "./attempt.js";
-import { messageOf } from "./text.js";
+import { linkStateText, messageOf } from "./text.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -57,6 +57,7 @@ export class Connection {
       hostKeyDialog: this.dialogs.hostKey,
       promptDialog: this.dialogs.prompt,
       onClose: (attempt, reason) => this.onSessionClosed(attempt, reason),
+      onState: (attempt, state) => this.onLinkState(attempt, state),
     });
     this.attempt = a;
     this.state = "connecting";
@@ -113,6 +114,18 @@ export class Connection {
       this.setStatus("disconnected", "error");
     }
     this.onChange();
+  }
+
+  /**
+   * The session's link dropped and is tried again, or came back: the status line says
+   * so. Forwards keep their rows and addresses meanwhile; giving up ends the session
+   * (onSessionClosed then says why).
+   */
+  onLinkState(a, state) {
+    if (this.attempt !== a || this.state !== "connected") return;
+    if (state?.state === "reconnecting" && state.attempt === 1) a.dropReason = String(state.reason ?? "");
+    const line = linkStateText(state, a.username, a.target, a.dropReason);
+    if (line) this.setStatus(line.text, line.kind);
   }
 
   onSessionClosed(a, reason) {
@@ -182,3 +195,4 @@ export class Connection {
     this.button.focus();
   }
 }
+

@@ -46,8 +46,10 @@ export class ForwardRow {
     this.removeBtn.type = "button";
     this.removeBtn.setAttribute("aria-label", `Remove forward ${spec}`);
     this.removeBtn.addEventListener("click", () => onRemove(this));
-    this.openLink = fwd.webUrl ? openLink(fwd.webUrl, spec) : null;
-    actions.append(...(this.openLink ? [this.openLink] : []), this.removeBtn);
+    this.actions = actions;
+    this.openLink = null;
+    this.renderOpen(fwd.webUrl);
+    actions.append(this.removeBtn);
     const foot = element("div", "forward-foot");
     foot.append(this.statsEl, actions);
 
@@ -61,9 +63,23 @@ export class ForwardRow {
     if (this.closed) return;
     try {
       this.renderStats(this.fwd.stats());
+      this.renderOpen(this.fwd.webUrl);
     } catch {
       // Left as it was.
     }
+  }
+
+  /**
+   * The Open link for `url`, or none. A session that reconnects keeps its forward's URL
+   * when the relay resumed it, and gets a new one when the relay had restarted.
+   */
+  renderOpen(url) {
+    if ((this.openLink?.href ?? null) === (url ? new URL(url, location.href).href : null)) return;
+    const fresh = url ? openLink(url, this.spec) : null;
+    if (this.openLink && fresh) this.openLink.replaceWith(fresh);
+    else if (this.openLink) this.openLink.remove();
+    else if (fresh) this.actions.prepend(fresh);
+    this.openLink = fresh;
   }
 
   renderStats(st) {

@@ -45,3 +45,30 @@ export function statsView(st) {
 export function forwardsWord(count) {
   return `${count} forward${count === 1 ? "" : "s"}`;
 }
+
+/**
+ * The status line for a session that reconnects by itself, for its `state` (from the
+ * client's onStateChange), or null to leave the line as it is. `dropReason`: why the
+ * link dropped, kept on the line once it is back.
+ */
+export function linkStateText(state, username, target, dropReason) {
+  switch (state?.state) {
+    case "reconnecting": {
+      const seconds = Math.max(0, Number(state.nextTryMs) || 0) / 1000;
+      const why = state.reason ? `: ${String(state.reason)}` : "";
+      return {
+        text: `reconnecting (attempt ${Number(state.attempt) || 1}, next try in ${seconds.toFixed(1)} s)${why}`,
+        kind: "reconnecting",
+      };
+    }
+    case "restored": {
+      const why = dropReason ? ` after: ${dropReason}` : "";
+      return {
+        text: `connected again as ${username}@${target}${why}; forwards restored on the same ports`,
+        kind: "connected",
+      };
+    }
+    default:
+      return null;
+  }
+}

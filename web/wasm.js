@@ -27,7 +27,7 @@ export class WasmClient {
     this.loaded = false;
     /** Sessions by id, from connect() until they end: { onClose, proxy, closedReason }. */
     this.sessions = new Map();
-    /** Host-key and prompt callbacks of connecting sessions, by session id. */
+    /** Host-key and prompt callbacks of connecting sessions (and of live ones that reconnect), by session id. */
     this.callbacks = new Map();
     let loaded;
     let failed;
@@ -90,6 +90,9 @@ export class WasmClient {
       case "ask":
         this.answer(message);
         return;
+      case "state":
+        this.stateChanged(message.session, message.state);
+        return;
       case "closed":
         this.ended(message.session, message.reason);
         return;
@@ -139,26 +142,44 @@ export class WasmClient {
   }
 
   async connect(options) {
-    const { onHostKey, onPrompt, onClose } = options ?? {};
-    const fields = { options: connectFields(options), asksHostKey: Boolean(onHostKey), asksPrompt: Boolean(onPrompt) };
+    const { onHostKey, onPrompt, onClose, onStateChange } = options ?? {};
+    const fields = {
+      options: connectFields(options),
+      asksHostKey: Boolean(onHostKey),
+      asksPrompt: Boolean(onPrompt),
+      asksState: Boolean(onStateChange),
+    };
     fields.options.relay ||= location.origin; // the worker has no window to take it from
     if (options?.knownHosts) fields.knownHosts = { text: readKnownHosts() };
     // The request's id names the session: the worker's questions and its end may come
     // before the reply (never before this runs to its first await).
     const { id, promise } = this.send("connect", fields);
-    const record = { onClose, closedReason: null, proxy: null };
+    const record = { onClose, onStateChange, closedReason: null, proxy: null };
     this.sessions.set(id, record);
     this.callbacks.set(id, { hostKey: onHostKey, prompt: onPrompt });
+    // A session that reconnects may ask onPrompt again when it logs in anew; the
+    // others' questions end with the connect.
+    const keepAsking = fields.asksState || Boolean(options?.reconnect);
     try {
       const value = await promise;
       record.proxy = new SessionProxy(this, id, value, record);
       if (record.closedReason !== null) this.sessions.delete(id);
+      if (!keepAsking || record.closedReason !== null) this.callbacks.delete(id);
       return record.proxy;
     } catch (err) {
       this.sessions.delete(id);
-      throw err;
-    } finally {
       this.callbacks.delete(id);
+      throw err;
+    }
+  }
+
+  stateChanged(id, state) {
+    const record = this.sessions.get(id);
+    if (!record || record.closedReason !== null) return;
+    try {
+      record.onStateChange?.(state);
+    } catch (err) {
+      globalThis.reportError?.(err);
     }
   }
 
@@ -166,7 +187,10 @@ export class WasmClient {
     const record = this.sessions.get(id);
     if (!record || record.closedReason !== null) return;
     record.closedReason = String(reason ?? "");
-    if (record.proxy) this.sessions.delete(id);
+    if (record.proxy) {
+      this.sessions.delete(id);
+      this.callbacks.delete(id);
+    }
     try {
       record.onClose?.(record.closedReason);
     } catch (err) {
@@ -235,7 +259,7 @@ class ForwardProxy {
       client
         .request("stats", { forward: this.id })
         .then((stats) => {
-          if (stats) this.latest = stats;
+          if (stats) ({ webUrl: this.webUrl, ...this.latest } = stats); // the URL may change on a reconnect
         }, () => {})
         .finally(() => {
           this.polling = false;

@@ -4,7 +4,8 @@
 // The page sends requests `{ id, op, ...fields }`; the worker answers each once with
 // `{ type: "reply", id, value }` or `{ type: "reply", id, error }`. On its own the worker
 // posts `ready`, `load-error`, `ask` (a callback the page answers with an `answer`
-// request), `closed` (a session ended) and `known-hosts` (a write to the page's store).
+// request), `state` (a session's link dropped, is tried again, was restored or given up
+// on), `closed` (a session ended) and `known-hosts` (a write to the page's store).
 
 /** The page's localStorage key for remembered host keys (client-wasm's known_hosts.rs). */
 export const KNOWN_HOSTS_KEY = "tabtunnel.knownHosts";

@@ -62,6 +62,11 @@ impl End {
         });
     }
 
+    /// Whether closing was asked (and the session has not ended yet).
+    pub(crate) fn closing(&self) -> bool {
+        *self.state.borrow() == State::Closing
+    }
+
     /// How the session ended; `None` while it is live (or still closing).
     pub(crate) fn ended(&self) -> Option<Ended> {
         match &*self.state.borrow() {

@@ -3,19 +3,19 @@
 use std::sync::Arc;
 
 use crate::error::ClientError;
-use crate::mux::{Listened, Owner};
+use crate::link::Link;
+use crate::mux::Listened;
 use crate::spec::ForwardSpec;
 use crate::stats::{ForwardStats, StatsSnapshot};
 
-/// A forward the relay listens for.
+/// A forward the relay listens for. After a reconnect it listens at the same address,
+/// and its counters carry on.
 #[derive(Clone)]
 pub struct Forward {
-    owner: Arc<Owner>,
+    link: Arc<Link>,
     id: u32,
     spec: Arc<ForwardSpec>,
     listen: String,
-    /// Carries the forward's capability: kept out of `Debug`.
-    web_url: Option<String>,
     stats: Arc<ForwardStats>,
 }
 
@@ -25,24 +25,22 @@ impl std::fmt::Debug for Forward {
             .field("id", &self.id)
             .field("spec", &self.spec)
             .field("listen", &self.listen)
-            .field("web_url", &self.web_url.as_ref().map(|_| "(redacted)"))
             .finish()
     }
 }
 
 impl Forward {
     pub(crate) fn new(
-        owner: Arc<Owner>,
+        link: Arc<Link>,
         id: u32,
         spec: Arc<ForwardSpec>,
         listened: Listened,
     ) -> Self {
         Self {
-            owner,
+            link,
             id,
             spec,
             listen: listened.address,
-            web_url: listened.web_url,
             stats: listened.stats,
         }
     }
@@ -56,8 +54,11 @@ impl Forward {
     /// on (`https://f-<id>.tunnel.example.edu/?tabtunnel_key=...`). The first visit with
     /// it sets a cookie for that browser only: hand it to no one you would not give the
     /// forward itself.
-    pub fn web_url(&self) -> Option<&str> {
-        self.web_url.as_deref()
+    ///
+    /// A session that reconnects keeps it when the relay resumed the session, and gets a
+    /// new one when it did not (the relay restarted), so ask again after a restore.
+    pub fn web_url(&self) -> Option<String> {
+        self.link.web_url(self.id)
     }
 
     pub fn spec(&self) -> &ForwardSpec {
@@ -70,6 +71,6 @@ impl Forward {
 
     /// Stops listening and ends this forward's connections.
     pub async fn close(&self) -> Result<(), ClientError> {
-        self.owner.close_forward(self.id).await
+        self.link.close_forward(self.id).await
     }
 }

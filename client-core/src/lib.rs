@@ -8,10 +8,13 @@
 //!     └──── mux::write_loop <── Ssh, Listen, Data, Credit, Eof, Close ───────────┘
 //! ```
 //!
-//! Modules, each importing only those after it: `session` (the handle and `connect`)
-//! -> `forward` (a forward's handle), `conn` (a connection's pump), `keepalive` ->
-//! `mux` (demultiplexer, write loop, stream-0 pumps) -> `ssh` -> `known_hosts` (the
-//! host-key rules), `stats`, `spec`, `end` (the one end signal).
+//! Modules, each importing only those after it: `session` (the handle, `connect` and
+//! `connect_resilient`) -> `redial` (the supervisor that reconnects) -> `forward` (a
+//! forward's handle) -> `link` (the session's current link, establishing one, the
+//! forwards to listen for again) -> `conn` (a connection's pump), `keepalive` -> `mux`
+//! (demultiplexer, write loop, stream-0 pumps) -> `ssh` -> `known_hosts` (the host-key
+//! rules), `stats`, `spec`, `end` (the one end signal), `reconnect` (when and how often
+//! to try again: the rules alone).
 
 mod conn;
 mod end;
@@ -20,7 +23,10 @@ mod forward;
 mod keepalive;
 mod keys;
 pub mod known_hosts;
+mod link;
 mod mux;
+pub mod reconnect;
+mod redial;
 mod rt;
 mod session;
 pub mod spec;
@@ -37,7 +43,11 @@ pub use keepalive::Keepalive;
 pub use known_hosts::{
     KnownHostId, KnownHosts, KnownHostsCheck, KnownHostsError, MemoryKnownHosts,
 };
-pub use session::{ConnectOptions, ForwardOptions, Session, connect};
+pub use reconnect::{ConnectionState, Reconnect, StateCallback};
+pub use redial::Dial;
+pub use session::{
+    ConnectOptions, ForwardOptions, ReconnectOptions, Session, connect, connect_resilient,
+};
 pub use spec::{ForwardSpec, SshCommand, parse_forward, parse_ssh_command};
 pub use ssh::{
     Auth, Credentials, HostKeyCallback, HostKeyInfo, HostKeyPolicy, PromptCallback, PromptField,

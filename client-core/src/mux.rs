@@ -14,7 +14,8 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::{SinkExt, StreamExt};
 use tabtunnel_proto::{
-    Action, ConnError, ConnFlow, ConnTable, Frame, MAX_DATA, Side, UrgentGrants, VERSION,
+    Action, ConnError, ConnFlow, ConnTable, Frame, MAX_DATA, ResumeSecret, Side, UrgentGrants,
+    VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
@@ -93,6 +94,8 @@ pub(crate) struct Listened {
 
 struct PendingListen {
     spec: Arc<ForwardSpec>,
+    /// The counters of a forward listening again after a reconnect; `None`: new ones.
+    stats: Option<Arc<ForwardStats>>,
     reply: oneshot::Sender<ListenReply>,
     /// The WebForward the relay sends just before the Listening.
     web_url: Option<String>,
@@ -142,6 +145,10 @@ pub(crate) struct Opened {
     pub(crate) owner: Arc<Owner>,
     /// Host-key fingerprints the relay's operator pinned for the target.
     pub(crate) pinned: Vec<String>,
+    /// The secret that resumes this session if it is lost (`None`: the relay keeps
+    /// nothing), and whether it resumed the one the Hello named.
+    pub(crate) resume: Option<ResumeSecret>,
+    pub(crate) resumed: bool,
     /// Stream 0, for russh.
     pub(crate) ssh_stream: DuplexStream,
     pub(crate) accepted: mpsc::UnboundedReceiver<Accepted>,
@@ -160,11 +167,13 @@ pub(crate) async fn open<T: Transport>(transport: T, hello: Frame) -> Result<Ope
     out.send(hello)
         .await
         .map_err(|_| ClientError::Transport("the relay closed the connection".into()))?;
-    let pinned = match next_frame(&mut stream).await? {
+    let (pinned, resume, resumed) = match next_frame(&mut stream).await? {
         Some(Frame::Welcome {
             version,
             pinned_host_keys,
-        }) if version == VERSION => pinned_host_keys,
+            resume,
+            resumed,
+        }) if version == VERSION => (pinned_host_keys, resume, resumed),
         Some(Frame::Welcome { version, .. }) => {
             return Err(ClientError::Protocol(format!(
                 "the relay speaks protocol version {version}, this page {VERSION}: reload the page"
@@ -211,6 +220,8 @@ pub(crate) async fn open<T: Transport>(transport: T, hello: Frame) -> Result<Ope
     Ok(Opened {
         owner: Arc::new(Owner { mux }),
         pinned,
+        resume,
+        resumed,
         ssh_stream,
         accepted,
     })
@@ -251,17 +262,30 @@ impl Mux {
         &self,
         spec: Arc<ForwardSpec>,
     ) -> Result<(u32, Listened), ClientError> {
+        self.listen_as(None, spec, None).await
+    }
+
+    /// [`Mux::listen`], for a forward that listened before the session reconnected when
+    /// `id` is given: the same id and the same counters, so its handle carries on.
+    pub(crate) async fn listen_as(
+        &self,
+        id: Option<u32>,
+        spec: Arc<ForwardSpec>,
+        stats: Option<Arc<ForwardStats>>,
+    ) -> Result<(u32, Listened), ClientError> {
         let (reply, answer) = oneshot::channel();
         let forward = {
             let mut state = self.state.lock().expect("state lock");
-            let id = state.next_forward;
+            let id = id.unwrap_or(state.next_forward);
             state.next_forward = id
                 .checked_add(1)
-                .ok_or_else(|| ClientError::Protocol("forward ids exhausted".into()))?;
+                .ok_or_else(|| ClientError::Protocol("forward ids exhausted".into()))?
+                .max(state.next_forward);
             state.pending.insert(
                 id,
                 PendingListen {
                     spec: spec.clone(),
+                    stats,
                     reply,
                     web_url: None,
                 },
@@ -460,7 +484,7 @@ fn route(mux: &Mux, links: &Links, frame: Frame) -> Result<(), ClientError> {
         }
         Frame::Listening { forward, address } => {
             if let Some(pending) = state.pending.remove(&forward) {
-                let stats = Arc::new(ForwardStats::default());
+                let stats = pending.stats.unwrap_or_default();
                 state.forwards.insert(
                     forward,
                     ForwardEntry {

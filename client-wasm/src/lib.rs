@@ -5,7 +5,8 @@
 //! import init, { connect } from "/pkg/client_wasm.js";
 //! await init();
 //! const session = await connect({ target, username, password | privateKey, passphrase,
-//!                                 hostKey, onHostKey, knownHosts, onClose, relay });
+//!                                 hostKey, onHostKey, knownHosts, onClose, relay,
+//!                                 onStateChange, reconnect });
 //! const fwd = await session.forward("127.0.0.1:10080:mail.example.com:110");
 //! fwd.listen; fwd.stats(); await fwd.close(); await session.close();
 //! ```
@@ -17,8 +18,9 @@ use futures::FutureExt;
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use send_wrapper::SendWrapper;
 use tabtunnel_client::{
-    Auth, ClientError, ConnectOptions, Credentials, HostKeyCallback, HostKeyInfo, HostKeyPolicy,
-    KnownHosts, KnownHostsCheck, PromptCallback, PromptRequest,
+    Auth, ClientError, ConnectOptions, ConnectionState, Credentials, Dial, HostKeyCallback,
+    HostKeyInfo, HostKeyPolicy, KnownHosts, KnownHostsCheck, PromptCallback, PromptRequest,
+    Reconnect, ReconnectOptions, StateCallback,
 };
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -39,6 +41,16 @@ fn start() {
 /// `onHostKey` is asked only about keys seen for the first time. Where there is no
 /// `localStorage` (a worker), `knownHosts` is the store instead: an object with
 /// `getItem(name)` and `setItem(name, text)` as `localStorage` has, and `relay` is needed.
+///
+/// With `onStateChange(state)` (or `reconnect: true`, or `reconnect: { firstDelayMs,
+/// maxDelayMs, giveUpAfterMs }`) the session reconnects when its WebSocket or SSH
+/// session drops for a transient reason, with backoff and jitter: it checks the server
+/// has the very host key accepted first, logs in again with the credentials it holds in
+/// memory (asking `onPrompt` if the server wants a prompt), and listens for every forward
+/// on its address again; forwards and their `stats()` carry on, connections that were
+/// open end. `state` is `{ state: "live" }`, `{ state: "reconnecting", attempt,
+/// nextTryMs, reason }`, `{ state: "restored", resumed }` or `{ state: "gave-up",
+/// reason }` (`onClose` follows). `reconnect: false` turns it off.
 #[wasm_bindgen]
 pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
     let target = required_string(&options, "target")?;
@@ -68,9 +80,8 @@ pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
     let keepalive = keepalive_option(&options)?;
     let token = optional_string(&options, "token")?.filter(|t| !t.is_empty());
 
-    let transport = WebSocketTransport::connect(&url)
-        .await
-        .map_err(|e| error("transport", &e.0))?;
+    let on_state = optional_function(&options, "onStateChange")?;
+    let reconnect = reconnect_option(&options, on_state.is_some())?;
     let options = ConnectOptions {
         keepalive,
         token,
@@ -84,9 +95,26 @@ pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
             known_hosts,
         },
     };
-    let session = tabtunnel_client::connect(transport, options)
-        .await
-        .map_err(to_js)?;
+    let session = match reconnect {
+        Some(policy) => {
+            let dial: Dial<WebSocketTransport> = std::sync::Arc::new(move || {
+                let url = url.clone();
+                SendWrapper::new(async move { WebSocketTransport::connect(&url).await }).boxed()
+            });
+            let reconnect = ReconnectOptions {
+                policy,
+                on_state: on_state.map(state_callback),
+            };
+            tabtunnel_client::connect_resilient(dial, options, reconnect).await
+        }
+        None => {
+            let transport = WebSocketTransport::connect(&url)
+                .await
+                .map_err(|e| error("transport", &e.0))?;
+            tabtunnel_client::connect(transport, options).await
+        }
+    }
+    .map_err(to_js)?;
     if let Some(on_close) = on_close {
         let closed = session.closed_signal();
         wasm_bindgen_futures::spawn_local(async move {
@@ -95,6 +123,81 @@ pub async fn connect(options: JsValue) -> Result<Session, JsValue> {
         });
     }
     Ok(Session { inner: session })
+}
+
+/// Tells the page's `onStateChange` about the session's link; a callback that throws is
+/// the page's bug and changes nothing here.
+fn state_callback(callback: Function) -> StateCallback {
+    let callback = SendWrapper::new(callback);
+    std::sync::Arc::new(move |state: ConnectionState| {
+        let out = Object::new();
+        let put = |key: &str, value: JsValue| {
+            let _ = Reflect::set(&out, &key.into(), &value);
+        };
+        match state {
+            ConnectionState::Live => put("state", "live".into()),
+            ConnectionState::Reconnecting {
+                attempt,
+                next_try_ms,
+                reason,
+            } => {
+                put("state", "reconnecting".into());
+                put("attempt", f64::from(attempt).into());
+                put("nextTryMs", (next_try_ms as f64).into());
+                put("reason", reason.into());
+            }
+            ConnectionState::Restored { resumed } => {
+                put("state", "restored".into());
+                put("resumed", resumed.into());
+            }
+            ConnectionState::GaveUp { reason } => {
+                put("state", "gave-up".into());
+                put("reason", reason.into());
+            }
+        }
+        let _ = callback.call1(&JsValue::NULL, &out);
+    })
+}
+
+/// Whether and how the session reconnects: `reconnect: false` never, `true` or an
+/// object `{ firstDelayMs, maxDelayMs, giveUpAfterMs }` (defaults 500, 30000, 600000)
+/// always; left out, when the page listens with `onStateChange`.
+fn reconnect_option(options: &JsValue, listening: bool) -> Result<Option<Reconnect>, JsValue> {
+    let value = Reflect::get(options, &"reconnect".into())?;
+    if value.is_undefined() || value.is_null() {
+        return Ok(listening.then(Reconnect::default));
+    }
+    if let Some(on) = value.as_bool() {
+        return Ok(on.then(Reconnect::default));
+    }
+    if !value.is_object() {
+        return Err(error(
+            "bad-options",
+            "`reconnect` must be true, false or { firstDelayMs, maxDelayMs, giveUpAfterMs }",
+        ));
+    }
+    let mut policy = Reconnect::default();
+    for (key, field) in [
+        ("firstDelayMs", &mut policy.first_delay),
+        ("maxDelayMs", &mut policy.max_delay),
+        ("giveUpAfterMs", &mut policy.give_up_after),
+    ] {
+        let ms = Reflect::get(&value, &key.into())?;
+        if ms.is_undefined() {
+            continue;
+        }
+        let ms = ms
+            .as_f64()
+            .filter(|n| n.is_finite() && *n >= 0.0 && *n <= 86_400_000.0)
+            .ok_or_else(|| {
+                error(
+                    "bad-options",
+                    &format!("`reconnect.{key}` must be milliseconds, 0 to a day"),
+                )
+            })?;
+        *field = std::time::Duration::from_millis(ms as u64);
+    }
+    Ok(Some(policy))
 }
 
 /// Asks the page's `onHostKey(fingerprint, algorithm, pinned, knownTypes)`; a truthy
@@ -357,7 +460,7 @@ impl Forward {
     /// the forward's key), or `null` when the relay offers no web forwards.
     #[wasm_bindgen(getter, js_name = webUrl)]
     pub fn web_url(&self) -> Option<String> {
-        self.inner.web_url().map(str::to_owned)
+        self.inner.web_url()
     }
 
     /// `{ connections, active, bytesUp, bytesDown, failures, lastError }`.

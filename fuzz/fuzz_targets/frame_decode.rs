@@ -12,12 +12,13 @@
 
 #![no_main]
 
-use arbitrary::{Result, Unstructured};
+use arbitrary::{Arbitrary, Result, Unstructured};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tabtunnel_proto::codec::truncate;
 use tabtunnel_proto::{
-    DecodeError, ErrorCode, Frame, MAX_DATA, MAX_PINNED_KEYS, decode, encode_to_bytes,
+    DecodeError, ErrorCode, Frame, MAX_DATA, MAX_PINNED_KEYS, ResumeSecret, decode,
+    encode_to_bytes,
 };
 
 fuzz_target!(|input: &[u8]| {
@@ -72,16 +73,22 @@ fn cut_to_limits(frame: Frame) -> Frame {
             version,
             target,
             token,
+            resume,
         } => Frame::Hello {
             version,
             target: cut(target),
             token: cut(token),
+            resume,
         },
         Frame::Welcome {
             version,
             pinned_host_keys,
+            resume,
+            resumed,
         } => Frame::Welcome {
             version,
+            resume,
+            resumed,
             pinned_host_keys: pinned_host_keys
                 .into_iter()
                 .take(MAX_PINNED_KEYS)
@@ -139,6 +146,9 @@ fn cut_to_limits(frame: Frame) -> Frame {
 /// `MAX_DATA`: a larger one is a documented panic of `encode` (senders chunk).
 fn arbitrary_frame(u: &mut Unstructured<'_>) -> Result<Frame> {
     let code = |u: &mut Unstructured<'_>| Ok(ErrorCode::from_u16(u.arbitrary()?));
+    let resume = |u: &mut Unstructured<'_>| -> Result<Option<ResumeSecret>> {
+        Ok(Option::<[u8; 32]>::arbitrary(u)?.map(ResumeSecret))
+    };
     let data = |u: &mut Unstructured<'_>| -> Result<Bytes> {
         let len = u.int_in_range(0..=MAX_DATA)?;
         Ok(Bytes::copy_from_slice(u.bytes(len.min(u.len()))?))
@@ -148,10 +158,13 @@ fn arbitrary_frame(u: &mut Unstructured<'_>) -> Result<Frame> {
             version: u.arbitrary()?,
             target: u.arbitrary()?,
             token: u.arbitrary()?,
+            resume: resume(u)?,
         },
         2 => Frame::Welcome {
             version: u.arbitrary()?,
             pinned_host_keys: u.arbitrary()?,
+            resume: resume(u)?,
+            resumed: u.arbitrary()?,
         },
         3 => Frame::Error {
             code: code(u)?,

@@ -3,7 +3,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::frame::{ErrorCode, Frame, Kind};
+use crate::frame::{ErrorCode, Frame, Kind, RESUME_SECRET_LEN, ResumeSecret};
 use crate::{HEADER_LEN, MAX_DATA, MAX_FRAME, MAX_PINNED_KEYS, MAX_TEXT, STREAM_SESSION};
 
 /// Why a buffer is not a valid frame. Each variant says enough to find the sender's bug.
@@ -39,6 +39,16 @@ pub enum DecodeError {
     ZeroStream { frame: &'static str },
     #[error("Welcome frame carries {count} pinned host keys, over the {MAX_PINNED_KEYS}-key limit")]
     TooManyKeys { count: u16 },
+    #[error(
+        "{frame} frame's resume secret is {len} bytes; it must be 0 (none) or {RESUME_SECRET_LEN}"
+    )]
+    BadResumeLength { frame: &'static str, len: u8 },
+    #[error("{frame} frame's {field} is {value}; it must be 0 or 1")]
+    BadFlag {
+        frame: &'static str,
+        field: &'static str,
+        value: u8,
+    },
 }
 
 /// Appends the encoding of `frame` to `out`.
@@ -74,16 +84,20 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             version,
             target,
             token,
+            resume,
         } => {
             out.put_u16(*version);
             let target = truncate(target);
             out.put_u16(target.len() as u16);
             out.put_slice(target.as_bytes());
+            put_secret(out, resume.as_ref());
             put_text(out, token);
         }
         Frame::Welcome {
             version,
             pinned_host_keys,
+            resume,
+            resumed,
         } => {
             out.put_u16(*version);
             let keys = &pinned_host_keys[..pinned_host_keys.len().min(MAX_PINNED_KEYS)];
@@ -93,6 +107,8 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                 out.put_u16(key.len() as u16);
                 out.put_slice(key.as_bytes());
             }
+            put_secret(out, resume.as_ref());
+            out.put_u8(u8::from(*resumed));
         }
         Frame::Error { code, message } | Frame::ListenFailed { code, message, .. } => {
             out.put_u16(code.to_u16());
@@ -136,6 +152,17 @@ fn payload_len_hint(frame: &Frame) -> usize {
     }
 }
 
+/// A resume secret: its length (0 for none), then its bytes.
+fn put_secret(out: &mut BytesMut, secret: Option<&ResumeSecret>) {
+    match secret {
+        None => out.put_u8(0),
+        Some(secret) => {
+            out.put_u8(RESUME_SECRET_LEN as u8);
+            out.put_slice(&secret.0);
+        }
+    }
+}
+
 /// Text fields run to the end of the frame; their length is implied.
 fn put_text(out: &mut BytesMut, text: &str) {
     out.put_slice(truncate(text).as_bytes());
@@ -176,9 +203,11 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
             let version = r.u16("version")?;
             let target_len = usize::from(r.u16("target length")?);
             let target = r.text(target_len, "target")?;
+            let resume = r.secret()?;
             Frame::Hello {
                 version,
                 target,
+                resume,
                 token: r.rest_text("token")?,
             }
         }
@@ -195,10 +224,14 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
                 let key_len = usize::from(r.u16("key length")?);
                 pinned_host_keys.push(r.text(key_len, "pinned key")?);
             }
+            let resume = r.secret()?;
+            let resumed = r.flag("resumed flag")?;
             r.end()?;
             Frame::Welcome {
                 version,
                 pinned_host_keys,
+                resume,
+                resumed,
             }
         }
         Kind::Error => {
@@ -330,6 +363,41 @@ impl Reader {
     fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
         self.need(2, field)?;
         Ok(self.buf.get_u16())
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        self.need(1, field)?;
+        Ok(self.buf.get_u8())
+    }
+
+    fn flag(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(DecodeError::BadFlag {
+                frame: self.frame,
+                field,
+                value,
+            }),
+        }
+    }
+
+    /// A resume secret: none, or exactly [`RESUME_SECRET_LEN`] bytes.
+    fn secret(&mut self) -> Result<Option<ResumeSecret>, DecodeError> {
+        let len = self.u8("resume secret length")?;
+        match usize::from(len) {
+            0 => Ok(None),
+            RESUME_SECRET_LEN => {
+                self.need(RESUME_SECRET_LEN, "resume secret")?;
+                let mut secret = [0; RESUME_SECRET_LEN];
+                self.buf.copy_to_slice(&mut secret);
+                Ok(Some(ResumeSecret(secret)))
+            }
+            _ => Err(DecodeError::BadResumeLength {
+                frame: self.frame,
+                len,
+            }),
+        }
     }
 
     fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {

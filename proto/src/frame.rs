@@ -9,16 +9,24 @@ pub enum Frame {
     /// First frame of a session: the protocol version, the relay target to reach, and
     /// the relay access token (empty when the relay needs none). The token travels
     /// here, not in the URL, so it never reaches proxy or access logs.
+    ///
+    /// `resume` is the secret a previous session's Welcome gave (`None` for a fresh
+    /// session): the relay then hands that session's parked forwards to this one.
     Hello {
         version: u16,
         target: String,
         token: String,
+        resume: Option<ResumeSecret>,
     },
     /// The relay reached the target; SSH bytes may flow. Carries the operator's pinned
-    /// host-key fingerprints for this target (empty: none pinned).
+    /// host-key fingerprints for this target (empty: none pinned), the secret that
+    /// resumes this session if it is lost (`None`: the relay parks nothing), and
+    /// whether this session resumed a parked one.
     Welcome {
         version: u16,
         pinned_host_keys: Vec<String>,
+        resume: Option<ResumeSecret>,
+        resumed: bool,
     },
     /// A session-level failure; the relay closes the WebSocket after sending it.
     Error { code: ErrorCode, message: String },
@@ -64,6 +72,20 @@ pub enum Frame {
     /// by the time the forward is open. The URL carries the forward's capability: only
     /// the tab that opened the forward learns it (see the relay's `web_forward`).
     WebForward { forward: u32, url: String },
+}
+
+/// The secret that resumes a lost session: 256 random bits the relay chose. Its Debug
+/// never shows it, since it is a capability to take the session's ports.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ResumeSecret(pub [u8; RESUME_SECRET_LEN]);
+
+/// Bytes in a [`ResumeSecret`].
+pub const RESUME_SECRET_LEN: usize = 32;
+
+impl std::fmt::Debug for ResumeSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResumeSecret(<redacted>)")
+    }
 }
 
 /// Declares the frame kinds once: each row is a frame's wire number and its `Frame`

@@ -9,8 +9,8 @@
 //!
 //! | kind | name          | direction    | stream     | payload                                   |
 //! |------|---------------|--------------|------------|-------------------------------------------|
-//! | 1    | Hello         | tab → relay  | 0          | version u16, target (u16 len), token      |
-//! | 2    | Welcome       | relay → tab  | 0          | version u16, pinned host-key fingerprints |
+//! | 1    | Hello         | tab → relay  | 0          | version u16, target (u16 len), resume (u8 len: 0 or 32), token |
+//! | 2    | Welcome       | relay → tab  | 0          | version u16, pinned host-key fingerprints, resume (u8 len: 0 or 32), resumed u8 (0 or 1) |
 //! | 3    | Error         | relay → tab  | 0          | code u16, message (UTF-8); session ends   |
 //! | 4    | Ssh           | both         | 0          | SSH transport bytes (ciphertext)          |
 //! | 5    | Listen        | tab → relay  | forward id | port u16, bind address (UTF-8)            |
@@ -53,7 +53,7 @@ pub use credit::{
     CreditError, CreditGate, DATA_FRAME_OVERHEAD, RecvWindow, SendCredit, UrgentGrants,
     WindowBudget, frame_cost,
 };
-pub use frame::{ErrorCode, Frame, Kind};
+pub use frame::{ErrorCode, Frame, Kind, RESUME_SECRET_LEN, ResumeSecret};
 
 /// Protocol version sent in Hello and Welcome. A relay refuses any other version.
 ///
@@ -62,8 +62,10 @@ pub use frame::{ErrorCode, Frame, Kind};
 ///   (see [`credit`]). A version-1 peer would overrun a version-2 receiver's window.
 /// - 3: Blocked frames, and windows that grow while their sender starves (see
 ///   [`credit`]). A version-2 receiver would refuse a Blocked frame as unknown.
-/// - 4: WebForward frames (a forward's URL for the browser, before its Listening). A
-///   version-3 tab would refuse one as unknown.
+/// - 4: WebForward frames (a forward's URL for the browser, before its Listening); Hello
+///   and Welcome carry a resume secret, Welcome whether the session resumed a parked one
+///   (a reconnecting tab gets its forwards back on the same ports). A version-3 peer
+///   would misread a Hello or Welcome and refuse a WebForward as unknown.
 pub const VERSION: u16 = 4;
 
 /// Size of the frame header: kind (1 byte) and stream (4 bytes).

@@ -4,8 +4,8 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use tabtunnel_proto::{
-    ErrorCode, Frame, MAX_DATA, RecvWindow, SendCredit, WindowBudget, decode, encode_to_bytes,
-    frame_cost,
+    ErrorCode, Frame, MAX_DATA, RecvWindow, ResumeSecret, SendCredit, WindowBudget, decode,
+    encode_to_bytes, frame_cost,
 };
 
 fn text() -> impl Strategy<Value = String> {
@@ -15,6 +15,10 @@ fn text() -> impl Strategy<Value = String> {
 
 fn data() -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..2048).prop_map(Bytes::from)
+}
+
+fn resume() -> impl Strategy<Value = Option<ResumeSecret>> {
+    proptest::option::of(any::<[u8; 32]>().prop_map(ResumeSecret))
 }
 
 fn id() -> impl Strategy<Value = u32> {
@@ -27,19 +31,29 @@ fn frame() -> impl Strategy<Value = Frame> {
         (
             any::<u16>(),
             text().prop_filter("target fits", |t| t.len() <= 1024),
-            text()
+            text(),
+            resume()
         )
-            .prop_map(|(version, target, token)| Frame::Hello {
+            .prop_map(|(version, target, token, resume)| Frame::Hello {
                 version,
                 target,
-                token
+                token,
+                resume
             }),
-        (any::<u16>(), proptest::collection::vec(text(), 0..8)).prop_map(
-            |(version, pinned_host_keys)| Frame::Welcome {
-                version,
-                pinned_host_keys
-            }
-        ),
+        (
+            any::<u16>(),
+            proptest::collection::vec(text(), 0..8),
+            resume(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(version, pinned_host_keys, resume, resumed)| Frame::Welcome {
+                    version,
+                    pinned_host_keys,
+                    resume,
+                    resumed
+                }
+            ),
         (code.clone(), text()).prop_map(|(code, message)| Frame::Error { code, message }),
         data().prop_map(Frame::Ssh),
         (id(), text(), any::<u16>()).prop_map(|(forward, bind, port)| Frame::Listen {

@@ -1,6 +1,6 @@
 use bytes::Bytes;
 use tabtunnel_proto::{
-    DecodeError, ErrorCode, Frame, MAX_DATA, MAX_FRAME, decode, encode_to_bytes,
+    DecodeError, ErrorCode, Frame, MAX_DATA, MAX_FRAME, ResumeSecret, decode, encode_to_bytes,
 };
 
 fn every_variant() -> Vec<Frame> {
@@ -9,19 +9,25 @@ fn every_variant() -> Vec<Frame> {
             version: 1,
             target: "demo".into(),
             token: String::new(),
+            resume: None,
         },
         Frame::Hello {
             version: 7,
             target: String::new(),
             token: "tok-en:ä".into(),
+            resume: Some(ResumeSecret([0xA5; 32])),
         },
         Frame::Welcome {
             version: 1,
             pinned_host_keys: vec![],
+            resume: None,
+            resumed: false,
         },
         Frame::Welcome {
             version: 1,
             pinned_host_keys: vec!["SHA256:abc".into(), "SHA256:dé".into()],
+            resume: Some(ResumeSecret([7; 32])),
+            resumed: true,
         },
         Frame::Error {
             code: ErrorCode::UnknownTarget,
@@ -160,7 +166,9 @@ fn malformed_inputs_get_clear_errors() {
         })
     );
     assert_eq!(
-        decode(Bytes::from_static(&[1, 0, 0, 0, 0, 0, 1, 0, 1, b'a', 0xc3])),
+        decode(Bytes::from_static(&[
+            1, 0, 0, 0, 0, 0, 1, 0, 1, b'a', 0, 0xc3
+        ])),
         Err(DecodeError::BadUtf8 {
             frame: "Hello",
             field: "token"
@@ -192,6 +200,7 @@ fn malformed_inputs_get_clear_errors() {
     );
     let mut most = vec![2, 0, 0, 0, 0, 0, 1, 0, 64];
     most.extend([0u8; 2 * 64]);
+    most.extend([0, 0]); // no resume secret, not resumed
     let wire = Bytes::from(most);
     let frame = decode(wire.clone()).expect("64 keys is the limit, not over it");
     assert_eq!(encode_to_bytes(&frame), wire);
@@ -234,6 +243,8 @@ fn overlong_text_is_cut_at_a_character_boundary_not_a_panic() {
     let wire = encode_to_bytes(&Frame::Welcome {
         version: 1,
         pinned_host_keys: keys,
+        resume: None,
+        resumed: false,
     });
     let Ok(Frame::Welcome {
         pinned_host_keys, ..
@@ -242,4 +253,82 @@ fn overlong_text_is_cut_at_a_character_boundary_not_a_panic() {
         panic!("not a Welcome")
     };
     assert_eq!(pinned_host_keys.len(), tabtunnel_proto::MAX_PINNED_KEYS);
+}
+
+#[test]
+fn resume_secrets_are_none_or_32_bytes_and_flags_0_or_1() {
+    // Hello: version 1, target "a", then the secret's length.
+    let hello = |rest: &[u8]| {
+        let mut wire = vec![1, 0, 0, 0, 0, 0, 1, 0, 1, b'a'];
+        wire.extend_from_slice(rest);
+        decode(Bytes::from(wire))
+    };
+    let err = hello(&[16]).unwrap_err();
+    assert_eq!(
+        err,
+        DecodeError::BadResumeLength {
+            frame: "Hello",
+            len: 16
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "Hello frame's resume secret is 16 bytes; it must be 0 (none) or 32"
+    );
+    assert_eq!(
+        hello(&[]),
+        Err(DecodeError::Truncated {
+            frame: "Hello",
+            field: "resume secret length"
+        })
+    );
+    let mut short = vec![32];
+    short.extend([9u8; 31]);
+    assert_eq!(
+        hello(&short),
+        Err(DecodeError::Truncated {
+            frame: "Hello",
+            field: "resume secret"
+        })
+    );
+    let mut whole = vec![32];
+    whole.extend([9u8; 32]);
+    whole.extend(b"tok");
+    assert_eq!(
+        hello(&whole),
+        Ok(Frame::Hello {
+            version: 1,
+            target: "a".into(),
+            token: "tok".into(),
+            resume: Some(ResumeSecret([9; 32])),
+        })
+    );
+    // Welcome: version 1, no keys, no secret, then the resumed flag.
+    let welcome = |rest: &[u8]| {
+        let mut wire = vec![2, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        wire.extend_from_slice(rest);
+        decode(Bytes::from(wire))
+    };
+    let err = welcome(&[2]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Welcome frame's resumed flag is 2; it must be 0 or 1"
+    );
+    assert_eq!(
+        welcome(&[]),
+        Err(DecodeError::Truncated {
+            frame: "Welcome",
+            field: "resumed flag"
+        })
+    );
+    assert_eq!(
+        welcome(&[1, 0]),
+        Err(DecodeError::TrailingBytes {
+            frame: "Welcome",
+            extra: 1
+        })
+    );
+    // The secret never shows in logs.
+    let debug = format!("{:?}", ResumeSecret([0xAB; 32]));
+    assert!(!debug.contains("171") && !debug.contains("ab"), "{debug}");
 }

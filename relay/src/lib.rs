@@ -12,6 +12,7 @@ pub mod listen;
 pub mod log_limit;
 pub mod metrics;
 mod outgoing;
+pub mod parked;
 pub mod ports;
 mod proxy_protocol;
 mod rate;
@@ -58,6 +59,8 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     /// The forward ports the relay holds, and the caps on forwards across sessions.
     ports: Arc<ports::PortBook>,
+    /// Lost sessions' forwards, held for their tabs to resume.
+    parking: Arc<parked::Parking>,
     /// Set when the config names a certificate and key: `run` then serves HTTPS only.
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Failed token checks of `/api/targets`, by source.
@@ -73,6 +76,7 @@ impl AppState {
         let metrics = Arc::<Metrics>::default();
         Ok(Self {
             tls: config.load_tls()?,
+            parking: parked::Parking::new(config.resume_grace, &metrics),
             config: Arc::new(config),
             next_session: Arc::new(AtomicU64::new(1)),
             shutdown: CancellationToken::new(),
@@ -145,6 +149,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (token, sessions) = (state.shutdown.clone(), state.sessions.clone());
+    let parking = state.parking.clone();
     let (config, tls, metrics) = (
         state.config.clone(),
         state.tls.clone(),
@@ -154,6 +159,8 @@ pub async fn run(
     let result = serve::serve(listener, app(state), config, tls, metrics, token, shutdown).await;
     sessions.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await;
+    // A shutdown is an orderly end: nobody will come back to this process.
+    parking.clear();
     result
 }
 
@@ -195,6 +202,7 @@ async fn websocket(
     let config = state.config.clone();
     let (shutdown, sessions) = (state.shutdown.clone(), state.sessions.clone());
     let metrics = state.metrics.clone();
+    let parking = state.parking.clone();
     let holder = ports::Holder {
         book: state.ports.clone(),
         session: id,
@@ -224,7 +232,7 @@ async fn websocket(
         .on_upgrade(move |socket| {
             let (ws_tx, ws_rx) = futures::StreamExt::split(socket);
             sessions.track_future(session::run(
-                ws_tx, ws_rx, config, metrics, peer, shutdown, holder, waiting, web,
+                ws_tx, ws_rx, config, metrics, peer, shutdown, holder, waiting, web, parking,
             ))
         })
 }

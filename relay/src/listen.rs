@@ -24,6 +24,9 @@ fn refuse(code: ErrorCode, message: String) -> Refusal {
 pub struct Bound {
     pub listeners: Vec<TcpListener>,
     pub lease: Lease,
+    /// The bind address as the Listen asked for it (a resumed session's Listen must ask
+    /// for the same to take a parked forward back).
+    pub addr: BindAddr,
 }
 
 impl Bound {
@@ -81,7 +84,7 @@ pub async fn bind(
     };
     let (lo, hi) = (*config.forward_ports.start(), *config.forward_ports.end());
     if port == 0 {
-        return bind_any(config, holder, &want).await;
+        return bind_any(config, holder, &want, addr).await;
     }
     if port < 1024 && !config.allow_privileged_ports {
         return Err(refuse(
@@ -117,19 +120,34 @@ pub async fn bind(
     let listeners = open(&holder.book, addrs, port)
         .await
         .map_err(|(err, ip)| bind_error(err, ip, port, lo, hi))?;
-    Ok(Bound { listeners, lease })
+    Ok(Bound {
+        listeners,
+        lease,
+        addr,
+    })
 }
 
 /// Port 0: a port the book does not hold, at most [`PORT_ZERO_ATTEMPTS`] binds, since
 /// every port another program holds costs one.
-async fn bind_any(config: &Config, holder: &Holder, want: &Want<'_>) -> Result<Bound, Refusal> {
+async fn bind_any(
+    config: &Config,
+    holder: &Holder,
+    want: &Want<'_>,
+    addr: BindAddr,
+) -> Result<Bound, Refusal> {
     let (lo, hi) = (*want.range.start(), *want.range.end());
     let mut tried = Vec::new();
     loop {
         let lease = holder.lease_any(want, &tried, &config.limits)?;
         let port = lease.port();
         match open(&holder.book, want.addrs, port).await {
-            Ok(listeners) => return Ok(Bound { listeners, lease }),
+            Ok(listeners) => {
+                return Ok(Bound {
+                    listeners,
+                    lease,
+                    addr,
+                });
+            }
             Err((err, _)) if err.kind() == ErrorKind::AddrInUse => {
                 tried.push(port);
                 if tried.len() >= PORT_ZERO_ATTEMPTS {
@@ -234,10 +252,11 @@ pub(crate) struct Accepted {
 }
 
 /// Accepts connections for one forward, on each of its listeners, and hands them to the
-/// session, until the session stops reading.
+/// session, until the session stops reading or aborts it. The listeners are shared: a
+/// lost session parks them (see `parked`) after stopping this loop.
 pub(crate) async fn accept_loop(
     forward: u32,
-    listeners: Vec<TcpListener>,
+    listeners: std::sync::Arc<[TcpListener]>,
     to_session: mpsc::Sender<Accepted>,
 ) {
     let mut first = 0;

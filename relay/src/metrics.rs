@@ -36,6 +36,15 @@ pub struct Metrics {
     pub refusal_log: crate::log_limit::RefusalLog,
     /// `bind()` calls made to open forward listeners (the book of ports counts them).
     pub forward_binds: Counter,
+    /// Lost sessions whose forwards were parked for their tab to resume (`parked`).
+    pub sessions_parked: Counter,
+    /// Parked sessions a tab took back.
+    pub sessions_resumed: Counter,
+    /// Parked sessions freed unclaimed (their grace ran out, or a newer one of the same
+    /// source took their place), and resumed sessions' forwards left unclaimed.
+    pub parked_expired: Counter,
+    /// Sessions parked now.
+    pub sessions_parked_now: Gauge,
 }
 
 impl Metrics {
@@ -91,6 +100,26 @@ impl Metrics {
             "forward_binds",
             "bind() calls made to open forward listeners",
             self.forward_binds.clone(),
+        );
+        registry.register(
+            "sessions_parked",
+            "Lost sessions whose forwards were held for their tab to resume",
+            self.sessions_parked.clone(),
+        );
+        registry.register(
+            "sessions_resumed",
+            "Parked sessions a tab resumed",
+            self.sessions_resumed.clone(),
+        );
+        registry.register(
+            "parked_expired",
+            "Parked forwards freed because nobody resumed or claimed them in time",
+            self.parked_expired.clone(),
+        );
+        registry.register(
+            "sessions_parked_now",
+            "Lost sessions whose forwards are held now",
+            self.sessions_parked_now.clone(),
         );
         let mut text = String::new();
         // Writing to a String cannot fail.

@@ -82,6 +82,17 @@ impl Lease {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// Hands the forward to session `session` (a session that resumed the one that
+    /// opened it), so the book names the port as that session's own.
+    pub fn hand_to(&self, session: u64) {
+        let mut held = self.book.held.lock().expect("book lock");
+        for holding in held.ports.get_mut(&self.port).into_iter().flatten() {
+            if holding.id == self.id {
+                holding.session = session;
+            }
+        }
+    }
 }
 
 /// What one Listen asks for, after the policy checks.

@@ -18,18 +18,20 @@ use futures::{Sink, Stream, StreamExt};
 use tabtunnel_proto::{
     Action, ConnError, ConnTable, ErrorCode, Frame, Side, UrgentGrants, VERSION, decode,
 };
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Config;
+use crate::config::values::BindAddr;
 use crate::connection::{self, ConnHandle, ToTcp};
 use crate::limits::{HelloSlot, LoginSlot, SessionPlace};
 use crate::listen::{self, Accepted};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::outgoing::{OUT_QUEUE, Outgoing, write_loop};
+use crate::parked::{Claimant, LiveSession, ParkedForward, Parking, SecretHash};
 use crate::ports::{self, Holder, Lease, RefusalBudget};
 use crate::ssh_pipe::SshPipe;
 
@@ -106,6 +108,7 @@ pub async fn run<W, R>(
     holder: Holder,
     hello: HelloSlot,
     web: Option<crate::web_forward::Offer>,
+    parking: Arc<Parking>,
 ) where
     W: Sink<Message> + Unpin + Send + 'static,
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -126,6 +129,7 @@ pub async fn run<W, R>(
             metrics.clone(),
             holder,
             hello,
+            parking,
         )
         .await;
         // A tab sends nothing after its Hello until the Welcome, so a session that ended
@@ -244,20 +248,68 @@ struct Session {
     login: Option<LoginSlot>,
     /// Where its forwards are offered as web apps, when the relay has web forwards on.
     web: Option<crate::web_forward::Offer>,
+    /// Where a lost session parks its forwards, and a resuming one finds them.
+    parking: Arc<Parking>,
+    /// The hash of the secret this session's Welcome gave (`None`: parking is off).
+    resume: Option<SecretHash>,
+    /// Its place among the live sessions a returning tab may take over.
+    live: Option<LiveSession>,
+    /// Who may resume this session.
+    claimant: Claimant,
+    /// Set when the session ends abnormally (its tab lost or silent, its SSH server's
+    /// connection ended): its forwards are then parked rather than freed.
+    lost: bool,
+    /// The forwards of the session this one resumed that no Listen has taken back yet,
+    /// by bind address and port; freed at `claim_by`.
+    unclaimed: HashMap<(BindAddr, u16), ParkedForward>,
+    claim_by: tokio::time::Instant,
 }
 
 struct ForwardEntry {
     listener: AbortHandle,
+    /// What a Listen asked for and got: a lost session parks it under these.
+    bind: BindAddr,
+    port: u16,
+    /// Shared with the accept loop, so that a lost session can park them.
+    listeners: Arc<[TcpListener]>,
     /// The forward's ports in the relay's book, given back when the forward ends.
-    _lease: Lease,
-    _active: GaugeGuard,
-    /// Its entry among the web forwards: dropping it revokes the forward's URL.
-    _web: Option<crate::web_forward::Registration>,
+    lease: Lease,
+    active: GaugeGuard,
+    /// Its entry among the web forwards: dropping it revokes the forward's URL; a
+    /// parked forward keeps it for the session that resumes it.
+    web: Option<crate::web_forward::Registration>,
+}
+
+impl ForwardEntry {
+    /// Stops accepting and keeps what a resuming session needs.
+    fn park(self) -> ParkedForward {
+        self.listener.abort();
+        ParkedForward {
+            bind: self.bind,
+            port: self.port,
+            listeners: self.listeners,
+            lease: self.lease,
+            active: self.active,
+            web: self.web,
+        }
+    }
+}
+
+/// How a tab's WebSocket ended.
+enum Heard {
+    Frame(Frame),
+    /// The tab closed it with a Close message that says it meant to (no code, 1000
+    /// normal, 1001 going away: a page closed or reloaded).
+    Closed,
+    /// It ended otherwise: dropped without a Close, a read error, or a Close with
+    /// another code (a tab that reconnects says so with one).
+    Lost,
 }
 
 impl Session {
     /// Reads the Hello, takes the session's places, reaches the target and answers
     /// Welcome.
+    #[allow(clippy::too_many_arguments)]
     async fn start<R>(
         ws_rx: &mut R,
         out: mpsc::Sender<Outgoing>,
@@ -266,6 +318,7 @@ impl Session {
         metrics: Arc<Metrics>,
         ports: Holder,
         mut waiting: HelloSlot,
+        parking: Arc<Parking>,
     ) -> Result<Self, SessionError>
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -287,7 +340,7 @@ impl Session {
                 humantime::format_duration(limit)
             ))
         })??;
-        let Some(hello) = hello else {
+        let Heard::Frame(hello) = hello else {
             return Err(SessionError::protocol(
                 "the WebSocket closed before the Hello",
             ));
@@ -296,6 +349,7 @@ impl Session {
             version,
             target,
             token,
+            resume,
         } = hello
         else {
             return Err(SessionError::protocol(format!(
@@ -340,10 +394,19 @@ impl Session {
                 ),
             ));
         };
+        let owner = user.map(str::to_owned);
+        let claimant = Claimant {
+            user: owner.clone(),
+            target: target.clone(),
+        };
+        // A tab back before the relay noticed its loss: its old session, still holding
+        // places this one needs, ends as lost now, parking its forwards for below.
+        if let Some(secret) = &resume {
+            parking.end_live(secret, &claimant).await;
+        }
         let place = waiting
             .admit(user, &config.limits)
             .map_err(SessionError::refused)?;
-        let owner = user.map(str::to_owned);
         // From here until its first Listen, the session is one more connection the SSH
         // server counts against its MaxStartups.
         let login = place
@@ -387,14 +450,30 @@ impl Session {
         if let Some(suppressed) = metrics.refusal_log.admit(ports.ip, "started") {
             info!(address = %entry.address, suppressed, "connected to SSH server");
         }
+        // An unknown, expired or someone else's secret is simply a fresh session.
+        let adopted = resume.and_then(|secret| parking.resume(&secret, &claimant));
+        let resumed = adopted.is_some();
+        let unclaimed: HashMap<_, _> = adopted
+            .into_iter()
+            .flatten()
+            .map(|forward| ((forward.bind, forward.port), forward))
+            .collect();
+        if resumed {
+            info!(forwards = unclaimed.len(), "resumed a parked session");
+        }
+        let secret = parking.enabled().then(crate::parked::new_secret);
         let welcome = Frame::Welcome {
             version: VERSION,
             pinned_host_keys: entry.pinned_host_keys.clone(),
+            resume: secret,
+            resumed,
         };
         out.send(Outgoing::Frame(welcome))
             .await
             .map_err(|_| gone())?;
 
+        let hash = secret.as_ref().map(SecretHash::of);
+        let live = hash.map(|hash| parking.live(hash, claimant.clone()));
         let (accepted_tx, accepted_rx) = mpsc::channel(ACCEPTED_QUEUE);
         Ok(Self {
             ssh: SshPipe::start(stream, out.clone()),
@@ -415,6 +494,13 @@ impl Session {
             _place: place,
             login: Some(login),
             web: None,
+            claim_by: tokio::time::Instant::now() + parking.grace(),
+            resume: hash,
+            live,
+            parking,
+            claimant,
+            lost: false,
+            unclaimed,
         })
     }
 
@@ -431,14 +517,56 @@ impl Session {
     {
         let heard = Arc::new(Mutex::new(tokio::time::Instant::now()));
         let watchdog = watch_silence(heard.clone(), self.out.clone(), self.config.ping_interval);
-        tokio::select! {
+        let taken_over = self.live.as_ref().map(LiveSession::taken_over);
+        let taken_over = async move {
+            match taken_over {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let end = tokio::select! {
             end = self.run(ws_rx, &heard) => end,
-            reason = watchdog => Ok(reason),
+            reason = watchdog => {
+                self.lost = true;
+                Ok(reason)
+            }
+            () = taken_over => {
+                self.lost = true;
+                Ok("its tab came back on another connection".into())
+            }
             () = shutdown.cancelled() => Err(SessionError::new(
                 ErrorCode::ShuttingDown,
                 "the relay is shutting down; connect again when it is back",
             )),
+        };
+        if self.lost {
+            self.park();
         }
+        end
+    }
+
+    /// Parks the forwards of a lost session (and those of a session it resumed that it
+    /// had not claimed yet) for its tab to take back; the connections end with the
+    /// session. Without a secret (parking off), they end with it too.
+    fn park(&mut self) {
+        // First out of the live sessions: a takeover waits for that, then for the park.
+        self.live = None;
+        let Some(hash) = self.resume else { return };
+        let mut forwards: Vec<ParkedForward> = self
+            .forwards
+            .drain()
+            .map(|(_, entry)| entry.park())
+            .collect();
+        forwards.extend(self.unclaimed.drain().map(|(_, forward)| forward));
+        if !forwards.is_empty() {
+            debug!(
+                forwards = forwards.len(),
+                grace = %humantime::format_duration(self.parking.grace()),
+                "parked the session's forwards for its tab to resume"
+            );
+        }
+        self.parking
+            .park(hash, self.claimant.clone(), self.ports.ip, forwards);
     }
 
     /// Reads the tab's frames, the forwards' TCP clients, the connections' ends and the
@@ -458,8 +586,12 @@ impl Session {
             let idle_deadline = idle.map(|t| self.last_activity + t);
             tokio::select! {
                 frame = next_frame(ws_rx, heard) => match frame? {
-                    Some(frame) => self.on_frame(frame).await?,
-                    None => return Ok("the tab closed the WebSocket".into()),
+                    Heard::Frame(frame) => self.on_frame(frame).await?,
+                    Heard::Closed => return Ok("the tab closed the WebSocket".into()),
+                    Heard::Lost => {
+                        self.lost = true;
+                        return Ok("the tab's WebSocket was lost".into());
+                    }
                 },
                 Some(accepted) = self.accepted_rx.recv() => self.on_accepted(accepted).await?,
                 Some(ended) = self.connections.join_next(), if !self.connections.is_empty() => {
@@ -471,7 +603,15 @@ impl Session {
                 // Reap the accept loops of closed forwards: a tab may open and close
                 // forwards for as long as it likes, and the set must not grow with them.
                 Some(_) = self.listeners.join_next(), if !self.listeners.is_empty() => {}
-                end = self.ssh.closed() => return self.ssh_ended(end).await,
+                end = self.ssh.closed() => {
+                    self.lost = true;
+                    return self.ssh_ended(end).await;
+                }
+                () = tokio::time::sleep_until(self.claim_by), if !self.unclaimed.is_empty() => {
+                    debug!(forwards = self.unclaimed.len(), "freed the resumed forwards nobody claimed");
+                    self.unclaimed.clear();
+                    self.parking.count_unclaimed();
+                }
                 () = tokio::time::sleep_until(idle_deadline.unwrap_or_else(tokio::time::Instant::now)),
                     if idle_deadline.is_some() =>
                 {
@@ -550,14 +690,22 @@ impl Session {
     }
 
     async fn listen(&mut self, forward: u32, bind: &str, port: u16) -> Result<(), SessionError> {
+        let duplicate = self.forwards.contains_key(&forward);
+        // A forward of the session this one resumed: counted already, the same
+        // listeners, no bind().
+        if !duplicate && let Some(parked) = self.claim(bind, port) {
+            parked.lease.hand_to(self.ports.session);
+            return self.start_forward(forward, parked).await;
+        }
         let most = self.config.limits.forwards_per_session;
-        if self.forwards.len() >= most {
+        // Unclaimed forwards of a resumed session count: they hold their ports.
+        if self.forwards.len() + self.unclaimed.len() >= most {
             let message = format!(
                 "a session may have at most {most} forwards on this relay; remove one before adding another"
             );
             return self.refuse_listen(forward, ErrorCode::Limit, message).await;
         }
-        if self.forwards.contains_key(&forward) {
+        if duplicate {
             let message = format!("forward id {forward} is already listening");
             return self
                 .refuse_listen(forward, ErrorCode::DuplicateForward, message)
@@ -567,47 +715,99 @@ impl Session {
             listen::bind(&self.config, &self.ports, self.owner.as_deref(), bind, port).await;
         match bound {
             Ok(bound) => {
-                let address = bound
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|_| format!("{bind}:{port}"));
-                debug!(forward, %address, "listening");
-                let listen::Bound { listeners, lease } = bound;
-                let listener = self
-                    .listeners
-                    // A span per forward, inside the session's: its accept loop logs there.
-                    .spawn(
-                        listen::accept_loop(forward, listeners, self.accepted_tx.clone())
-                            .instrument(info_span!("forward", forward, %address)),
-                    );
-                // The web URL goes first, so the tab has it when the forward opens.
-                let web = self
-                    .web
-                    .as_ref()
-                    .map(|offer| (offer.register(forward, self.accepted_tx.clone()), offer));
-                let url = web
-                    .as_ref()
-                    .map(|(registration, offer)| offer.url(registration));
-                self.forwards.insert(
-                    forward,
-                    ForwardEntry {
-                        listener,
-                        _lease: lease,
-                        _active: GaugeGuard::new(&self.metrics.forwards_active),
-                        _web: web.map(|(registration, _)| registration),
-                    },
-                );
-                self.last_activity = tokio::time::Instant::now();
-                if let Some(url) = url {
-                    self.send(Frame::WebForward { forward, url }).await?;
-                }
-                self.send(Frame::Listening { forward, address }).await
+                let port = bound.local_addr().map_or(port, |a| a.port());
+                let listen::Bound {
+                    listeners,
+                    lease,
+                    addr,
+                } = bound;
+                let parts = ParkedForward {
+                    bind: addr,
+                    port,
+                    listeners: listeners.into(),
+                    lease,
+                    active: GaugeGuard::new(&self.metrics.forwards_active),
+                    web: None,
+                };
+                self.start_forward(forward, parts).await
             }
             Err(refusal) => {
                 self.refuse_listen(forward, refusal.code, refusal.message)
                     .await
             }
         }
+    }
+
+    /// The forward of a resumed session that listens on `bind`:`port`, if no Listen has
+    /// taken it yet.
+    fn claim(&mut self, bind: &str, port: u16) -> Option<ParkedForward> {
+        if self.unclaimed.is_empty() {
+            return None;
+        }
+        let addr: BindAddr = crate::log_limit::clip(bind).parse().ok()?;
+        self.unclaimed.remove(&(addr, port))
+    }
+
+    /// Accepts on a forward's listeners and tells the tab where it listens.
+    /// `parts`: its sockets and places, fresh from a bind or taken back from the session
+    /// this one resumed (then with its web URL, if it had one).
+    async fn start_forward(
+        &mut self,
+        forward: u32,
+        parts: ParkedForward,
+    ) -> Result<(), SessionError> {
+        let ParkedForward {
+            bind,
+            port,
+            listeners,
+            lease,
+            active,
+            web,
+        } = parts;
+        let address = listeners
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .map_or_else(|| format!("{bind:?}:{port}"), |a| a.to_string());
+        debug!(forward, %address, "listening");
+        let listener = self
+            .listeners
+            // A span per forward, inside the session's: its accept loop logs there.
+            .spawn(
+                listen::accept_loop(forward, listeners.clone(), self.accepted_tx.clone())
+                    .instrument(info_span!("forward", forward, %address)),
+            );
+        // The web URL goes first, so the tab has it when the forward opens. A resumed
+        // forward keeps its own.
+        let web = self.web.as_ref().map(|offer| {
+            let registration = match web {
+                Some(kept) => {
+                    offer.reopen(&kept, forward, self.accepted_tx.clone());
+                    kept
+                }
+                None => offer.register(forward, self.accepted_tx.clone()),
+            };
+            (registration, offer)
+        });
+        let url = web
+            .as_ref()
+            .map(|(registration, offer)| offer.url(registration));
+        self.forwards.insert(
+            forward,
+            ForwardEntry {
+                listener,
+                bind,
+                port,
+                listeners,
+                lease,
+                active,
+                web: web.map(|(registration, _)| registration),
+            },
+        );
+        self.last_activity = tokio::time::Instant::now();
+        if let Some(url) = url {
+            self.send(Frame::WebForward { forward, url }).await?;
+        }
+        self.send(Frame::Listening { forward, address }).await
     }
 
     /// Logs, counts and answers a refused Listen; ends the session when it has had more
@@ -836,12 +1036,12 @@ async fn watch_silence(
     }
 }
 
-/// The next frame from the tab; `None` when the WebSocket has closed. Any message,
+/// The next frame from the tab, or how its WebSocket ended. Any message,
 /// pongs included, counts as hearing from the tab.
 async fn next_frame<R>(
     ws: &mut R,
     heard: &Mutex<tokio::time::Instant>,
-) -> Result<Option<Frame>, SessionError>
+) -> Result<Heard, SessionError>
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -849,7 +1049,7 @@ where
         let next = ws.next().await;
         *heard.lock().expect("heard lock") = tokio::time::Instant::now();
         let message = match next {
-            None => return Ok(None),
+            None => return Ok(Heard::Lost),
             Some(Err(err)) => {
                 // A message over the limit or a broken WebSocket frame is the tab's fault:
                 // say so, and close with 1002, rather than end as if the tab had left.
@@ -860,17 +1060,22 @@ where
                     return Err(SessionError::protocol(fault));
                 }
                 debug!("WebSocket read failed: {err}");
-                return Ok(None);
+                return Ok(Heard::Lost);
             }
             Some(Ok(message)) => message,
         };
         match message {
             Message::Binary(bytes) => {
                 return decode(bytes)
-                    .map(Some)
+                    .map(Heard::Frame)
                     .map_err(|err| SessionError::protocol(format!("malformed frame: {err}")));
             }
-            Message::Close(_) => return Ok(None),
+            Message::Close(close) => {
+                return Ok(match close.map(|c| c.code) {
+                    None | Some(1000) | Some(1001) => Heard::Closed,
+                    Some(_) => Heard::Lost,
+                });
+            }
             Message::Ping(_) | Message::Pong(_) => continue,
             Message::Text(_) => {
                 return Err(SessionError::protocol(

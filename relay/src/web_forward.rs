@@ -130,11 +130,26 @@ impl Offer {
 
     /// Enters forward `forward` of the session whose clients queue on `accepted`.
     pub(crate) fn register(&self, forward: u32, accepted: mpsc::Sender<Accepted>) -> Registration {
-        self.forwards.register(registry::Opener {
+        self.forwards.register(self.opener(forward, accepted))
+    }
+
+    /// Points a parked forward's `registration` at forward `forward` of the session that
+    /// resumed it: the same URL and key, now served through the new session.
+    pub(crate) fn reopen(
+        &self,
+        registration: &Registration,
+        forward: u32,
+        accepted: mpsc::Sender<Accepted>,
+    ) {
+        registration.reopen(self.opener(forward, accepted));
+    }
+
+    fn opener(&self, forward: u32, accepted: mpsc::Sender<Accepted>) -> registry::Opener {
+        registry::Opener {
             forward,
             accepted,
             secure: self.scheme == "https",
-        })
+        }
     }
 
     /// The forward's first link, with its key.

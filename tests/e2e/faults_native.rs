@@ -22,9 +22,14 @@ async fn login(ws_url: &str, sshd: &Sshd) -> Result<Session> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_sshd_ends_the_session_and_frees_its_port() -> Result<()> {
+    // Without parking: a lost session's forwards are freed at once (reconnect_native
+    // tests what resume_grace keeps).
     let Lab {
         mut sshd, relay, ..
-    } = Lab::start().await?;
+    } = Lab::builder()
+        .configure(|config| config.resume_grace = Duration::ZERO)
+        .start()
+        .await?;
     let session = login(&relay.ws_url(), &sshd).await?;
     let bulk = BulkServer::start(256 << 20, 3).await?;
     let fwd = session
@@ -58,9 +63,14 @@ async fn a_crashed_sshd_ends_the_session_and_frees_its_port() -> Result<()> {
 
 #[tokio::test]
 async fn a_vanished_tab_frees_its_listeners_within_a_second() -> Result<()> {
+    // Without parking: a lost session's forwards are freed at once (reconnect_native
+    // tests what resume_grace keeps).
     let Lab {
         sshd: _sshd, relay, ..
-    } = Lab::start().await?;
+    } = Lab::builder()
+        .configure(|config| config.resume_grace = Duration::ZERO)
+        .start()
+        .await?;
     let mut tab = FakeTab::hello(&relay.ws_url(), "sshd", "").await?;
     let mut addresses = Vec::new();
     for _ in 1..=3 {

@@ -88,8 +88,13 @@ async fn a_frozen_relay_is_noticed_by_the_keepalive() -> Result<()> {
 
 #[tokio::test]
 async fn the_relay_ends_a_tab_that_stops_answering_pings() -> Result<()> {
+    // Without parking: a lost session's forwards are freed at once (reconnect_native
+    // tests what resume_grace keeps).
     let lab = Lab::builder()
-        .configure(|config| config.ping_interval = Duration::from_millis(200))
+        .configure(|config| {
+            config.ping_interval = Duration::from_millis(200);
+            config.resume_grace = Duration::ZERO;
+        })
         .start()
         .await?;
     // A tab that says Hello, asks for a listener, then never reads again (a closed

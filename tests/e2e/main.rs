@@ -27,6 +27,8 @@ mod lab_link_browser;
 mod limits_native;
 mod liveness_native;
 mod no_leaks;
+mod reconnect_browser;
+mod reconnect_native;
 mod redteam;
 mod semantics_native;
 mod tls;

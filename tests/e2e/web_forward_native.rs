@@ -147,7 +147,7 @@ struct WebUrl {
 }
 
 fn web_url(forward: &Forward) -> Result<WebUrl> {
-    let url = url::Url::parse(forward.web_url().context("the forward has a web URL")?)?;
+    let url = url::Url::parse(&forward.web_url().context("the forward has a web URL")?)?;
     let host = match url.port() {
         Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
         None => url.host_str().unwrap_or_default().to_owned(),
@@ -623,5 +623,58 @@ async fn web_forwards_are_off_unless_the_operator_turns_them_on() -> Result<()> 
         by_path.get("/f/0123456789abcdef/", None).await?.status,
         StatusCode::NOT_FOUND
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_keeps_its_web_url_and_the_browsers_cookie() -> Result<()> {
+    use tabtunnel_client::{Reconnect, ReconnectOptions, connect_resilient};
+    use tabtunnel_e2e::dial;
+    use tabtunnel_e2e::proxy::CutProxy;
+
+    let lab = Lab::builder()
+        .configure(|config| config.web_forward_domain = Some(DOMAIN.into()))
+        .start()
+        .await?;
+    let proxy = CutProxy::start(lab.relay.addr).await?;
+    let fast = Reconnect {
+        first_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(1),
+        give_up_after: Duration::from_secs(60),
+    };
+    let options = ReconnectOptions {
+        policy: fast,
+        on_state: None,
+    };
+    let session = connect_resilient(dial(&proxy.ws_url()), lab.login(), options).await?;
+    let app = WebApp::start().await?;
+    let forward = session.forward(&format!("0:{}", app.addr)).await?;
+    let before = forward.web_url().context("a web URL")?;
+    let url = web_url(&forward)?;
+    let mut http = Http::open(lab.relay.addr, &url.host).await?;
+    let cookie = open_link(&mut http, &url).await?;
+    assert_eq!(http.get("/", Some(&cookie)).await?.status, StatusCode::OK);
+
+    assert_eq!(proxy.cut(), 1, "the session went through the proxy");
+    // Back through the new session: the same URL, and the cookie the browser holds.
+    let answer = wait_for("the web forward to answer again", DEADLINE, || async {
+        let answer = Http::open(lab.relay.addr, &url.host)
+            .await
+            .ok()?
+            .get("/", Some(&cookie))
+            .await
+            .ok()?;
+        (answer.status == StatusCode::OK).then_some(answer)
+    })
+    .await?;
+    assert!(!answer.body.is_empty());
+    wait_for("the session to be resumed", DEADLINE, || async {
+        let metrics = lab.relay.get("/metrics").await.ok()?;
+        metrics
+            .contains("tabtunnel_sessions_resumed_total 1")
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(forward.web_url().as_deref(), Some(before.as_str()));
     Ok(())
 }

@@ -75,6 +75,7 @@ impl FakeTab {
             version: VERSION,
             target: target.into(),
             token: token.into(),
+            resume: None,
         })
         .await
     }

@@ -1,6 +1,6 @@
 //! Test harness: real components only. `Sshd` runs OpenSSH's sshd on a free loopback
 //! port, `Relay` runs the relay in-process (`RelayProcess` as its binary), `Lab` is the two
-//! together, `services` are TCP destinations, `web_app` a web app for web forwards, `Browser` drives headless Chromium through
+//! together, `services` are TCP destinations, `web_app` a web app for web forwards, `proxy` a TCP proxy a test can cut, `Browser` drives headless Chromium through
 //! chromedriver and `page` the relay's page in it, and `FakeTab` speaks frames by hand.
 //! Everything started here is stopped on drop.
 
@@ -8,6 +8,7 @@ pub mod browser;
 pub mod fake_tab;
 pub mod lab;
 pub mod page;
+pub mod proxy;
 pub mod relay;
 pub mod services;
 pub mod sshd;
@@ -136,6 +137,16 @@ pub async fn log_in(
 ) -> Result<tabtunnel_client::Session, tabtunnel_client::ClientError> {
     let transport = tabtunnel_client::native::NativeTransport::connect(ws_url).await?;
     tabtunnel_client::connect(transport, options).await
+}
+
+/// Opens a native transport to `ws_url` each time it is called: what a session of
+/// `connect_resilient` reconnects with.
+pub fn dial(ws_url: &str) -> tabtunnel_client::Dial<tabtunnel_client::native::NativeTransport> {
+    let url = ws_url.to_owned();
+    std::sync::Arc::new(move || {
+        let url = url.clone();
+        Box::pin(async move { tabtunnel_client::native::NativeTransport::connect(&url).await })
+    })
 }
 
 /// A process's resident and peak resident memory in bytes, from /proc/PID/status

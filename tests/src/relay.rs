@@ -167,6 +167,17 @@ impl RelayProcess {
     /// `open_files` as `ulimit -n` would (through util-linux's `prlimit`, which then runs
     /// the relay in its own process).
     pub async fn start_limited(args: &[&str], log: &str, open_files: Option<u64>) -> Result<Self> {
+        Self::start_at("127.0.0.1:0", args, log, open_files).await
+    }
+
+    /// [`RelayProcess::start_limited`], serving on `listen` (a relay started again on the
+    /// address of one that stopped, as behind a load balancer).
+    pub async fn start_at(
+        listen: &str,
+        args: &[&str],
+        log: &str,
+        open_files: Option<u64>,
+    ) -> Result<Self> {
         use tokio::io::AsyncBufReadExt;
         let binary = relay_binary()?;
         let mut command = match open_files {
@@ -186,7 +197,7 @@ impl RelayProcess {
             TEST_FORWARD_PORTS.end()
         );
         let mut child = command
-            .args(["--listen", "127.0.0.1:0", "--forward-ports", &range])
+            .args(["--listen", listen, "--forward-ports", &range])
             .args(args)
             .env("RUST_LOG", log)
             .stdin(std::process::Stdio::null())

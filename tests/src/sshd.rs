@@ -238,6 +238,40 @@ impl Sshd {
         let _ = self.child.wait();
     }
 
+    /// Restarts sshd as a service restart or a reboot does: every session ends, and a
+    /// new daemon with the same host key and config listens on the same port.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("sshd.log"))?;
+        let mut child = Command::new(SSHD)
+            .args(["-D", "-e", "-f"])
+            .arg(self.dir.path().join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting sshd again")?;
+        let ready = wait_until_listening(&mut child, self.port).await;
+        self.child = child;
+        if !ready? {
+            bail!("sshd did not start again:\n{}", self.log());
+        }
+        Ok(())
+    }
+
+    /// [`Sshd::restart`] with a new host key (a reinstalled server, or someone in the
+    /// middle): `host_key_fingerprint` names the new one.
+    pub async fn restart_with_new_host_key(&mut self) -> Result<()> {
+        let host_key = self.dir.path().join("host_ed25519");
+        std::fs::remove_file(&host_key)?;
+        std::fs::remove_file(host_key.with_extension("pub"))?;
+        keygen(&host_key)?;
+        self.host_key_fingerprint = fingerprint(&host_key.with_extension("pub"))?;
+        self.restart().await
+    }
+
     /// Kills sshd's per-connection processes: the server closes every session.
     pub fn kill_sessions(&self) -> Result<usize> {
         Ok(descendants(self.child.id())

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { formatBytes, forwardsWord, messageOf, statsView } from "../text.js";
+import { formatBytes, forwardsWord, linkStateText, messageOf, statsView } from "../text.js";
 
 test("messageOf reads Errors, wasm error objects and strings", () => {
   assert.equal(messageOf(new Error("boom")), "boom");
@@ -37,4 +37,22 @@ test("statsView fills missing numbers and adds failures only when there are some
 test("forwardsWord counts in English", () => {
   assert.equal(forwardsWord(1), "1 forward");
   assert.equal(forwardsWord(2), "2 forwards");
+});
+
+test("linkStateText says the attempt, the wait and why, and keeps why once restored", () => {
+  assert.deepEqual(
+    linkStateText({ state: "reconnecting", attempt: 2, nextTryMs: 1234, reason: "the relay closed the connection" }, "ann", "lab"),
+    { text: "reconnecting (attempt 2, next try in 1.2 s): the relay closed the connection", kind: "reconnecting" },
+  );
+  assert.deepEqual(linkStateText({ state: "reconnecting" }, "ann", "lab"), {
+    text: "reconnecting (attempt 1, next try in 0.0 s)",
+    kind: "reconnecting",
+  });
+  assert.deepEqual(linkStateText({ state: "restored", resumed: true }, "ann", "lab", "sshd restarted"), {
+    text: "connected again as ann@lab after: sshd restarted; forwards restored on the same ports",
+    kind: "connected",
+  });
+  assert.equal(linkStateText({ state: "live" }, "ann", "lab"), null);
+  assert.equal(linkStateText({ state: "gave-up", reason: "x" }, "ann", "lab"), null);
+  assert.equal(linkStateText(undefined, "ann", "lab"), null);
 });

@@ -105,6 +105,7 @@ fn hello() -> Frame {
         version: VERSION,
         target: "lab".into(),
         token: "secret".into(),
+        resume: None,
     }
 }
 
@@ -126,6 +127,8 @@ async fn welcomed() -> (Opened, FakeRelay) {
     let (opened, relay) = open_with(Frame::Welcome {
         version: VERSION,
         pinned_host_keys: Vec::new(),
+        resume: None,
+        resumed: false,
     })
     .await;
     (opened.expect("welcomed"), relay)
@@ -143,6 +146,8 @@ async fn hello_then_welcome_opens_with_the_relays_pins() {
     let (opened, _relay) = open_with(Frame::Welcome {
         version: VERSION,
         pinned_host_keys: pins.clone(),
+        resume: None,
+        resumed: false,
     })
     .await;
     let opened = opened.expect("welcomed");
@@ -155,6 +160,8 @@ async fn a_welcome_of_another_version_is_refused_and_the_transport_closes() {
     let (opened, mut relay) = open_with(Frame::Welcome {
         version: VERSION + 1,
         pinned_host_keys: Vec::new(),
+        resume: None,
+        resumed: false,
     })
     .await;
     let Err(err) = opened else {

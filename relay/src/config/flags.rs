@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use super::values::{
-    BindAddr, HostName, IdleTimeout, Origin, PortRange, PublicHost, SourceNet, TargetSpec,
+    BindAddr, HostName, IdleTimeout, Origin, PortRange, PublicHost, ResumeGrace, SourceNet,
+    TargetSpec,
 };
 
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -55,6 +56,10 @@ pub struct Flags {
     /// End sessions that had no forwarded connection for this long, e.g. 8h, or `off`.
     #[arg(long, value_name = "DURATION")]
     pub idle_timeout: Option<IdleTimeout>,
+    /// Keep a lost session's forward ports reserved this long for its tab to come back
+    /// and take them again, e.g. 60s; 0s frees them at once.
+    #[arg(long, value_name = "DURATION")]
+    pub resume_grace: Option<ResumeGrace>,
     /// Require an access token: a file of `NAME TOKEN` lines (see relay.example.toml).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,

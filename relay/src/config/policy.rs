@@ -75,6 +75,10 @@ pub struct Config {
     /// `limits.logins_per_target`) if it sends no Listen: a little over sshd's
     /// LoginGraceTime, after which sshd has closed a connection that did not log in.
     pub login_grace: std::time::Duration,
+    /// How long a session that was lost (its WebSocket dropped or went silent, its SSH
+    /// server's connection ended) keeps its forwards parked for its tab to resume; zero:
+    /// everything is freed at once. See `parked`.
+    pub resume_grace: std::time::Duration,
     /// Access tokens by name; empty: no token needed.
     pub tokens: Vec<AccessToken>,
     /// Check the Origin of WebSocket upgrades (same origin, plus `allowed_origins`).
@@ -385,6 +389,7 @@ impl Default for Config {
             handshake_timeout: std::time::Duration::from_secs(10),
             idle_timeout: None,
             login_grace: std::time::Duration::from_secs(130),
+            resume_grace: std::time::Duration::from_secs(60),
             tokens: Vec::new(),
             check_origin: true,
             allowed_origins: Vec::new(),
@@ -686,6 +691,9 @@ mod tests {
             "the example shows the defaults"
         );
         assert_eq!(config.login_grace, std::time::Duration::from_secs(130));
+        assert_eq!(config.resume_grace, std::time::Duration::from_secs(60));
+        let off = Config::from_toml("resume_grace = \"0s\"").unwrap();
+        assert_eq!(off.resume_grace, std::time::Duration::ZERO);
         assert_eq!(config.ping_interval, Config::default().ping_interval);
     }
 
@@ -759,6 +767,12 @@ mod tests {
                 "1 or more",
             ),
             ("login_grace = \"0s\"", "login_grace", "between 1s and 1h"),
+            (
+                "resume_grace = \"1h\"",
+                "resume_grace",
+                "between 0s and 10m",
+            ),
+            ("resume_grace = 60", "resume_grace", "a duration like"),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(says), "{text}: {err}");

@@ -10,7 +10,7 @@ use super::flags::Flags;
 use super::policy::{Config, ConfigError, Limits, Target, invalid};
 use super::values::{
     BindAddr, HandshakeTimeout, HostKeyFingerprint, HostName, HttpTimeout, IdleTimeout, LoginGrace,
-    Origin, PingInterval, PortRange, PublicHost, SourceNet, TargetAddr, TargetName,
+    Origin, PingInterval, PortRange, PublicHost, ResumeGrace, SourceNet, TargetAddr, TargetName,
     TlsFirstByteTimeout,
 };
 
@@ -35,6 +35,7 @@ pub struct Settings {
     handshake_timeout: Option<HandshakeTimeout>,
     idle_timeout: Option<IdleTimeout>,
     login_grace: Option<LoginGrace>,
+    resume_grace: Option<ResumeGrace>,
     token_file: Option<PathBuf>,
     check_origin: Option<bool>,
     #[serde(default)]
@@ -138,6 +139,7 @@ impl Settings {
             forward_allowed_sources,
             trusted_proxies,
             idle_timeout,
+            resume_grace,
             token_file,
             allowed_origins,
             allowed_hosts,
@@ -165,6 +167,7 @@ impl Settings {
         self.forward_allowed_sources.extend(forward_allowed_sources);
         self.trusted_proxies.extend(trusted_proxies);
         replace(&mut self.idle_timeout, idle_timeout);
+        replace(&mut self.resume_grace, resume_grace);
         replace(&mut self.token_file, token_file);
         self.allowed_origins.extend(allowed_origins);
         self.allowed_hosts.extend(allowed_hosts);
@@ -213,6 +216,7 @@ impl Settings {
                 .map_or(default.handshake_timeout, |d| d.0),
             idle_timeout: self.idle_timeout.map_or(default.idle_timeout, |d| d.0),
             login_grace: self.login_grace.map_or(default.login_grace, |d| d.0),
+            resume_grace: self.resume_grace.map_or(default.resume_grace, |d| d.0),
             tokens: default.tokens,
             check_origin: self.check_origin.unwrap_or(default.check_origin),
             allowed_origins: self.allowed_origins.into_iter().map(|o| o.0).collect(),
@@ -341,6 +345,10 @@ mod tests {
         let config = overlaid("", &["--idle-timeout", "2h"]);
         assert_eq!(config.idle_timeout, Some(Duration::from_secs(7200)));
         assert_eq!(config.forward_ports, Config::default().forward_ports);
+        let config = overlaid("resume_grace = \"2m\"", &["--resume-grace", "0s"]);
+        assert_eq!(config.resume_grace, Duration::ZERO, "0s from the flag wins");
+        let config = overlaid("resume_grace = \"2m\"", &[]);
+        assert_eq!(config.resume_grace, Duration::from_secs(120));
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl FromStr for PortRange {
 /// An address a forward listens on, as `ssh -L` writes it: empty or `localhost` for
 /// loopback (both families), `*` for every IPv4 address, or an IP (IPv6 with or without
 /// brackets). The tab's Listen and the operator's `allowed_binds` both use it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BindAddr {
     Localhost,
     Ip(IpAddr),
@@ -212,6 +212,9 @@ pub type HandshakeTimeout = DurationWithin<1_000, 600_000>;
 /// `login_grace`: a second (for tests) to an hour (sshd's LoginGraceTime is 2 minutes by
 /// default; an hour of counting one silent session against a target is already too long).
 pub type LoginGrace = DurationWithin<1_000, 3_600_000>;
+/// `resume_grace`: `0s` turns parking off; ten minutes is already long for ports held
+/// for a tab that may never come back.
+pub type ResumeGrace = DurationWithin<0, 600_000>;
 /// `http_header_timeout`, `http_idle_timeout` and `tls_handshake_timeout`: a second is
 /// tight on a slow mobile network already; beyond an hour the bound no longer protects
 /// anything.

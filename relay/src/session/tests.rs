@@ -81,6 +81,7 @@ impl Tab {
             version: VERSION,
             target: target.into(),
             token: String::new(),
+            resume: None,
         })
         .await;
         self.frame().await
@@ -103,6 +104,7 @@ struct Parts {
     metrics: Arc<Metrics>,
     hello: HelloSlot,
     holder: Holder,
+    parking: Arc<crate::parked::Parking>,
 }
 
 fn parts(sshd: &TcpListener, extra_toml: &str, adjust: impl FnOnce(&mut Config)) -> Parts {
@@ -122,12 +124,14 @@ fn parts(sshd: &TcpListener, extra_toml: &str, adjust: impl FnOnce(&mut Config))
         session: 1,
         ip: client.ip(),
     };
+    let parking = crate::parked::Parking::new(config.resume_grace, &metrics);
     Parts {
         config,
         client,
         metrics,
         hello,
         holder,
+        parking,
     }
 }
 
@@ -139,6 +143,7 @@ async fn lab(extra_toml: &str, adjust: impl FnOnce(&mut Config)) -> Lab {
         metrics,
         hello,
         holder,
+        parking,
     } = parts(&sshd, extra_toml, adjust);
     let (to_relay, relay_rx) = mpsc::channel(16);
     let (relay_tx, from_relay) = mpsc::channel(16);
@@ -153,6 +158,7 @@ async fn lab(extra_toml: &str, adjust: impl FnOnce(&mut Config)) -> Lab {
         holder,
         hello,
         None,
+        parking,
     ));
     Lab {
         tab: Tab {
@@ -214,12 +220,15 @@ async fn read_to_end(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 
 #[tokio::test]
 async fn a_hello_is_welcomed_with_the_pins_and_ssh_bytes_flow_both_ways() {
-    let mut lab = lab("", |_| {}).await;
+    // Without parking, the Welcome carries no resume secret.
+    let mut lab = lab("", |c| c.resume_grace = Duration::ZERO).await;
     assert_eq!(
         lab.tab.hello("lab").await,
         Frame::Welcome {
             version: VERSION,
             pinned_host_keys: vec!["SHA256:pinned".into()],
+            resume: None,
+            resumed: false,
         }
     );
     let (mut ssh, _) = lab.sshd.accept().await.unwrap();
@@ -252,6 +261,7 @@ async fn another_protocol_version_is_told_to_reload() {
             version: VERSION + 1,
             target: "lab".into(),
             token: String::new(),
+            resume: None,
         })
         .await;
     let (code, message, close) = lab.tab.error().await;
@@ -506,6 +516,7 @@ async fn forwards_opened_and_closed_over_and_over_leave_no_listener_task_behind(
         metrics,
         hello,
         holder,
+        parking,
         ..
     } = parts(&sshd, "", |_| {});
     let (mut to_relay, mut relay_rx) = mpsc::channel(16);
@@ -516,6 +527,7 @@ async fn forwards_opened_and_closed_over_and_over_leave_no_listener_task_behind(
             version: VERSION,
             target: "lab".into(),
             token: String::new(),
+            resume: None,
         }))
         .await
         .unwrap();
@@ -527,6 +539,7 @@ async fn forwards_opened_and_closed_over_and_over_leave_no_listener_task_behind(
         metrics,
         holder,
         hello,
+        parking,
     )
     .await
     .expect("the session started");
@@ -712,4 +725,290 @@ async fn a_credit_refill_goes_ahead_of_the_ssh_bytes_queued_for_the_tab() {
         "the Credit came after {ssh_frames_first} Ssh frames"
     );
     flood.abort();
+}
+
+/// Two tabs' sessions, one after the other, on one relay: one config, book of ports and
+/// parking registry, as `AppState` shares them.
+struct Relay {
+    parts: Parts,
+    sshd: TcpListener,
+    /// The SSH server's side of each session's socket, kept open: closing one ends its
+    /// session (as lost).
+    ssh: std::sync::Mutex<Vec<TcpStream>>,
+}
+
+impl Relay {
+    async fn new(grace: Duration) -> Self {
+        Self::with(grace, |_| {}).await
+    }
+
+    async fn with(grace: Duration, adjust: impl FnOnce(&mut Config)) -> Self {
+        let sshd = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let parts = parts(&sshd, "", |c| {
+            c.resume_grace = grace;
+            adjust(c);
+        });
+        Self {
+            parts,
+            sshd,
+            ssh: Default::default(),
+        }
+    }
+
+    /// Starts a session (session id `id`) and says Hello with `resume`; returns its tab
+    /// and the Welcome's secret and resumed flag.
+    async fn session(
+        &self,
+        id: u64,
+        resume: Option<tabtunnel_proto::ResumeSecret>,
+    ) -> (
+        Tab,
+        Option<tabtunnel_proto::ResumeSecret>,
+        bool,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (to_relay, relay_rx) = mpsc::channel(16);
+        let (relay_tx, from_relay) = mpsc::channel(16);
+        let p = &self.parts;
+        let hello = Arc::<Admission>::default().wait_for_hello(p.client.ip(), &p.config.limits);
+        let holder = Holder {
+            session: id,
+            ..p.holder.clone()
+        };
+        let task = tokio::spawn(super::run(
+            relay_tx,
+            relay_rx,
+            p.config.clone(),
+            p.metrics.clone(),
+            p.client,
+            CancellationToken::new(),
+            holder,
+            hello,
+            None,
+            p.parking.clone(),
+        ));
+        let mut tab = Tab {
+            to_relay,
+            from_relay,
+        };
+        tab.send(Frame::Hello {
+            version: VERSION,
+            target: "lab".into(),
+            token: String::new(),
+            resume,
+        })
+        .await;
+        let Frame::Welcome {
+            resume, resumed, ..
+        } = tab.frame().await
+        else {
+            panic!("expected a Welcome");
+        };
+        let (ssh, _) = tokio::time::timeout(DEADLINE, self.sshd.accept())
+            .await
+            .expect("the session reached the SSH server")
+            .unwrap();
+        self.ssh.lock().unwrap().push(ssh);
+        (tab, resume, resumed, task)
+    }
+}
+
+async fn listen_on(
+    tab: &mut Tab,
+    forward: u32,
+    port: u16,
+) -> Result<SocketAddr, (ErrorCode, String)> {
+    tab.send(Frame::Listen {
+        forward,
+        bind: "127.0.0.1".into(),
+        port,
+    })
+    .await;
+    match tab.frame().await {
+        Frame::Listening { address, .. } => Ok(address.parse().unwrap()),
+        Frame::ListenFailed { code, message, .. } => Err((code, message)),
+        other => panic!("expected Listening, got {other:?}"),
+    }
+}
+
+/// Waits, within the deadline, until the registry holds `n` parked sessions.
+async fn parked(relay: &Relay, n: usize) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while relay.parts.parking.len() != n {
+        assert!(tokio::time::Instant::now() < deadline, "never {n} parked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lost_tab_resumes_its_forward_on_the_same_listener_and_waiting_clients_get_through() {
+    let relay = Relay::new(Duration::from_secs(60)).await;
+    let (mut tab, secret, resumed, first) = relay.session(1, None).await;
+    assert!(!resumed);
+    let secret = secret.expect("parking is on: the Welcome carries a secret");
+    let address = listen_on(&mut tab, 1, 0).await.unwrap();
+    let binds = relay.parts.holder.book.binds();
+    // The WebSocket drops without a Close: the session is lost, its forward parked.
+    drop(tab);
+    tokio::time::timeout(DEADLINE, first)
+        .await
+        .unwrap()
+        .unwrap();
+    parked(&relay, 1).await;
+    // A TCP client that comes meanwhile waits in the listen backlog.
+    let mut waiting = tokio::time::timeout(DEADLINE, TcpStream::connect(address))
+        .await
+        .unwrap()
+        .expect("the parked listener still takes connections into its backlog");
+    // Nobody else can take the port: another session is told it is in use.
+    let (mut other, _, resumed, _other) = relay.session(2, None).await;
+    assert!(!resumed);
+    let (code, message) = listen_on(&mut other, 1, address.port()).await.unwrap_err();
+    assert_eq!(code, ErrorCode::PortInUse, "{message}");
+    // The tab comes back with its secret and asks for the same address.
+    let (mut tab, again, resumed, _second) = relay.session(3, Some(secret)).await;
+    assert!(resumed, "the Welcome says the session resumed");
+    assert!(
+        again.is_some() && again != Some(secret),
+        "a fresh secret each time"
+    );
+    assert_eq!(
+        listen_on(&mut tab, 7, address.port()).await.unwrap(),
+        address
+    );
+    assert_eq!(relay.parts.holder.book.binds(), binds, "no new bind()");
+    // The client that waited is accepted now, for the new forward id.
+    match tab.frame().await {
+        Frame::Accept { forward: 7, .. } => {}
+        other => panic!("expected an Accept, got {other:?}"),
+    }
+    let Frame::Credit { .. } = tab.frame().await else {
+        panic!("expected the Accept's Credit");
+    };
+    waiting.write_all(b"x").await.unwrap();
+    assert!(relay.parts.parking.is_empty());
+    assert_eq!(relay.parts.metrics.sessions_resumed.get(), 1);
+    // The secret worked once.
+    let (_tab, _, resumed, _third) = relay.session(4, Some(secret)).await;
+    assert!(!resumed, "a used secret is a fresh session");
+}
+
+#[tokio::test]
+async fn an_orderly_end_frees_at_once_and_a_wrong_secret_resumes_nothing() {
+    let relay = Relay::new(Duration::from_secs(60)).await;
+    // The tab's own close (a Close with 1000): nothing is parked.
+    let (mut tab, _, _, first) = relay.session(1, None).await;
+    let address = listen_on(&mut tab, 1, 0).await.unwrap();
+    tab.to_relay
+        .send(Ok(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: 1000,
+            reason: "".into(),
+        }))))
+        .await
+        .unwrap();
+    tokio::time::timeout(DEADLINE, first)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(relay.parts.parking.is_empty());
+    std::net::TcpListener::bind(address).expect("the port is free at once");
+    // A lost one is parked; a wrong secret resumes nothing, and the right one still works.
+    let (mut tab, secret, _, second) = relay.session(2, None).await;
+    let address = listen_on(&mut tab, 1, 0).await.unwrap();
+    drop(tab);
+    tokio::time::timeout(DEADLINE, second)
+        .await
+        .unwrap()
+        .unwrap();
+    parked(&relay, 1).await;
+    let wrong = tabtunnel_proto::ResumeSecret([0x42; 32]);
+    let (mut tab, _, resumed, _third) = relay.session(3, Some(wrong)).await;
+    assert!(!resumed);
+    let (code, _) = listen_on(&mut tab, 1, address.port()).await.unwrap_err();
+    assert_eq!(code, ErrorCode::PortInUse);
+    let (_tab, _, resumed, _fourth) = relay.session(4, secret).await;
+    assert!(resumed);
+}
+
+#[tokio::test]
+async fn a_resumed_session_frees_what_it_does_not_claim_within_the_grace() {
+    let grace = Duration::from_secs(1);
+    let relay = Relay::new(grace).await;
+    let (mut tab, secret, _, first) = relay.session(1, None).await;
+    let address = listen_on(&mut tab, 1, 0).await.unwrap();
+    drop(tab);
+    tokio::time::timeout(DEADLINE, first)
+        .await
+        .unwrap()
+        .unwrap();
+    parked(&relay, 1).await;
+    let (_tab, _, resumed, _second) = relay.session(2, secret).await;
+    assert!(resumed);
+    // Never claimed: after the grace the port is free again.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while std::net::TcpListener::bind(address).is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(relay.parts.metrics.parked_expired.get(), 1);
+}
+
+#[tokio::test]
+async fn with_parking_off_a_lost_session_frees_its_ports() {
+    let relay = Relay::new(Duration::ZERO).await;
+    let (mut tab, secret, _, first) = relay.session(1, None).await;
+    assert!(secret.is_none());
+    let address = listen_on(&mut tab, 1, 0).await.unwrap();
+    drop(tab);
+    tokio::time::timeout(DEADLINE, first)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(relay.parts.parking.is_empty());
+    std::net::TcpListener::bind(address).expect("the port is free at once");
+}
+
+#[tokio::test]
+async fn a_tab_back_before_its_loss_was_noticed_takes_its_live_session_over() {
+    let relay = Relay::new(Duration::from_secs(60)).await;
+    let (mut old, secret, _, first) = relay.session(1, None).await;
+    let address = listen_on(&mut old, 1, 0).await.unwrap();
+    // The old WebSocket is still open (a network gone silent): the tab comes back anyway.
+    let (mut tab, _, resumed, _second) = relay.session(2, secret).await;
+    assert!(resumed, "the live session was ended and its forwards taken");
+    tokio::time::timeout(DEADLINE, first)
+        .await
+        .expect("the old session ended")
+        .unwrap();
+    assert_eq!(
+        listen_on(&mut tab, 1, address.port()).await.unwrap(),
+        address
+    );
+    drop(old);
+}
+
+#[tokio::test]
+async fn unclaimed_forwards_count_toward_the_forwards_per_session_cap() {
+    let relay = Relay::with(Duration::from_secs(60), |c| {
+        c.limits.forwards_per_session = 1;
+    })
+    .await;
+    let (mut tab, secret, _, first) = relay.session(1, None).await;
+    let address = listen_on(&mut tab, 1, 0).await.unwrap();
+    drop(tab);
+    tokio::time::timeout(DEADLINE, first)
+        .await
+        .unwrap()
+        .unwrap();
+    parked(&relay, 1).await;
+    let (mut tab, _, resumed, _second) = relay.session(2, secret).await;
+    assert!(resumed);
+    // Another forward first: the unclaimed one still holds the session's only place.
+    let (code, message) = listen_on(&mut tab, 1, 0).await.unwrap_err();
+    assert_eq!(code, ErrorCode::Limit, "{message}");
+    // Claiming it needs no new place.
+    assert_eq!(
+        listen_on(&mut tab, 2, address.port()).await.unwrap(),
+        address
+    );
 }

@@ -80,6 +80,16 @@ impl Registration {
     }
 }
 
+impl Registration {
+    /// Points the forward at `opener`: a resumed session's forward keeps its URL, and
+    /// the cookie its browser holds, while its requests go to the new session.
+    pub(crate) fn reopen(&self, opener: Opener) {
+        if let Some(entry) = self.book.lock().forwards.get_mut(&self.id) {
+            entry.opener = opener;
+        }
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         self.book.lock().forwards.remove(&self.id);

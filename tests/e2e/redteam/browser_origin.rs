@@ -406,6 +406,7 @@ async fn probe_from_page(browser: &Browser) -> Result<Reach> {
         version: tabtunnel_proto::VERSION,
         target: "sshd".into(),
         token: String::new(),
+        resume: None,
     });
     let listen = tabtunnel_proto::encode_to_bytes(&Frame::Listen {
         forward: 1,

@@ -384,6 +384,7 @@ async fn a_page_of_the_previous_protocol_version_is_told_to_reload() -> Result<(
         version: 1,
         target: "sshd".into(),
         token: String::new(),
+        resume: None,
     };
     tab.send(&hello).await?;
     let (error, close) = tab.goodbye(Duration::from_secs(20)).await?;
@@ -481,6 +482,7 @@ async fn violate(relay: &Relay, bad: &[u8]) -> Result<(Option<(ErrorCode, String
         version: tabtunnel_proto::VERSION,
         target: "sshd".into(),
         token: String::new(),
+        resume: None,
     });
     tcp.write_all(&ws_frame(0x82, &hello, Some(MASK))).await?;
     let read = async {
@@ -575,6 +577,8 @@ async fn rogue_relay(
     out.send(Frame::Welcome {
         version: tabtunnel_proto::VERSION,
         pinned_host_keys: vec![],
+        resume: None,
+        resumed: false,
     })
     .await?;
     let to_tab = out.clone();
