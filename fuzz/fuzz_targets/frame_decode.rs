@@ -17,8 +17,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tabtunnel_proto::codec::truncate;
 use tabtunnel_proto::{
-    DecodeError, ErrorCode, Frame, MAX_DATA, MAX_PINNED_KEYS, ResumeSecret, decode,
-    encode_to_bytes,
+    DecodeError, ErrorCode, Frame, MAX_DATA, MAX_PINNED_KEYS, ResumeSecret, decode, encode_to_bytes,
 };
 
 fuzz_target!(|input: &[u8]| {
