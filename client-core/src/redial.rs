@@ -2,8 +2,9 @@
 //! after a transient end tries again on the [`Reconnect`] schedule: a new transport, the
 //! Hello with the resume secret, the very host key the first connection accepted, the
 //! credentials it still holds in memory (asking through the prompt callback if the
-//! server wants a prompt), then every forward on the port it had. Connections that were
-//! open end with the old link; forwards' handles and counters carry on.
+//! server wants a prompt, or no longer takes them), then every forward on the port it
+//! had. Connections that were open end with the old link; forwards' handles and counters
+//! carry on.
 //!
 //! It holds the session's [`Link`] only weakly: when the user's handles are gone, the
 //! link closes, and the supervisor stops with it (and drops the credentials).
@@ -54,6 +55,20 @@ impl<T> Redial<T> {
                     as PromptCallback
             }),
         }
+    }
+
+    /// Whether a login refused with the credentials held may ask instead: there is a
+    /// prompt callback and something held to drop.
+    fn may_ask_instead(&self) -> bool {
+        self.prompt.is_some() && (self.password.is_some() || self.private_key.is_some())
+    }
+
+    /// Drops the password and key the server refused: the next logins ask through the
+    /// prompt callback, as `ssh` asks for a password once its keys are refused. What the
+    /// user answers is not kept either.
+    fn forget_refused_credentials(&mut self) {
+        self.password = None;
+        self.private_key = None;
     }
 
     fn tell(&self, state: ConnectionState) {
@@ -137,6 +152,13 @@ async fn reconnect<T: Transport>(
             Ok(end) => return Some(end),
             Err(err) if transient_failure(&err) => {
                 tracing::debug!(attempt, "reconnecting failed: {err}");
+                last = err.to_string();
+            }
+            // The credentials held no longer work (a changed password, a revoked key):
+            // ask on the next try rather than give up.
+            Err(err @ ClientError::AuthFailed { .. }) if redial.may_ask_instead() => {
+                tracing::info!(attempt, "the credentials held were refused; asking instead");
+                redial.forget_refused_credentials();
                 last = err.to_string();
             }
             Err(err) => {

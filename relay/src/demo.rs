@@ -80,6 +80,7 @@ pub struct DemoServer {
     pub password: String,
     /// The host key fingerprint as `ssh-keygen -lf` prints it (`SHA256:...`).
     pub host_key_fingerprint: String,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -136,7 +137,7 @@ impl DemoServer {
         let password = Alphanumeric.sample_string(&mut rand::rng(), PASSWORD_LEN);
 
         let shared = Arc::new(Shared {
-            password: password.clone(),
+            password: std::sync::Mutex::new(password.clone()),
             authorized_keys: options.authorized_keys,
             second_factor: options.second_factor,
             http_addr,
@@ -154,7 +155,7 @@ impl DemoServer {
 
         let app = Router::new().route("/", get(demo_page)).fallback(demo_page);
         let http_task = tokio::spawn(http_accept_loop(http_listener, app, shutdown.clone()));
-        let ssh_task = tokio::spawn(ssh_accept_loop(ssh_listener, config, shared));
+        let ssh_task = tokio::spawn(ssh_accept_loop(ssh_listener, config, shared.clone()));
 
         info!(
             %ssh_addr,
@@ -170,9 +171,19 @@ impl DemoServer {
             username: DEMO_USERNAME.to_owned(),
             password,
             host_key_fingerprint,
+            shared,
             shutdown,
             tasks: vec![ssh_task, http_task],
         })
+    }
+
+    /// Gives the user `demo` a new random password, as a user who changed theirs (tests
+    /// use it: a reconnecting client then holds one the server no longer takes).
+    pub fn change_password(&mut self) -> String {
+        let password = Alphanumeric.sample_string(&mut rand::rng(), PASSWORD_LEN);
+        *self.shared.password.lock().expect("password lock") = password.clone();
+        self.password = password.clone();
+        password
     }
 
     /// A suggested forward spec (`ssh -L` syntax) reaching the demo service.
@@ -267,7 +278,7 @@ impl Shared {
 
 /// State shared by all connections of one demo server.
 struct Shared {
-    password: String,
+    password: std::sync::Mutex<String>,
     authorized_keys: Vec<PublicKey>,
     second_factor: Option<String>,
     http_addr: SocketAddr,
@@ -290,7 +301,8 @@ impl Shared {
 
     fn password_matches(&self, user: &str, password: &str) -> bool {
         let user_ok = user.as_bytes().ct_eq(DEMO_USERNAME.as_bytes());
-        let password_ok = password.as_bytes().ct_eq(self.password.as_bytes());
+        let current = self.password.lock().expect("password lock");
+        let password_ok = password.as_bytes().ct_eq(current.as_bytes());
         bool::from(user_ok & password_ok)
     }
 }

@@ -448,6 +448,65 @@ async fn each_login_asks_the_prompt_callback_again_when_the_server_wants_it() ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_the_server_no_longer_takes_is_asked_for_through_the_prompt() -> Result<()> {
+    let mut demo = DemoServer::start().await?;
+    let relay = Relay::start(&[("demo", &demo.ssh_addr.to_string())]).await?;
+    let proxy = CutProxy::start(relay.addr).await?;
+    // What the user would type when asked: the password as it is now.
+    let typed = Arc::new(Mutex::new(demo.password.clone()));
+    let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let prompt: PromptCallback = Box::new({
+        let (typed, asked) = (typed.clone(), asked.clone());
+        move |request| {
+            let questions: Vec<String> = request.prompts.iter().map(|p| p.prompt.clone()).collect();
+            asked.lock().expect("asked").extend(questions);
+            let answer = typed.lock().expect("typed").clone();
+            Box::pin(async move { Some(vec![answer]) })
+        }
+    });
+    let options = ConnectOptions {
+        keepalive: None,
+        token: None,
+        target: "demo".into(),
+        username: demo.username.clone(),
+        auth: Credentials {
+            password: Some(demo.password.clone()),
+            prompt: Some(prompt),
+            ..Credentials::default()
+        },
+        host_key: HostKeyPolicy {
+            pinned: vec![],
+            expected: Some(demo.host_key_fingerprint.clone()),
+            ask: None,
+            known_hosts: None,
+        },
+    };
+    let states = States::default();
+    let session = connect_resilient(dial(&proxy.ws_url()), options, states.options(FAST)).await?;
+    assert!(
+        asked.lock().expect("asked").is_empty(),
+        "the password held was enough"
+    );
+
+    // The user changes their password while the link is down.
+    *typed.lock().expect("typed") = demo.change_password();
+    proxy.cut();
+    states
+        .reached(1, |s| matches!(s, ConnectionState::Restored { .. }))
+        .await?;
+    let asked = asked.lock().expect("asked").clone();
+    assert_eq!(asked.len(), 1, "asked once: {asked:?}");
+    assert!(asked[0].to_lowercase().contains("password"), "{asked:?}");
+    assert_eq!(session.closed_reason(), None);
+    let all = states.all();
+    assert!(
+        all.iter().any(|s| matches!(s, ConnectionState::Reconnecting { reason, .. } if reason.contains("authentication failed"))),
+        "the refused try was reported: {all:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_the_server_no_longer_takes_end_the_session_at_once() -> Result<()> {
     let lab = Lab::start().await?;
     let proxy = CutProxy::start(lab.relay.addr).await?;
