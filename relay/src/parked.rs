@@ -13,9 +13,11 @@
 //! rather than closed): each live session is registered under its hash too, and a Hello
 //! with its secret ends it as lost (so it parks) and then takes its forwards.
 //!
-//! Bounds: every parked session holds at least one forward, so the forward caps bound
-//! the registry; besides, one source address or token holder keeps at most
-//! [`MAX_PARKED_PER_HOLDER`] parked sessions (a newer one frees the oldest).
+//! Bounds: every parked session holds at least one forward, whose lease counts under
+//! the forward caps (per address, per token holder, in all), so those caps bound the
+//! registry; besides, one token holder keeps at most [`MAX_PARKED_PER_HOLDER`] parked
+//! sessions from one address (a newer one frees its oldest), and never frees another
+//! holder's.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -35,9 +37,10 @@ use crate::config::values::BindAddr;
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::ports::Lease;
 
-/// Parked sessions one source address, or one token holder, may have at once. A tab
-/// parks one session per loss and takes it back on its next Hello, so a handful covers
-/// several tabs that lost their network together.
+/// Parked sessions one token holder may have from one source address (on a relay
+/// without tokens: one address). A tab parks one session per loss and takes it back on
+/// its next Hello, so a handful covers several tabs that lost their network together.
+/// Other holders' parked sessions never give way to these.
 pub const MAX_PARKED_PER_HOLDER: usize = 8;
 
 /// One forward of a lost session: its sockets, its place in the book of ports and under
@@ -251,21 +254,19 @@ impl Parking {
         }
         let until = Instant::now() + self.grace;
         let mut entries = self.entries.lock().expect("parking lock");
-        // One source or holder's oldest parked session gives way to its newest.
-        for same in [&|e: &Entry| e.source == source, &|e: &Entry| {
-            claimant.user.is_some() && e.claimant.user == claimant.user
-        }] as [&dyn Fn(&Entry) -> bool; 2]
-        {
-            while entries.values().filter(|e| same(e)).count() >= MAX_PARKED_PER_HOLDER {
-                let oldest = entries
-                    .iter()
-                    .filter(|(_, e)| same(e))
-                    .min_by_key(|(_, e)| e.until)
-                    .map(|(hash, _)| *hash);
-                let Some(oldest) = oldest else { break };
-                entries.remove(&oldest);
-                self.counts.expired.inc();
-            }
+        // The holder's own oldest parked session from this address gives way to its
+        // newest; never another holder's (users behind one NAT share an address), whose
+        // parked forwards the forward caps bound.
+        let same = |e: &Entry| e.source == source && e.claimant.user == claimant.user;
+        while entries.values().filter(|e| same(e)).count() >= MAX_PARKED_PER_HOLDER {
+            let oldest = entries
+                .iter()
+                .filter(|(_, e)| same(e))
+                .min_by_key(|(_, e)| e.until)
+                .map(|(hash, _)| *hash);
+            let Some(oldest) = oldest else { break };
+            entries.remove(&oldest);
+            self.counts.expired.inc();
         }
         let this = self.this.clone();
         let timer = tokio::spawn(async move {
@@ -550,33 +551,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn one_source_or_holder_keeps_a_bounded_number_of_parked_sessions() {
+    async fn a_holder_keeps_a_bounded_number_of_parked_sessions_and_never_frees_anothers() {
         let f = fixture(GRACE);
+        // Bob, behind the same address, parked first.
+        let bobs = new_secret();
+        f.parking.park(
+            SecretHash::of(&bobs),
+            claimant("bob"),
+            SOURCE,
+            vec![f.forward(99, 40999, "bob", SOURCE)],
+        );
         let mut secrets = Vec::new();
-        // From one address, as several holders: the address's bound.
+        // Alice, from the same address, loses more tabs than her bound.
         for i in 0..MAX_PARKED_PER_HOLDER + 3 {
             let secret = new_secret();
-            let user = format!("u{i}");
             f.parking.park(
                 SecretHash::of(&secret),
-                claimant(&user),
+                claimant("alice"),
                 SOURCE,
-                vec![f.forward(i as u64, 41000 + i as u16, &user, SOURCE)],
+                vec![f.forward(i as u64, 41000 + i as u16, "alice", SOURCE)],
             );
-            secrets.push((secret, user));
+            secrets.push(secret);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(f.parking.len(), MAX_PARKED_PER_HOLDER);
+        assert_eq!(f.parking.len(), MAX_PARKED_PER_HOLDER + 1);
         assert!(
             f.port_free(41000) && f.port_free(41002),
-            "the oldest gave way"
+            "alice's oldest gave way"
         );
         assert!(!f.port_free(41003));
-        let (secret, user) = &secrets[2];
-        assert!(f.parking.resume(secret, &claimant(user)).is_none());
-        let (secret, user) = &secrets[3];
-        let kept = f.parking.resume(secret, &claimant(user)).expect("resumed");
-        // One holder from many addresses: the holder's bound.
+        assert!(!f.port_free(40999), "bob's parked port is still his");
+        assert!(f.parking.resume(&secrets[2], &claimant("alice")).is_none());
+        let kept = f
+            .parking
+            .resume(&secrets[3], &claimant("alice"))
+            .expect("resumed");
+        assert!(
+            f.parking.resume(&bobs, &claimant("bob")).is_some(),
+            "bob resumes"
+        );
+        // One holder from other addresses: each address has its own bound.
         f.parking.clear();
         for i in 0..MAX_PARKED_PER_HOLDER + 2 {
             let source = IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8));
@@ -586,11 +600,8 @@ mod tests {
                 source,
                 vec![f.forward(100 + i as u64, 42000 + i as u16, "carol", source)],
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(f.parking.len(), MAX_PARKED_PER_HOLDER);
-        assert!(f.port_free(42000) && f.port_free(42001));
-        assert!(!f.port_free(42002));
+        assert_eq!(f.parking.len(), MAX_PARKED_PER_HOLDER + 2);
         f.parking.clear();
         assert!(f.parking.is_empty() && f.port_free(42009));
         assert_eq!(
