@@ -12,17 +12,19 @@ use axum::response::{IntoResponse, Response};
 
 use crate::client_addr::ClientAddr;
 use crate::config::Config;
+use crate::limits::Admission;
 use crate::metrics::Metrics;
 use crate::ports;
-use crate::token_check::{self, TokenCheck, TokenChecks};
+use crate::token_check::{self, TokenCheck};
 
-/// What the route reads: the config, where it counts refusals, and the failed token
-/// checks by source (one book for the relay).
+/// What the route reads: the config, where it counts refusals, and the admission that
+/// keeps the failed token checks by source (one book for the relay, which Hellos charge
+/// too).
 #[derive(Debug, Clone)]
 pub struct TargetsApi {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
-    pub checks: Arc<TokenChecks>,
+    pub admission: Arc<Admission>,
 }
 
 /// The public answer; with `Authorization: Bearer TOKEN` (the page sends the token it
@@ -67,7 +69,11 @@ pub async fn targets(
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
         .unwrap_or_default();
-    let (status, error) = match state.checks.check(config, peer.ip(), token) {
+    let (status, error) = match state
+        .admission
+        .token_checks()
+        .check(config, peer.ip(), token)
+    {
         TokenCheck::Holder(holder) => {
             let block = ports::block_of(config, Some(holder))
                 .map(|b| serde_json::json!({ "first": b.start(), "last": b.end() }));
@@ -81,9 +87,7 @@ pub async fn targets(
         ),
         TokenCheck::TooMany => (
             StatusCode::TOO_MANY_REQUESTS,
-            Some(
-                "too many wrong access tokens from your address of late, so this one was not checked: wait a minute and reload the page",
-            ),
+            Some(token_check::TOO_MANY_MESSAGE),
         ),
     };
     if let Some(error) = error {
@@ -145,7 +149,7 @@ mod tests {
         TargetsApi {
             config: Arc::new(config),
             metrics: Arc::default(),
-            checks: Arc::default(),
+            admission: Arc::default(),
         }
     }
 

@@ -20,7 +20,7 @@ mod serve;
 mod session;
 mod ssh_pipe;
 pub mod tls;
-mod token_check;
+pub mod token_check;
 pub mod web_forward;
 pub mod web_guard;
 
@@ -63,8 +63,6 @@ pub struct AppState {
     parking: Arc<parked::Parking>,
     /// Set when the config names a certificate and key: `run` then serves HTTPS only.
     tls: Option<Arc<rustls::ServerConfig>>,
-    /// Failed token checks of `/api/targets`, by source.
-    token_checks: Arc<token_check::TokenChecks>,
     /// The forwards open as web apps (when the config turns web forwards on).
     web_forwards: Arc<web_forward::WebForwards>,
 }
@@ -84,7 +82,6 @@ impl AppState {
             admission: Arc::default(),
             ports: Arc::new(ports::PortBook::new(metrics.forward_binds.clone())),
             metrics,
-            token_checks: Arc::default(),
             web_forwards: Arc::default(),
         })
     }
@@ -120,7 +117,7 @@ pub fn app(state: AppState) -> Router {
             get(api_targets::targets).with_state(api_targets::TargetsApi {
                 config: state.config.clone(),
                 metrics: state.metrics.clone(),
-                checks: state.token_checks.clone(),
+                admission: state.admission.clone(),
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))

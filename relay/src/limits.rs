@@ -61,6 +61,9 @@ pub struct Refusal {
 #[derive(Debug, Default)]
 pub struct Admission {
     places: Mutex<Places>,
+    /// Failed access-token checks by source, charged alike by a Hello and by
+    /// `GET /api/targets`, so neither is a faster oracle than the other.
+    token_checks: crate::token_check::TokenChecks,
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +147,11 @@ impl Admission {
         self.places.lock().expect("admission lock")
     }
 
+    /// The book of failed token checks (see `token_check`).
+    pub fn token_checks(&self) -> &crate::token_check::TokenChecks {
+        &self.token_checks
+    }
+
     /// A waiting place for a WebSocket from `ip` that has not sent its Hello yet. Always
     /// granted: at a cap, an older waiting WebSocket is told why and closed instead (see
     /// the module doc).
@@ -222,6 +230,16 @@ impl HelloSlot {
             // The sender lives as long as the place: never, while this slot holds it.
             Err(_) => std::future::pending().await,
         }
+    }
+
+    /// Checks the access token of this WebSocket's Hello against the same per-source
+    /// budget as `GET /api/targets`.
+    pub fn check_token<'c>(
+        &self,
+        config: &'c crate::config::Config,
+        token: &str,
+    ) -> crate::token_check::TokenCheck<'c> {
+        self.admission.token_checks.check(config, self.ip, token)
     }
 
     /// The session place for a valid Hello from token holder `user` (`None` without

@@ -367,8 +367,24 @@ impl Session {
         }
         let mut user = None;
         if !config.tokens.is_empty() {
-            // Only the owner's name is ever logged, never the token.
-            let Some(owner) = config.token_owner(&token) else {
+            // Only the owner's name is ever logged, never the token. A wrong one spends
+            // its source's budget of failed checks, as at `/api/targets`.
+            use crate::token_check::TokenCheck;
+            let owner = if token.is_empty() {
+                None
+            } else {
+                match waiting.check_token(&config, &token) {
+                    TokenCheck::Holder(owner) => Some(owner),
+                    TokenCheck::Wrong => None,
+                    TokenCheck::TooMany => {
+                        return Err(SessionError::new(
+                            ErrorCode::Limit,
+                            crate::token_check::TOO_MANY_MESSAGE,
+                        ));
+                    }
+                }
+            };
+            let Some(owner) = owner else {
                 return Err(SessionError::new(
                     ErrorCode::Unauthorized,
                     if token.is_empty() {

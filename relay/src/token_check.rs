@@ -1,4 +1,5 @@
-//! The token check of `GET /api/targets`: a page that holds an access token sends it
+//! Access-token checks, bounded per source: a Hello's, and that of `GET /api/targets`,
+//! where a page that holds an access token sends it
 //! (`Authorization: Bearer TOKEN`, never in the URL, which proxies and access logs keep)
 //! and learns its holder's name and block of forward ports. That makes the route an
 //! oracle for guessing tokens, which any client can ask without opening a session, so
@@ -23,6 +24,9 @@ pub const FAILED_CHECK_REFILL: Duration = Duration::from_secs(12);
 /// a book still full of sources with spent budgets refuses new sources' checks rather
 /// than forget a guesser (the page works without the check: it only lacks the block).
 const MAX_SOURCES: usize = 10_000;
+
+/// What a source that spent its budget is told, by `/api/targets` and a Hello alike.
+pub const TOO_MANY_MESSAGE: &str = "too many wrong access tokens from your address of late, so this one was not checked: wait a minute and reload the page";
 
 /// What a token check answered.
 #[derive(Debug, PartialEq, Eq)]

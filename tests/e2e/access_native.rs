@@ -44,6 +44,58 @@ async fn a_relay_with_tokens_admits_only_their_holders() -> Result<()> {
     Ok(())
 }
 
+/// Guessing tokens through Hellos spends the same per-address budget as `/api/targets`:
+/// a few wrong ones, then even the right token is not compared for a while.
+#[tokio::test]
+async fn wrong_tokens_in_hellos_and_at_api_targets_share_one_budget() -> Result<()> {
+    use tabtunnel_relay::token_check::{FAILED_CHECK_BURST, TOO_MANY_MESSAGE};
+    let lab = Lab::builder()
+        .tokens(&format!("alice {ALICE}\n"))
+        .start()
+        .await?;
+    // One wrong guess at /api/targets, the rest through Hellos.
+    assert_eq!(
+        targets_status(&lab.relay, "guess-0000000000000000").await?,
+        401
+    );
+    for _ in 1..FAILED_CHECK_BURST {
+        let err = login(&lab, Some("guess-0000000000000000"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not valid here"), "{err}");
+    }
+    let err = login(&lab, Some(ALICE)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Relay {
+                code: ErrorCode::Limit,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(TOO_MANY_MESSAGE), "{err}");
+    // And /api/targets is closed to this address too.
+    assert_eq!(targets_status(&lab.relay, ALICE).await?, 429);
+    Ok(())
+}
+
+/// The HTTP status of `GET /api/targets` with `token` as its bearer.
+async fn targets_status(relay: &Relay, token: &str) -> Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(relay.addr).await?;
+    let request = format!(
+        "GET /api/targets HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        relay.addr
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response.split(' ').nth(1).unwrap_or_default();
+    Ok(status.parse()?)
+}
+
 /// Opens a WebSocket to the relay with these request headers; returns the HTTP status
 /// and body of a refusal, or 101 when the upgrade went through.
 async fn upgrade_with(relay: &Relay, origin: &str) -> Result<(u16, String)> {
