@@ -141,8 +141,10 @@ export function planLabLink(link, page) {
     plan.problems.push(`${link.extra} more ${link.extra === 1 ? "entry" : "entries"}: a link may have at most ${MAX_LINK_ENTRIES}, so ${link.extra === 1 ? "it is" : "they are"} not used. Ask for a shorter link.`);
   }
 
-  const whereTo = plan.target ? `target ${plan.target}` : "the target you pick";
-  const asWhom = plan.user ? plan.user : "the user name you type in";
+  // Clipped: until the relay's list of targets arrives, a link's target is shown unchecked,
+  // and the page must not say at length what a link's maker wrote.
+  const whereTo = plan.target ? `target ${clip(plan.target)}` : "the target you pick";
+  const asWhom = plan.user ? clip(plan.user) : "the user name you type in";
   const what = plan.specs.length === 0
     ? "opens no forwards"
     : `opens ${forwardsWord(plan.specs.length)}: ${described.join("; ")}`;

@@ -136,3 +136,10 @@ test("a link opens forwards on the relay host's loopback only", () => {
     "L=10.1.2.3:8080:d:1: listens on 10.1.2.3, where anyone who can reach the relay host could use your SSH account through it, so a link may not open it. Add it yourself after connecting if you mean it.",
   ]);
 });
+
+test("the summary cuts a long target or user name the link's maker wrote", () => {
+  // Before the relay's list arrives, the target is shown unchecked.
+  const p = plan(`?target=${"t".repeat(300)}&user=${"u".repeat(250)}`, { targetNames: null });
+  assert.ok(p.summary.length < 250, p.summary);
+  assert.match(p.summary, /^This link connects to target t{80}… as u{80}…, then opens no forwards\.$/);
+});
