@@ -7,10 +7,13 @@
 //!   `/f/<id>/` on the relay's names, the prefix removed before the app sees the path.
 //!   The app then shares the relay page's origin; see the README for what that allows.
 //!
-//! Each forward has a capability (256 random bits) that only its tab learns, in the
-//! URL of a `WebForward` frame. The first visit with it gets a host-only, HttpOnly,
-//! SameSite=Lax cookie and a redirect to the same URL without it; every other request
-//! needs the cookie (403 without). Neither reaches the app. Closing the forward or its
+//! Each forward has a key (256 random bits) that only its tab learns, in the URL of a
+//! `WebForward` frame, and that lets in one browser: the first visit with it gets a
+//! host-only, HttpOnly, SameSite=Lax cookie (another 256 random bits) and a redirect to
+//! the same URL without the key, and spends the key; a browser that holds the cookie is
+//! redirected again, any other refused. Every other request needs the cookie (403
+//! without), and one that acts (a WebSocket, a POST) must come from the forward's own
+//! origin. Neither key nor cookie reaches the app. Closing the forward or its
 //! session drops its [`Registration`], and its URL answers 404 from then on. Requests
 //! are proxied with hyper into the forward: each connection is opened through the
 //! forward's session like a TCP client of its listener (`proxy`).
@@ -41,6 +44,17 @@ pub async fn dispatch(State(proxy): State<WebProxy>, request: Request, next: Nex
     let Some(mode) = proxy.config.web_forward_mode() else {
         return next.run(request).await;
     };
+    if request
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        // Which one names the forward? Neither: the guard refuses it (400), as it does
+        // for the relay's own routes.
+        return next.run(request).await;
+    }
     let host = request
         .headers()
         .get(header::HOST)
@@ -49,23 +63,21 @@ pub async fn dispatch(State(proxy): State<WebProxy>, request: Request, next: Nex
         .map(str::to_owned);
     match mode {
         WebForwardMode::Subdomain(_) => {
-            if let Some(id) = host
-                .as_deref()
-                .and_then(|h| proxy.config.web_forward_host(h))
+            if let Some(host) = host.as_deref()
+                && let Some(id) = proxy.config.web_forward_host(host)
             {
-                return proxy.serve(&id, false, request).await;
+                return proxy.serve(&id, host, false, request).await;
             }
         }
         WebForwardMode::Path => {
             // Only on the relay's own names: others get the guard's 421.
-            if host
-                .as_deref()
-                .is_some_and(|h| proxy.config.host_allowed(h))
+            if let Some(host) = host.as_deref()
+                && proxy.config.host_allowed(host)
             {
                 match request::path_target(request.uri().path()) {
                     Some(request::PathTarget::Inside { id, .. }) => {
                         let id = id.to_owned();
-                        return proxy.serve(&id, true, request).await;
+                        return proxy.serve(&id, host, true, request).await;
                     }
                     Some(request::PathTarget::Bare(id)) => {
                         let query = request.uri().query().map(|q| format!("?{q}"));
@@ -154,7 +166,7 @@ impl Offer {
 
     /// The forward's first link, with its key.
     pub fn url(&self, registration: &Registration) -> String {
-        let (id, key) = (registration.id(), registration.capability());
+        let (id, key) = (registration.id(), registration.key());
         let param = request::KEY_PARAM;
         match &self.domain {
             Some(domain) => {
@@ -198,7 +210,7 @@ mod tests {
     #[test]
     fn urls_carry_the_id_the_key_and_the_tabs_port() {
         let (o, r) = offer(Some("tunnel.example.edu"), "relay.example.edu");
-        let (id, key) = (r.id().to_owned(), r.capability().to_owned());
+        let (id, key) = (r.id().to_owned(), r.key().to_owned());
         assert_eq!(
             o.url(&r),
             format!("https://f-{id}.tunnel.example.edu/?tabtunnel_key={key}")
@@ -211,11 +223,7 @@ mod tests {
         let (o, r) = offer(None, "[::1]:8080");
         assert_eq!(
             o.url(&r),
-            format!(
-                "https://[::1]:8080/f/{}/?tabtunnel_key={}",
-                r.id(),
-                r.capability()
-            )
+            format!("https://[::1]:8080/f/{}/?tabtunnel_key={}", r.id(), r.key())
         );
     }
 
@@ -250,8 +258,8 @@ mod tests {
             let offer =
                 Offer::for_session(&paths, &forwards, false, Some("h"), Some(origin)).unwrap();
             let registration = offer.register(1, mpsc::channel(1).0);
-            let (_, is_secure) = forwards.capability(registration.id()).unwrap();
-            assert_eq!(is_secure, secure, "{origin}");
+            let access = forwards.access(registration.id()).unwrap();
+            assert_eq!(access.secure, secure, "{origin}");
         }
     }
 }
