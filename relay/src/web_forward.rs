@@ -181,6 +181,43 @@ impl Offer {
     }
 }
 
+/// Warnings for the operator at start: names of the relay (`public_host`,
+/// `allowed_hosts`) that end in the same two labels as `web_forward_domain`. An app under
+/// the domain can set cookies for every parent domain up to the registrable one: it could
+/// fill the relay page's requests with cookies until the relay answers 431, evict the
+/// cookies other forwards rely on, or plant cookies on sibling sites. Two labels is a
+/// guess at the registrable domain (`example.edu`; for `ac.uk`-style suffixes it warns
+/// more than needed, which is the safe side of a guess).
+pub fn shared_site_warnings(config: &Config) -> Vec<String> {
+    let Some(domain) = config.web_forward_domain.as_deref() else {
+        return Vec::new();
+    };
+    let site = |name: &str| -> Option<String> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            return None;
+        }
+        let labels: Vec<&str> = name.rsplit('.').take(2).collect();
+        Some(labels.into_iter().rev().collect::<Vec<_>>().join("."))
+    };
+    let Some(forwards_site) = site(domain) else {
+        return Vec::new();
+    };
+    let names = config
+        .public_host
+        .iter()
+        .map(|h| ("public_host", h))
+        .chain(config.allowed_hosts.iter().map(|h| ("allowed_hosts", h)));
+    names
+        .filter(|(_, name)| site(name).as_deref() == Some(forwards_site.as_str()))
+        .map(|(key, name)| {
+            format!(
+                "web_forward_domain {domain} and {key} {name} both end in {forwards_site}: if that is their registrable domain, every forwarded app can set cookies for the relay's page (enough of them and the relay answers 431) and for other sites under it, and all forwards are one site; serve forwards under a registrable domain of their own (see the README, \"By name\")"
+            )
+        })
+        .collect()
+}
+
 /// The port of a Host header value (`name:port`, `[v6]:port`), if it has one.
 fn port_of(host: &str) -> Option<&str> {
     let after = match host.rfind(']') {
@@ -225,6 +262,53 @@ mod tests {
             o.url(&r),
             format!("https://[::1]:8080/f/{}/?tabtunnel_key={}", r.id(), r.key())
         );
+    }
+
+    #[test]
+    fn relay_names_sharing_the_forwards_last_two_labels_are_warned_about() {
+        let config = |domain: Option<&str>, public: Option<&str>, allowed: &[&str]| Config {
+            web_forward_domain: domain.map(str::to_owned),
+            public_host: public.map(str::to_owned),
+            allowed_hosts: allowed.iter().map(|h| (*h).to_owned()).collect(),
+            ..Config::default()
+        };
+        let warned = |c: &Config| shared_site_warnings(c).len();
+        // The README's old layout: page and forwards under example.edu.
+        let c = config(
+            Some("tunnel.example.edu"),
+            Some("relay.example.edu"),
+            &["Other.EXAMPLE.edu.", "relay.example-tunnel.edu"],
+        );
+        let notes = shared_site_warnings(&c);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].contains("public_host relay.example.edu"),
+            "{notes:?}"
+        );
+        assert!(notes[0].contains("end in example.edu"), "{notes:?}");
+        assert!(
+            notes[1].contains("allowed_hosts Other.EXAMPLE.edu."),
+            "{notes:?}"
+        );
+        // The domain itself a registrable one, the page under it.
+        assert_eq!(
+            warned(&config(Some("example.edu"), None, &["relay.example.edu"])),
+            1
+        );
+        // A registrable domain of their own; addresses; no web forwards by name.
+        assert_eq!(
+            warned(&config(
+                Some("example-tunnel.edu"),
+                Some("relay.example.edu"),
+                &["example.edu", "127.0.0.1", "::1"]
+            )),
+            0
+        );
+        assert_eq!(
+            warned(&config(Some("tabtunnel.localhost"), None, &["localhost"])),
+            0
+        );
+        assert_eq!(warned(&config(None, Some("relay.example.edu"), &[])), 0);
     }
 
     #[test]
