@@ -51,9 +51,9 @@ impl Forward {
     }
 
     /// Where a browser opens this forward as a web app, when the relay has web forwards
-    /// on (`https://f-<id>.tunnel.example.edu/?tabtunnel_key=...`). The first visit with
-    /// it sets a cookie for that browser only: hand it to no one you would not give the
-    /// forward itself.
+    /// on (`https://f-<id>.lab-forwards.net/?tabtunnel_key=...`). It works once: the first
+    /// browser to follow it gets a cookie for the forward, and only that browser gets in
+    /// with the link again; hand it to no one you would not give the forward itself.
     ///
     /// A session that reconnects keeps it when the relay resumed the session, and gets a
     /// new one when it did not (the relay restarted), so ask again after a restore.

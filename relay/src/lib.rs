@@ -310,17 +310,22 @@ mod tests {
                 .body(Body::empty())
                 .unwrap()
         };
-        let key = registration.capability().to_owned();
+        let key = registration.key().to_owned();
         let link = app
             .clone()
             .oneshot(get(&host, &format!("/?tabtunnel_key={key}")))
             .await
             .unwrap();
         assert_eq!(link.status(), StatusCode::FOUND);
-        assert_eq!(
-            link.headers()[header::SET_COOKIE],
-            format!("tabtunnel_fwd={key}; Path=/; HttpOnly; SameSite=Lax; Secure").as_str()
-        );
+        // The cookie carries a value of its own, not the link's key.
+        let set = link.headers()[header::SET_COOKIE].to_str().unwrap();
+        let (value, attributes) = set
+            .strip_prefix("tabtunnel_fwd=")
+            .and_then(|s| s.split_once(';'))
+            .unwrap();
+        assert_eq!(attributes, " Path=/; HttpOnly; SameSite=Lax; Secure");
+        assert_eq!(value.len(), 64, "{set}");
+        assert_ne!(value, key);
         let refused = app.clone().oneshot(get(&host, "/")).await.unwrap();
         assert_eq!(refused.status(), StatusCode::FORBIDDEN);
         // Not exactly a forward's name: the relay's guard refuses it.
@@ -338,6 +343,93 @@ mod tests {
         drop(registration);
         let closed = app.oneshot(get(&host, "/")).await.unwrap();
         assert_eq!(closed.status(), StatusCode::NOT_FOUND);
+    }
+
+    /// A relay with web forwards under `tunnel.example.edu` (no TLS), one forward entered
+    /// by hand, its name and its link's key.
+    fn one_web_forward(dir: &std::path::Path) -> (Router, web_forward::Registration, String) {
+        let config = Config {
+            web_dir: dir.to_owned(),
+            web_forward_domain: Some("tunnel.example.edu".into()),
+            ..Config::default()
+        };
+        let state = AppState::new(config).unwrap();
+        let offer = web_forward::Offer::for_session(
+            &state.config,
+            &state.web_forwards,
+            state.tls(),
+            Some("relay.example.edu"),
+            None,
+        )
+        .unwrap();
+        let registration = offer.register(1, tokio::sync::mpsc::channel(1).0);
+        let host = format!("f-{}.tunnel.example.edu", registration.id());
+        (app(state), registration, host)
+    }
+
+    #[tokio::test]
+    async fn a_web_forward_request_with_two_host_headers_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, registration, host) = one_web_forward(dir.path());
+        let link = format!("/?tabtunnel_key={}", registration.key());
+        let two = |first: &str, second: &str| {
+            let mut request = Request::get(&link).body(Body::empty()).unwrap();
+            let headers = request.headers_mut();
+            headers.append(header::HOST, first.parse().unwrap());
+            headers.append(header::HOST, second.parse().unwrap());
+            request
+        };
+        for (first, second) in [
+            (host.as_str(), host.as_str()),
+            (host.as_str(), "relay.example.edu"),
+            ("127.0.0.1", host.as_str()),
+        ] {
+            let refused = app.clone().oneshot(two(first, second)).await.unwrap();
+            assert_eq!(
+                refused.status(),
+                StatusCode::BAD_REQUEST,
+                "{first} {second}"
+            );
+            assert!(!refused.headers().contains_key(header::SET_COOKIE));
+        }
+        // The key was not spent by them: one Host header, and the link works.
+        let one = Request::get(&link)
+            .header(header::HOST, &host)
+            .body(Body::empty())
+            .unwrap();
+        let link = app.oneshot(one).await.unwrap();
+        assert_eq!(link.status(), StatusCode::FOUND);
+        assert!(link.headers().contains_key(header::SET_COOKIE));
+    }
+
+    #[tokio::test]
+    async fn another_pages_post_neither_reaches_the_forward_nor_spends_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, registration, host) = one_web_forward(dir.path());
+        let link = format!("/?tabtunnel_key={}", registration.key());
+        let post = |origin: &str| {
+            Request::post(&link)
+                .header(header::HOST, &host)
+                .header(header::ORIGIN, origin)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let refused = app
+            .clone()
+            .oneshot(post("http://f-0123456789abcdef.tunnel.example.edu"))
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert!(!refused.headers().contains_key(header::SET_COOKIE));
+        assert!(
+            refused.headers()[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'self'")
+        );
+        let own = app.oneshot(post(&format!("http://{host}"))).await.unwrap();
+        assert_eq!(own.status(), StatusCode::FOUND);
+        assert!(own.headers().contains_key(header::SET_COOKIE));
     }
 
     #[tokio::test]

@@ -54,6 +54,9 @@ async fn main() -> Result<()> {
     for note in tabtunnel_relay::ports::sizing_warnings(&config) {
         tracing::warn!("{note}");
     }
+    for note in tabtunnel_relay::web_forward::shared_site_warnings(&config) {
+        tracing::warn!("{note}");
+    }
     if config.targets.is_empty() {
         anyhow::bail!(
             "no SSH targets: add --target NAME=HOST:PORT, a [targets] table in --config, or --demo"

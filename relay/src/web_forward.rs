@@ -7,10 +7,13 @@
 //!   `/f/<id>/` on the relay's names, the prefix removed before the app sees the path.
 //!   The app then shares the relay page's origin; see the README for what that allows.
 //!
-//! Each forward has a capability (256 random bits) that only its tab learns, in the
-//! URL of a `WebForward` frame. The first visit with it gets a host-only, HttpOnly,
-//! SameSite=Lax cookie and a redirect to the same URL without it; every other request
-//! needs the cookie (403 without). Neither reaches the app. Closing the forward or its
+//! Each forward has a key (256 random bits) that only its tab learns, in the URL of a
+//! `WebForward` frame, and that lets in one browser: the first visit with it gets a
+//! host-only, HttpOnly, SameSite=Lax cookie (another 256 random bits) and a redirect to
+//! the same URL without the key, and spends the key; a browser that holds the cookie is
+//! redirected again, any other refused. Every other request needs the cookie (403
+//! without), and one that acts (a WebSocket, a POST) must come from the forward's own
+//! origin. Neither key nor cookie reaches the app. Closing the forward or its
 //! session drops its [`Registration`], and its URL answers 404 from then on. Requests
 //! are proxied with hyper into the forward: each connection is opened through the
 //! forward's session like a TCP client of its listener (`proxy`).
@@ -41,6 +44,17 @@ pub async fn dispatch(State(proxy): State<WebProxy>, request: Request, next: Nex
     let Some(mode) = proxy.config.web_forward_mode() else {
         return next.run(request).await;
     };
+    if request
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        // Which one names the forward? Neither: the guard refuses it (400), as it does
+        // for the relay's own routes.
+        return next.run(request).await;
+    }
     let host = request
         .headers()
         .get(header::HOST)
@@ -49,23 +63,21 @@ pub async fn dispatch(State(proxy): State<WebProxy>, request: Request, next: Nex
         .map(str::to_owned);
     match mode {
         WebForwardMode::Subdomain(_) => {
-            if let Some(id) = host
-                .as_deref()
-                .and_then(|h| proxy.config.web_forward_host(h))
+            if let Some(host) = host.as_deref()
+                && let Some(id) = proxy.config.web_forward_host(host)
             {
-                return proxy.serve(&id, false, request).await;
+                return proxy.serve(&id, host, false, request).await;
             }
         }
         WebForwardMode::Path => {
             // Only on the relay's own names: others get the guard's 421.
-            if host
-                .as_deref()
-                .is_some_and(|h| proxy.config.host_allowed(h))
+            if let Some(host) = host.as_deref()
+                && proxy.config.host_allowed(host)
             {
                 match request::path_target(request.uri().path()) {
                     Some(request::PathTarget::Inside { id, .. }) => {
                         let id = id.to_owned();
-                        return proxy.serve(&id, true, request).await;
+                        return proxy.serve(&id, host, true, request).await;
                     }
                     Some(request::PathTarget::Bare(id)) => {
                         let query = request.uri().query().map(|q| format!("?{q}"));
@@ -154,7 +166,7 @@ impl Offer {
 
     /// The forward's first link, with its key.
     pub fn url(&self, registration: &Registration) -> String {
-        let (id, key) = (registration.id(), registration.capability());
+        let (id, key) = (registration.id(), registration.key());
         let param = request::KEY_PARAM;
         match &self.domain {
             Some(domain) => {
@@ -167,6 +179,43 @@ impl Offer {
             None => format!("{}://{}/f/{id}/?{param}={key}", self.scheme, self.host),
         }
     }
+}
+
+/// Warnings for the operator at start: names of the relay (`public_host`,
+/// `allowed_hosts`) that end in the same two labels as `web_forward_domain`. An app under
+/// the domain can set cookies for every parent domain up to the registrable one: it could
+/// fill the relay page's requests with cookies until the relay answers 431, evict the
+/// cookies other forwards rely on, or plant cookies on sibling sites. Two labels is a
+/// guess at the registrable domain (`example.edu`; for `ac.uk`-style suffixes it warns
+/// more than needed, which is the safe side of a guess).
+pub fn shared_site_warnings(config: &Config) -> Vec<String> {
+    let Some(domain) = config.web_forward_domain.as_deref() else {
+        return Vec::new();
+    };
+    let site = |name: &str| -> Option<String> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            return None;
+        }
+        let labels: Vec<&str> = name.rsplit('.').take(2).collect();
+        Some(labels.into_iter().rev().collect::<Vec<_>>().join("."))
+    };
+    let Some(forwards_site) = site(domain) else {
+        return Vec::new();
+    };
+    let names = config
+        .public_host
+        .iter()
+        .map(|h| ("public_host", h))
+        .chain(config.allowed_hosts.iter().map(|h| ("allowed_hosts", h)));
+    names
+        .filter(|(_, name)| site(name).as_deref() == Some(forwards_site.as_str()))
+        .map(|(key, name)| {
+            format!(
+                "web_forward_domain {domain} and {key} {name} both end in {forwards_site}: if that is their registrable domain, every forwarded app can set cookies for the relay's page (enough of them and the relay answers 431) and for other sites under it, and all forwards are one site; serve forwards under a registrable domain of their own (see the README, \"By name\")"
+            )
+        })
+        .collect()
 }
 
 /// The port of a Host header value (`name:port`, `[v6]:port`), if it has one.
@@ -198,7 +247,7 @@ mod tests {
     #[test]
     fn urls_carry_the_id_the_key_and_the_tabs_port() {
         let (o, r) = offer(Some("tunnel.example.edu"), "relay.example.edu");
-        let (id, key) = (r.id().to_owned(), r.capability().to_owned());
+        let (id, key) = (r.id().to_owned(), r.key().to_owned());
         assert_eq!(
             o.url(&r),
             format!("https://f-{id}.tunnel.example.edu/?tabtunnel_key={key}")
@@ -211,12 +260,55 @@ mod tests {
         let (o, r) = offer(None, "[::1]:8080");
         assert_eq!(
             o.url(&r),
-            format!(
-                "https://[::1]:8080/f/{}/?tabtunnel_key={}",
-                r.id(),
-                r.capability()
-            )
+            format!("https://[::1]:8080/f/{}/?tabtunnel_key={}", r.id(), r.key())
         );
+    }
+
+    #[test]
+    fn relay_names_sharing_the_forwards_last_two_labels_are_warned_about() {
+        let config = |domain: Option<&str>, public: Option<&str>, allowed: &[&str]| Config {
+            web_forward_domain: domain.map(str::to_owned),
+            public_host: public.map(str::to_owned),
+            allowed_hosts: allowed.iter().map(|h| (*h).to_owned()).collect(),
+            ..Config::default()
+        };
+        let warned = |c: &Config| shared_site_warnings(c).len();
+        // The README's old layout: page and forwards under example.edu.
+        let c = config(
+            Some("tunnel.example.edu"),
+            Some("relay.example.edu"),
+            &["Other.EXAMPLE.edu.", "relay.example-tunnel.edu"],
+        );
+        let notes = shared_site_warnings(&c);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].contains("public_host relay.example.edu"),
+            "{notes:?}"
+        );
+        assert!(notes[0].contains("end in example.edu"), "{notes:?}");
+        assert!(
+            notes[1].contains("allowed_hosts Other.EXAMPLE.edu."),
+            "{notes:?}"
+        );
+        // The domain itself a registrable one, the page under it.
+        assert_eq!(
+            warned(&config(Some("example.edu"), None, &["relay.example.edu"])),
+            1
+        );
+        // A registrable domain of their own; addresses; no web forwards by name.
+        assert_eq!(
+            warned(&config(
+                Some("example-tunnel.edu"),
+                Some("relay.example.edu"),
+                &["example.edu", "127.0.0.1", "::1"]
+            )),
+            0
+        );
+        assert_eq!(
+            warned(&config(Some("tabtunnel.localhost"), None, &["localhost"])),
+            0
+        );
+        assert_eq!(warned(&config(None, Some("relay.example.edu"), &[])), 0);
     }
 
     #[test]
@@ -250,8 +342,8 @@ mod tests {
             let offer =
                 Offer::for_session(&paths, &forwards, false, Some("h"), Some(origin)).unwrap();
             let registration = offer.register(1, mpsc::channel(1).0);
-            let (_, is_secure) = forwards.capability(registration.id()).unwrap();
-            assert_eq!(is_secure, secure, "{origin}");
+            let access = forwards.access(registration.id()).unwrap();
+            assert_eq!(access.secure, secure, "{origin}");
         }
     }
 }

@@ -2,7 +2,8 @@
 //! a forward, by name under `tabtunnel.localhost` (Chromium resolves `*.localhost` to
 //! loopback), in a new tab: a redirect, a form post and a WebSocket echo page work; a
 //! second browser without the cookie is refused; the URL dies with the forward and with
-//! the session.
+//! the session; a sibling forward's page can neither open a WebSocket to nor post into
+//! another forward, and the link lets in only the browser that used it first.
 
 use std::time::Duration;
 
@@ -57,7 +58,7 @@ async fn body_text(c: &Client) -> Result<String> {
 /// it opens; returns the page's own tab and the app's.
 async fn open_with_keyboard(c: &Client, row: &str) -> Result<(WindowHandle, WindowHandle)> {
     let page_tab = c.window().await?;
-    let before = c.windows().await?.len();
+    let before = c.windows().await?;
     let link = c
         .find(Locator::Css(&format!("{row} a.open-web")))
         .await
@@ -68,7 +69,7 @@ async fn open_with_keyboard(c: &Client, row: &str) -> Result<(WindowHandle, Wind
     link.send_keys("\u{E007}").await?; // Enter
     let opened = wait_for("the Open link's tab", DEADLINE, || async {
         let windows = c.windows().await.ok()?;
-        (windows.len() > before).then(|| windows.into_iter().find(|w| *w != page_tab))?
+        windows.into_iter().find(|w| !before.contains(w))
     })
     .await?;
     c.switch_to_window(opened.clone()).await?;
@@ -310,5 +311,87 @@ async fn by_path_an_app_with_relative_links_works_under_its_prefix() -> Result<(
         .await?;
     c.find(Locator::Id("go")).await?.click().await?;
     wait_for_text(c, "#answers", |t| t.contains("echo: by path")).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sibling_forwards_page_cannot_act_on_another_and_a_used_link_admits_only_its_browser()
+-> Result<()> {
+    let _one = browser_turn().await?;
+    let (_lab, app, browser) = logged_in().await?;
+    let c = &browser.client;
+    let sibling_app = WebApp::start().await?;
+    let victim_spec = format!("0:127.0.0.1:{}", app.addr.port());
+    let sibling_spec = format!("0:127.0.0.1:{}", sibling_app.addr.port());
+    add_forward_in_form(c, &victim_spec).await?;
+    add_forward_in_form(c, &sibling_spec).await?;
+    let victim_row = format!(".forward-row[data-spec='{victim_spec}']");
+    let sibling_row = format!(".forward-row[data-spec='{sibling_spec}']");
+    let victim_link = c
+        .find(Locator::Css(&format!("{victim_row} a.open-web")))
+        .await?
+        .attr("href")
+        .await?
+        .context("href")?;
+
+    // This browser opens both forwards: it holds both cookies.
+    let (page_tab, _victim_tab) = open_with_keyboard(c, &victim_row).await?;
+    wait_for_text(c, "h1", |t| t == HOME_TITLE).await?;
+    let victim = c.current_url().await?;
+    c.switch_to_window(page_tab.clone()).await?;
+    let (_, _sibling_tab) = open_with_keyboard(c, &sibling_row).await?;
+    wait_for_text(c, "h1", |t| t == HOME_TITLE).await?;
+    assert_ne!(c.current_url().await?.host_str(), victim.host_str());
+
+    // The sibling's page (same site) tries the victim's WebSocket: refused, though the
+    // browser would send the victim's cookie with it.
+    let ws_url = format!(
+        "ws://{}:{}/ws",
+        victim.host_str().unwrap_or_default(),
+        victim.port().unwrap_or(80)
+    );
+    let outcome = c
+        .execute_async(
+            r#"
+            const [url, done] = arguments;
+            const ws = new WebSocket(url);
+            ws.onopen = () => { ws.close(); done("open"); };
+            ws.onerror = () => done("refused");
+            "#,
+            vec![serde_json::json!(ws_url)],
+        )
+        .await?;
+    assert_eq!(outcome, serde_json::json!("refused"));
+    // And posts a form to the victim: the app never sees it.
+    c.execute(
+        r#"
+        const form = document.createElement("form");
+        form.method = "post";
+        form.action = arguments[0];
+        const name = document.createElement("input");
+        name.name = "name";
+        name.value = "Eve";
+        form.append(name);
+        document.body.append(form);
+        form.submit();
+        "#,
+        vec![serde_json::json!(format!("{}submit", victim.as_str()))],
+    )
+    .await?;
+    let refused = wait_for_text(c, "h1", |t| t != HOME_TITLE).await?;
+    assert_eq!(refused, "Refused: sent by another page");
+
+    // The owner's browser clicking Open again gets in again.
+    c.switch_to_window(page_tab).await?;
+    open_with_keyboard(c, &victim_row).await?;
+    wait_for_text(c, "h1", |t| t == HOME_TITLE).await?;
+    assert_eq!(c.current_url().await?.query(), None);
+
+    // Another browser with the used link is refused, and told why.
+    let other = Browser::start().await?;
+    other.client.goto(&victim_link).await?;
+    let text = body_text(&other.client).await?;
+    other.stop().await;
+    assert!(text.contains("This link was used already"), "{text}");
     Ok(())
 }

@@ -196,10 +196,14 @@ async fn the_link_sets_a_private_cookie_and_the_app_never_sees_it() -> Result<()
     assert_eq!(answer.status, StatusCode::FOUND);
     assert_eq!(answer.header(header::LOCATION), "/headers?a=1&b=2");
     let set = answer.header(header::SET_COOKIE).to_owned();
-    assert_eq!(
-        set,
-        format!("tabtunnel_fwd={key}; Path=/; HttpOnly; SameSite=Lax")
-    );
+    let (value, attributes) = set
+        .strip_prefix("tabtunnel_fwd=")
+        .and_then(|s| s.split_once(';'))
+        .context("the forward's cookie")?;
+    assert_eq!(attributes, " Path=/; HttpOnly; SameSite=Lax");
+    assert_eq!(value.len(), 64, "{set}");
+    assert_ne!(value, key, "the cookie is not the link's key");
+    let value = value.to_owned();
     assert!(
         answer
             .header(header::CONTENT_SECURITY_POLICY)
@@ -244,6 +248,7 @@ async fn the_link_sets_a_private_cookie_and_the_app_never_sees_it() -> Result<()
     let text = seen.text();
     assert!(text.contains("cookie: a=1; b=2\n"), "{text}");
     assert!(!text.contains(&key), "{text}");
+    assert!(!text.contains(&value), "{text}");
     assert!(text.contains(&format!("host: {}\n", url.host)), "{text}");
     assert!(text.contains("x-forwarded-for: 127.0.0.1\n"), "{text}");
     assert!(text.contains("x-forwarded-proto: http\n"), "{text}");
@@ -676,5 +681,221 @@ async fn a_resumed_session_keeps_its_web_url_and_the_browsers_cookie() -> Result
     })
     .await?;
     assert_eq!(forward.web_url().as_deref(), Some(before.as_str()));
+    Ok(())
+}
+
+/// A WebSocket handshake for `host`'s `/ws` with `headers` added (Cookie, Origin, ...).
+fn ws_handshake(host: &str, headers: &[(&str, &str)]) -> Result<http::Request<()>> {
+    let mut request = http::Request::builder()
+        .uri(format!("ws://{host}/ws"))
+        .header(header::HOST, host)
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .header("sec-websocket-version", "13")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    Ok(request.body(())?)
+}
+
+/// The status and text a WebSocket handshake is refused with; an error if it is accepted.
+async fn ws_refusal(relay: SocketAddr, request: http::Request<()>) -> Result<(StatusCode, String)> {
+    let tcp = tokio::net::TcpStream::connect(relay).await?;
+    match tokio_tungstenite::client_async(request, tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let text = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+            Ok((response.status(), text.into_owned()))
+        }
+        Ok(_) => bail!("the WebSocket was accepted"),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// A form post of `name` to the app's `/submit` with `headers` added.
+fn form_post(
+    http: &Http,
+    path: &str,
+    cookie: &str,
+    headers: &[(&str, &str)],
+) -> Result<Request<Full<Bytes>>> {
+    let mut request = http
+        .request(Method::POST, path, Some(cookie))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    Ok(request.body(Full::new(Bytes::from_static(b"name=Ada")))?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_other_origins_get_no_websocket_or_post_with_the_cookie() -> Result<()> {
+    let s = setup(false, |_| {}).await?;
+    let url = web_url(&s.forward)?;
+    let relay = s.lab.relay.addr;
+    let mut http = Http::open(relay, &url.host).await?;
+    // The victim's browser holds the forward's cookie, and sends it on same-site requests.
+    let cookie = open_link(&mut http, &url).await?;
+    let sibling = format!("http://f-0123456789abcdef.{DOMAIN}:{}", relay.port());
+    let own = format!("http://{}", url.host);
+    let own_over_https = format!("https://{}", url.host);
+
+    // A sibling forward's page (same site), or any other, cannot open a WebSocket to it...
+    for (origin, site) in [
+        (Some(sibling.as_str()), Some("same-site")),
+        (Some(sibling.as_str()), None),
+        (Some("https://evil.example"), Some("cross-site")),
+        (Some("null"), None),
+        // The origin's scheme is part of it.
+        (Some(own_over_https.as_str()), None),
+        (None, Some("same-site")),
+    ] {
+        let mut headers = vec![("cookie", cookie.as_str())];
+        headers.extend(origin.map(|o| ("origin", o)));
+        headers.extend(site.map(|s| ("sec-fetch-site", s)));
+        let (status, text) = ws_refusal(relay, ws_handshake(&url.host, &headers)?).await?;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{origin:?} {site:?}: {text}");
+        assert!(text.contains("another page"), "{text}");
+    }
+    // ... nor post to it.
+    for (origin, site) in [
+        (Some(sibling.as_str()), Some("same-site")),
+        (Some(sibling.as_str()), None),
+        (None, Some("cross-site")),
+    ] {
+        let mut headers = Vec::new();
+        headers.extend(origin.map(|o| ("origin", o)));
+        headers.extend(site.map(|s| ("sec-fetch-site", s)));
+        let refused = http
+            .send(form_post(&http, "/submit", &cookie, &headers)?)
+            .await?;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{origin:?} {site:?}");
+        assert!(!refused.text().contains("Hello"), "{}", refused.text());
+        assert!(
+            refused
+                .header(header::CONTENT_SECURITY_POLICY)
+                .contains("default-src 'self'")
+        );
+    }
+    let metrics = s.lab.relay.get("/metrics").await?;
+    assert!(
+        metrics.contains("tabtunnel_refusals_total{reason=\"web-origin\"}"),
+        "{metrics}"
+    );
+
+    // The forward's own pages can, and so can clients that send no Origin.
+    let (mut ws, response) = tokio_tungstenite::client_async(
+        ws_handshake(
+            &url.host,
+            &[
+                ("cookie", &cookie),
+                ("origin", &own),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        )?,
+        tokio::net::TcpStream::connect(relay).await?,
+    )
+    .await?;
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("mine")).await?;
+    let answer = tokio::time::timeout(DEADLINE, ws.next())
+        .await?
+        .context("an answer")??;
+    assert_eq!(answer.into_text()?.as_str(), "echo: mine");
+    ws.close(None).await?;
+    for headers in [
+        vec![("origin", own.as_str()), ("sec-fetch-site", "same-origin")],
+        vec![],
+    ] {
+        let posted = http
+            .send(form_post(&http, "/submit", &cookie, &headers)?)
+            .await?;
+        assert!(posted.text().contains("Hello, Ada"), "{}", posted.text());
+    }
+    // Reading is for CORS and the app to allow: a GET from another origin passes.
+    let get = http
+        .request(Method::GET, "/", Some(&cookie))
+        .header(header::ORIGIN, &sibling)
+        .header("sec-fetch-site", "same-site")
+        .body(Full::default())?;
+    assert_eq!(http.send(get).await?.status, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_path_mode_only_the_relays_own_origin_may_post() -> Result<()> {
+    let s = setup(true, |_| {}).await?;
+    let url = web_url(&s.forward)?;
+    let mut http = Http::open(s.lab.relay.addr, &url.host).await?;
+    let cookie = open_link(&mut http, &url).await?;
+    let submit = format!("{}submit", url.path);
+    let own = format!("http://{}", url.host);
+    let posted = http
+        .send(form_post(&http, &submit, &cookie, &[("origin", &own)])?)
+        .await?;
+    assert!(posted.text().contains("Hello, Ada"), "{}", posted.text());
+    let other = format!("http://localhost:{}", s.lab.relay.addr.port());
+    let refused = http
+        .send(form_post(&http, &submit, &cookie, &[("origin", &other)])?)
+        .await?;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_lets_in_one_browser_and_lets_it_in_again() -> Result<()> {
+    let s = setup(false, |_| {}).await?;
+    let url = web_url(&s.forward)?;
+    let key = url
+        .query
+        .strip_prefix("tabtunnel_key=")
+        .context("key")?
+        .to_owned();
+    let link = format!("/?{}", url.query);
+    let mut first = Http::open(s.lab.relay.addr, &url.host).await?;
+    let cookie = open_link(&mut first, &url).await?;
+    assert!(
+        !cookie.contains(&key),
+        "the cookie is not the key: {cookie}"
+    );
+
+    // The same browser clicking Open again: sent its cookie, it is let in again.
+    let again = first.get(&link, Some(&cookie)).await?;
+    assert_eq!(again.status, StatusCode::FOUND, "{}", again.text());
+    assert_eq!(again.header(header::LOCATION), "/");
+    assert!(again.header(header::SET_COOKIE).is_empty());
+    assert_eq!(first.get("/", Some(&cookie)).await?.status, StatusCode::OK);
+
+    // Any other browser with the used link is refused, and told why, however often.
+    for _ in 0..2 {
+        let mut second = Http::open(s.lab.relay.addr, &url.host).await?;
+        let refused = second.get(&link, None).await?;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert!(refused.header(header::SET_COOKIE).is_empty());
+        assert!(
+            refused.text().contains("used already"),
+            "{}",
+            refused.text()
+        );
+    }
+    // The key does not work as the cookie either.
+    let forged = format!("tabtunnel_fwd={key}");
+    let mut third = Http::open(s.lab.relay.addr, &url.host).await?;
+    assert_eq!(
+        third.get("/", Some(&forged)).await?.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        third.get(&link, Some(&forged)).await?.status,
+        StatusCode::FORBIDDEN
+    );
+    let metrics = s.lab.relay.get("/metrics").await?;
+    assert!(
+        metrics.contains("tabtunnel_refusals_total{reason=\"web-key-used\"}"),
+        "{metrics}"
+    );
     Ok(())
 }

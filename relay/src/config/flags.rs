@@ -94,7 +94,8 @@ pub struct Flags {
     #[arg(long, value_name = "NAME")]
     pub public_host: Option<PublicHost>,
     /// Open forwards in the browser at https://f-<id>.DOMAIN/ (point the wildcard
-    /// *.DOMAIN at this relay), e.g. tunnel.example.edu.
+    /// *.DOMAIN at this relay), e.g. lab-forwards.net: a registrable domain of its own,
+    /// not one the relay's page or other sites share (see the README).
     #[arg(long, value_name = "DOMAIN")]
     pub web_forward_domain: Option<HostName>,
     /// Open forwards in the browser at /f/<id>/ on the relay's own names. The app then

@@ -1,5 +1,5 @@
-//! The HTTP side of web forwards: the capability link and the cookie, the bounds, and
-//! the proxy itself. Requests go through hyper-util's client (keep-alive pooling) whose
+//! The HTTP side of web forwards: the one-time key link and the cookie, the other pages'
+//! requests refused, the bounds, and the proxy itself. Requests go through hyper-util's client (keep-alive pooling) whose
 //! connector opens a forwarded connection through the forward's session, exactly as a
 //! TCP client of the forward's listener would (the session admits it under the same
 //! limits, with the browser's address as its source).
@@ -23,7 +23,7 @@ use tokio::io::DuplexStream;
 use tracing::debug;
 
 use super::registry::{Busy, Slot, WebForwards};
-use super::request::{self as rules, PathTarget};
+use super::request::{self as rules, ForeignSender, PathTarget};
 use crate::ClientAddr;
 use crate::config::Config;
 use crate::connection::Client as ForwardClient;
@@ -206,8 +206,11 @@ impl hyper::body::Body for Held {
 }
 
 /// An answer the relay itself gives for a web forward, with the relay's security
-/// headers (the app's own answers keep the app's headers).
+/// headers (the app's own answers keep the app's headers). `title` and `text` are
+/// plain text: escaped, so a text that ever quotes the request (or the app's answer)
+/// cannot put markup on the forward's origin.
 fn relay_answer(status: StatusCode, title: &str, text: &str) -> Response {
+    let (title, text) = (escape_html(title), escape_html(text));
     let page = format!(
         "<!doctype html><meta charset=\"utf-8\"><title>{title}</title><h1>{title}</h1><p>{text}</p>\n"
     );
@@ -223,6 +226,45 @@ fn relay_answer(status: StatusCode, title: &str, text: &str) -> Response {
     response
 }
 
+/// Text as HTML text or attribute content. Five characters: no crate in the tree
+/// does it, and one for this alone would weigh more than the function.
+fn escape_html(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// Longest piece of a refused request's Origin repeated in the answer.
+const SHOWN_ORIGIN_LEN: usize = 80;
+
+fn foreign(sender: &ForeignSender) -> Response {
+    let from = match sender {
+        ForeignSender::Origin(origin) => {
+            let shown: String = origin.chars().take(SHOWN_ORIGIN_LEN).collect();
+            format!("This one came from {shown}.")
+        }
+        ForeignSender::Site(site) => {
+            format!("This one came from a page of another site (Sec-Fetch-Site: {site}).")
+        }
+    };
+    relay_answer(
+        StatusCode::FORBIDDEN,
+        "Refused: sent by another page",
+        &format!(
+            "A web forward takes WebSockets, and requests other than GET, HEAD and OPTIONS, only from its own pages: the browser would send this forward's cookie with them from another page too, on that page's behalf. {from}"
+        ),
+    )
+}
+
 fn closed() -> Response {
     relay_answer(
         StatusCode::NOT_FOUND,
@@ -232,24 +274,41 @@ fn closed() -> Response {
 }
 
 impl WebProxy {
-    /// Serves one request for web forward `id`; `path_mode` when it came as `/f/<id>/`.
-    pub(crate) async fn serve(&self, id: &str, path_mode: bool, mut request: Request) -> Response {
+    /// Serves one request for web forward `id`, which came for `host` (its one Host);
+    /// `path_mode` when it came as `/f/<id>/`.
+    pub(crate) async fn serve(
+        &self,
+        id: &str,
+        host: &str,
+        path_mode: bool,
+        mut request: Request,
+    ) -> Response {
         let client = request
             .extensions()
             .get::<ClientAddr>()
             .copied()
             .map(|c| c.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let Some((capability, secure)) = self.forwards.capability(id) else {
+        let Some(access) = self.forwards.access(id) else {
             self.metrics.refused("web-closed");
             return closed();
         };
+        let secure = access.secure;
+        // Before the key too: another page's post must not spend it.
+        let own_origin = format!("{}://{host}", if secure { "https" } else { "http" });
+        if let Some(sender) =
+            rules::foreign_sender(request.method(), request.headers(), &own_origin)
+        {
+            self.metrics.refused("web-origin");
+            debug!(?sender, "web forward request refused: sent by another page");
+            return foreign(&sender);
+        }
         let prefix = path_mode.then(|| rules::path_prefix(id));
         let cookie = rules::cookie_name(path_mode.then_some(id));
         let path = request.uri().path().to_owned();
         let (key, rest_query) = rules::take_key(request.uri().query());
         if let Some(key) = key {
-            if !rules::key_matches(&key, &capability) {
+            if !rules::key_matches(&key, &access.key) {
                 self.metrics.refused("web-key");
                 return relay_answer(
                     StatusCode::FORBIDDEN,
@@ -257,26 +316,48 @@ impl WebProxy {
                     "This link's key does not open this forward. Use the Open button of the forward in the tab that opened it.",
                 );
             }
-            // The key has done its work: set the cookie and load the same URL without
-            // it, so it stays out of the app, its logs and the Referer.
+            // The same URL without the key, so it stays out of the app, its logs and the
+            // Referer. The browser let in already (its tab's Open followed again) just
+            // goes there; the first to come with the key is given the cookie and spends
+            // the key; anyone after that is refused.
             let location = match rest_query {
                 Some(query) => format!("{path}?{query}"),
                 None => path.clone(),
             };
-            let cookie_path = prefix.as_deref().map_or("/".into(), |p| format!("{p}/"));
-            let set = rules::set_cookie(&cookie, &capability, &cookie_path, secure);
+            let Ok(location) = HeaderValue::from_str(&location) else {
+                return relay_answer(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    "The request's path is not valid.",
+                );
+            };
+            let set = if rules::holds_cookie(request.headers(), &cookie, &access.cookie) {
+                None
+            } else if self.forwards.use_key(id) {
+                let cookie_path = prefix.as_deref().map_or("/".into(), |p| format!("{p}/"));
+                Some(rules::set_cookie(
+                    &cookie,
+                    &access.cookie,
+                    &cookie_path,
+                    secure,
+                ))
+            } else {
+                self.metrics.refused("web-key-used");
+                return relay_answer(
+                    StatusCode::FORBIDDEN,
+                    "This link was used already",
+                    "A web forward's link lets in one browser: the first to follow it, which keeps a cookie for the forward. This link has been followed already, and this browser does not hold that cookie. If the forward is yours, open it in the browser you first opened it in; to open it in this one, remove the forward in the tab that owns it and add it again, which gives it a new link.",
+                );
+            };
             let mut response = relay_answer(StatusCode::FOUND, "Opening the forward", "Opening…");
             let headers = response.headers_mut();
-            if let (Ok(location), Ok(set)) = (
-                HeaderValue::from_str(&location),
-                HeaderValue::from_str(&set),
-            ) {
-                headers.insert(header::LOCATION, location);
+            headers.insert(header::LOCATION, location);
+            if let Some(set) = set.and_then(|s| HeaderValue::from_str(&s).ok()) {
                 headers.insert(header::SET_COOKIE, set);
             }
             return response;
         }
-        if !rules::has_capability(request.headers(), &cookie, &capability) {
+        if !rules::holds_cookie(request.headers(), &cookie, &access.cookie) {
             self.metrics.refused("web-cookie");
             return relay_answer(
                 StatusCode::FORBIDDEN,
@@ -432,6 +513,36 @@ async fn join_upgraded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_relays_pages_show_text_never_markup() {
+        use http_body_util::BodyExt;
+        let answer = relay_answer(
+            StatusCode::FORBIDDEN,
+            "<b>\"t\" & 'u'</b>",
+            "<script>alert(1)</script><img src=x onerror=alert(2)>",
+        );
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        let page = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            page.contains("<title>&lt;b&gt;&quot;t&quot; &amp; &#39;u&#39;&lt;/b&gt;</title>"),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "<p>&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;</p>"
+            ),
+            "{page}"
+        );
+        // The refusal that quotes the request's Origin quotes it as text, clipped.
+        let evil = format!("<script>{}</script>", "x".repeat(200));
+        let refused = foreign(&ForeignSender::Origin(evil));
+        let body = refused.into_body().collect().await.unwrap().to_bytes();
+        let page = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(page.contains("came from &lt;script&gt;xxx"), "{page}");
+        assert!(!page.contains(&"x".repeat(SHOWN_ORIGIN_LEN)), "{page}");
+    }
 
     #[test]
     fn pool_keys_carry_the_forward_and_the_address() {

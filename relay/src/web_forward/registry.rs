@@ -1,5 +1,5 @@
-//! The relay's book of web forwards: each forward's id and capability, the way to its
-//! session, and the requests and upgraded sockets in progress per forward and per
+//! The relay's book of web forwards: each forward's id, its link's one-time key and its
+//! cookie's value, the way to its session, and the requests and upgraded sockets in progress per forward and per
 //! address. A session holds a [`Registration`] per forward; dropping it (Unlisten, the
 //! session's end) revokes the forward at once.
 
@@ -23,18 +23,25 @@ pub(crate) struct Opener {
 }
 
 struct Entry {
-    /// 256 random bits in hex: the first link's key and the cookie's value.
-    capability: String,
+    /// 256 random bits in hex: the key in the link the tab is given, good once.
+    key: String,
+    /// Whether a browser has been let in with the key (and given the cookie).
+    key_used: bool,
+    /// 256 other random bits: the cookie's value, which only the browser let in learns.
+    /// Apart from the key, so that whoever sees the link later (history, a screenshot)
+    /// cannot make the cookie from it.
+    cookie: String,
     opener: Opener,
     requests: usize,
     sockets: usize,
 }
 
-/// Never shows the capability.
+/// Never shows the key or the cookie.
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Entry")
             .field("forward", &self.opener.forward)
+            .field("key_used", &self.key_used)
             .field("requests", &self.requests)
             .field("sockets", &self.sockets)
             .finish_non_exhaustive()
@@ -58,10 +65,10 @@ pub struct WebForwards {
 pub struct Registration {
     book: Arc<WebForwards>,
     id: String,
-    capability: String,
+    key: String,
 }
 
-/// Never shows the capability.
+/// Never shows the key.
 impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registration")
@@ -75,8 +82,9 @@ impl Registration {
         &self.id
     }
 
-    pub fn capability(&self) -> &str {
-        &self.capability
+    /// The one-time key of the forward's link.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -94,6 +102,16 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.book.lock().forwards.remove(&self.id);
     }
+}
+
+/// A forward's secrets, as a request is checked against them. No `Debug`: nothing to show.
+pub(crate) struct Access {
+    /// The link's key (whether still good or spent: see [`WebForwards::use_key`]).
+    pub key: String,
+    /// The cookie's value.
+    pub cookie: String,
+    /// The forward's URL is https: its cookie is `Secure`.
+    pub secure: bool,
 }
 
 /// What a request or upgraded socket takes; dropping it gives the place back.
@@ -142,9 +160,9 @@ impl WebForwards {
         self.book.lock().expect("web forwards lock")
     }
 
-    /// Enters a new forward with a fresh id and capability.
+    /// Enters a new forward with a fresh id, key and cookie.
     pub(crate) fn register(self: &Arc<Self>, opener: Opener) -> Registration {
-        let capability = hex(&rand::random::<[u8; 32]>());
+        let key = hex(&rand::random::<[u8; 32]>());
         let mut book = self.lock();
         // 64 random bits: a collision is all but impossible, and never reused if it comes.
         let id = loop {
@@ -156,7 +174,9 @@ impl WebForwards {
         book.forwards.insert(
             id.clone(),
             Entry {
-                capability: capability.clone(),
+                key: key.clone(),
+                key_used: false,
+                cookie: hex(&rand::random::<[u8; 32]>()),
                 opener,
                 requests: 0,
                 sockets: 0,
@@ -165,16 +185,26 @@ impl WebForwards {
         Registration {
             book: self.clone(),
             id,
-            capability,
+            key,
         }
     }
 
-    /// The forward's capability and whether its cookie is `Secure`, if it is open.
-    pub(crate) fn capability(&self, id: &str) -> Option<(String, bool)> {
+    /// What a request for forward `id` is checked against, if the forward is open.
+    pub(crate) fn access(&self, id: &str) -> Option<Access> {
+        self.lock().forwards.get(id).map(|e| Access {
+            key: e.key.clone(),
+            cookie: e.cookie.clone(),
+            secure: e.opener.secure,
+        })
+    }
+
+    /// Spends forward `id`'s key: true for the first caller only (who then sets the
+    /// cookie), false once it is spent or the forward is closed.
+    pub(crate) fn use_key(&self, id: &str) -> bool {
         self.lock()
             .forwards
-            .get(id)
-            .map(|e| (e.capability.clone(), e.opener.secure))
+            .get_mut(id)
+            .is_some_and(|e| !std::mem::replace(&mut e.key_used, true))
     }
 
     /// The way to the forward's session, if it is open.
@@ -253,19 +283,41 @@ mod tests {
         let b = book.register(opener());
         assert!(is_web_forward_id(a.id()), "{}", a.id());
         assert_ne!(a.id(), b.id());
-        assert_eq!(a.capability().len(), 64);
-        assert_ne!(a.capability(), b.capability());
-        let shown = format!("{book:?} {a:?}");
-        assert!(!shown.contains(a.capability()), "{shown}");
-        assert_eq!(
-            book.capability(a.id()),
-            Some((a.capability().to_owned(), false))
+        assert_eq!(a.key().len(), 64);
+        assert_ne!(a.key(), b.key());
+        let access = book.access(a.id()).unwrap();
+        assert_eq!((access.key.as_str(), access.secure), (a.key(), false));
+        assert_eq!(access.cookie.len(), 64);
+        assert_ne!(
+            access.cookie, access.key,
+            "the link does not make the cookie"
         );
+        assert_ne!(access.cookie, book.access(b.id()).unwrap().cookie);
+        let shown = format!("{book:?} {a:?}");
+        assert!(!shown.contains(a.key()), "{shown}");
+        assert!(!shown.contains(&access.cookie), "{shown}");
         let id = a.id().to_owned();
         drop(a);
-        assert_eq!(book.capability(&id), None);
+        assert!(book.access(&id).is_none());
+        assert!(!book.use_key(&id));
         assert!(book.opener(&id).is_none());
         assert!(book.opener(b.id()).is_some());
+    }
+
+    #[test]
+    fn a_key_is_spent_once_and_survives_a_reopen_spent() {
+        let book = Arc::new(WebForwards::default());
+        let (a, b) = (book.register(opener()), book.register(opener()));
+        assert!(book.use_key(a.id()));
+        assert!(!book.use_key(a.id()));
+        assert!(!book.use_key(a.id()));
+        // A resumed session's forward keeps its spent key (and its cookie).
+        let cookie = book.access(a.id()).unwrap().cookie;
+        a.reopen(opener());
+        assert!(!book.use_key(a.id()));
+        assert_eq!(book.access(a.id()).unwrap().cookie, cookie);
+        // Each forward's own.
+        assert!(book.use_key(b.id()));
     }
 
     #[test]

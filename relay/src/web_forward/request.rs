@@ -1,13 +1,14 @@
 //! The rules of a web forward's requests, without sockets: which forward a path names,
-//! the capability in the first link, the forward's cookie, and what of a request or an
-//! answer must not pass the proxy. Unit tests below, one rule each.
+//! the key in the first link, the forward's cookie, which requests other pages may send,
+//! and what of a request or an answer must not pass the proxy. Unit tests below, one rule each.
 
+use axum::http::Method;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use subtle::ConstantTimeEq;
 
 use crate::config::is_web_forward_id;
 
-/// The query parameter of the first link that carries the capability.
+/// The query parameter of the first link that carries the forward's key.
 pub const KEY_PARAM: &str = "tabtunnel_key";
 
 /// Where path mode serves forward `id`: `/f/<id>`.
@@ -50,33 +51,80 @@ pub fn cookie_name(path_mode_id: Option<&str>) -> String {
     }
 }
 
-/// The `Set-Cookie` value the capability link answers with: host-only (no Domain), not
+/// The `Set-Cookie` value the key link answers with: host-only (no Domain), not
 /// for scripts, sent on top-level navigations from other sites but not on their
 /// subrequests or form posts, and `Secure` under TLS.
-pub fn set_cookie(name: &str, capability: &str, path: &str, secure: bool) -> String {
+pub fn set_cookie(name: &str, value: &str, path: &str, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
-    format!("{name}={capability}; Path={path}; HttpOnly; SameSite=Lax{secure}")
+    format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax{secure}")
 }
 
-/// Whether any cookie called `name` in the request carries `capability`, compared in
+/// Whether any cookie called `name` in the request carries `value`, compared in
 /// constant time. Any of several: a sibling app in subdomain mode may have set a cookie
 /// of the same name on the parent domain, and must not be able to shadow this one.
-pub fn has_capability(headers: &HeaderMap, name: &str, capability: &str) -> bool {
+pub fn holds_cookie(headers: &HeaderMap, name: &str, value: &str) -> bool {
     let mut found = false;
-    for value in cookies(headers) {
-        if let Some((n, v)) = value.split_once('=')
+    for pair in cookies(headers) {
+        if let Some((n, v)) = pair.split_once('=')
             && n.trim() == name
             && !v.trim().is_empty()
         {
-            found |= bool::from(v.trim().as_bytes().ct_eq(capability.as_bytes()));
+            found |= bool::from(v.trim().as_bytes().ct_eq(value.as_bytes()));
         }
     }
     found
 }
 
-/// Whether `presented` (a link's key) is `capability`, in constant time.
-pub fn key_matches(presented: &str, capability: &str) -> bool {
-    bool::from(presented.as_bytes().ct_eq(capability.as_bytes()))
+/// Whether `presented` (a link's key) is the forward's `key`, in constant time.
+pub fn key_matches(presented: &str, key: &str) -> bool {
+    bool::from(presented.as_bytes().ct_eq(key.as_bytes()))
+}
+
+/// Why a request that acts on the forward was refused: another page sent it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ForeignSender {
+    /// Its `Origin` is not the forward's own (the value as sent).
+    Origin(String),
+    /// Its `Sec-Fetch-Site` says `same-site` or `cross-site`.
+    Site(String),
+}
+
+/// Whether a request that acts on the forward (a WebSocket, or any method but GET, HEAD
+/// and OPTIONS) comes from a page of another origin than the forward's own
+/// (`own_origin`, `scheme://host[:port]` as the browser sees it). The browser sends the
+/// forward's `SameSite=Lax` cookie on such requests from any page of the same *site*, and
+/// every forward under the domain is one site: a sibling forward's page could otherwise
+/// post into this one, or open a WebSocket and read its answers (WebSockets have no
+/// CORS). GETs pass: what a page of another origin reads of them is CORS's and the app's
+/// business. A request without `Origin` or `Sec-Fetch-Site` (a client that is not a
+/// browser, an old browser's GET) passes too: no page sent it on this browser's behalf.
+pub fn foreign_sender(
+    method: &Method,
+    headers: &HeaderMap,
+    own_origin: &str,
+) -> Option<ForeignSender> {
+    let acts =
+        is_upgrade(headers) || ![Method::GET, Method::HEAD, Method::OPTIONS].contains(method);
+    if !acts {
+        return None;
+    }
+    for origin in headers.get_all(header::ORIGIN) {
+        match origin.to_str() {
+            Ok(origin) if origin.eq_ignore_ascii_case(own_origin) => {}
+            Ok(origin) => return Some(ForeignSender::Origin(origin.to_owned())),
+            Err(_) => return Some(ForeignSender::Origin("(not text)".into())),
+        }
+    }
+    headers
+        .get_all("sec-fetch-site")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|site| {
+            ["same-site", "cross-site"]
+                .iter()
+                .any(|s| site.trim().eq_ignore_ascii_case(s))
+        })
+        .map(|site| ForeignSender::Site(site.to_owned()))
 }
 
 fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -103,7 +151,7 @@ pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
     }
 }
 
-/// Splits the capability out of a query: the key (if the query has one) and the query
+/// Splits the key out of a query: the key (if the query has one) and the query
 /// without it (`None` when nothing is left). Only the first key counts; every
 /// `tabtunnel_key` parameter is removed.
 pub fn take_key(query: Option<&str>) -> (Option<String>, Option<String>) {
@@ -283,20 +331,20 @@ mod tests {
     }
 
     #[test]
-    fn the_cookie_must_carry_the_capability_under_its_own_name() {
+    fn the_cookie_must_carry_its_value_under_its_own_name() {
         let cap = "c".repeat(64);
         let h = headers(&[&format!("a=1; tabtunnel_fwd={cap}")]);
-        assert!(has_capability(&h, "tabtunnel_fwd", &cap));
-        assert!(!has_capability(&h, "tabtunnel_fwd_x", &cap));
-        assert!(!has_capability(&h, "tabtunnel_fwd", &"d".repeat(64)));
+        assert!(holds_cookie(&h, "tabtunnel_fwd", &cap));
+        assert!(!holds_cookie(&h, "tabtunnel_fwd_x", &cap));
+        assert!(!holds_cookie(&h, "tabtunnel_fwd", &"d".repeat(64)));
         // A shadowing cookie of the same name (tossed by a sibling app) does not hide it.
         let h = headers(&["tabtunnel_fwd=evil", &format!("tabtunnel_fwd={cap}")]);
-        assert!(has_capability(&h, "tabtunnel_fwd", &cap));
-        // A prefix of the capability is not the capability.
+        assert!(holds_cookie(&h, "tabtunnel_fwd", &cap));
+        // A prefix of the value is not the value.
         let h = headers(&[&format!("tabtunnel_fwd={}", &cap[..63])]);
-        assert!(!has_capability(&h, "tabtunnel_fwd", &cap));
-        assert!(!has_capability(&headers(&[]), "tabtunnel_fwd", &cap));
-        assert!(!has_capability(
+        assert!(!holds_cookie(&h, "tabtunnel_fwd", &cap));
+        assert!(!holds_cookie(&headers(&[]), "tabtunnel_fwd", &cap));
+        assert!(!holds_cookie(
             &headers(&["tabtunnel_fwd="]),
             "tabtunnel_fwd",
             ""
@@ -389,6 +437,71 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-prefix"], "/f/0123456789abcdef");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn only_the_forwards_own_origin_may_post_or_open_websockets() {
+        let own = "http://f-0123456789abcdef.tunnel.example.edu:8080";
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.append(*name, HeaderValue::from_static(value));
+            }
+            h
+        };
+        let sibling = "http://f-fedcba9876543210.tunnel.example.edu:8080";
+        let ws = [("connection", "Upgrade"), ("upgrade", "websocket")];
+        let origin = |o: &str| Some(ForeignSender::Origin(o.into()));
+        // Acting requests from another origin, or from a page of another site.
+        for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+            let h = with(&[("origin", sibling)]);
+            assert_eq!(
+                foreign_sender(&method, &h, own),
+                origin(sibling),
+                "{method}"
+            );
+        }
+        let h = with(&[ws[0], ws[1], ("origin", sibling)]);
+        assert_eq!(foreign_sender(&Method::GET, &h, own), origin(sibling));
+        for other in [
+            "null",
+            "https://f-0123456789abcdef.tunnel.example.edu:8080",
+            "http://f-0123456789abcdef.tunnel.example.edu",
+            "http://f-0123456789abcdef.tunnel.example.edu:8080/",
+        ] {
+            let h = with(&[("origin", other)]);
+            assert_eq!(foreign_sender(&Method::POST, &h, own), origin(other));
+        }
+        for site in ["same-site", "cross-site", "Cross-Site"] {
+            let h = with(&[("sec-fetch-site", site)]);
+            assert_eq!(
+                foreign_sender(&Method::POST, &h, own),
+                Some(ForeignSender::Site(site.into()))
+            );
+            let h = with(&[ws[0], ws[1], ("origin", own), ("sec-fetch-site", site)]);
+            assert!(foreign_sender(&Method::GET, &h, own).is_some(), "{site}");
+        }
+        // Two Origins: each must be the forward's own.
+        let h = with(&[("origin", own), ("origin", sibling)]);
+        assert_eq!(foreign_sender(&Method::POST, &h, own), origin(sibling));
+        // The forward's own pages, clients that send neither header, and reads pass.
+        let upper = "HTTP://F-0123456789ABCDEF.TUNNEL.EXAMPLE.EDU:8080";
+        for pairs in [
+            vec![("origin", own), ("sec-fetch-site", "same-origin")],
+            vec![("origin", upper)],
+            vec![("sec-fetch-site", "none")],
+            vec![],
+        ] {
+            let h = with(&pairs);
+            assert_eq!(foreign_sender(&Method::POST, &h, own), None, "{pairs:?}");
+            let mut h = h;
+            h.extend(with(&ws));
+            assert_eq!(foreign_sender(&Method::GET, &h, own), None, "{pairs:?}");
+        }
+        for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            let h = with(&[("origin", sibling), ("sec-fetch-site", "cross-site")]);
+            assert_eq!(foreign_sender(&method, &h, own), None, "{method}");
+        }
     }
 
     #[test]
