@@ -77,10 +77,6 @@ async fn a_flood_of_refusals_is_counted_in_full_and_logged_a_few_times() -> Resu
         let status = foreign_origin_upgrade(&relay.addr).await?;
         assert!(status.contains(" 403 "), "refused: {status}");
     }
-    for _ in 0..ATTEMPTS {
-        let mut tab = FakeTab::hello(&relay.ws_url(), "sshd", "not-frank-0000000000").await?;
-        until_closed(&mut tab).await;
-    }
     // Listens outside the forward range, from sessions with a valid token; a session that
     // asks for too many refused Listens may be ended, so the attacker starts another.
     let mut listens = 0;
@@ -104,19 +100,28 @@ async fn a_flood_of_refusals_is_counted_in_full_and_logged_a_few_times() -> Resu
         until_closed(&mut tab).await;
     }
 
+    // Wrong tokens last: once a few have failed, this address's budget of token checks is
+    // spent, and then even Frank's token is not compared for a while.
+    for _ in 0..ATTEMPTS {
+        let mut tab = FakeTab::hello(&relay.ws_url(), "sshd", "not-frank-0000000000").await?;
+        until_closed(&mut tab).await;
+    }
+
     let origin = refusals(&relay.addr, "origin").await?;
     let unauthorized = refusals(&relay.addr, "unauthorized").await?;
+    let over_budget = refusals(&relay.addr, "limit").await?;
     let port = refusals(&relay.addr, "port-not-allowed").await?;
     let lines = relay.kill().await?;
     let bytes: usize = lines.iter().map(|l| l.len() + 1).sum();
     let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
     let (origin_lines, token_lines, listen_lines) = (
         count("origin not allowed"),
-        count("access token is not valid"),
+        count("access token is not valid") + count("too many wrong access tokens"),
         count("listen refused"),
     );
     eprintln!(
         "refusals counted: origin {origin}, unauthorized {unauthorized}, port {port}; \
+         over the token budget {over_budget}; \
          lines logged: origin {origin_lines}, token {token_lines}, listen {listen_lines}; \
          {bytes} bytes of log in all"
     );
@@ -124,9 +129,14 @@ async fn a_flood_of_refusals_is_counted_in_full_and_logged_a_few_times() -> Resu
         origin >= ATTEMPTS as u64,
         "every refused Origin is counted: {origin}"
     );
+    assert_eq!(
+        unauthorized,
+        u64::from(tabtunnel_relay::token_check::FAILED_CHECK_BURST),
+        "the first wrong tokens are compared and refused as such"
+    );
     assert!(
-        unauthorized >= ATTEMPTS as u64,
-        "every wrong token is counted: {unauthorized}"
+        unauthorized + over_budget >= ATTEMPTS as u64,
+        "every wrong token is counted: {unauthorized} refused, {over_budget} over the budget"
     );
     assert!(port >= 1, "refused Listens are counted: {port}");
     for (what, n) in [
