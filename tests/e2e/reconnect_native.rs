@@ -394,6 +394,23 @@ async fn a_silent_network_is_noticed_by_the_keepalive_and_the_live_session_taken
     Ok(())
 }
 
+/// The login to the demo SSH server (target "demo") with `auth`, expecting its host key.
+fn demo_login(demo: &DemoServer, auth: Credentials) -> ConnectOptions {
+    ConnectOptions {
+        keepalive: None,
+        token: None,
+        target: "demo".into(),
+        username: demo.username.clone(),
+        auth,
+        host_key: HostKeyPolicy {
+            pinned: vec![],
+            expected: Some(demo.host_key_fingerprint.clone()),
+            ask: None,
+            known_hosts: None,
+        },
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_login_asks_the_prompt_callback_again_when_the_server_wants_it() -> Result<()> {
     init_logging();
@@ -415,22 +432,13 @@ async fn each_login_asks_the_prompt_callback_again_when_the_server_wants_it() ->
             Box::pin(async move { answers })
         }
     });
-    let options = ConnectOptions {
-        keepalive: None,
-        token: None,
-        target: "demo".into(),
-        username: demo.username.clone(),
-        auth: Credentials {
+    let options = demo_login(
+        &demo,
+        Credentials {
             prompt: Some(prompt),
             ..Credentials::default()
         },
-        host_key: HostKeyPolicy {
-            pinned: vec![],
-            expected: Some(demo.host_key_fingerprint.clone()),
-            ask: None,
-            known_hosts: None,
-        },
-    };
+    );
     let states = States::default();
     let session = connect_resilient(dial(&proxy.ws_url()), options, states.options(FAST)).await?;
     assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 1);
@@ -464,23 +472,14 @@ async fn a_password_the_server_no_longer_takes_is_asked_for_through_the_prompt()
             Box::pin(async move { Some(vec![answer]) })
         }
     });
-    let options = ConnectOptions {
-        keepalive: None,
-        token: None,
-        target: "demo".into(),
-        username: demo.username.clone(),
-        auth: Credentials {
+    let options = demo_login(
+        &demo,
+        Credentials {
             password: Some(demo.password.clone()),
             prompt: Some(prompt),
             ..Credentials::default()
         },
-        host_key: HostKeyPolicy {
-            pinned: vec![],
-            expected: Some(demo.host_key_fingerprint.clone()),
-            ask: None,
-            known_hosts: None,
-        },
-    };
+    );
     let states = States::default();
     let session = connect_resilient(dial(&proxy.ws_url()), options, states.options(FAST)).await?;
     assert!(

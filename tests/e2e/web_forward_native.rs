@@ -373,24 +373,8 @@ async fn keep_alive_streams_both_ways_and_websockets_echo() -> Result<()> {
     ws.close(None).await?;
 
     // Without the cookie, the upgrade is refused like any request.
-    let tcp = tokio::net::TcpStream::connect(s.lab.relay.addr).await?;
-    let request = http::Request::builder()
-        .uri(format!("ws://{}/ws", url.host))
-        .header(header::HOST, &url.host)
-        .header(
-            "sec-websocket-key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .header("sec-websocket-version", "13")
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket")
-        .body(())?;
-    match tokio_tungstenite::client_async(request, tcp).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), StatusCode::FORBIDDEN);
-        }
-        other => bail!("expected 403, got {:?}", other.map(|(_, r)| r.status())),
-    }
+    let (status, _) = ws_refusal(s.lab.relay.addr, ws_handshake(&url.host, &[])?).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     Ok(())
 }
 
@@ -508,29 +492,11 @@ async fn requests_and_websockets_in_progress_are_bounded() -> Result<()> {
     .await?;
 
     // One WebSocket per forward: the second is refused with 503.
-    let upgrade = |host: &str, cookie: &str| {
-        http::Request::builder()
-            .uri(format!("ws://{host}/ws"))
-            .header(header::HOST, host)
-            .header(header::COOKIE, cookie)
-            .header(
-                "sec-websocket-key",
-                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-            )
-            .header("sec-websocket-version", "13")
-            .header(header::CONNECTION, "Upgrade")
-            .header(header::UPGRADE, "websocket")
-            .body(())
-    };
+    let handshake = || ws_handshake(&url.host, &[("cookie", cookie.as_str())]);
     let tcp = tokio::net::TcpStream::connect(s.lab.relay.addr).await?;
-    let (_ws, _) = tokio_tungstenite::client_async(upgrade(&url.host, &cookie)?, tcp).await?;
-    let tcp = tokio::net::TcpStream::connect(s.lab.relay.addr).await?;
-    match tokio_tungstenite::client_async(upgrade(&url.host, &cookie)?, tcp).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        }
-        other => bail!("expected 503, got {:?}", other.map(|(_, r)| r.status())),
-    }
+    let (_ws, _) = tokio_tungstenite::client_async(handshake()?, tcp).await?;
+    let (status, _) = ws_refusal(s.lab.relay.addr, handshake()?).await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     Ok(())
 }
 
