@@ -16,7 +16,7 @@ use tabtunnel_proto::ResumeSecret;
 
 use crate::end::End;
 use crate::error::ClientError;
-use crate::link::{Link, Login, establish};
+use crate::link::{Established, Link, Login, establish};
 use crate::reconnect::{
     ConnectionState, Reconnect, StateCallback, transient_end, transient_failure,
 };
@@ -44,6 +44,26 @@ pub(crate) struct Redial<T> {
 
 /// The user's prompt callback, shared by every login of the session.
 pub(crate) type SharedPrompt = Arc<Mutex<PromptCallback>>;
+
+impl<T: Transport> Redial<T> {
+    /// One login of this session on `transport`, with the credentials it holds and its
+    /// latest resume secret (updated from the Welcome), the host key checked by `host_key`.
+    pub(crate) async fn establish(
+        &mut self,
+        transport: T,
+        host_key: HostKeyPolicy,
+    ) -> Result<Established, ClientError> {
+        let credentials = self.credentials();
+        establish(
+            transport,
+            &self.login,
+            credentials,
+            host_key,
+            &mut self.resume,
+        )
+        .await
+    }
+}
 
 impl<T> Redial<T> {
     pub(crate) fn credentials(&self) -> Credentials {
@@ -188,15 +208,7 @@ async fn try_once<T: Transport>(link: &Link, redial: &mut Redial<T>) -> Result<E
         ask: None,
         known_hosts: None,
     };
-    let credentials = redial.credentials();
-    let established = establish(
-        transport,
-        &redial.login,
-        credentials,
-        host_key,
-        &mut redial.resume,
-    )
-    .await?;
+    let established = redial.establish(transport, host_key).await?;
     let end = established.end.clone();
     link.replace(established.live);
     let restored = link.restore().await;

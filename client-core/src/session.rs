@@ -130,15 +130,7 @@ pub async fn connect_resilient<T: Transport>(
         policy: reconnect.policy,
         on_state: reconnect.on_state,
     };
-    let credentials = redial.credentials();
-    let established = establish(
-        transport,
-        &redial.login,
-        credentials,
-        host_key,
-        &mut redial.resume,
-    )
-    .await?;
+    let established = redial.establish(transport, host_key).await?;
     redial.fingerprint = established.host_key.fingerprint.clone();
     let link = Link::new(established.live, End::default());
     if let Some(on_state) = &redial.on_state {
