@@ -11,7 +11,8 @@ import {
 } from "./worker_protocol.js";
 import { unsupportedReason } from "./wasm_support.js";
 
-const WORKER_URL = "/client_worker.js";
+// Beside this module, so that the page and the npm package (an embedder's own folder) both find it.
+const WORKER_URL = new URL("./client_worker.js", import.meta.url);
 
 export class WasmClient {
   /**
