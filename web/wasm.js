@@ -11,8 +11,7 @@ import {
 } from "./worker_protocol.js";
 import { unsupportedReason } from "./wasm_support.js";
 
-// Beside this module, so that the page and the npm package (an embedder's own folder) both find it.
-const WORKER_URL = new URL("./client_worker.js", import.meta.url);
+const WORKER_URL = new URL("./client_worker.js", import.meta.url); // beside this module: the page and the npm package alike
 
 export class WasmClient {
   /**

@@ -212,6 +212,80 @@ mod tests {
         assert_eq!(imported(text), ["./a.js", "./pkg/b.js", "./w.js"]);
     }
 
+    fn repo_file(path: &str) -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The quoted names in `text` that follow each of `markers` (e.g. `"target"` after
+    /// `required_string(&options, `).
+    fn quoted_after(text: &str, markers: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        for marker in markers {
+            for (at, _) in text.match_indices(marker) {
+                let rest = &text[at + marker.len()..];
+                if let Some(name) = rest.split('"').next().filter(|n| !n.is_empty()) {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// Each option client-wasm's `connect` reads is declared in the package's types.
+    #[test]
+    fn the_types_declare_every_connect_option() {
+        let types = repo_file("client-wasm/npm/index.d.ts");
+        let lib = repo_file("client-wasm/src/lib.rs");
+        let options = quoted_after(
+            &lib,
+            &[
+                "required_string(&options, \"",
+                "optional_string(&options, \"",
+                "optional_function(&options, \"",
+                "Reflect::get(&options, &\"",
+                "number(\"",
+            ],
+        );
+        assert!(options.len() >= 15, "found only {options:?}");
+        for option in options {
+            assert!(
+                types.contains(&format!("  {option}?:")) || types.contains(&format!("  {option}:")),
+                "index.d.ts does not declare the connect option {option}"
+            );
+        }
+    }
+
+    /// Each error code of client-core and of the relay (proto) is in the types' unions.
+    #[test]
+    fn the_types_name_every_error_code() {
+        let types = repo_file("client-wasm/npm/index.d.ts");
+        let client = repo_file("client-core/src/error.rs");
+        let proto = repo_file("proto/src/frame.rs");
+        // client-core: the arms of `ClientError::code` (`... => "code",`).
+        let code_fn = client
+            .split("pub fn code")
+            .nth(1)
+            .expect("ClientError::code");
+        let code_fn = code_fn.split("\n    }\n").next().unwrap_or(code_fn);
+        let mut codes = quoted_after(code_fn, &["=> \""]);
+        // proto: the `error_codes!` rows, `(1, Protocol, "protocol");`.
+        for line in proto
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with('(') && l.ends_with(");"))
+        {
+            codes.extend(quoted_after(line, &[", \""]));
+        }
+        assert!(codes.len() >= 25, "found only {codes:?}");
+        for code in codes {
+            assert!(
+                types.contains(&format!("| \"{code}\"")),
+                "index.d.ts does not name the error code {code}"
+            );
+        }
+    }
+
     #[test]
     fn the_manifest_names_the_entry_types_and_every_file() {
         let json = package_json("1.2.3");
