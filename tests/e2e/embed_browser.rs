@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use fantoccini::{Client, Locator};
 use tabtunnel_e2e::init_logging;
 use tabtunnel_e2e::lab::Lab;
-use tabtunnel_e2e::page::{ONE_BROWSER, open};
+use tabtunnel_e2e::page::{ONE_BROWSER, open, screenshots};
 use tabtunnel_e2e::services::EchoServer;
 use tabtunnel_e2e::wait_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -99,6 +99,10 @@ async fn the_embedding_example_forwards_data_through_the_package() -> Result<()>
     )
     .await?;
 
+    // Once connected the example shows only the forward form.
+    assert!(!c.find(Locator::Id("login")).await?.is_displayed().await?);
+    assert!(c.find(Locator::Id("add")).await?.is_displayed().await?);
+
     let echo = EchoServer::start("127.0.0.1").await?;
     let spec = format!("0:127.0.0.1:{}", echo.addr.port());
     type_into(c, "spec", &spec).await?;
@@ -152,6 +156,8 @@ async fn the_embedding_example_forwards_data_through_the_package() -> Result<()>
         text.starts_with(&format!("{listen} → {spec}: 1 connections")),
         "the example shows {text:?}"
     );
+    // As a person would see it, at desktop and phone widths, with nothing wider than the window.
+    screenshots(c, "embed_browser", "forwarding").await?;
     browser.stop().await;
     Ok(())
 }

@@ -34,7 +34,7 @@ const OWN_FILES: &[&str] = &["index.js", "index.d.ts"];
 const BINDGEN_FILES: &[&str] = &["client_wasm.js", "client_wasm_bg.wasm"];
 
 /// The example's files, in examples/embed.
-const EXAMPLE_FILES: &[&str] = &["index.html", "main.js", "tsconfig.json"];
+const EXAMPLE_FILES: &[&str] = &["index.html", "main.js", "style.css", "tsconfig.json"];
 
 /// Writes the package and the example from web/ and web/pkg (built before), then checks
 /// the package: every file `package.json` names is there, and each relative import of its
