@@ -26,7 +26,8 @@ self.addEventListener("messageerror", () => {
 
 const loaded = (async () => {
   try {
-    const mod = await import("/pkg/client_wasm.js");
+    // Relative to this worker, as in wasm.js: the page and the npm package lay out alike.
+    const mod = await import("./pkg/client_wasm.js");
     await mod.default();
     post({ type: "ready" });
     return mod;

@@ -11,7 +11,7 @@ import {
 } from "./worker_protocol.js";
 import { unsupportedReason } from "./wasm_support.js";
 
-const WORKER_URL = "/client_worker.js";
+const WORKER_URL = new URL("./client_worker.js", import.meta.url); // beside this module: the page and the npm package alike
 
 export class WasmClient {
   /**

@@ -19,6 +19,7 @@ mod auth_native;
 mod backpressure_browser;
 mod backpressure_native;
 mod bench_smoke;
+mod embed_browser;
 mod faults_native;
 mod forward_browser;
 mod forward_native;

@@ -1,9 +1,10 @@
-//! Project automation: `cargo xtask <setup|wasm|demo|test|imports|bench|fuzz>`.
+//! Project automation: `cargo xtask <setup|wasm|package|demo|test|imports|bench|fuzz>`.
 
 mod cmd;
 mod e2e;
 mod fuzz;
 mod imports;
+mod package;
 mod setup;
 mod tasks;
 
@@ -35,6 +36,10 @@ enum Task {
         #[arg(long)]
         profiling: bool,
     },
+    /// Build the wasm client, then the npm-style package (target/npm/tabtunnel-client) and
+    /// the example that embeds it (target/npm/embed, for `relay --web-dir`), type-checked
+    /// with tsc.
+    Package,
     /// Build the wasm client, then run the relay in demo mode.
     Demo {
         /// Address the relay listens on.
@@ -103,6 +108,7 @@ fn main() -> Result<()> {
                 tasks::WasmNames::Strip
             },
         ),
+        Task::Package => tasks::package(&root),
         Task::Demo { listen } => tasks::demo(&root, &listen),
         Task::Test => tasks::test(&root),
         Task::Imports => imports::check(&root),

@@ -32,6 +32,10 @@ pub const WASM_APT_PACKAGES: &[&str] = &["clang", "nodejs"];
 /// output needs. Pinned like wasm-bindgen, installed project-locally.
 pub const BINARYEN_VERSION: &str = "132.0.0";
 
+/// TypeScript's tsc, from npm, type-checks the embedding example against the client
+/// package's types. Pinned and project-local, like binaryen.
+pub const TYPESCRIPT_VERSION: &str = "5.9.3";
+
 /// The tools that turn the compiled client into web/pkg.
 #[derive(Debug)]
 pub struct WasmTools {
@@ -54,6 +58,7 @@ pub fn all(root: &Path) -> Result<WasmTools> {
     run_sshd_dir(root_user)?;
     e2e_user(root_user, &mut need_sudo)?;
     fail_if_sudo_needed(&need_sudo)?;
+    tsc(root)?;
     wasm_tools(root)
 }
 
@@ -431,6 +436,47 @@ pub fn wasm_opt(root: &Path) -> Result<PathBuf> {
     }
     println!(
         "ok: using {} (binaryen {BINARYEN_VERSION}, project-local, just installed)",
+        local.display()
+    );
+    Ok(local)
+}
+
+// ---------------------------------------------------------------------------------------------
+// tsc (typescript from npm)
+
+/// Finds or installs tsc from npm's `typescript` at exactly `TYPESCRIPT_VERSION`; returns its
+/// path.
+pub fn tsc(root: &Path) -> Result<PathBuf> {
+    let rel_root = PathBuf::from(".tools").join(format!("typescript-{TYPESCRIPT_VERSION}"));
+    let local = root.join(&rel_root).join("node_modules/.bin/tsc");
+    let pinned = |bin: &Path| {
+        probe(bin, &["--version"]).map(|v| v.trim() == format!("Version {TYPESCRIPT_VERSION}"))
+    };
+    if pinned(&local) == Some(true) {
+        println!(
+            "ok: using {} (typescript {TYPESCRIPT_VERSION}, project-local)",
+            local.display()
+        );
+        return Ok(local);
+    }
+    println!(
+        "installing typescript {TYPESCRIPT_VERSION} (npm) into {}",
+        quote_path(&rel_root)
+    );
+    Cmd::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&rel_root)
+        .arg(format!("typescript@{TYPESCRIPT_VERSION}"))
+        .current_dir(root)
+        .run()?;
+    if pinned(&local) != Some(true) {
+        bail!(
+            "after installing, {} --version does not name typescript {TYPESCRIPT_VERSION}",
+            local.display()
+        );
+    }
+    println!(
+        "ok: using {} (typescript {TYPESCRIPT_VERSION}, project-local, just installed)",
         local.display()
     );
     Ok(local)

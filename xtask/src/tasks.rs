@@ -1,4 +1,4 @@
-//! `wasm`, `demo`, `bench`, `fuzz` and `test`.
+//! `wasm`, `package`, `demo`, `bench`, `fuzz` and `test`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::cmd::Cmd;
 use crate::fuzz;
+use crate::package;
 use crate::setup::{self, WASM_TARGET};
 
 /// The cargo target directory: `CARGO_TARGET_DIR` (made absolute) or `<repo>/target`.
@@ -128,6 +129,14 @@ pub fn bind_wasm(root: &Path, tools: &setup::WasmTools, names: WasmNames) -> Res
         .len();
     println!("{}: {:.1} KiB", out.display(), size as f64 / 1024.0);
     Ok(())
+}
+
+/// `cargo xtask package`: wasm, then the npm-style package and the example that embeds it,
+/// type-checked with tsc.
+pub fn package(root: &Path) -> Result<()> {
+    wasm(root, WasmNames::Strip)?;
+    let example = package::write(root, &target_dir(root)?)?;
+    package::type_check(&example, &setup::tsc(root)?)
 }
 
 /// `cargo xtask demo`: build the client, then become the relay in demo mode.
@@ -291,6 +300,11 @@ fn test_steps(root: &Path, steps: &mut Steps) -> Result<()> {
     steps.run("wasm-bindgen, wasm-opt", || {
         bind_wasm(root, &tools, WasmNames::Strip)
     })?;
+    let mut example = PathBuf::new();
+    steps.run("npm package, example types", || {
+        example = package::write(root, &target_dir(root)?)?;
+        package::type_check(&example, &setup::tsc(root)?)
+    })?;
     steps.run("fmt", || {
         cargo(root)?.args(["fmt", "--all", "--check"]).run()?;
         // fuzz/ is its own workspace, so `--all` does not reach it.
@@ -334,6 +348,7 @@ fn test_steps(root: &Path, steps: &mut Steps) -> Result<()> {
     steps.run("test", || {
         cargo(root)?
             .env("TABTUNNEL_WEB_DIR", root.join("web"))
+            .env("TABTUNNEL_EMBED_DIR", &example)
             .args(["test", "--workspace", "--no-fail-fast"])
             .run()
     })?;
