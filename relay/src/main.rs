@@ -2,18 +2,31 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use tabtunnel_relay::config::Flags;
+use tabtunnel_relay::config::{Flags, LogFormat};
 use tabtunnel_relay::demo::DemoServer;
 use tabtunnel_relay::{AppState, Config};
 use tracing_subscriber::EnvFilter;
 
+/// The crate version and the git revision it was built from (see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("TABTUNNEL_GIT_REVISION"),
+    ")"
+);
+
 /// Relay for tabtunnel: SSH port forwards started from a browser tab.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Args {
+    /// Check the configuration as a start would, print the effective settings and exit
+    /// (0: it would start; otherwise each problem is printed). Listens on nothing.
+    #[arg(long)]
+    check_config: bool,
     /// Address the page and WebSocket are served on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -29,9 +42,13 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    init_logging();
+async fn main() -> Result<ExitCode> {
     let args = Args::parse();
+    if args.check_config {
+        return Ok(check_config(&args));
+    }
+    let mut config = Config::load(args.config.as_deref(), args.settings)?;
+    init_logging(config.log_format);
     // Each session holds a few descriptors (WebSocket, SSH connection, forward listeners
     // and their connections), so the usual soft limit of 1024 caps a relay at a few
     // hundred sessions although the hard limit allows far more: take what the hard
@@ -40,7 +57,6 @@ async fn main() -> Result<()> {
         Ok(limit) => tracing::debug!(limit, "open-files limit"),
         Err(err) => tracing::warn!("cannot raise the open-files limit: {err}"),
     }
-    let mut config = Config::load(args.config.as_deref(), args.settings)?;
     let _demo = if args.demo {
         let demo = DemoServer::start()
             .await
@@ -51,22 +67,8 @@ async fn main() -> Result<()> {
     } else {
         None
     };
-    for note in tabtunnel_relay::ports::sizing_warnings(&config) {
+    for note in preflight(&config, args.demo)? {
         tracing::warn!("{note}");
-    }
-    for note in tabtunnel_relay::web_forward::shared_site_warnings(&config) {
-        tracing::warn!("{note}");
-    }
-    if config.targets.is_empty() {
-        anyhow::bail!(
-            "no SSH targets: add --target NAME=HOST:PORT, a [targets] table in --config, or --demo"
-        );
-    }
-    if !config.web_dir.join("pkg").join("client_wasm.js").exists() {
-        tracing::warn!(
-            "{} has no pkg/client_wasm.js: the page will not load; build it with `cargo xtask wasm`",
-            config.web_dir.display()
-        );
     }
     // Before listening: a bad certificate or key stops the relay here.
     let state = AppState::new(config)?;
@@ -79,14 +81,71 @@ async fn main() -> Result<()> {
         listener.local_addr()?
     );
     tabtunnel_relay::run(listener, state, shutdown_signal()).await?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The checks a start makes after loading the config, before listening: an error
+/// stops the relay; the notes are warnings it starts with. `demo`: `--demo` adds a
+/// target (at start its server's address; a check starts no server).
+fn preflight(config: &Config, demo: bool) -> Result<Vec<String>> {
+    if config.targets.is_empty() && !demo {
+        anyhow::bail!(
+            "no SSH targets: add --target NAME=HOST:PORT, a [targets] table in --config, or --demo"
+        );
+    }
+    let mut notes = tabtunnel_relay::ports::sizing_warnings(config);
+    notes.extend(tabtunnel_relay::web_forward::shared_site_warnings(config));
+    if !config.web_dir.join("pkg").join("client_wasm.js").exists() {
+        notes.push(format!(
+            "{} has no pkg/client_wasm.js: the page will not load; build it with `cargo xtask wasm`",
+            config.web_dir.display()
+        ));
+    }
+    Ok(notes)
+}
+
+/// `--check-config`: the start's own steps (load, preflight, TLS files) without the
+/// demo server, the open-files limit or a listener, then the effective settings on
+/// stdout, or each problem on stderr and exit code 2.
+fn check_config(args: &Args) -> ExitCode {
+    let config = match Config::load(args.config.as_deref(), args.settings.clone()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            eprintln!("the relay would not start: fix the config file or flags and check again");
+            return ExitCode::from(2);
+        }
+    };
+    let mut errors = Vec::new();
+    match preflight(&config, args.demo) {
+        Ok(notes) => notes.iter().for_each(|note| eprintln!("warning: {note}")),
+        Err(err) => errors.push(format!("{err:#}")),
+    }
+    if let Err(err) = AppState::new(config.clone()) {
+        errors.push(format!("{err:#}"));
+    }
+    if !errors.is_empty() {
+        for err in &errors {
+            eprintln!("error: {err}");
+        }
+        eprintln!("the relay would not start: fix the config file or flags and check again");
+        return ExitCode::from(2);
+    }
+    print!("{}", config.effective_settings());
+    if args.demo {
+        println!("# --demo: target \"demo\" is added at start (an embedded SSH server)");
+    }
+    println!("# listen = \"{}\"", args.listen);
+    println!("# configuration OK");
+    ExitCode::SUCCESS
 }
 
 /// Logs as `RUST_LOG` says (default `info`), except the WebSocket library's TRACE lines:
 /// tungstenite logs every message it receives, in text and in hex, and a tab's Hello
 /// carries its access token. No RUST_LOG setting turns those on, so an operator who
 /// traces a problem cannot leak tokens into the log.
-fn init_logging() {
+/// `format`: for people, or one JSON object a line (the same filter either way).
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::Layer;
     use tracing_subscriber::filter::FilterExt;
     use tracing_subscriber::layer::SubscriberExt;
@@ -95,9 +154,15 @@ fn init_logging() {
     let no_wire_trace = tracing_subscriber::filter::filter_fn(|meta| {
         *meta.level() < tracing::Level::TRACE || !meta.target().contains("tungstenite")
     });
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_filter(env.and(no_wire_trace)))
-        .init();
+    let filter = env.and(no_wire_trace);
+    let layer = match format {
+        LogFormat::Human => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_filter(filter)
+            .boxed(),
+    };
+    tracing_subscriber::registry().with(layer).init();
 }
 
 async fn shutdown_signal() {

@@ -28,6 +28,7 @@ mod lab_link_browser;
 mod limits_native;
 mod liveness_native;
 mod no_leaks;
+mod operator_cli;
 mod reconnect_browser;
 mod reconnect_native;
 mod redteam;

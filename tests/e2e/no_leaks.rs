@@ -120,6 +120,34 @@ fn key_pieces(pem: &str) -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn neither_password_nor_key_reaches_the_relay_or_its_logs() -> Result<()> {
+    sessions_leak_nothing(&[]).await.map(drop)
+}
+
+/// The same, with `--log-format json`; and every log line is a JSON object.
+#[tokio::test]
+async fn neither_password_nor_key_reaches_the_relays_json_logs() -> Result<()> {
+    let logs = sessions_leak_nothing(&["--log-format", "json"]).await?;
+    let mut objects = 0;
+    for line in &logs {
+        // The one line that is not a log line: where the relay serves, for people.
+        if line.starts_with("tabtunnel relay: open ") {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|err| anyhow::anyhow!("not JSON ({err}): {line}"))?;
+        assert!(
+            value.get("level").is_some() && value.get("fields").is_some(),
+            "{line}"
+        );
+        objects += 1;
+    }
+    assert!(objects >= 10, "{objects} JSON log lines");
+    Ok(())
+}
+
+/// Two sessions (password, key) through the relay binary run with `log_args` at TRACE;
+/// asserts nothing secret reached it or its logs, and returns the log lines.
+async fn sessions_leak_nothing(log_args: &[&str]) -> Result<Vec<String>> {
     init_logging();
     let sshd = Sshd::start().await?;
     let target = format!("sshd={}", sshd.address());
@@ -128,8 +156,9 @@ async fn neither_password_nor_key_reaches_the_relay_or_its_logs() -> Result<()> 
     let token = "erin-5e3c0a91d2b74f68";
     std::fs::write(&tokens, format!("erin {token}\n"))?;
     let token_file = tokens.to_string_lossy().into_owned();
-    let relay =
-        RelayProcess::start(&["--target", &target, "--token-file", &token_file], "trace").await?;
+    let mut args = vec!["--target", &target, "--token-file", &token_file];
+    args.extend_from_slice(log_args);
+    let relay = RelayProcess::start(&args, "trace").await?;
     let relay_addr = relay.addr.clone();
     let (proxy, seen) = recording_proxy(relay_addr).await?;
     let echo = EchoServer::start("127.0.0.1").await?;
@@ -180,7 +209,8 @@ async fn neither_password_nor_key_reaches_the_relay_or_its_logs() -> Result<()> 
         },
     )
     .await?;
-    let logs = relay.kill().await?.join("\n").into_bytes();
+    let log_lines = relay.kill().await?;
+    let logs = log_lines.join("\n").into_bytes();
 
     let seen = seen.lock().expect("record").clone();
     // Positive controls: the capture really holds the tab's frames, in clear.
@@ -227,5 +257,5 @@ async fn neither_password_nor_key_reaches_the_relay_or_its_logs() -> Result<()> 
             "pieces of the private key are in the relay's {name}: {leaked:?}"
         );
     }
-    Ok(())
+    Ok(log_lines)
 }

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use super::policy::LogFormat;
+
 use super::values::{
     BindAddr, HostName, IdleTimeout, Origin, PortRange, PublicHost, ResumeGrace, SourceNet,
     TargetSpec,
@@ -102,4 +104,8 @@ pub struct Flags {
     /// shares the relay page's origin: see the README before turning this on.
     #[arg(long)]
     pub web_forward_paths: bool,
+    /// Write the log for people (`human`, the default) or as one JSON object a line
+    /// (`json`) for log pipelines.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }

@@ -6,6 +6,7 @@
 //! [`values`]. The flags overlay the file, then one [`Config::validate`] gives the
 //! [`Config`] the rest of the relay reads ([`Config::load`]).
 
+mod effective;
 mod flags;
 mod policy;
 mod settings;
@@ -13,7 +14,8 @@ pub mod values;
 
 pub use flags::Flags;
 pub use policy::{
-    Config, ConfigError, Limits, Target, WEB_FORWARD_ID_LEN, WebForwardMode, is_web_forward_id,
+    Config, ConfigError, Limits, LogFormat, Target, WEB_FORWARD_ID_LEN, WebForwardMode,
+    is_web_forward_id,
 };
 pub use settings::Settings;
 pub use values::AccessToken;

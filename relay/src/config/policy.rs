@@ -119,6 +119,27 @@ pub struct Config {
     /// Web forwards by path, `/f/<id>/` on the relay's own names: off unless the
     /// operator turns it on, since the forwarded app then shares the page's origin.
     pub web_forward_paths: bool,
+    /// How the relay writes its log: for people, or one JSON object a line.
+    pub log_format: LogFormat,
+}
+
+/// The relay's log format: `human` (the default) for a terminal or journald, `json`
+/// (one object a line) for log pipelines.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl LogFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Human => "human",
+            Self::Json => "json",
+        }
+    }
 }
 
 /// How forwards are offered to browsers as web apps.
@@ -140,7 +161,7 @@ pub fn is_web_forward_id(id: &str) -> bool {
 }
 
 /// Caps that keep one user (or one script) from taking the relay from everyone else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Sessions open at once, in total.
@@ -406,6 +427,7 @@ impl Default for Config {
             tls_handshake_timeout: std::time::Duration::from_secs(10),
             web_forward_domain: None,
             web_forward_paths: false,
+            log_format: LogFormat::Human,
         }
     }
 }

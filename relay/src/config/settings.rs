@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::flags::Flags;
-use super::policy::{Config, ConfigError, Limits, Target, invalid};
+use super::policy::{Config, ConfigError, Limits, LogFormat, Target, invalid};
 use super::values::{
     BindAddr, HandshakeTimeout, HostKeyFingerprint, HostName, HttpTimeout, IdleTimeout, LoginGrace,
     Origin, PingInterval, PortRange, PublicHost, ResumeGrace, SourceNet, TargetAddr, TargetName,
@@ -55,6 +55,7 @@ pub struct Settings {
     tls_handshake_timeout: Option<HttpTimeout>,
     web_forward_domain: Option<HostName>,
     web_forward_paths: Option<bool>,
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +150,7 @@ impl Settings {
             public_host,
             web_forward_domain,
             web_forward_paths,
+            log_format,
         } = flags;
         for spec in targets {
             self.targets.insert(
@@ -179,6 +181,7 @@ impl Settings {
         if web_forward_paths {
             self.web_forward_paths = Some(true);
         }
+        replace(&mut self.log_format, log_format);
     }
 
     /// The relay's settings: the defaults, with what was given laid over them, and the
@@ -241,6 +244,7 @@ impl Settings {
                 .map_or(default.tls_handshake_timeout, |d| d.0),
             web_forward_domain: self.web_forward_domain.map(|h| h.0),
             web_forward_paths: self.web_forward_paths.unwrap_or(default.web_forward_paths),
+            log_format: self.log_format.unwrap_or(default.log_format),
         };
         if let Some(path) = &self.token_file {
             config.load_tokens(path)?;
