@@ -3,8 +3,10 @@
 use bytes::Bytes;
 
 /// One message of the protocol. Payload bytes are `Bytes`, so decoding a Data frame
-/// does not copy it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// does not copy it. Its Debug hides the access token and a web forward's URL (both
+/// capabilities) and shows payloads by length only, so a frame logged whole leaks
+/// nothing.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Frame {
     /// First frame of a session: the protocol version, the relay target to reach, and
     /// the relay access token (empty when the relay needs none). The token travels
@@ -72,6 +74,103 @@ pub enum Frame {
     /// by the time the forward is open. The URL carries the forward's capability: only
     /// the tab that opened the forward learns it (see the relay's `web_forward`).
     WebForward { forward: u32, url: String },
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
+        match self {
+            Frame::Hello {
+                version,
+                target,
+                token,
+                resume,
+            } => f
+                .debug_struct("Hello")
+                .field("version", version)
+                .field("target", target)
+                .field("token", &redacted(token))
+                .field("resume", resume)
+                .finish(),
+            Frame::Welcome {
+                version,
+                pinned_host_keys,
+                resume,
+                resumed,
+            } => f
+                .debug_struct("Welcome")
+                .field("version", version)
+                .field("pinned_host_keys", pinned_host_keys)
+                .field("resume", resume)
+                .field("resumed", resumed)
+                .finish(),
+            Frame::Error { code, message } => f
+                .debug_struct("Error")
+                .field("code", code)
+                .field("message", message)
+                .finish(),
+            Frame::Ssh(bytes) => write!(f, "Ssh({} bytes)", bytes.len()),
+            Frame::Listen {
+                forward,
+                bind,
+                port,
+            } => f
+                .debug_struct("Listen")
+                .field("forward", forward)
+                .field("bind", bind)
+                .field("port", port)
+                .finish(),
+            Frame::Listening { forward, address } => f
+                .debug_struct("Listening")
+                .field("forward", forward)
+                .field("address", address)
+                .finish(),
+            Frame::ListenFailed {
+                forward,
+                code,
+                message,
+            } => f
+                .debug_struct("ListenFailed")
+                .field("forward", forward)
+                .field("code", code)
+                .field("message", message)
+                .finish(),
+            Frame::Unlisten { forward } => f
+                .debug_struct("Unlisten")
+                .field("forward", forward)
+                .finish(),
+            Frame::Accept {
+                conn,
+                forward,
+                peer,
+            } => f
+                .debug_struct("Accept")
+                .field("conn", conn)
+                .field("forward", forward)
+                .field("peer", peer)
+                .finish(),
+            Frame::Data { conn, data } => {
+                write!(f, "Data {{ conn: {conn}, data: {} bytes }}", data.len())
+            }
+            Frame::Credit { conn, bytes } => f
+                .debug_struct("Credit")
+                .field("conn", conn)
+                .field("bytes", bytes)
+                .finish(),
+            Frame::Eof { conn } => f.debug_struct("Eof").field("conn", conn).finish(),
+            Frame::Close { conn, reason } => f
+                .debug_struct("Close")
+                .field("conn", conn)
+                .field("reason", reason)
+                .finish(),
+            Frame::Blocked { conn } => f.debug_struct("Blocked").field("conn", conn).finish(),
+            Frame::WebForward { forward, url } => f
+                .debug_struct("WebForward")
+                .field("forward", forward)
+                .field("url", &redacted(url))
+                .finish(),
+        }
+    }
 }
 
 /// The secret that resumes a lost session: 256 random bits the relay chose. Its Debug
@@ -250,6 +349,38 @@ error_codes! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_capabilities_and_payloads() {
+        let hello = Frame::Hello {
+            version: 4,
+            target: "lab".into(),
+            token: "sekrit-token".into(),
+            resume: Some(ResumeSecret([7; RESUME_SECRET_LEN])),
+        };
+        let web = Frame::WebForward {
+            forward: 1,
+            url: "https://relay.example/w/sekrit-key/".into(),
+        };
+        let data = Frame::Data {
+            conn: 3,
+            data: Bytes::from_static(b"sekrit payload"),
+        };
+        let ssh = Frame::Ssh(Bytes::from_static(b"sekrit ssh"));
+        for frame in [&hello, &web, &data, &ssh] {
+            let shown = format!("{frame:?}");
+            assert!(!shown.contains("sekrit"), "{shown}");
+        }
+        assert!(format!("{hello:?}").contains("target: \"lab\""));
+        assert!(format!("{data:?}").contains("14 bytes"));
+        let no_token = Frame::Hello {
+            version: 4,
+            target: "lab".into(),
+            token: String::new(),
+            resume: None,
+        };
+        assert!(format!("{no_token:?}").contains("token: \"\""));
+    }
 
     #[test]
     fn kinds_have_distinct_numbers_and_names_and_round_trip() {
