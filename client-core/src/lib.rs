@@ -13,8 +13,9 @@
 //! forward's handle) -> `link` (the session's current link, establishing one, the
 //! forwards to listen for again) -> `conn` (a connection's pump), `keepalive` -> `mux`
 //! (demultiplexer, write loop, stream-0 pumps) -> `ssh` -> `known_hosts` (the host-key
-//! rules), `stats`, `spec`, `end` (the one end signal), `reconnect` (when and how often
-//! to try again: the rules alone).
+//! rules), `stats`, `end` (the one end signal), `reconnect` (when and how often to try
+//! again: the rules alone). `spec` (what users type) is the `tabtunnel-spec` crate,
+//! re-exported: it has no I/O, so the fuzz targets build it without russh.
 
 mod conn;
 mod end;
@@ -29,7 +30,7 @@ pub mod reconnect;
 mod redial;
 mod rt;
 mod session;
-pub mod spec;
+pub use tabtunnel_spec as spec;
 mod ssh;
 mod stats;
 mod transport;

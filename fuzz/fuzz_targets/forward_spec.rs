@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tabtunnel_client::spec::{ForwardSpec, parse_forward};
+use tabtunnel_spec::{ForwardSpec, parse_forward};
 
 fuzz_target!(|input: &[u8]| {
     let text = valid_utf8_prefix(input);

@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tabtunnel_client::spec::{parse_forward, parse_ssh_command};
+use tabtunnel_spec::{parse_forward, parse_ssh_command};
 
 fuzz_target!(|input: &[u8]| {
     let text = valid_utf8_prefix(input);

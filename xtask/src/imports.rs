@@ -89,6 +89,7 @@ fn crate_roots(root: &Path) -> Vec<(String, PathBuf)> {
     let mut roots = Vec::new();
     for dir in [
         "proto",
+        "spec",
         "client-core",
         "client-wasm",
         "relay",

@@ -1,4 +1,7 @@
 //! Parsing what users type: `ssh -L` forward specs and whole `ssh` command lines.
+//!
+//! Its own crate, with no I/O and no SSH: the client re-exports it as
+//! `tabtunnel_client::spec`, and the fuzz targets build it without the SSH stack.
 
 use std::fmt;
 
