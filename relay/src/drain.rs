@@ -70,17 +70,16 @@ pub(crate) async fn drain(
     timeout: Duration,
 ) {
     let started = Instant::now();
-    shutdown.drain();
-    metrics.draining.set(1);
-    let parked = parking.len();
-    parking.clear();
     info!(
         sessions = metrics.sessions_active.get(),
         connections = metrics.connections_active.get(),
-        parked,
+        parked = parking.len(),
         timeout = %humantime::format_duration(timeout),
         "draining: new sessions refused, sessions with no open connection end now, the others when their connections close"
     );
+    shutdown.drain();
+    metrics.draining.set(1);
+    parking.clear();
     // Closed, the tracker's wait ends when the last session does (sessions refused
     // meanwhile come and go).
     sessions.close();

@@ -614,8 +614,10 @@ impl Session {
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
         loop {
-            // Draining: the session lasts as long as its connections, no longer.
-            if self.draining && self.conns.is_empty() {
+            // Draining: the session lasts as long as its connections, no longer. A
+            // connection the tab closed is forgotten at once, yet its task may still be
+            // writing what came before the Close: wait for the tasks too.
+            if self.draining && self.conns.is_empty() && self.connections.is_empty() {
                 return Err(shutting_down());
             }
             // Only a session with no connection open can be idle: an open one keeps it

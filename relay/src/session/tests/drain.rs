@@ -133,6 +133,35 @@ async fn a_busy_session_finishes_its_transfer_takes_nothing_new_and_then_ends() 
 }
 
 #[tokio::test]
+async fn bytes_before_the_tabs_close_reach_the_client_before_a_draining_session_ends() {
+    let (mut lab, _ssh) = welcomed("").await;
+    let (_address, mut client, conn) = busy(&mut lab).await;
+    lab.shutdown.drain();
+    // A last answer bigger than a socket buffer takes, then the tab's orderly Close: the
+    // table forgets the connection at once, while its task still writes.
+    let answer = vec![7u8; 48 * 1024];
+    for piece in answer.chunks(16 * 1024) {
+        lab.tab
+            .send(Frame::Data {
+                conn,
+                data: Bytes::copy_from_slice(piece),
+            })
+            .await;
+    }
+    lab.tab
+        .send(Frame::Close {
+            conn,
+            reason: String::new(),
+        })
+        .await;
+    // Read slowly at first, so that the session's last words come while bytes wait.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(read_to_end(&mut client).await.unwrap(), answer);
+    let (code, _, _) = lab.tab.error().await;
+    assert_eq!(code, ErrorCode::ShuttingDown);
+}
+
+#[tokio::test]
 async fn at_the_stop_a_busy_session_ends_with_its_connections() {
     let (mut lab, _ssh) = welcomed("").await;
     let (_address, mut client, _conn) = busy(&mut lab).await;
