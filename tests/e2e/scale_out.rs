@@ -5,7 +5,7 @@
 //! relay A gets SIGTERM and drains: its /healthz says 503, the transfers in flight on it
 //! finish intact, its sessions are told it is shutting down and come back through nginx
 //! on relay B (the same ports, B's address), it exits 0 within its drain timeout, and
-//! relay B's sessions never notice.
+//! relay B's sessions never notice. A second SIGTERM ends a drain at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -460,6 +460,64 @@ async fn fifty_sessions_over_two_relays_and_one_drained_mid_run() -> Result<()> 
         verified.load(Ordering::Relaxed) as f64 / (1 << 20) as f64,
         drain.as_secs_f64(),
         run.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The relay binary's signals: the first starts the drain (a session with an open
+/// connection holds it), a second ends it at once, and the relay still exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_the_drain_at_once() -> Result<()> {
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let target = format!("sshd={}", sshd.address());
+    let relay =
+        RelayProcess::start(&["--target", &target, "--drain-timeout", "10m"], "info").await?;
+    let session = tabtunnel_e2e::log_in(&relay.ws_url(), sshd_key_login(&sshd)).await?;
+    let (_echo, forward) = tabtunnel_e2e::lab::echo_forward(&session).await?;
+    let mut open = TcpStream::connect(forward.listen()).await?;
+    open.write_all(b"open").await?;
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(STEP, open.read_exact(&mut buf)).await??;
+    let pid = relay.pid()?;
+    signal(pid, "TERM")?;
+    let healthz = |relay: &RelayProcess| {
+        let addr = relay.addr.clone();
+        async move {
+            let mut stream = TcpStream::connect(&addr).await.ok()?;
+            let request = format!("GET /healthz HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.ok()?;
+            Some(answer)
+        }
+    };
+    wait_for("the relay to drain", STEP, || async {
+        healthz(&relay).await.filter(|a| a.contains(" 503 "))
+    })
+    .await?;
+    // Held by the open connection, for as long as the 10-minute timeout allows...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ensure!(
+        session.closed_reason().is_none(),
+        "the busy session is still on"
+    );
+    // ...until a second signal.
+    let second = Instant::now();
+    signal(pid, "TERM")?;
+    let reason = tokio::time::timeout(STEP, session.closed()).await?;
+    ensure!(reason.contains("the relay is shutting down"), "{reason}");
+    let (status, log) = relay.exited(STEP).await?;
+    ensure!(status.success(), "the relay exited with {status}");
+    ensure!(
+        second.elapsed() < Duration::from_secs(10),
+        "ended at once, not at the deadline: {:?}",
+        second.elapsed()
+    );
+    ensure!(
+        log.iter()
+            .any(|line| line.contains("drain over (a second signal)")),
+        "{log:#?}"
     );
     Ok(())
 }
