@@ -201,3 +201,30 @@ async fn a_session_lost_while_the_relay_drains_parks_nothing() {
         .await
         .expect("the forward's port is free");
 }
+
+#[tokio::test]
+async fn the_drain_drops_parked_sessions_and_frees_their_ports() {
+    let relay = Relay::new(Duration::from_secs(60)).await;
+    let (mut tab, _, _, task) = relay.session(1, None).await;
+    let address = listen_on(&mut tab, 1, 0).await.unwrap();
+    // Lost before the drain: parked, its port held.
+    drop(tab);
+    tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+    parked(&relay, 1).await;
+    assert!(
+        TcpListener::bind(address).await.is_err(),
+        "the port is held"
+    );
+    crate::drain::drain(
+        &relay.shutdown,
+        &tokio_util::task::TaskTracker::new(),
+        &relay.parts.parking,
+        &relay.parts.metrics,
+        DEADLINE,
+    )
+    .await;
+    assert!(relay.parts.parking.is_empty());
+    TcpListener::bind(address)
+        .await
+        .expect("the parked forward's port is free");
+}
