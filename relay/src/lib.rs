@@ -7,6 +7,7 @@ pub mod client_addr;
 pub mod config;
 mod connection;
 pub mod demo;
+pub mod drain;
 mod limits;
 pub mod listen;
 pub mod log_limit;
@@ -36,7 +37,6 @@ use tabtunnel_proto::MAX_FRAME;
 
 use crate::metrics::Metrics;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
@@ -50,8 +50,8 @@ pub use config::Config;
 pub struct AppState {
     config: Arc<Config>,
     next_session: Arc<AtomicU64>,
-    /// Cancelled when the relay shuts down: every session tells its tab and ends.
-    shutdown: CancellationToken,
+    /// The drain and the stop: sessions, `/healthz` and the accept loop follow them.
+    shutdown: drain::Shutdown,
     /// The sessions, so shutdown can wait for them to say goodbye.
     sessions: TaskTracker,
     /// Every place a session takes (waiting for Hello, session, login), by limit.
@@ -77,7 +77,7 @@ impl AppState {
             parking: parked::Parking::new(config.resume_grace, &metrics),
             config: Arc::new(config),
             next_session: Arc::new(AtomicU64::new(1)),
-            shutdown: CancellationToken::new(),
+            shutdown: drain::Shutdown::default(),
             sessions: TaskTracker::new(),
             admission: Arc::default(),
             ports: Arc::new(ports::PortBook::new(metrics.forward_binds.clone())),
@@ -90,9 +90,14 @@ impl AppState {
     pub fn tls(&self) -> bool {
         self.tls.is_some()
     }
+
+    /// The relay's drain and stop signals, for the binary's second signal.
+    pub fn shutdown(&self) -> drain::Shutdown {
+        self.shutdown.clone()
+    }
 }
 
-/// How long shutdown waits for sessions to tell their tabs.
+/// How long the stop waits for sessions to tell their tabs.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The relay's HTTP routes: `/ws` (sessions), `/api/targets`, and the page at `/`.
@@ -120,7 +125,7 @@ pub fn app(state: AppState) -> Router {
                 admission: state.admission.clone(),
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback_service(static_files)
         // Last, so it wraps every route and the fallback: Host check and security headers.
@@ -139,26 +144,53 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on `listener` (HTTPS if the state has TLS) until `shutdown` resolves.
+/// Serves `app` on `listener` (HTTPS if the state has TLS); when `shutdown` resolves,
+/// drains (see `drain`: up to `drain_timeout`, or until the state's
+/// [`drain::Shutdown::stop_now`]), then stops.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (token, sessions) = (state.shutdown.clone(), state.sessions.clone());
+    let sessions = state.sessions.clone();
     let parking = state.parking.clone();
     let (config, tls, metrics) = (
         state.config.clone(),
         state.tls.clone(),
         state.metrics.clone(),
     );
+    let drained = {
+        let (stop, sessions, parking, metrics) = (
+            state.shutdown.clone(),
+            sessions.clone(),
+            parking.clone(),
+            metrics.clone(),
+        );
+        let timeout = config.drain_timeout;
+        async move {
+            shutdown.await;
+            drain::drain(&stop, &sessions, &parking, &metrics, timeout).await;
+        }
+    };
     // The relay's own accept loop: connection caps, TLS, HTTP timeouts (see serve.rs).
-    let result = serve::serve(listener, app(state), config, tls, metrics, token, shutdown).await;
+    // It keeps serving while the relay drains: /healthz says so, new sessions are told.
+    let result = serve::serve(listener, app(state), config, tls, metrics, drained).await;
     sessions.close();
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await;
     // A shutdown is an orderly end: nobody will come back to this process.
     parking.clear();
     result
+}
+
+/// 200 while the relay takes sessions; 503 while it drains, so that a load balancer's
+/// health check sends new sessions to another relay.
+async fn healthz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_draining() {
+        let body = "draining: this relay is shutting down and takes no new sessions\n";
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    } else {
+        "ok\n".into_response()
+    }
 }
 
 /// Counts and totals only: no names, addresses or tokens.
@@ -270,6 +302,50 @@ mod tests {
             &body[..],
             br#"{"forward_allowed_sources":[],"forwards_per_session":10,"public_host":null,"targets":[{"name":"lab"}],"token_required":false}"#
         );
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_503_while_the_relay_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state_with_web_dir(dir.path());
+        let get = |path: &str| {
+            Request::get(path)
+                .header(header::HOST, "127.0.0.1")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let app = app(state.clone());
+        let ok = app.clone().oneshot(get("/healthz")).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        state.shutdown().drain();
+        let draining = app.clone().oneshot(get("/healthz")).await.unwrap();
+        assert_eq!(draining.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = draining.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            &body[..],
+            b"draining: this relay is shutting down and takes no new sessions\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_drain_shows_in_metrics_and_ends_when_no_session_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state_with_web_dir(dir.path());
+        let metrics = state.metrics.clone();
+        assert!(metrics.render().contains("tabtunnel_draining 0\n"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (go, signal) = tokio::sync::oneshot::channel::<()>();
+        let relay = tokio::spawn(run(listener, state, async {
+            let _ = signal.await;
+        }));
+        go.send(()).unwrap();
+        // No session: the drain is over at once, long before its 30 s.
+        tokio::time::timeout(std::time::Duration::from_secs(10), relay)
+            .await
+            .expect("the relay stopped")
+            .unwrap()
+            .unwrap();
+        assert!(metrics.render().contains("tabtunnel_draining 1\n"));
     }
 
     /// The router alone (no session): a forward entered in the book by hand.

@@ -80,7 +80,18 @@ async fn main() -> Result<ExitCode> {
         "tabtunnel relay: open {scheme}://{}/ in a browser",
         listener.local_addr()?
     );
-    tabtunnel_relay::run(listener, state, shutdown_signal()).await?;
+    // The first SIGTERM or Ctrl-C drains the relay (see drain.rs); a second ends it now.
+    let mut signals = Signals::new()?;
+    let stop = state.shutdown();
+    let first = async move {
+        signals.next().await;
+        tokio::spawn(async move {
+            signals.next().await;
+            tracing::warn!("a second signal: ending every session now");
+            stop.stop_now();
+        });
+    };
+    tabtunnel_relay::run(listener, state, first).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -165,23 +176,37 @@ fn init_logging(format: LogFormat) {
     tracing_subscriber::registry().with(layer).init();
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM and SIGINT (Ctrl-C), registered once at start so that a second signal during
+/// the drain is never missed.
+struct Signals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate()).context("handling SIGTERM")?,
+                interrupt: signal(SignalKind::interrupt()).context("handling SIGINT")?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub parked_expired: Counter,
     /// Sessions parked now.
     pub sessions_parked_now: Gauge,
+    /// 1 while the relay drains (it was told to stop; see `drain`), else 0.
+    pub draining: Gauge,
 }
 
 impl Metrics {
@@ -120,6 +122,11 @@ impl Metrics {
             "sessions_parked_now",
             "Lost sessions whose forwards are held now",
             self.sessions_parked_now.clone(),
+        );
+        registry.register(
+            "draining",
+            "1 while the relay drains before it stops (new sessions refused), else 0",
+            self.draining.clone(),
         );
         let mut text = String::new();
         // Writing to a String cannot fail.

@@ -48,16 +48,15 @@ const OVER_CAP_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 Content-Type: text/plain; charset=utf-8\r\nContent-Length: 86\r\nConnection: close\r\n\r\n\
 Too many connections to this relay (from your address, or in all); try again shortly.\n";
 
-/// Serves `router` on `listener` until `shutdown` resolves; then cancels `sessions_stop`
-/// (sessions tell their tabs), stops accepting, lets requests in progress finish for a
-/// few seconds and returns.
+/// Serves `router` on `listener` until `shutdown` resolves (the relay has drained, see
+/// `drain`); then stops accepting, lets requests in progress finish for a few seconds
+/// and returns.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     config: Arc<Config>,
     tls: Option<Arc<rustls::ServerConfig>>,
     metrics: Arc<Metrics>,
-    sessions_stop: CancellationToken,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let door = Arc::new(Door::new(config, tls, router, metrics));
@@ -85,7 +84,6 @@ pub(crate) async fn serve(
             connections.spawn(async move { door.connection(conn, stop).await });
         }
     }
-    sessions_stop.cancel();
     drop(listener);
     stop.cancel();
     connections.close();

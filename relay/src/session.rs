@@ -21,12 +21,12 @@ use tabtunnel_proto::{
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::Config;
 use crate::config::values::BindAddr;
 use crate::connection::{self, ConnHandle, ToTcp};
+use crate::drain::Shutdown;
 use crate::limits::{HelloSlot, LoginSlot, SessionPlace};
 use crate::listen::{self, Accepted};
 use crate::metrics::{GaugeGuard, Metrics};
@@ -87,6 +87,14 @@ impl SessionError {
     }
 }
 
+/// How a session ends when the relay stops: its last words to the tab, which tries again.
+fn shutting_down() -> SessionError {
+    SessionError::new(
+        ErrorCode::ShuttingDown,
+        "the relay is shutting down; connect again when it is back",
+    )
+}
+
 impl From<ConnError> for SessionError {
     fn from(err: ConnError) -> Self {
         Self::protocol(err.to_string())
@@ -104,7 +112,7 @@ pub async fn run<W, R>(
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     peer: crate::ClientAddr,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     holder: Holder,
     hello: HelloSlot,
     web: Option<crate::web_forward::Offer>,
@@ -130,6 +138,7 @@ pub async fn run<W, R>(
             holder,
             hello,
             parking,
+            &shutdown,
         )
         .await;
         // A tab sends nothing after its Hello until the Welcome, so a session that ended
@@ -259,6 +268,9 @@ struct Session {
     /// Set when the session ends abnormally (its tab lost or silent, its SSH server's
     /// connection ended): its forwards are then parked rather than freed.
     lost: bool,
+    /// The relay drains: the session accepts no TCP client and opens no forward, and
+    /// ends when its last connection closes (see `drain`).
+    draining: bool,
     /// The forwards of the session this one resumed that no Listen has taken back yet,
     /// by bind address and port; freed at `claim_by`.
     unclaimed: HashMap<(BindAddr, u16), ParkedForward>,
@@ -319,6 +331,7 @@ impl Session {
         ports: Holder,
         mut waiting: HelloSlot,
         parking: Arc<Parking>,
+        shutdown: &Shutdown,
     ) -> Result<Self, SessionError>
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -363,6 +376,15 @@ impl Session {
                 format!(
                     "the page speaks protocol version {version}, this relay speaks {VERSION}: reload the page"
                 ),
+            ));
+        }
+        // A draining relay takes no new session (see `drain`): before any place is taken
+        // or the target reached. The tab takes ShuttingDown as "try again", and behind a
+        // load balancer another relay answers.
+        if shutdown.is_draining() {
+            return Err(SessionError::new(
+                ErrorCode::ShuttingDown,
+                "the relay is shutting down and takes no new sessions; connect again in a moment",
             ));
         }
         let mut user = None;
@@ -516,18 +538,15 @@ impl Session {
             parking,
             claimant,
             lost: false,
+            draining: false,
             unclaimed,
         })
     }
 
     /// Serves the session until it ends; returns the reason for an orderly end. The
-    /// loop is raced, once, against the silence watchdog and the relay's shutdown: the
+    /// loop is raced, once, against the silence watchdog and the relay's stop: the
     /// loop can wait on a full queue to a tab that vanished, and both must still end it.
-    async fn serve<R>(
-        mut self,
-        ws_rx: &mut R,
-        shutdown: CancellationToken,
-    ) -> Result<String, SessionError>
+    async fn serve<R>(mut self, ws_rx: &mut R, shutdown: Shutdown) -> Result<String, SessionError>
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
@@ -541,7 +560,7 @@ impl Session {
             }
         };
         let end = tokio::select! {
-            end = self.run(ws_rx, &heard) => end,
+            end = self.run(ws_rx, &heard, &shutdown) => end,
             reason = watchdog => {
                 self.lost = true;
                 Ok(reason)
@@ -550,12 +569,10 @@ impl Session {
                 self.lost = true;
                 Ok("its tab came back on another connection".into())
             }
-            () = shutdown.cancelled() => Err(SessionError::new(
-                ErrorCode::ShuttingDown,
-                "the relay is shutting down; connect again when it is back",
-            )),
+            () = shutdown.stopped() => Err(shutting_down()),
         };
-        if self.lost {
+        // A draining relay parks nothing: its tab cannot resume on another relay.
+        if self.lost && !shutdown.is_draining() {
             self.park();
         }
         end
@@ -591,11 +608,18 @@ impl Session {
         &mut self,
         ws_rx: &mut R,
         heard: &Mutex<tokio::time::Instant>,
+        shutdown: &Shutdown,
     ) -> Result<String, SessionError>
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
         loop {
+            // Draining: the session lasts as long as its connections, no longer. A
+            // connection the tab closed is forgotten at once, yet its task may still be
+            // writing what came before the Close: wait for the tasks too.
+            if self.draining && self.conns.is_empty() && self.connections.is_empty() {
+                return Err(shutting_down());
+            }
             // Only a session with no connection open can be idle: an open one keeps it
             // alive however quiet it is, as with `ssh -L` (a psql left open at a prompt).
             let idle = self.config.idle_timeout.filter(|_| self.conns.is_empty());
@@ -610,6 +634,7 @@ impl Session {
                     }
                 },
                 Some(accepted) = self.accepted_rx.recv() => self.on_accepted(accepted).await?,
+                () = shutdown.draining(), if !self.draining => self.stop_accepting(),
                 Some(ended) = self.connections.join_next(), if !self.connections.is_empty() => {
                     // An aborted task's connection was forgotten when it was aborted.
                     if let Ok(ended) = ended {
@@ -641,6 +666,24 @@ impl Session {
                     ));
                 }
             }
+        }
+    }
+
+    /// The relay started draining: no new TCP clients (the accept loops stop and the
+    /// listening sockets close, so the ports are free for wherever the tab reconnects),
+    /// and a resumed session's unclaimed forwards are freed.
+    fn stop_accepting(&mut self) {
+        self.draining = true;
+        for entry in self.forwards.values_mut() {
+            entry.listener.abort();
+            entry.listeners = Vec::new().into();
+        }
+        self.unclaimed.clear();
+        if !self.conns.is_empty() {
+            debug!(
+                connections = self.conns.len(),
+                "draining: the session ends when its last connection closes"
+            );
         }
     }
 
@@ -706,6 +749,12 @@ impl Session {
     }
 
     async fn listen(&mut self, forward: u32, bind: &str, port: u16) -> Result<(), SessionError> {
+        if self.draining {
+            let message = "the relay is shutting down and opens no new forwards".to_owned();
+            return self
+                .refuse_listen(forward, ErrorCode::ShuttingDown, message)
+                .await;
+        }
         let duplicate = self.forwards.contains_key(&forward);
         // A forward of the session this one resumed: counted already, the same
         // listeners, no bind().
@@ -904,6 +953,11 @@ impl Session {
         if !self.forwards.contains_key(&forward) {
             // the forward closed while this connection waited
             refuse(admitted, "this forward is closed".into());
+            return Ok(());
+        }
+        if self.draining {
+            // Accepted just before the drain, or a web forward's request.
+            refuse(admitted, "the relay is shutting down".into());
             return Ok(());
         }
         // A refusal drops the stream, which closes it: the TCP client sees its

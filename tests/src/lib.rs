@@ -1,12 +1,13 @@
 //! Test harness: real components only. `Sshd` runs OpenSSH's sshd on a free loopback
 //! port, `Relay` runs the relay in-process (`RelayProcess` as its binary), `Lab` is the two
-//! together, `services` are TCP destinations, `web_app` a web app for web forwards, `proxy` a TCP proxy a test can cut, `Browser` drives headless Chromium through
+//! together, `services` are TCP destinations, `web_app` a web app for web forwards, `proxy` a TCP proxy a test can cut, `nginx` nginx as reverse proxy or load balancer, `Browser` drives headless Chromium through
 //! chromedriver and `page` the relay's page in it, and `FakeTab` speaks frames by hand.
 //! Everything started here is stopped on drop.
 
 pub mod browser;
 pub mod fake_tab;
 pub mod lab;
+pub mod nginx;
 pub mod page;
 pub mod proxy;
 pub mod relay;

@@ -288,6 +288,21 @@ impl RelayProcess {
         crate::wait_until_port_free(listen).await
     }
 
+    /// Waits up to `limit` for it to exit by itself; its exit status and everything it
+    /// printed, to the last line.
+    pub async fn exited(
+        mut self,
+        limit: std::time::Duration,
+    ) -> Result<(std::process::ExitStatus, Vec<String>)> {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .map_err(|_| anyhow::anyhow!("the relay did not exit within {limit:?}"))??;
+        for drain in std::mem::take(&mut self.drains) {
+            let _ = tokio::time::timeout(limit, drain).await;
+        }
+        Ok((status, self.output()))
+    }
+
     /// Kills it and returns everything it printed.
     pub async fn kill(mut self) -> Result<Vec<String>> {
         self.child.kill().await?;

@@ -4,6 +4,7 @@ mod cmd;
 mod e2e;
 mod fuzz;
 mod imports;
+mod kubernetes;
 mod package;
 mod setup;
 mod tasks;

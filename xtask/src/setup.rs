@@ -55,10 +55,12 @@ pub fn all(root: &Path) -> Result<WasmTools> {
     let mut need_sudo = Vec::new();
     apt_packages(APT_PACKAGES, root_user, &mut need_sudo)?;
     npm(root_user, &mut need_sudo)?;
+    pip(root_user, &mut need_sudo)?;
     run_sshd_dir(root_user)?;
     e2e_user(root_user, &mut need_sudo)?;
     fail_if_sudo_needed(&need_sudo)?;
     tsc(root)?;
+    crate::kubernetes::validator(root)?;
     wasm_tools(root)
 }
 
@@ -223,6 +225,16 @@ fn npm(root_user: bool, need_sudo: &mut Vec<String>) -> Result<()> {
         return Ok(());
     }
     apt_packages(&["npm"], root_user, need_sudo)
+}
+
+/// pip installs kubernetes-validate (see `kubernetes`): Debian's python3-pip, only when no
+/// `python3 -m pip` works (a Python of its own may bring pip).
+fn pip(root_user: bool, need_sudo: &mut Vec<String>) -> Result<()> {
+    if probe("python3", &["-m", "pip", "--version"]).is_some() {
+        println!("ok: pip is installed");
+        return Ok(());
+    }
+    apt_packages(&["python3-pip"], root_user, need_sudo)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -305,6 +305,9 @@ fn test_steps(root: &Path, steps: &mut Steps) -> Result<()> {
         example = package::write(root, &target_dir(root)?)?;
         package::type_check(&example, &setup::tsc(root)?)
     })?;
+    steps.run("kubernetes example", || {
+        crate::kubernetes::check(root, &crate::kubernetes::validator(root)?)
+    })?;
     steps.run("fmt", || {
         cargo(root)?.args(["fmt", "--all", "--check"]).run()?;
         // fuzz/ is its own workspace, so `--all` does not reach it.

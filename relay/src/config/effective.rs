@@ -58,6 +58,7 @@ impl Config {
         }
         writeln!(out, "login_grace = {}", duration(self.login_grace))?;
         writeln!(out, "resume_grace = {}", duration(self.resume_grace))?;
+        writeln!(out, "drain_timeout = {}", duration(self.drain_timeout))?;
         if self.tokens.is_empty() {
             writeln!(out, "# access tokens: none (no token needed)")?;
         } else {

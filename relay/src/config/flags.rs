@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use super::policy::LogFormat;
 
 use super::values::{
-    BindAddr, HostName, IdleTimeout, Origin, PortRange, PublicHost, ResumeGrace, SourceNet,
-    TargetSpec,
+    BindAddr, DrainTimeout, HostName, IdleTimeout, Origin, PortRange, PublicHost, ResumeGrace,
+    SourceNet, TargetSpec,
 };
 
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -62,6 +62,10 @@ pub struct Flags {
     /// and take them again, e.g. 60s; 0s frees them at once.
     #[arg(long, value_name = "DURATION")]
     pub resume_grace: Option<ResumeGrace>,
+    /// On SIGTERM or Ctrl-C, let sessions with open connections finish for up to this
+    /// long (new sessions are refused, idle ones end at once), e.g. 30s; then end the rest.
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<DrainTimeout>,
     /// Require an access token: a file of `NAME TOKEN` lines (see relay.example.toml).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,

@@ -79,6 +79,9 @@ pub struct Config {
     /// server's connection ended) keeps its forwards parked for its tab to resume; zero:
     /// everything is freed at once. See `parked`.
     pub resume_grace: std::time::Duration,
+    /// How long a draining relay (SIGTERM, Ctrl-C) lets sessions with open connections
+    /// finish before it ends them; see `drain`.
+    pub drain_timeout: std::time::Duration,
     /// Access tokens by name; empty: no token needed.
     pub tokens: Vec<AccessToken>,
     /// Check the Origin of WebSocket upgrades (same origin, plus `allowed_origins`).
@@ -411,6 +414,7 @@ impl Default for Config {
             idle_timeout: None,
             login_grace: std::time::Duration::from_secs(130),
             resume_grace: std::time::Duration::from_secs(60),
+            drain_timeout: std::time::Duration::from_secs(30),
             tokens: Vec::new(),
             check_origin: true,
             allowed_origins: Vec::new(),
@@ -795,6 +799,11 @@ mod tests {
                 "between 0s and 10m",
             ),
             ("resume_grace = 60", "resume_grace", "a duration like"),
+            (
+                "drain_timeout = \"2h\"",
+                "drain_timeout",
+                "between 0s and 1h",
+            ),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(says), "{text}: {err}");

@@ -9,9 +9,9 @@ use serde::Deserialize;
 use super::flags::Flags;
 use super::policy::{Config, ConfigError, Limits, LogFormat, Target, invalid};
 use super::values::{
-    BindAddr, HandshakeTimeout, HostKeyFingerprint, HostName, HttpTimeout, IdleTimeout, LoginGrace,
-    Origin, PingInterval, PortRange, PublicHost, ResumeGrace, SourceNet, TargetAddr, TargetName,
-    TlsFirstByteTimeout,
+    BindAddr, DrainTimeout, HandshakeTimeout, HostKeyFingerprint, HostName, HttpTimeout,
+    IdleTimeout, LoginGrace, Origin, PingInterval, PortRange, PublicHost, ResumeGrace, SourceNet,
+    TargetAddr, TargetName, TlsFirstByteTimeout,
 };
 
 /// The config file's shape; every key is documented in `relay.example.toml`. A flag of
@@ -36,6 +36,7 @@ pub struct Settings {
     idle_timeout: Option<IdleTimeout>,
     login_grace: Option<LoginGrace>,
     resume_grace: Option<ResumeGrace>,
+    drain_timeout: Option<DrainTimeout>,
     token_file: Option<PathBuf>,
     check_origin: Option<bool>,
     #[serde(default)]
@@ -141,6 +142,7 @@ impl Settings {
             trusted_proxies,
             idle_timeout,
             resume_grace,
+            drain_timeout,
             token_file,
             allowed_origins,
             allowed_hosts,
@@ -170,6 +172,7 @@ impl Settings {
         self.trusted_proxies.extend(trusted_proxies);
         replace(&mut self.idle_timeout, idle_timeout);
         replace(&mut self.resume_grace, resume_grace);
+        replace(&mut self.drain_timeout, drain_timeout);
         replace(&mut self.token_file, token_file);
         self.allowed_origins.extend(allowed_origins);
         self.allowed_hosts.extend(allowed_hosts);
@@ -220,6 +223,7 @@ impl Settings {
             idle_timeout: self.idle_timeout.map_or(default.idle_timeout, |d| d.0),
             login_grace: self.login_grace.map_or(default.login_grace, |d| d.0),
             resume_grace: self.resume_grace.map_or(default.resume_grace, |d| d.0),
+            drain_timeout: self.drain_timeout.map_or(default.drain_timeout, |d| d.0),
             tokens: default.tokens,
             check_origin: self.check_origin.unwrap_or(default.check_origin),
             allowed_origins: self.allowed_origins.into_iter().map(|o| o.0).collect(),
@@ -353,6 +357,14 @@ mod tests {
         assert_eq!(config.resume_grace, Duration::ZERO, "0s from the flag wins");
         let config = overlaid("resume_grace = \"2m\"", &[]);
         assert_eq!(config.resume_grace, Duration::from_secs(120));
+        let config = overlaid("drain_timeout = \"2m\"", &["--drain-timeout", "5s"]);
+        assert_eq!(
+            config.drain_timeout,
+            Duration::from_secs(5),
+            "the flag wins"
+        );
+        let config = overlaid("", &[]);
+        assert_eq!(config.drain_timeout, Duration::from_secs(30), "the default");
     }
 
     #[test]

@@ -215,6 +215,9 @@ pub type LoginGrace = DurationWithin<1_000, 3_600_000>;
 /// `resume_grace`: `0s` turns parking off; ten minutes is already long for ports held
 /// for a tab that may never come back.
 pub type ResumeGrace = DurationWithin<0, 600_000>;
+/// `drain_timeout`: `0s` ends every session at the first signal; an hour is already long
+/// for a rolling restart to wait on one relay.
+pub type DrainTimeout = DurationWithin<0, 3_600_000>;
 /// `http_header_timeout`, `http_idle_timeout` and `tls_handshake_timeout`: a second is
 /// tight on a slow mobile network already; beyond an hour the bound no longer protects
 /// anything.

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::drain::Shutdown;
 use axum::extract::ws::Message;
 use bytes::Bytes;
 use futures::channel::mpsc;
@@ -15,7 +16,6 @@ use tabtunnel_proto::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::limits::{Admission, HelloSlot};
@@ -92,7 +92,7 @@ impl Tab {
 struct Lab {
     tab: Tab,
     sshd: TcpListener,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     session: tokio::task::JoinHandle<()>,
 }
 
@@ -147,7 +147,7 @@ async fn lab(extra_toml: &str, adjust: impl FnOnce(&mut Config)) -> Lab {
     } = parts(&sshd, extra_toml, adjust);
     let (to_relay, relay_rx) = mpsc::channel(16);
     let (relay_tx, from_relay) = mpsc::channel(16);
-    let shutdown = CancellationToken::new();
+    let shutdown = Shutdown::default();
     let session = tokio::spawn(super::run(
         relay_tx,
         relay_rx,
@@ -428,7 +428,7 @@ async fn the_tab_leaving_ends_the_session_and_frees_its_forward_port() {
 #[tokio::test]
 async fn the_relay_shutting_down_tells_the_tab() {
     let (mut lab, _ssh) = welcomed("").await;
-    lab.shutdown.cancel();
+    lab.shutdown.stop_now();
     let (code, message, close) = lab.tab.error().await;
     assert_eq!(code, ErrorCode::ShuttingDown);
     assert_eq!(
@@ -540,6 +540,7 @@ async fn forwards_opened_and_closed_over_and_over_leave_no_listener_task_behind(
         holder,
         hello,
         parking,
+        &Shutdown::default(),
     )
     .await
     .expect("the session started");
@@ -573,7 +574,8 @@ async fn forwards_opened_and_closed_over_and_over_leave_no_listener_task_behind(
         to_relay.send(Ok(Message::Close(None))).await.unwrap();
         from_relay
     };
-    let (ended, _from_relay) = tokio::join!(session.run(&mut relay_rx, &heard), tab);
+    let shutdown = Shutdown::default();
+    let (ended, _from_relay) = tokio::join!(session.run(&mut relay_rx, &heard, &shutdown), tab);
     assert_eq!(ended.unwrap(), "the tab closed the WebSocket");
     // Each closed forward's accept loop was aborted; the session must not keep them.
     assert!(
@@ -732,6 +734,8 @@ async fn a_credit_refill_goes_ahead_of_the_ssh_bytes_queued_for_the_tab() {
 struct Relay {
     parts: Parts,
     sshd: TcpListener,
+    /// The relay's drain and stop, shared by its sessions.
+    shutdown: Shutdown,
     /// The SSH server's side of each session's socket, kept open: closing one ends its
     /// session (as lost).
     ssh: std::sync::Mutex<Vec<TcpStream>>,
@@ -751,6 +755,7 @@ impl Relay {
         Self {
             parts,
             sshd,
+            shutdown: Shutdown::default(),
             ssh: Default::default(),
         }
     }
@@ -781,7 +786,7 @@ impl Relay {
             p.config.clone(),
             p.metrics.clone(),
             p.client,
-            CancellationToken::new(),
+            self.shutdown.clone(),
             holder,
             hello,
             None,
@@ -1012,3 +1017,5 @@ async fn unclaimed_forwards_count_toward_the_forwards_per_session_cap() {
         address
     );
 }
+
+mod drain;

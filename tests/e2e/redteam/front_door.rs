@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use tabtunnel_client::{ClientError, ErrorCode};
 use tabtunnel_e2e::fake_tab::{FakeTab, socket_from};
+use tabtunnel_e2e::nginx::Nginx;
 use tabtunnel_e2e::relay::{Relay, RelayProcess, TEST_FORWARD_PORTS, web_dir};
 use tabtunnel_e2e::sshd::Sshd;
 use tabtunnel_e2e::{init_logging, log_in, sshd_login, wait_for, wait_until_steady};
@@ -745,57 +746,6 @@ async fn proxy_protocol_clients_are_capped_per_address() -> Result<()> {
     Ok(())
 }
 
-/// nginx (Debian's nginx-light) on a free loopback port in front of `relay`, passing
-/// WebSocket upgrades and appending the client to `X-Forwarded-For`, as the README says to
-/// set it up. One process (no master, no daemon), killed on drop.
-struct Nginx {
-    addr: SocketAddr,
-    _child: tokio::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    async fn start(relay: SocketAddr) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let port = tabtunnel_e2e::sshd::free_port()?;
-        let d = dir.path().display();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log stderr warn;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
-             proxy_pass http://{relay};\n      proxy_http_version 1.1;\n\
-             proxy_set_header Upgrade $http_upgrade;\n      proxy_set_header Connection \"upgrade\";\n\
-             proxy_set_header Host $host;\n\
-             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    }}\n  }}\n}}\n"
-        );
-        let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, conf)?;
-        let child = tokio::process::Command::new("nginx")
-            .arg("-c")
-            .arg(&path)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg("stderr")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("nginx (Debian's nginx-light; `cargo xtask setup` installs it)")?;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        wait_for("nginx to listen", Duration::from_secs(10), || async {
-            TcpStream::connect(addr).await.ok().map(drop)
-        })
-        .await?;
-        Ok(Self {
-            addr,
-            _child: child,
-            _dir: dir,
-        })
-    }
-}
-
 /// A Hello through nginx from the loopback address `source`: `Ok` for a Welcome, else
 /// the Error's message.
 async fn hello_through(nginx: &Nginx, source: &str) -> Result<(FakeTab, Result<(), String>)> {
@@ -818,7 +768,7 @@ async fn behind_nginx_each_client_has_its_own_limits() -> Result<()> {
     init_logging();
     let sshd = Sshd::start().await?;
     let relay = relay_behind_proxy(&sshd, false).await?;
-    let nginx = Nginx::start(relay.addr).await?;
+    let nginx = Nginx::proxy(relay.addr).await?;
     let (_alice, welcome) = hello_through(&nginx, "127.0.0.2").await?;
     assert_eq!(welcome, Ok(()), "alice's first session");
     let (_bob, welcome) = hello_through(&nginx, "127.0.0.3").await?;
