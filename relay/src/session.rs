@@ -39,6 +39,9 @@ use crate::ssh_pipe::SshPipe;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the last words (Error, Close) may wait for room in the queue.
 const GOODBYE: Duration = Duration::from_secs(2);
+/// How long the connections the tab closed in order may go on writing after the session
+/// ended (see `Finishing`).
+const FINISH_WRITES: Duration = Duration::from_secs(5);
 /// Accepted TCP clients queued for the session, from all its forwards.
 const ACCEPTED_QUEUE: usize = 64;
 
@@ -144,13 +147,14 @@ pub async fn run<W, R>(
         // A tab sends nothing after its Hello until the Welcome, so a session that ended
         // before one has nothing to drain; its places are free already.
         let welcomed = result.is_ok();
-        let result = match result {
-            // Serving consumes the session: its listeners, connections and places end here.
+        let (result, finishing) = match result {
+            // Serving consumes the session: its listeners, connections and places end
+            // here, but for the writes of connections the tab closed in order.
             Ok(session) => {
                 let session = Session { web, ..session };
                 session.serve(&mut ws_rx, shutdown).await
             }
-            Err(err) => Err(err),
+            Err(err) => (Err(err), Finishing::default()),
         };
         let (error, close) = last_words(result, &metrics, peer);
         if let Some(error) = error {
@@ -179,6 +183,7 @@ pub async fn run<W, R>(
             }
         };
         let _ = tokio::time::timeout(GOODBYE, drain).await;
+        finishing.finish().await;
         if tokio::time::timeout(Duration::from_secs(5), &mut writer)
             .await
             .is_err()
@@ -188,6 +193,29 @@ pub async fn run<W, R>(
     }
     .instrument(span)
     .await
+}
+
+/// The tasks of connections the tab closed in order just before the session ended,
+/// still writing to their TCP clients what the tab sent before its Close: a download
+/// that finished in the tab must not lose its tail because the page closed at once.
+#[derive(Default)]
+struct Finishing(JoinSet<connection::Ended>);
+
+impl Finishing {
+    /// Lets them finish, for at most [`FINISH_WRITES`] (a client may have stopped
+    /// reading); whatever is left then is cut.
+    async fn finish(mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let all = async { while self.0.join_next().await.is_some() {} };
+        if tokio::time::timeout(FINISH_WRITES, all).await.is_err() {
+            debug!(
+                connections = self.0.len(),
+                "cut connections still writing after the session ended"
+            );
+        }
+    }
 }
 
 /// What the tab is told as the session ends (an Error frame when it failed, then the
@@ -546,7 +574,11 @@ impl Session {
     /// Serves the session until it ends; returns the reason for an orderly end. The
     /// loop is raced, once, against the silence watchdog and the relay's stop: the
     /// loop can wait on a full queue to a tab that vanished, and both must still end it.
-    async fn serve<R>(mut self, ws_rx: &mut R, shutdown: Shutdown) -> Result<String, SessionError>
+    async fn serve<R>(
+        mut self,
+        ws_rx: &mut R,
+        shutdown: Shutdown,
+    ) -> (Result<String, SessionError>, Finishing)
     where
         R: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
@@ -575,7 +607,14 @@ impl Session {
         if self.lost && !shutdown.is_draining() {
             self.park();
         }
-        end
+        // The connections still open end with the session. Those the tab closed in order
+        // are forgotten already, yet their tasks may still be writing what came before
+        // the Close: they finish after the session's last words (see `Finishing`).
+        for (_, handle) in self.conns.forget_all() {
+            handle.task.abort();
+        }
+        let finishing = Finishing(std::mem::take(&mut self.connections));
+        (end, finishing)
     }
 
     /// Parks the forwards of a lost session (and those of a session it resumed that it

@@ -402,6 +402,55 @@ async fn the_ssh_server_closing_ends_the_session_in_order() {
 }
 
 #[tokio::test]
+async fn bytes_before_the_tabs_close_reach_the_client_when_the_tab_leaves_at_once() {
+    let (mut lab, _ssh) = welcomed("").await;
+    let address = listen(&mut lab.tab).await;
+    let mut client = TcpStream::connect(address).await.unwrap();
+    let Frame::Accept { conn, .. } = lab.tab.frame().await else {
+        panic!("expected Accept");
+    };
+    assert!(matches!(lab.tab.frame().await, Frame::Credit { .. }));
+    // The tab's last answer, its orderly Close, and at once the end of the WebSocket (a
+    // page closed right after a download): the table forgets the connection at the Close
+    // while its task still writes, and the session then ends.
+    let answer: Vec<u8> = (0..192 * 1024).map(|i| (i % 251) as u8).collect();
+    for piece in answer.chunks(16 * 1024) {
+        lab.tab
+            .send(Frame::Data {
+                conn,
+                data: Bytes::copy_from_slice(piece),
+            })
+            .await;
+    }
+    lab.tab
+        .send(Frame::Close {
+            conn,
+            reason: String::new(),
+        })
+        .await;
+    lab.tab
+        .to_relay
+        .send(Ok(Message::Close(None)))
+        .await
+        .unwrap();
+    // The relay may still grant credit for what it wrote before its Close.
+    let close = loop {
+        match lab.tab.message().await {
+            Message::Binary(_) => continue,
+            Message::Close(Some(close)) => break (close.code, close.reason.to_string()),
+            other => panic!("expected a Close, got {other:?}"),
+        }
+    };
+    assert_eq!(close, (1000, "the tab closed the WebSocket".into()));
+    // Only now does the client read: everything sent before the Close arrives, then EOF.
+    assert_eq!(read_to_end(&mut client).await.unwrap(), answer);
+    tokio::time::timeout(DEADLINE, lab.session)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
 async fn the_tab_leaving_ends_the_session_and_frees_its_forward_port() {
     let (mut lab, mut ssh) = welcomed("").await;
     let address = listen(&mut lab.tab).await;
