@@ -44,7 +44,7 @@ impl TokenFile {
 pub fn test_config(toml: &str, sshd: &str, tokens: Option<&TokenFile>) -> Result<Config> {
     let mut config = Config::from_toml(toml)?;
     config.forward_ports = TEST_FORWARD_PORTS;
-    config.web_dir = web_dir();
+    config.web_dir = Some(web_dir());
     config.add_target("sshd", sshd, "test")?;
     if let Some(tokens) = tokens {
         config.load_tokens(&tokens.path())?;
@@ -66,7 +66,7 @@ impl Relay {
     pub async fn start(targets: &[(&str, &str)]) -> Result<Self> {
         let mut config = Config {
             forward_ports: TEST_FORWARD_PORTS,
-            web_dir: web_dir(),
+            web_dir: Some(web_dir()),
             ..Config::default()
         };
         for (name, address) in targets {
