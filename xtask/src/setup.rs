@@ -22,6 +22,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "nginx-light",
     // `node --test` runs the tests of the page's DOM-free modules (web/test/).
     "nodejs",
+    // `systemd-analyze verify` checks the relay's unit (deploy/systemd).
+    "systemd",
 ];
 
 /// Debian packages the wasm build needs (ring's C code for wasm32 needs clang; npm, see
