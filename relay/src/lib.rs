@@ -13,6 +13,7 @@ pub mod listen;
 pub mod log_limit;
 pub mod metrics;
 mod outgoing;
+pub mod page;
 pub mod parked;
 pub mod ports;
 mod proxy_protocol;
@@ -38,9 +39,6 @@ use tabtunnel_proto::MAX_FRAME;
 use crate::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
-use tower::ServiceBuilder;
-use tower_http::compression::CompressionLayer;
-use tower_http::services::ServeDir;
 
 pub use client_addr::ClientAddr;
 pub use config::Config;
@@ -100,16 +98,10 @@ impl AppState {
 /// How long the stop waits for sessions to tell their tabs.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The relay's HTTP routes: `/ws` (sessions), `/api/targets`, and the page at `/`.
+/// The relay's HTTP routes: `/ws` (sessions), `/api/targets`, and the page at `/` (see
+/// `page`: built into the binary, or `web_dir`).
 pub fn app(state: AppState) -> Router {
-    // Compressed when the browser accepts it: the wasm bundle shrinks about threefold.
-    let static_files = ServiceBuilder::new()
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(state.config.web_dir.clone()),
-            web_guard::static_files,
-        ))
-        .layer(CompressionLayer::new())
-        .service(ServeDir::new(&state.config.web_dir).append_index_html_on_directories(true));
+    let static_files = page::service(state.config.web_dir.as_deref());
     let web_proxy = web_forward::WebProxy::new(
         state.config.clone(),
         state.web_forwards.clone(),
@@ -277,7 +269,7 @@ mod tests {
 
     fn state_with_web_dir(dir: &std::path::Path) -> AppState {
         let mut config = Config {
-            web_dir: dir.to_owned(),
+            web_dir: Some(dir.to_owned()),
             ..Config::default()
         };
         config.add_target("lab", "10.1.2.3:2222", "test").unwrap();
@@ -357,7 +349,7 @@ mod tests {
         std::fs::write(&cert_path, cert.cert.pem()).unwrap();
         std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
         let config = Config {
-            web_dir: dir.path().to_owned(),
+            web_dir: Some(dir.path().to_owned()),
             tls_cert: Some(cert_path),
             tls_key: Some(key_path),
             web_forward_domain: Some("tunnel.example.edu".into()),
@@ -425,7 +417,7 @@ mod tests {
     /// by hand, its name and its link's key.
     fn one_web_forward(dir: &std::path::Path) -> (Router, web_forward::Registration, String) {
         let config = Config {
-            web_dir: dir.to_owned(),
+            web_dir: Some(dir.to_owned()),
             web_forward_domain: Some("tunnel.example.edu".into()),
             ..Config::default()
         };

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tabtunnel_relay::config::{Flags, LogFormat};
 use tabtunnel_relay::demo::DemoServer;
+use tabtunnel_relay::page;
 use tabtunnel_relay::{AppState, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -106,12 +107,7 @@ fn preflight(config: &Config, demo: bool) -> Result<Vec<String>> {
     }
     let mut notes = tabtunnel_relay::ports::sizing_warnings(config);
     notes.extend(tabtunnel_relay::web_forward::shared_site_warnings(config));
-    if !config.web_dir.join("pkg").join("client_wasm.js").exists() {
-        notes.push(format!(
-            "{} has no pkg/client_wasm.js: the page will not load; build it with `cargo xtask wasm`",
-            config.web_dir.display()
-        ));
-    }
+    notes.extend(page::Source::of(config.web_dir.as_deref()).warning());
     Ok(notes)
 }
 
@@ -143,6 +139,7 @@ fn check_config(args: &Args) -> ExitCode {
         return ExitCode::from(2);
     }
     print!("{}", config.effective_settings());
+    println!("# page: {}", page::Source::of(config.web_dir.as_deref()));
     if args.demo {
         println!("# --demo: target \"demo\" is added at start (an embedded SSH server)");
     }

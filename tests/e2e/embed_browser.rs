@@ -71,7 +71,7 @@ async fn the_embedding_example_forwards_data_through_the_package() -> Result<()>
     let _one = ONE_BROWSER.lock().await;
     init_logging();
     let lab = Lab::builder()
-        .configure(move |config| config.web_dir = dir)
+        .configure(move |config| config.web_dir = Some(dir))
         .start()
         .await?;
     let browser = open(&lab.relay.http_url()).await?;

@@ -1,5 +1,6 @@
 //! The real page in headless Chromium: the wasm client over a browser WebSocket, through
-//! the relay, to a real sshd (and to the relay binary's --demo server). Proves the glue.
+//! the relay, to a real sshd (and to the relay binary's --demo server). Proves the glue,
+//! and that the relay binary alone, in an empty folder, serves the page it carries.
 
 use std::time::{Duration, Instant};
 
@@ -8,13 +9,13 @@ use fantoccini::Locator;
 use serde_json::json;
 use tabtunnel_e2e::lab::Lab;
 use tabtunnel_e2e::page::{
-    accept_host_key, browser_turn, log_in_with_password, open, open_forwards_with_key, page,
-    page_with, row_listen_address, wait_until_connected,
+    ONE_BROWSER, accept_host_key, add_forward_in_form, browser_turn, log_in_with_password, open,
+    open_forwards_with_key, page, page_with, row_listen_address, wait_until_connected,
 };
 use tabtunnel_e2e::relay::{Relay, RelayProcess, web_dir};
 use tabtunnel_e2e::services::{BulkServer, EchoServer, exchange};
-use tabtunnel_e2e::sshd::SshdOptions;
-use tabtunnel_e2e::{pattern, sha256_hex, wait_for, wait_until_port_free};
+use tabtunnel_e2e::sshd::{Sshd, SshdOptions};
+use tabtunnel_e2e::{init_logging, pattern, sha256_hex, wait_for, wait_until_port_free};
 use tabtunnel_relay::demo::{DemoOptions, DemoServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -569,6 +570,61 @@ async fn closing_the_tab_frees_its_listeners_within_a_second() -> Result<()> {
     eprintln!(
         "the forward's port was free {:?} after its tab closed",
         closed.elapsed()
+    );
+    browser.stop().await;
+    Ok(())
+}
+
+/// What "one binary" promises: the relay copied alone into an empty folder and started
+/// there with no --web-dir serves the page it carries (the wasm client as
+/// application/wasm, compressed), and through it a forward over a real sshd carries bytes.
+/// `TABTUNNEL_RELAY_BIN=target/dist/relay` makes it the dist file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_binary_alone_in_an_empty_folder_serves_its_page_and_forwards() -> Result<()> {
+    // Not `browser_turn`: that checks web/pkg, which this relay must not need.
+    let _one = ONE_BROWSER.lock().await;
+    init_logging();
+    let sshd = Sshd::start().await?;
+    let echo = EchoServer::start("127.0.0.1").await?;
+    let folder = tempfile::tempdir()?;
+    let target = format!("sshd={}", sshd.address());
+    let relay = RelayProcess::start_alone_in(folder.path(), &["--target", &target], "warn").await?;
+    let files: Vec<_> = std::fs::read_dir(folder.path())?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(files, ["relay"], "the folder holds the binary alone");
+    let output = relay.output().join("\n");
+    assert!(!output.contains("no client bundle"), "{output}");
+
+    let mut http = tokio::net::TcpStream::connect(&relay.addr).await?;
+    http.write_all(b"GET /pkg/client_wasm_bg.wasm HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept-Encoding: gzip, br\r\n\r\n")
+        .await?;
+    let mut wasm = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), http.read_to_end(&mut wasm)).await??;
+    let end = wasm
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("the answer's end of headers")?;
+    let head = String::from_utf8_lossy(&wasm[..end]).to_ascii_lowercase();
+    for wanted in [
+        " 200 ",
+        "content-type: application/wasm",
+        "content-encoding: br",
+        "cache-control: no-cache",
+        "etag: \"",
+    ] {
+        assert!(head.contains(wanted), "{wanted}: {head}");
+    }
+
+    let browser = open(&relay.http_url()).await?;
+    let c = &browser.client;
+    log_in_with_password(c, "sshd", sshd.user, sshd.password).await?;
+    let listen = add_forward_in_form(c, &format!("0:127.0.0.1:{}", echo.addr.port())).await?;
+    let sent = pattern(7, 256 << 10);
+    assert_eq!(
+        exchange(&listen, &sent).await?,
+        sent,
+        "through the tab and back"
     );
     browser.stop().await;
     Ok(())

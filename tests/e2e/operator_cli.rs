@@ -1,6 +1,7 @@
 //! The operator's command line, through the real relay binary: `--check-config` on a
 //! good and a bad configuration (it listens on nothing and never prints a token secret),
-//! and `--version` with the git revision. JSON logs are checked in `no_leaks`.
+//! and `--version` with the git revision. JSON logs are checked in `no_leaks`. And the
+//! systemd unit in deploy/systemd, through `systemd-analyze verify`.
 
 use std::time::Duration;
 
@@ -70,6 +71,7 @@ async fn check_config_prints_the_effective_settings_without_secrets_and_listens_
         "token_holders = [\"erin\", \"frank\"]",
         "[targets.\"lab\"]\naddress = \"127.0.0.1:22\"",
         "# configuration OK",
+        "# page: embedded in this binary (",
     ] {
         assert!(stdout.contains(shown), "{shown:?} missing:\n{stdout}");
     }
@@ -142,6 +144,86 @@ async fn version_names_the_crate_version_and_the_git_revision() -> Result<()> {
         // Built from this checkout: its commit (dirty or not, as the tree is).
         Some(rev) => assert!(stdout.contains(&format!("(rev {rev}")), "{stdout} vs {rev}"),
         None => assert!(stdout.contains("(unknown revision)"), "{stdout}"),
+    }
+    Ok(())
+}
+
+/// Where the unit expects the relay (README.md, "Running a relay").
+const INSTALLED_RELAY: &str = "/usr/local/bin/tabtunnel-relay";
+
+/// Runs `systemd-analyze verify` on `unit` (bounded in time): success, and all it said.
+async fn systemd_verify(unit: &std::path::Path) -> Result<(bool, String)> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(unit)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("systemd-analyze verify did not end within 30 s"))??;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.success(), said))
+}
+
+/// The unit, alone and with its privileged-ports drop-in, passes `systemd-analyze verify`
+/// without a word; verify wants ExecStart's file to exist, so the copies name the relay
+/// binary under test where the unit says /usr/local/bin/tabtunnel-relay. A misspelled key
+/// is reported, so the silence means something.
+#[tokio::test]
+async fn the_systemd_unit_verifies_without_a_warning() -> Result<()> {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let unit = std::fs::read_to_string(deploy.join("tabtunnel-relay.service"))?;
+    let drop_in = std::fs::read_to_string(deploy.join("privileged-ports.conf"))?;
+    let lines: Vec<&str> = unit.lines().collect();
+    for wanted in [
+        "ExecStart=/usr/local/bin/tabtunnel-relay --config /etc/tabtunnel/relay.toml --log-format json",
+        "DynamicUser=yes",
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "SystemCallFilter=@system-service",
+    ] {
+        assert!(lines.contains(&wanted), "the unit lacks {wanted:?}");
+    }
+    assert!(
+        drop_in.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE"),
+        "{drop_in}"
+    );
+    let relay = relay_binary()?;
+    let relay = relay.to_str().expect("a UTF-8 path");
+    let unit = unit.replace(INSTALLED_RELAY, relay);
+    let dir = tempfile::tempdir()?;
+    let cases = [
+        ("tabtunnel-relay.service", unit.clone(), true),
+        (
+            "tabtunnel-relay-privileged.service",
+            format!("{unit}\n{drop_in}"),
+            true,
+        ),
+        (
+            "misspelled.service",
+            unit.replace("ProtectSystem=", "ProtectSytem="),
+            false,
+        ),
+    ];
+    for (name, text, clean) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        let (ok, said) = systemd_verify(&path).await?;
+        if clean {
+            assert!(ok && said.trim().is_empty(), "{name}:\n{said}");
+        } else {
+            assert!(said.contains("ProtectSytem"), "{name}:\n{said}");
+        }
     }
     Ok(())
 }

@@ -209,7 +209,7 @@ async fn a_worker_script_that_fails_to_load_is_reported() -> Result<()> {
     copy_web_dir(&web_dir(), web.path(), "client_worker.js")?;
     let path = web.path().to_owned();
     let lab = Lab::builder()
-        .configure(move |config| config.web_dir = path)
+        .configure(move |config| config.web_dir = Some(path))
         .start()
         .await?;
     let browser = open(&lab.relay.http_url()).await?;

@@ -1,7 +1,7 @@
 //! The relay, in-process on a free loopback port, stopped on drop.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use tabtunnel_relay::{AppState, Config};
@@ -44,7 +44,7 @@ impl TokenFile {
 pub fn test_config(toml: &str, sshd: &str, tokens: Option<&TokenFile>) -> Result<Config> {
     let mut config = Config::from_toml(toml)?;
     config.forward_ports = TEST_FORWARD_PORTS;
-    config.web_dir = web_dir();
+    config.web_dir = Some(web_dir());
     config.add_target("sshd", sshd, "test")?;
     if let Some(tokens) = tokens {
         config.load_tokens(&tokens.path())?;
@@ -66,7 +66,7 @@ impl Relay {
     pub async fn start(targets: &[(&str, &str)]) -> Result<Self> {
         let mut config = Config {
             forward_ports: TEST_FORWARD_PORTS,
-            web_dir: web_dir(),
+            web_dir: Some(web_dir()),
             ..Config::default()
         };
         for (name, address) in targets {
@@ -178,8 +178,31 @@ impl RelayProcess {
         log: &str,
         open_files: Option<u64>,
     ) -> Result<Self> {
+        Self::spawn(relay_binary()?, None, listen, args, log, open_files).await
+    }
+
+    /// Copies the relay binary alone into the empty folder `dir` and starts it there
+    /// (its working directory), as an operator who copied the one file would.
+    pub async fn start_alone_in(dir: &Path, args: &[&str], log: &str) -> Result<Self> {
+        anyhow::ensure!(
+            std::fs::read_dir(dir)?.next().is_none(),
+            "{} is not empty",
+            dir.display()
+        );
+        let copy = dir.join("relay");
+        std::fs::copy(relay_binary()?, &copy)?;
+        Self::spawn(copy, Some(dir), "127.0.0.1:0", args, log, None).await
+    }
+
+    async fn spawn(
+        binary: PathBuf,
+        cwd: Option<&Path>,
+        listen: &str,
+        args: &[&str],
+        log: &str,
+        open_files: Option<u64>,
+    ) -> Result<Self> {
         use tokio::io::AsyncBufReadExt;
-        let binary = relay_binary()?;
         let mut command = match open_files {
             None => tokio::process::Command::new(binary),
             Some(n) => {
@@ -196,6 +219,9 @@ impl RelayProcess {
             TEST_FORWARD_PORTS.start(),
             TEST_FORWARD_PORTS.end()
         );
+        if let Some(dir) = cwd {
+            command.current_dir(dir);
+        }
         let mut child = command
             .args(["--listen", listen, "--forward-ports", &range])
             .args(args)
@@ -313,9 +339,24 @@ impl RelayProcess {
     }
 }
 
-/// The `relay` binary of the profile this program was built with: a test runs from
-/// `target/<profile>/deps/`, a binary such as the bench from `target/<profile>/`.
+/// Names the relay binary the tests run instead of the build's own: a dist build, say
+/// `TABTUNNEL_RELAY_BIN=target/dist/relay` (a relative path is from the repository root).
+pub const RELAY_BIN_VAR: &str = "TABTUNNEL_RELAY_BIN";
+
+/// The `relay` binary the tests run: [`RELAY_BIN_VAR`]'s, else the one of the profile this
+/// program was built with (a test runs from `target/<profile>/deps/`, a binary such as the
+/// bench from `target/<profile>/`).
 pub fn relay_binary() -> Result<PathBuf> {
+    if let Some(given) = std::env::var_os(RELAY_BIN_VAR).filter(|v| !v.is_empty()) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let binary = root.join(given);
+        anyhow::ensure!(
+            binary.is_file(),
+            "{RELAY_BIN_VAR} names {}, which is not a file",
+            binary.display()
+        );
+        return Ok(binary);
+    }
     let exe = std::env::current_exe()?;
     let dir = exe
         .parent()

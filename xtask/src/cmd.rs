@@ -149,6 +149,22 @@ impl Cmd {
         Ok((status, kept))
     }
 
+    /// Starts the command in a process group of its own (stdin `/dev/null`), so that
+    /// [`Running::stop`] ends it with whatever it started.
+    pub fn spawn_group(mut self) -> Result<Running> {
+        use std::os::unix::process::CommandExt;
+        self.announce();
+        self.inner.stdin(Stdio::null()).process_group(0);
+        let child = self
+            .inner
+            .spawn()
+            .with_context(|| format!("could not start `{}`", self.shown))?;
+        Ok(Running {
+            child,
+            shown: self.shown,
+        })
+    }
+
     /// Replaces this process with the command (Unix `exec`), so the command's exit status
     /// becomes ours and Ctrl-C reaches it directly. Elsewhere: run it and exit with its code.
     pub fn exec(mut self) -> Result<std::convert::Infallible> {
@@ -167,6 +183,42 @@ impl Cmd {
                 .status()
                 .with_context(|| format!("could not start `{}`", self.shown))?;
             std::process::exit(status.code().unwrap_or(1));
+        }
+    }
+}
+
+/// A command started by [`Cmd::spawn_group`].
+#[derive(Debug)]
+pub struct Running {
+    child: std::process::Child,
+    shown: String,
+}
+
+impl Running {
+    /// Sends SIGTERM to the command's process group, then SIGKILL if it is still there
+    /// after a few seconds, and waits for the command.
+    pub fn stop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        for (signal, grace) in [("-TERM", 50), ("-KILL", 50)] {
+            let _ = Command::new("kill")
+                .args([signal, "--", &group])
+                .stderr(Stdio::null())
+                .status();
+            for _ in 0..grace {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        println!("note: `{}` did not end after SIGKILL", self.shown);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Project automation: `cargo xtask <setup|wasm|package|demo|test|imports|bench|fuzz>`.
+//! Project automation: `cargo xtask <setup|wasm|package|dist|image|demo|test|imports|bench|fuzz>`.
 
 mod cmd;
+mod dist;
 mod e2e;
 mod fuzz;
 mod imports;
@@ -41,6 +42,18 @@ enum Task {
     /// the example that embeds it (target/npm/embed, for `relay --web-dir`), type-checked
     /// with tsc.
     Package,
+    /// Build the release relay with the page built in (wasm client with the size profile
+    /// and wasm-opt) and copy it to <target>/dist/relay; print its size and SHA-256 and the
+    /// gzipped wasm size.
+    Dist {
+        /// A static musl build instead (<target>/dist/relay-static), for the container
+        /// image; installs the musl target and Debian's musl-tools if missing.
+        #[arg(long = "static")]
+        static_build: bool,
+    },
+    /// `dist --static`, then the container image (deploy/container/Dockerfile) with buildah,
+    /// run once and probed for /healthz and the page. Not part of `test`.
+    Image,
     /// Build the wasm client, then run the relay in demo mode.
     Demo {
         /// Address the relay listens on.
@@ -110,6 +123,16 @@ fn main() -> Result<()> {
             },
         ),
         Task::Package => tasks::package(&root),
+        Task::Dist { static_build } => dist::dist(
+            &root,
+            if static_build {
+                dist::Linking::Static
+            } else {
+                dist::Linking::Dynamic
+            },
+        )
+        .map(drop),
+        Task::Image => dist::image(&root),
         Task::Demo { listen } => tasks::demo(&root, &listen),
         Task::Test => tasks::test(&root),
         Task::Imports => imports::check(&root),

@@ -22,6 +22,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "nginx-light",
     // `node --test` runs the tests of the page's DOM-free modules (web/test/).
     "nodejs",
+    // `systemd-analyze verify` checks the relay's unit (deploy/systemd).
+    "systemd",
 ];
 
 /// Debian packages the wasm build needs (ring's C code for wasm32 needs clang; npm, see
@@ -105,29 +107,48 @@ fn fail_if_sudo_needed(cmds: &[String]) -> Result<()> {
 // rustup target
 
 pub fn wasm_target() -> Result<()> {
+    rust_target(WASM_TARGET)
+}
+
+/// Installs the std of rust target `target` (through rustup) if it is missing.
+pub fn rust_target(target: &str) -> Result<()> {
     if let Some(list) = probe("rustup", &["target", "list", "--installed"]) {
-        if list.lines().any(|l| l.trim() == WASM_TARGET) {
-            println!("ok: rust target {WASM_TARGET} is installed");
+        if list.lines().any(|l| l.trim() == target) {
+            println!("ok: rust target {target} is installed");
             return Ok(());
         }
-        return Cmd::new("rustup")
-            .args(["target", "add", WASM_TARGET])
-            .run();
+        return Cmd::new("rustup").args(["target", "add", target]).run();
     }
     // No rustup: accept a toolchain whose sysroot already has the target's std.
     if let Some(sysroot) = probe("rustc", &["--print", "sysroot"])
         && Path::new(&sysroot)
             .join("lib/rustlib")
-            .join(WASM_TARGET)
+            .join(target)
             .is_dir()
     {
-        println!("ok: rust target {WASM_TARGET} is in {sysroot} (no rustup)");
+        println!("ok: rust target {target} is in {sysroot} (no rustup)");
         return Ok(());
     }
     bail!(
-        "rustup was not found and the toolchain has no {WASM_TARGET} std; \
-         install rustup (https://rustup.rs) and run `rustup target add {WASM_TARGET}`"
+        "rustup was not found and the toolchain has no {target} std; \
+         install rustup (https://rustup.rs) and run `rustup target add {target}`"
     )
+}
+
+/// What `cargo xtask dist --static` needs: the musl target, and Debian's musl-tools
+/// (musl-gcc compiles ring's C code for it).
+pub fn musl() -> Result<()> {
+    rust_target(crate::dist::MUSL_TARGET)?;
+    let mut need_sudo = Vec::new();
+    apt_packages(&["musl-tools"], is_root(), &mut need_sudo)?;
+    fail_if_sudo_needed(&need_sudo)
+}
+
+/// What `cargo xtask image` needs besides the static relay: Debian's buildah.
+pub fn buildah() -> Result<()> {
+    let mut need_sudo = Vec::new();
+    apt_packages(&["buildah"], is_root(), &mut need_sudo)?;
+    fail_if_sudo_needed(&need_sudo)
 }
 
 // ---------------------------------------------------------------------------------------------

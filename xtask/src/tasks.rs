@@ -11,7 +11,7 @@ use crate::package;
 use crate::setup::{self, WASM_TARGET};
 
 /// The cargo target directory: `CARGO_TARGET_DIR` (made absolute) or `<repo>/target`.
-fn target_dir(root: &Path) -> Result<PathBuf> {
+pub fn target_dir(root: &Path) -> Result<PathBuf> {
     match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
         Some(dir) => {
             let dir = PathBuf::from(dir);
@@ -27,7 +27,7 @@ fn target_dir(root: &Path) -> Result<PathBuf> {
     }
 }
 
-fn cargo(root: &Path) -> Result<Cmd> {
+pub fn cargo(root: &Path) -> Result<Cmd> {
     let mut cmd = Cmd::new("cargo").current_dir(root);
     // Relative CARGO_TARGET_DIR is resolved against our cwd; pass it on absolute so that the
     // children (which run in the repo root) use the same directory.

@@ -45,7 +45,10 @@ impl Config {
             "allow_privileged_ports = {}",
             self.allow_privileged_ports
         )?;
-        writeln!(out, "web_dir = {}", path(&self.web_dir))?;
+        match &self.web_dir {
+            Some(dir) => writeln!(out, "web_dir = {}", path(dir))?,
+            None => writeln!(out, "# web_dir: not set (the page built into the binary)")?,
+        }
         writeln!(out, "ping_interval = {}", duration(self.ping_interval))?;
         writeln!(
             out,

@@ -87,7 +87,8 @@ pub struct Flags {
         value_delimiter = ','
     )]
     pub allowed_hosts: Vec<HostName>,
-    /// Folder with the page and its `pkg/` wasm bundle.
+    /// Serve the page from this folder (with its `pkg/` wasm bundle) instead of the copy
+    /// built into the binary: for developers.
     #[arg(long, value_name = "DIR")]
     pub web_dir: Option<PathBuf>,
     /// Serve HTTPS (and wss://) with this PEM certificate chain; needs --tls-key.

@@ -61,8 +61,9 @@ pub struct Config {
     pub forward_allowed_sources: Vec<IpNet>,
     /// Whether ports below 1024 may be used (needs CAP_NET_BIND_SERVICE).
     pub allow_privileged_ports: bool,
-    /// Folder served at `/`: the page and its `pkg/` wasm bundle.
-    pub web_dir: PathBuf,
+    /// Folder served at `/` instead of the page built into the binary: the page and its
+    /// `pkg/` wasm bundle (for developers); `None`: the embedded page.
+    pub web_dir: Option<PathBuf>,
     /// How often the relay pings each tab's WebSocket. A tab silent for three
     /// intervals (a closed laptop, a lost network) is ended with its listeners.
     pub ping_interval: std::time::Duration,
@@ -408,7 +409,7 @@ impl Default for Config {
             allowed_binds: Vec::new(),
             forward_allowed_sources: Vec::new(),
             allow_privileged_ports: false,
-            web_dir: PathBuf::from("web"),
+            web_dir: None,
             ping_interval: std::time::Duration::from_secs(20),
             handshake_timeout: std::time::Duration::from_secs(10),
             idle_timeout: None,

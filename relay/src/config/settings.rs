@@ -215,7 +215,7 @@ impl Settings {
             allow_privileged_ports: self
                 .allow_privileged_ports
                 .unwrap_or(default.allow_privileged_ports),
-            web_dir: self.web_dir.unwrap_or(default.web_dir),
+            web_dir: self.web_dir.or(default.web_dir),
             ping_interval: self.ping_interval.map_or(default.ping_interval, |d| d.0),
             handshake_timeout: self
                 .handshake_timeout
@@ -347,7 +347,7 @@ mod tests {
         assert_eq!(config.forward_ports, 30000..=30001);
         assert_eq!(config.idle_timeout, None, "off from the flag wins");
         assert_eq!(config.public_host.as_deref(), Some("B.example"));
-        assert_eq!(config.web_dir, PathBuf::from("web"));
+        assert_eq!(config.web_dir, Some(PathBuf::from("web")));
         assert_eq!(config.tls_cert, Some(PathBuf::from("flag.pem")));
         // A flag left out keeps the file's value; both left out keep the default.
         let config = overlaid("", &["--idle-timeout", "2h"]);

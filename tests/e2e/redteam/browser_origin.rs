@@ -121,7 +121,7 @@ async fn upgrade(addr: SocketAddr, host: &str, origin: Option<&str>) -> Result<A
 async fn relay_serving(web_dir: &Path, change: impl FnOnce(&mut Config)) -> Result<Relay> {
     let mut config = Config {
         forward_ports: TEST_FORWARD_PORTS,
-        web_dir: web_dir.to_owned(),
+        web_dir: Some(web_dir.to_owned()),
         ..Config::default()
     };
     config.add_target("sshd", "127.0.0.1:22", "test")?;

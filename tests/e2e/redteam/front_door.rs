@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 fn config() -> Config {
     Config {
         forward_ports: TEST_FORWARD_PORTS,
-        web_dir: web_dir(),
+        web_dir: Some(web_dir()),
         ..Config::default()
     }
 }
@@ -598,7 +598,7 @@ async fn a_response_the_client_does_not_read_is_dropped_after_the_idle_timeout()
     let size = 8 << 20;
     std::fs::write(web.path().join("big.bin"), tabtunnel_e2e::pattern(7, size))?;
     let relay = Relay::start_with(Config {
-        web_dir: web.path().to_owned(),
+        web_dir: Some(web.path().to_owned()),
         http_header_timeout: Duration::from_secs(60),
         http_idle_timeout: Duration::from_secs(1),
         ..config()
