@@ -40,7 +40,7 @@ pub fn dist(root: &Path, linking: Linking) -> Result<PathBuf> {
     let (built, name) = match linking {
         Linking::Dynamic => (target_dir.join("release/relay"), "relay"),
         Linking::Static => {
-            setup::musl()?;
+            setup::musl(MUSL_TARGET)?;
             // ring's C code, compiled for musl by Debian's musl-tools.
             build = build
                 .args(["--target", MUSL_TARGET])

@@ -135,10 +135,10 @@ pub fn rust_target(target: &str) -> Result<()> {
     )
 }
 
-/// What `cargo xtask dist --static` needs: the musl target, and Debian's musl-tools
+/// What `cargo xtask dist --static` needs: the musl `target`, and Debian's musl-tools
 /// (musl-gcc compiles ring's C code for it).
-pub fn musl() -> Result<()> {
-    rust_target(crate::dist::MUSL_TARGET)?;
+pub fn musl(target: &str) -> Result<()> {
+    rust_target(target)?;
     let mut need_sudo = Vec::new();
     apt_packages(&["musl-tools"], is_root(), &mut need_sudo)?;
     fail_if_sudo_needed(&need_sudo)
