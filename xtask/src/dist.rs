@@ -149,6 +149,13 @@ pub fn image(root: &Path) -> Result<()> {
         .arg(context)
         .run()?;
     let built = started.elapsed();
+    // The image this build replaced under the same tag: without this, each run would leave
+    // one more copy of the relay in buildah's storage.
+    Cmd::new("buildah")
+        .args(BUILDAH_STORAGE)
+        .args(["rmi", "--prune"])
+        .run()
+        .context("removing the images this build replaced")?;
     run_and_probe()?;
     println!(
         "\nimage {IMAGE}: built in {:.0} s (dist --static included), ran and answered; total {:.0} s",

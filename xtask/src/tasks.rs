@@ -278,16 +278,20 @@ fn secs(d: Duration) -> String {
 }
 
 /// `cargo xtask test`: setup, wasm, fmt, clippy, tests (the end-to-end suite is one binary,
-/// `tabtunnel-e2e`'s `e2e`), then fuzzing.
-pub fn test(root: &Path) -> Result<()> {
+/// `tabtunnel-e2e`'s `e2e`), the container `image` step when given one, then fuzzing.
+pub fn test(root: &Path, image: Option<&dyn Fn() -> Result<()>>) -> Result<()> {
     let start = Instant::now();
     let mut steps = Steps::default();
-    let result = test_steps(root, &mut steps);
+    let result = test_steps(root, &mut steps, image);
     steps.summary(start.elapsed());
     result
 }
 
-fn test_steps(root: &Path, steps: &mut Steps) -> Result<()> {
+fn test_steps(
+    root: &Path,
+    steps: &mut Steps,
+    image: Option<&dyn Fn() -> Result<()>>,
+) -> Result<()> {
     // Read first, so that a bad value fails before the long steps.
     let fuzz_seconds = fuzz_seconds()?;
     let mut tools = None;
@@ -355,6 +359,13 @@ fn test_steps(root: &Path, steps: &mut Steps) -> Result<()> {
             .args(["test", "--workspace", "--no-fail-fast"])
             .run()
     })?;
+    match image {
+        Some(image) => steps.run("container image", image)?,
+        None => println!(
+            "\nCI: not building the container image (a cold static release build takes several \
+             minutes, beyond CI's time budget); `cargo xtask image` builds, runs and probes it"
+        ),
+    }
     if fuzz_seconds == 0 {
         println!("\nFUZZ_SECONDS=0: not fuzzing");
         return Ok(());
