@@ -586,6 +586,10 @@ fn apply(action: Action<'_, ConnHandle>) {
             debug!(%reason, "relay aborted a connection");
             drop(conn);
         }
+        Action::Refused(conn, failure, message) => {
+            debug!(?failure, %message, "relay could not open a connection");
+            drop(conn);
+        }
     }
 }
 

@@ -1022,6 +1022,11 @@ fn deliver(conn: u32, action: Action<'_, ConnHandle>) -> bool {
             handle.task.abort();
             true
         }
+        Action::Refused(handle, failure, message) => {
+            debug!(conn, ?failure, %message, "tab could not open connection");
+            handle.task.abort();
+            true
+        }
     }
 }
 
