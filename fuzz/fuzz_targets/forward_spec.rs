@@ -15,7 +15,10 @@ fuzz_target!(|input: &[u8]| {
     let text = valid_utf8_prefix(input);
     if let Ok(spec) = parse_dynamic(text) {
         assert!(
-            !spec.bind.chars().any(|c| c.is_whitespace() || c.is_control()),
+            !spec
+                .bind
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control()),
             "{text:?} gave {spec:?}"
         );
         let shown = spec.to_string();

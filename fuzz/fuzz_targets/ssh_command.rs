@@ -48,7 +48,13 @@ fuzz_target!(|input: &[u8]| {
     let again = parse_ssh_command(&rebuilt)
         .unwrap_or_else(|e| panic!("{text:?} gave {cmd:?}, rebuilt as {rebuilt:?}: {e}"));
     assert_eq!(
-        (&again.user, &again.host, again.port, &again.forwards, &again.dynamic),
+        (
+            &again.user,
+            &again.host,
+            again.port,
+            &again.forwards,
+            &again.dynamic
+        ),
         (&cmd.user, &cmd.host, cmd.port, &cmd.forwards, &cmd.dynamic),
         "{text:?} gave {cmd:?}, rebuilt as {rebuilt:?}"
     );
