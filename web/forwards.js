@@ -10,6 +10,16 @@ const $ = (id) => document.getElementById(id);
 
 const STATS_INTERVAL_MS = 500;
 
+/**
+ * Checks a forward as typed: `-D [bind:]port` (a SOCKS proxy, as ssh -D) or an `ssh -L`
+ * spec, with or without `-L`. Answers { bind, port, ... } or throws the parser's error.
+ */
+export async function parseAnySpec(mod, spec) {
+  const text = String(spec).trim();
+  if (text.startsWith("-D")) return mod.parseDynamicSpec(text.slice(2));
+  return mod.parseForwardSpec(text.startsWith("-L") ? text.slice(2) : text);
+}
+
 export class ForwardList {
   /**
    * `wasm`: the SSH client (to check specs); `session()`: the connected session or null;
@@ -87,7 +97,7 @@ export class ForwardList {
     let parsed;
     try {
       const mod = await this.wasm.get();
-      parsed = await mod.parseForwardSpec(spec);
+      parsed = await parseAnySpec(mod, spec);
     } catch (err) {
       this.showError(messageOf(err));
       return false;
