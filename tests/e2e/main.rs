@@ -33,6 +33,7 @@ mod reconnect_browser;
 mod reconnect_native;
 mod redteam;
 mod semantics_native;
+mod socks_browser;
 mod socks_native;
 mod tls;
 mod web_forward_browser;
