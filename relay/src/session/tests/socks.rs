@@ -378,3 +378,49 @@ async fn remote_forwards_are_refused_until_the_relay_serves_them() {
     assert_eq!((code, close), (ErrorCode::Protocol, 1002));
     assert!(message.contains("Dial"), "{message}");
 }
+
+#[tokio::test]
+async fn a_lost_tab_gets_its_socks_forward_back_on_the_same_listener() {
+    let relay = Relay::with(Duration::from_secs(60), |config| {
+        config.forward_ports = 43000..=43999;
+    })
+    .await;
+    let (mut tab, secret, _, first) = relay.session(1, None).await;
+    let address = listen_socks(&mut tab, "", "").await;
+    drop(tab); // lost: the forward is parked
+    tokio::time::timeout(DEADLINE, first)
+        .await
+        .unwrap()
+        .unwrap();
+    parked(&relay, 1).await;
+    // A SOCKS client that comes meanwhile waits in the listen backlog, its greeting sent.
+    let mut waiting = TcpStream::connect(address).await.unwrap();
+    waiting.write_all(&[5, 1, 0]).await.unwrap();
+    let (mut tab, _, resumed, _second) = relay.session(2, secret).await;
+    assert!(resumed);
+    tab.send(Frame::ListenSocks {
+        forward: 9,
+        bind: "127.0.0.1".into(),
+        port: address.port(),
+        username: String::new(),
+        password: String::new(),
+    })
+    .await;
+    assert_eq!(
+        tab.frame().await,
+        Frame::Listening {
+            forward: 9,
+            address: address.to_string()
+        }
+    );
+    // The waiting client's handshake goes on with the resumed forward.
+    assert_eq!(read_exactly(&mut waiting, 2).await, [5, 0]);
+    waiting
+        .write_all(&socks5_request(3, b"\x09localhost", 22))
+        .await
+        .unwrap();
+    let Frame::Connect { forward, host, .. } = tab.frame().await else {
+        panic!("expected Connect");
+    };
+    assert_eq!((forward, host.as_str()), (9, "localhost"));
+}
