@@ -310,3 +310,45 @@ async fn a_wide_bind_needs_socks_credentials_and_its_clients_must_give_them() ->
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_session_gets_its_socks_forward_back_on_the_same_port() -> Result<()> {
+    use std::sync::{Arc, Mutex};
+    use tabtunnel_client::{ConnectionState, Reconnect, ReconnectOptions, connect_resilient};
+
+    let mut lab = Lab::start().await?;
+    let restored = Arc::new(Mutex::new(0usize));
+    let options = ReconnectOptions {
+        policy: Reconnect {
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            give_up_after: Duration::from_secs(60),
+        },
+        on_state: Some(Arc::new({
+            let restored = restored.clone();
+            move |state| {
+                if matches!(state, ConnectionState::Restored { .. }) {
+                    *restored.lock().expect("count") += 1;
+                }
+            }
+        })),
+    };
+    let session = connect_resilient(
+        tabtunnel_e2e::dial(&lab.relay.ws_url()),
+        lab.login(),
+        options,
+    )
+    .await?;
+    let socks = session.forward("-D 0").await?;
+    let web = Web::start("after the restart").await?;
+    let url = format!("http://127.0.0.1:{}/", web.port);
+
+    lab.sshd.restart().await?;
+    tabtunnel_e2e::wait_for("the session to be restored", DEADLINE, || async {
+        (*restored.lock().expect("count") > 0).then_some(())
+    })
+    .await?;
+    let got = curl("--socks5-hostname", socks.listen(), &url, &[]).await?;
+    ensure!(got.ok && got.body == "after the restart", "{got:?}");
+    Ok(())
+}
