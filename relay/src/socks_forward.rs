@@ -14,6 +14,11 @@ use tracing::{Instrument, debug, debug_span};
 
 use crate::connection::{Client, SocksClient};
 use crate::listen::Accepted;
+use crate::metrics::Metrics;
+
+/// The /metrics reason of a SOCKS client closed in its handshake (malformed, a wrong
+/// login, no request in time).
+pub(crate) const SOCKS_HANDSHAKE: &str = "socks-handshake";
 
 /// The SOCKS side of a dynamic forward.
 pub(crate) struct SocksForward {
@@ -47,6 +52,7 @@ impl SocksForward {
         peer: SocketAddr,
         limit: Duration,
         to_session: mpsc::Sender<Accepted>,
+        metrics: std::sync::Arc<Metrics>,
     ) {
         let task = handshake(
             forward,
@@ -54,7 +60,7 @@ impl SocksForward {
             peer,
             self.credentials.clone(),
             limit,
-            to_session,
+            (to_session, metrics),
         )
         .instrument(debug_span!("socks", forward, %peer));
         self.handshakes.spawn(task);
@@ -70,7 +76,7 @@ async fn handshake(
     peer: SocketAddr,
     credentials: Credentials,
     limit: Duration,
-    to_session: mpsc::Sender<Accepted>,
+    (to_session, metrics): (mpsc::Sender<Accepted>, std::sync::Arc<Metrics>),
 ) {
     let mut handshake = Handshake::new(credentials);
     let asked = tokio::time::timeout(limit, async {
@@ -101,9 +107,13 @@ async fn handshake(
     .await;
     let (request, rest) = match asked {
         Ok(Ok(Ok(asked))) => asked,
-        Ok(Ok(Err(error))) => return debug!("SOCKS handshake refused: {error}"),
+        Ok(Ok(Err(error))) => {
+            metrics.refused(SOCKS_HANDSHAKE);
+            return debug!("SOCKS handshake refused: {error}");
+        }
         Ok(Err(err)) => return debug!("SOCKS client left during its handshake: {err}"),
         Err(_) => {
+            metrics.refused(SOCKS_HANDSHAKE);
             return debug!(
                 "SOCKS client asked for no destination within {}",
                 humantime::format_duration(limit)

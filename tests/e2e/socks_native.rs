@@ -242,6 +242,14 @@ async fn malformed_handshakes_get_an_error_reply_and_harm_nothing_else() -> Resu
         socks.stats().connections == 0,
         "no malformed client reached the tab"
     );
+    // Counted for the operator, under a reason of their own.
+    let metrics = lab.relay.get("/metrics").await?;
+    ensure!(
+        metrics
+            .lines()
+            .any(|l| l.contains("reason=\"socks-handshake\"") && l.ends_with(" 50")),
+        "{metrics}"
+    );
     let echoed = tokio::time::timeout(Duration::from_secs(120), transfer)
         .await
         .context("the other session's transfer did not finish")???;

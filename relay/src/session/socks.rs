@@ -166,12 +166,13 @@ impl Session {
             return;
         }
         let (limit, to_session) = (self.config.handshake_timeout, self.accepted_tx.clone());
+        let metrics = self.metrics.clone();
         if let Some(socks) = self
             .forwards
             .get_mut(&forward)
             .and_then(|entry| entry.socks.as_mut())
         {
-            socks.start(forward, stream, peer, limit, to_session);
+            socks.start(forward, stream, peer, limit, to_session, metrics);
         }
     }
 
