@@ -38,6 +38,7 @@ export class ForwardList {
     this.spec = $("forward-spec");
     this.fieldset = $("forward-fields");
     this.check = $("forward-check");
+    this.socksLogin = { username: $("socks-username"), password: $("socks-password") };
     this.fields = { bind: $("forward-bind"), port: $("forward-port"), host: $("forward-host"), hostport: $("forward-hostport") };
     for (const input of Object.values(this.fields)) {
       input.addEventListener("input", () => {
@@ -113,9 +114,14 @@ export class ForwardList {
       this.showError("Not connected.");
       return false;
     }
+    const options = { check: this.check.checked };
+    const username = this.socksLogin.username.value;
+    if (spec.trim().startsWith("-D") && username) {
+      options.dynamic = { username, password: this.socksLogin.password.value };
+    }
     let fwd;
     try {
-      fwd = await s.forward(spec, { check: this.check.checked });
+      fwd = await s.forward(spec, options);
     } catch (err) {
       this.showError(messageOf(err));
       return false;

@@ -128,3 +128,91 @@ async fn a_pasted_ssh_d_line_opens_a_socks_proxy_whose_row_lists_its_destination
     browser.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socks_forward_beyond_loopback_takes_its_login_from_the_form() -> Result<()> {
+    let _one = tabtunnel_e2e::page::browser_turn().await?;
+    let lab = tabtunnel_e2e::lab::Lab::builder()
+        .relay_toml("allowed_binds = [\"0.0.0.0\"]")
+        .start()
+        .await?;
+    let echo = EchoServer::start("127.0.0.1").await?;
+    let browser = tabtunnel_e2e::page::open(&lab.relay.http_url()).await?;
+    let c = &browser.client;
+    tabtunnel_e2e::page::log_in_with_password(c, "sshd", lab.sshd.user, lab.sshd.password).await?;
+
+    // Without a login, the relay's refusal says what to do.
+    let spec = c.find(Locator::Id("forward-spec")).await?;
+    spec.send_keys("-D 0.0.0.0:0").await?;
+    c.find(Locator::Id("add-forward")).await?.click().await?;
+    let error = c.find(Locator::Id("forward-error")).await?;
+    let why = wait_for("the refusal", Duration::from_secs(20), || async {
+        error.text().await.ok().filter(|t| !t.is_empty())
+    })
+    .await?;
+    ensure!(why.contains("username and password"), "{why}");
+
+    // With one, it listens, and its clients must give it.
+    c.find(Locator::Css("#socks-login summary"))
+        .await?
+        .click()
+        .await?;
+    c.find(Locator::Id("socks-username"))
+        .await?
+        .send_keys("alice")
+        .await?;
+    c.find(Locator::Id("socks-password"))
+        .await?
+        .send_keys("s3cret")
+        .await?;
+    screenshots(c, "socks_browser", "socks-login").await?;
+    // And the login's fields themselves, further down, at each width.
+    let dir = tabtunnel_e2e::page::screenshot_dir().join("socks_browser");
+    for (_, width, height) in tabtunnel_e2e::page::SCREEN_SIZES {
+        c.set_window_size(width, height).await?;
+        c.execute(
+            "document.getElementById('socks-login').scrollIntoView();",
+            vec![],
+        )
+        .await?;
+        let file = dir.join(format!("socks-login-fields-{width}x{height}.png"));
+        std::fs::write(file, c.screenshot().await?)?;
+    }
+    c.set_window_size(1200, 900).await?;
+    c.find(Locator::Id("add-forward")).await?.click().await?;
+    let listen = wait_for("the row", Duration::from_secs(20), || async {
+        c.find(Locator::Css(
+            ".forward-row[data-spec='-D 0.0.0.0:0'] .listen",
+        ))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+        .filter(|t| t.starts_with("0.0.0.0:"))
+    })
+    .await?;
+    let port: u16 = listen.rsplit_once(':').map_or(Ok(0), |(_, p)| p.parse())?;
+    let proxy = format!("127.0.0.1:{port}");
+    let mut stream = TcpStream::connect(&proxy).await?;
+    stream
+        .write_all(b"\x05\x01\x02\x01\x05alice\x06s3cret")
+        .await?;
+    let mut answers = [0u8; 4];
+    stream.read_exact(&mut answers).await?;
+    ensure!(answers == [5, 2, 1, 0], "{answers:?}");
+    let mut request = vec![5, 1, 0, 1, 127, 0, 0, 1];
+    request.extend_from_slice(&echo.addr.port().to_be_bytes());
+    stream.write_all(&request).await?;
+    let mut reply = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut reply)).await??;
+    ensure!(reply[1] == 0, "{reply:?}");
+    // No login: refused.
+    let mut anonymous = TcpStream::connect(&proxy).await?;
+    anonymous.write_all(&[5, 1, 0]).await?;
+    let mut refused = Vec::new();
+    anonymous.read_to_end(&mut refused).await?;
+    ensure!(refused == [5, 0xFF], "{refused:?}");
+    browser.stop().await;
+    Ok(())
+}
