@@ -1,11 +1,17 @@
 //! The SOCKS side of a dynamic forward (`ssh -D`): what it asks of its clients, and
 //! each client's handshake on a task of its own. The session decides who may start one
 //! and what a finished one opens (see `session::socks`).
+//!
+//! A forward with a login takes [`WRONG_LOGIN_BURST`] wrong ones at once, then one more
+//! every [`WRONG_LOGIN_EVERY`]: its password is the tab user's choice and anyone who
+//! reaches the port may guess, from as many addresses as they like, so the budget is the
+//! forward's. A client that comes while it is spent is closed before it can try one.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tabtunnel_socks::{Credentials, Handshake, Progress, READ_CHUNK};
+use tabtunnel_socks::{Credentials, Handshake, HandshakeError, Progress, READ_CHUNK};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -15,10 +21,26 @@ use tracing::{Instrument, debug, debug_span};
 use crate::connection::{Client, SocksClient};
 use crate::listen::Accepted;
 use crate::metrics::Metrics;
+use crate::rate::TokenBucket;
 
 /// The /metrics reason of a SOCKS client closed in its handshake (malformed, a wrong
 /// login, no request in time).
 pub(crate) const SOCKS_HANDSHAKE: &str = "socks-handshake";
+/// The /metrics reason of a SOCKS client closed at once: its forward had too many wrong
+/// logins of late.
+pub(crate) const SOCKS_LOGINS: &str = "socks-logins";
+
+/// Wrong SOCKS logins a forward takes at once.
+pub const WRONG_LOGIN_BURST: f64 = 10.0;
+/// One more wrong login a forward takes this often.
+pub const WRONG_LOGIN_EVERY: Duration = Duration::from_secs(10);
+
+/// Where a handshake reports to.
+struct Outlets {
+    to_session: mpsc::Sender<Accepted>,
+    metrics: Arc<Metrics>,
+    wrong_logins: Arc<Mutex<TokenBucket>>,
+}
 
 /// The SOCKS side of a dynamic forward.
 pub(crate) struct SocksForward {
@@ -26,6 +48,8 @@ pub(crate) struct SocksForward {
     /// Its clients' handshakes in progress; dropping the set (the forward closed)
     /// aborts them.
     handshakes: JoinSet<()>,
+    /// Its budget of wrong logins.
+    wrong_logins: Arc<Mutex<TokenBucket>>,
 }
 
 impl SocksForward {
@@ -37,9 +61,15 @@ impl SocksForward {
     }
 
     pub fn new(credentials: Credentials) -> Self {
+        let per_sec = 1.0 / WRONG_LOGIN_EVERY.as_secs_f64();
         Self {
             credentials,
             handshakes: JoinSet::new(),
+            wrong_logins: Arc::new(Mutex::new(TokenBucket::new(
+                WRONG_LOGIN_BURST,
+                per_sec,
+                Instant::now(),
+            ))),
         }
     }
 
@@ -52,15 +82,30 @@ impl SocksForward {
         peer: SocketAddr,
         limit: Duration,
         to_session: mpsc::Sender<Accepted>,
-        metrics: std::sync::Arc<Metrics>,
+        metrics: Arc<Metrics>,
     ) {
+        let spent = self.credentials != Credentials::None
+            && !self
+                .wrong_logins
+                .lock()
+                .expect("wrong logins lock")
+                .ready(Instant::now());
+        if spent {
+            metrics.refused(SOCKS_LOGINS);
+            return debug!(%peer, "SOCKS client closed: too many wrong logins of late");
+        }
+        let outlets = Outlets {
+            to_session,
+            metrics,
+            wrong_logins: self.wrong_logins.clone(),
+        };
         let task = handshake(
             forward,
             stream,
             peer,
             self.credentials.clone(),
             limit,
-            (to_session, metrics),
+            outlets,
         )
         .instrument(debug_span!("socks", forward, %peer));
         self.handshakes.spawn(task);
@@ -76,8 +121,13 @@ async fn handshake(
     peer: SocketAddr,
     credentials: Credentials,
     limit: Duration,
-    (to_session, metrics): (mpsc::Sender<Accepted>, std::sync::Arc<Metrics>),
+    outlets: Outlets,
 ) {
+    let Outlets {
+        to_session,
+        metrics,
+        wrong_logins,
+    } = outlets;
     let mut handshake = Handshake::new(credentials);
     let asked = tokio::time::timeout(limit, async {
         let mut buf = [0u8; READ_CHUNK];
@@ -97,6 +147,13 @@ async fn handshake(
                     return Ok(Ok((request, rest)));
                 }
                 Err(refusal) => {
+                    // Spent before the client hears, so its next try meets the budget.
+                    if refusal.error == HandshakeError::WrongCredentials {
+                        wrong_logins
+                            .lock()
+                            .expect("wrong logins lock")
+                            .take(Instant::now());
+                    }
                     let _ = stream.write_all(&refusal.reply).await;
                     let _ = stream.shutdown().await;
                     return Ok(Err(refusal.error));

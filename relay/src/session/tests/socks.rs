@@ -424,3 +424,26 @@ async fn a_lost_tab_gets_its_socks_forward_back_on_the_same_listener() {
     };
     assert_eq!((forward, host.as_str()), (9, "localhost"));
 }
+
+#[tokio::test]
+async fn wrong_logins_spend_the_forwards_budget_and_then_nobody_may_try() {
+    let (mut lab, _ssh) = welcomed_socks("", |_| {}).await;
+    let address = listen_socks(&mut lab.tab, "alice", "s3cret").await;
+    let burst = crate::socks_forward::WRONG_LOGIN_BURST as usize;
+    for guess in 0..burst {
+        let mut client = TcpStream::connect(address).await.unwrap();
+        let login = format!("\x05\x01\x02\x01\x05alice\x06guess{guess}");
+        client.write_all(login.as_bytes()).await.unwrap();
+        assert_eq!(read_to_end(&mut client).await.unwrap(), [5, 2, 1, 1]);
+    }
+    // Spent: even the right password is not looked at now; the client is closed at once.
+    let mut client = TcpStream::connect(address).await.unwrap();
+    let _ = client
+        .write_all(b"\x05\x01\x02\x01\x05alice\x06s3cret")
+        .await;
+    assert!(
+        read_to_end(&mut client)
+            .await
+            .map_or(true, |b| b.is_empty())
+    );
+}
