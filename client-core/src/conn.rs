@@ -129,7 +129,7 @@ impl ConnPump {
         let ssh = &self.ssh;
         let (peer_host, peer_port) = split_peer(&self.peer);
         let destination = format!("{}:{}", bracketed(&self.host), self.port);
-        let open = ssh.channel_open_direct_tcpip(
+        let open = ssh.channel_open_direct_tcpip_described(
             self.host.as_str(),
             u32::from(self.port),
             peer_host,
@@ -326,7 +326,8 @@ pub(crate) fn describe_open_failure(err: &russh::Error) -> String {
     use russh::ChannelOpenFailure as F;
     let reason;
     let err = match err {
-        // The server's own words are for the SOCKS reply code; the reason's are kept.
+        // The server's own words are for the SOCKS reply code; the page says the reason
+        // in its words, as it always has.
         russh::Error::ChannelOpenFailed { reason: why, .. } => {
             reason = russh::Error::ChannelOpenFailure(why.clone());
             &reason
