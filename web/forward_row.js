@@ -86,9 +86,10 @@ export class ForwardRow {
     const view = statsView(st);
     // A SOCKS proxy's clients each name their destination: the row says where they went.
     const live = this.spec.startsWith("-D") && Array.isArray(st.live) ? st.live.map(String) : [];
-    const key = `${view.text} ${live.join(" ")}`;
-    if (this.statsEl.dataset.text === key) return;
-    this.statsEl.dataset.text = key;
+    const where = live.join(" ");
+    if (this.statsEl.dataset.text === view.text && (this.statsEl.dataset.live ?? "") === where) return;
+    this.statsEl.dataset.text = view.text;
+    this.statsEl.dataset.live = where;
     const parts = [
       stat("connections", String(view.connections)),
       stat("active", String(view.active)),
