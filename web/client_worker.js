@@ -115,7 +115,7 @@ const handlers = {
     }
     forwards.set(fid, { obj: fwd, busy: 0, closed: false });
     handle.forwards.add(fid);
-    return { forward: fid, listen: fwd.listen, spec: fwd.spec, webUrl: fwd.webUrl ?? null };
+    return { forward: fid, listen: fwd.listen, spec: fwd.spec, kind: fwd.kind, webUrl: fwd.webUrl ?? null };
   },
 
   async stats(mod, { forward }) {
@@ -142,6 +142,10 @@ const handlers = {
 
   async parseForwardSpec(mod, { text }) {
     return mod.parseForwardSpec(text);
+  },
+
+  async parseDynamicSpec(mod, { text }) {
+    return mod.parseDynamicSpec(text);
   },
 
   async parseSshCommand(mod, { text }) {

@@ -2,7 +2,7 @@
 // else can, its live numbers, Open (when the relay serves it as a web app) and Remove.
 
 import { reachOf } from "./reach.js";
-import { statsView } from "./text.js";
+import { liveText, statsView } from "./text.js";
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -84,14 +84,19 @@ export class ForwardRow {
 
   renderStats(st) {
     const view = statsView(st);
-    if (this.statsEl.dataset.text === view.text) return;
+    // A SOCKS proxy's clients each name their destination: the row says where they went.
+    const live = this.spec.startsWith("-D") && Array.isArray(st.live) ? st.live.map(String) : [];
+    const where = live.join(" ");
+    if (this.statsEl.dataset.text === view.text && (this.statsEl.dataset.live ?? "") === where) return;
     this.statsEl.dataset.text = view.text;
+    this.statsEl.dataset.live = where;
     const parts = [
       stat("connections", String(view.connections)),
       stat("active", String(view.active)),
       stat("bytes up", view.up),
       stat("bytes down", view.down),
     ];
+    if (live.length > 0) parts.push(element("div", "live-destinations", liveText(live)));
     if (view.failures > 0) {
       parts.push(stat("failed", String(view.failures)));
       // Why connections fail (e.g. the SSH server forbids the destination) belongs on the row.

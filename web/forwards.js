@@ -10,6 +10,16 @@ const $ = (id) => document.getElementById(id);
 
 const STATS_INTERVAL_MS = 500;
 
+/**
+ * Checks a forward as typed: `-D [bind:]port` (a SOCKS proxy, as ssh -D) or an `ssh -L`
+ * spec, with or without `-L`. Answers { bind, port, ... } or throws the parser's error.
+ */
+export async function parseAnySpec(mod, spec) {
+  const text = String(spec).trim();
+  if (text.startsWith("-D")) return mod.parseDynamicSpec(text.slice(2));
+  return mod.parseForwardSpec(text.startsWith("-L") ? text.slice(2) : text);
+}
+
 export class ForwardList {
   /**
    * `wasm`: the SSH client (to check specs); `session()`: the connected session or null;
@@ -28,6 +38,7 @@ export class ForwardList {
     this.spec = $("forward-spec");
     this.fieldset = $("forward-fields");
     this.check = $("forward-check");
+    this.socksLogin = { username: $("socks-username"), password: $("socks-password") };
     this.fields = { bind: $("forward-bind"), port: $("forward-port"), host: $("forward-host"), hostport: $("forward-hostport") };
     for (const input of Object.values(this.fields)) {
       input.addEventListener("input", () => {
@@ -87,7 +98,7 @@ export class ForwardList {
     let parsed;
     try {
       const mod = await this.wasm.get();
-      parsed = await mod.parseForwardSpec(spec);
+      parsed = await parseAnySpec(mod, spec);
     } catch (err) {
       this.showError(messageOf(err));
       return false;
@@ -103,9 +114,14 @@ export class ForwardList {
       this.showError("Not connected.");
       return false;
     }
+    const options = { check: this.check.checked };
+    const username = this.socksLogin.username.value;
+    if (spec.trim().startsWith("-D") && username) {
+      options.dynamic = { username, password: this.socksLogin.password.value };
+    }
     let fwd;
     try {
-      fwd = await s.forward(spec, { check: this.check.checked });
+      fwd = await s.forward(spec, options);
     } catch (err) {
       this.showError(messageOf(err));
       return false;

@@ -1,5 +1,6 @@
-// "Paste an ssh command": fills the user name and target, and queues the -L forwards.
+// "Paste an ssh command": fills the user name and target, and queues the -L and -D forwards.
 
+import { parseAnySpec } from "./forwards.js";
 import { planPaste } from "./paste_plan.js";
 import { outsideBlock } from "./port_block.js";
 import { messageOf } from "./text.js";
@@ -50,8 +51,13 @@ export class PasteForm {
     const { form } = this;
     // A port outside the holder's block is said now, not after connecting, and not queued.
     const specs = Array.isArray(parsed.forwards) ? parsed.forwards.map(String) : [];
-    const outside = await this.outsideBlock(specs);
-    parsed = { ...parsed, forwards: specs.filter((spec) => !outside.has(spec)) };
+    const dynamic = Array.isArray(parsed.dynamic) ? parsed.dynamic.map(String) : [];
+    const outside = await this.outsideBlock([...specs, ...dynamic.map((spec) => `-D ${spec}`)]);
+    parsed = {
+      ...parsed,
+      forwards: specs.filter((spec) => !outside.has(spec)),
+      dynamic: dynamic.filter((spec) => !outside.has(`-D ${spec}`)),
+    };
     const plan = planPaste(parsed, {
       state: this.state(),
       username: form.username.value.trim(),
@@ -78,7 +84,7 @@ export class PasteForm {
     const mod = await this.wasm.get();
     for (const spec of specs) {
       try {
-        const why = outsideBlock(Number((await mod.parseForwardSpec(spec)).port), block);
+        const why = outsideBlock(Number((await parseAnySpec(mod, spec)).port), block);
         if (why) outside.set(spec, why);
       } catch {
         // Said when it is added, as before.

@@ -4,7 +4,8 @@
 import { forwardsWord } from "./text.js";
 
 /**
- * From `parsed` (the wasm module's parseSshCommand: { user, host, port, forwards, ignored })
+ * From `parsed` (the wasm module's parseSshCommand: { user, host, port, forwards, dynamic,
+ * ignored }: `forwards` are the -L specs, `dynamic` the -D ones, queued as "-D spec")
  * and the page as it is ({ state, username, target, targetNames }), what to do:
  * { user, target } to fill in (null: leave the field), `lines` to show as [text, kind]
  * ("info" or "warn"), `specs` to queue, and `addNow` when they are added at once
@@ -46,6 +47,7 @@ export function planPaste(parsed, page) {
   if (ignored.length > 0) say(`ignored: ${ignored.join(" ")}`, "warn");
 
   const specs = Array.isArray(parsed.forwards) ? parsed.forwards.map(String) : [];
+  if (Array.isArray(parsed.dynamic)) specs.push(...parsed.dynamic.map((spec) => `-D ${spec}`));
   plan.specs = specs;
   if (specs.length === 0) {
     say("no -L forwards in the command");

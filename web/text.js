@@ -72,3 +72,13 @@ export function linkStateText(state, username, target, dropReason) {
       return null;
   }
 }
+
+/**
+ * "to a:1, b:2" for the destinations of a SOCKS forward's open connections (the first
+ * `most`), and how many more there are.
+ */
+export function liveText(live, most = 4) {
+  const shown = live.slice(0, most).join(", ");
+  const more = live.length - most;
+  return more > 0 ? `to ${shown} and ${more} more` : `to ${shown}`;
+}

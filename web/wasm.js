@@ -7,7 +7,7 @@
 
 import { messageOf } from "./text.js";
 import {
-  InFlight, KNOWN_HOSTS_KEY, NO_STATS, applyKnownHostsWrite, connectFields, errorFromWire,
+  InFlight, KNOWN_HOSTS_KEY, NO_STATS, applyKnownHostsWrite, connectFields, errorFromWire, forwardOptions,
 } from "./worker_protocol.js";
 import { unsupportedReason } from "./wasm_support.js";
 
@@ -40,6 +40,7 @@ export class WasmClient {
     this.module = {
       connect: (options) => this.connect(options),
       parseForwardSpec: (text) => this.request("parseForwardSpec", { text }),
+      parseDynamicSpec: (text) => this.request("parseDynamicSpec", { text }),
       parseSshCommand: (text) => this.request("parseSshCommand", { text }),
       forgetHostKey: async (target, algorithm) => {
         const fields = { target, algorithm, relay: location.origin, knownHosts: readKnownHosts() };
@@ -228,8 +229,7 @@ class SessionProxy {
   }
 
   async forward(spec, options) {
-    const check = Boolean(options?.check);
-    const value = await this.client.request("forward", { session: this.id, spec: String(spec), options: { check } });
+    const value = await this.client.request("forward", { session: this.id, spec: String(spec), options: forwardOptions(options) });
     return new ForwardProxy(this, value);
   }
 
@@ -245,9 +245,9 @@ class SessionProxy {
  * asks for new ones, one question at a time: the page polls it on a timer.
  */
 class ForwardProxy {
-  constructor(session, { forward, listen, spec, webUrl }) {
-    // webUrl: where a browser opens the forward as a web app, or null.
-    Object.assign(this, { session, id: forward, listen, spec, webUrl: webUrl ?? null });
+  constructor(session, { forward, listen, spec, kind, webUrl }) {
+    // webUrl: where a browser opens the forward as a web app, or null. kind: "local" or "dynamic".
+    Object.assign(this, { session, id: forward, listen, spec, kind, webUrl: webUrl ?? null });
     this.latest = NO_STATS;
     this.polling = false;
   }

@@ -15,6 +15,8 @@ export interface Client {
   connect(options: ConnectOptions): Promise<Session>;
   /** Parses `[bind:]port:host:hostport`. Rejects with code "bad-spec". */
   parseForwardSpec(text: string): Promise<ForwardSpec>;
+  /** Parses `[bind:]port`, an `ssh -D` spec. Rejects with code "bad-spec". */
+  parseDynamicSpec(text: string): Promise<DynamicSpec>;
   /** Parses a pasted `ssh ...` line. Rejects with code "bad-command". */
   parseSshCommand(text: string): Promise<SshCommand>;
   /** Forgets the remembered host key of `target` (of type `algorithm`) at this relay. */
@@ -94,17 +96,31 @@ export interface Session {
   /** Why the session ended, or undefined while it is live. */
   readonly closedReason: string | undefined;
   /**
-   * Listens on the relay for `[bind:]port:host:hostport` (port 0: the relay picks one).
-   * `check: true` first tries one connection to the target and fails if it cannot.
+   * Listens on the relay for `[bind:]port:host:hostport` (port 0: the relay picks one),
+   * or, for `-D [bind:]port`, runs a SOCKS proxy there (SOCKS5, 4 and 4a; names are
+   * resolved by the SSH server) like `ssh -D`. `check: true` first tries one connection
+   * to a `-L` destination and fails if it cannot.
    */
-  forward(spec: string, options?: { check?: boolean }): Promise<Forward>;
+  forward(spec: string, options?: ForwardOptions): Promise<Forward>;
   close(): Promise<void>;
+}
+
+export interface ForwardOptions {
+  check?: boolean;
+  /**
+   * Read the spec as `-D`'s (`[bind:]port`). An object also sets the SOCKS5 username and
+   * password the proxy's clients must give: the relay lets a SOCKS forward without them
+   * listen on loopback only.
+   */
+  dynamic?: boolean | { username: string; password?: string };
 }
 
 export interface Forward {
   /** Where the relay listens for this forward (`host:port`). */
   readonly listen: string;
   readonly spec: string;
+  /** `"local"` (`ssh -L`) or `"dynamic"` (`ssh -D`, a SOCKS proxy). */
+  readonly kind: "local" | "dynamic";
   /** Where a browser opens the forward as a web app, or null. */
   readonly webUrl: string | null;
   /**
@@ -124,6 +140,8 @@ export interface ForwardStats {
   bytesDown: number;
   failures: number;
   lastError: string | null;
+  /** Where each open connection goes (`host:port`), oldest first. */
+  live?: string[];
 }
 
 export interface ForwardSpec {
@@ -133,11 +151,19 @@ export interface ForwardSpec {
   hostPort: number;
 }
 
+export interface DynamicSpec {
+  bind: string;
+  port: number;
+}
+
 export interface SshCommand {
   user?: string;
   host: string;
   port?: number;
+  /** The `-L` specs. */
   forwards: string[];
+  /** The `-D` specs. */
+  dynamic: string[];
   ignored: string[];
 }
 

@@ -1,17 +1,33 @@
-//! `parse_forward` on arbitrary text.
+//! `parse_forward` and `parse_dynamic` on arbitrary text.
 //!
-//! Properties: it returns (never panics); a spec it accepts has a destination port in
-//! 1-65535, a non-empty destination host of at most 253 bytes, no spaces or control
-//! characters in host or bind address, and its `Display` form (what the page shows)
-//! parses back to the same spec.
+//! Properties: they return (never panic); a spec `parse_forward` accepts has a
+//! destination port in 1-65535, a non-empty destination host of at most 253 bytes, no
+//! spaces or control characters in host or bind address; a `-D` spec has no spaces or
+//! control characters in its bind address; and each one's `Display` form (what the page
+//! shows) parses back to the same spec.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tabtunnel_spec::{ForwardSpec, parse_forward};
+use tabtunnel_spec::{DynamicSpec, ForwardSpec, parse_dynamic, parse_forward};
 
 fuzz_target!(|input: &[u8]| {
     let text = valid_utf8_prefix(input);
+    if let Ok(spec) = parse_dynamic(text) {
+        assert!(
+            !spec
+                .bind
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control()),
+            "{text:?} gave {spec:?}"
+        );
+        let shown = spec.to_string();
+        assert_eq!(
+            shown.parse::<DynamicSpec>().as_ref(),
+            Ok(&spec),
+            "{text:?} gave {spec:?}, shown as {shown:?}"
+        );
+    }
     let Ok(spec) = parse_forward(text) else {
         return;
     };

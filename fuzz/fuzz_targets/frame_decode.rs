@@ -15,9 +15,10 @@
 use arbitrary::{Arbitrary, Result, Unstructured};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tabtunnel_proto::codec::truncate;
+use tabtunnel_proto::codec::{truncate, truncate_to};
 use tabtunnel_proto::{
-    DecodeError, ErrorCode, Frame, MAX_DATA, MAX_PINNED_KEYS, ResumeSecret, decode, encode_to_bytes,
+    DecodeError, ErrorCode, Frame, MAX_CREDENTIAL, MAX_DATA, MAX_PINNED_KEYS, OpenFailure,
+    ResumeSecret, decode, encode_to_bytes,
 };
 
 fuzz_target!(|input: &[u8]| {
@@ -43,8 +44,13 @@ fn encoded_frames_decode_to_themselves(frame: Frame) {
         | Frame::Listening { forward, .. }
         | Frame::WebForward { forward, .. }
         | Frame::ListenFailed { forward, .. }
+        | Frame::ListenSocks { forward, .. }
+        | Frame::RemoteForward { forward, .. }
         | Frame::Unlisten { forward } => *forward == 0,
         Frame::Accept { conn, .. }
+        | Frame::Connect { conn, .. }
+        | Frame::Dial { conn, .. }
+        | Frame::OpenFailed { conn, .. }
         | Frame::Data { conn, .. }
         | Frame::Credit { conn, .. }
         | Frame::Eof { conn }
@@ -137,6 +143,59 @@ fn cut_to_limits(frame: Frame) -> Frame {
             conn,
             reason: cut(reason),
         },
+        Frame::ListenSocks {
+            forward,
+            bind,
+            port,
+            username,
+            password,
+        } => Frame::ListenSocks {
+            forward,
+            bind: cut(bind),
+            port,
+            username: truncate_to(&username, MAX_CREDENTIAL).to_owned(),
+            password: truncate_to(&password, MAX_CREDENTIAL).to_owned(),
+        },
+        Frame::Connect {
+            conn,
+            forward,
+            host,
+            port,
+            peer,
+        } => Frame::Connect {
+            conn,
+            forward,
+            host: cut(host),
+            port,
+            peer: cut(peer),
+        },
+        Frame::RemoteForward {
+            forward,
+            host,
+            port,
+        } => Frame::RemoteForward {
+            forward,
+            host: cut(host),
+            port,
+        },
+        Frame::Dial {
+            conn,
+            forward,
+            peer,
+        } => Frame::Dial {
+            conn,
+            forward,
+            peer: cut(peer),
+        },
+        Frame::OpenFailed {
+            conn,
+            failure,
+            message,
+        } => Frame::OpenFailed {
+            conn,
+            failure,
+            message: cut(message),
+        },
         other => other,
     }
 }
@@ -152,7 +211,7 @@ fn arbitrary_frame(u: &mut Unstructured<'_>) -> Result<Frame> {
         let len = u.int_in_range(0..=MAX_DATA)?;
         Ok(Bytes::copy_from_slice(u.bytes(len.min(u.len()))?))
     };
-    Ok(match u.int_in_range(1..=15u8)? {
+    Ok(match u.int_in_range(1..=20u8)? {
         1 => Frame::Hello {
             version: u.arbitrary()?,
             target: u.arbitrary()?,
@@ -209,6 +268,35 @@ fn arbitrary_frame(u: &mut Unstructured<'_>) -> Result<Frame> {
         15 => Frame::WebForward {
             forward: u.arbitrary()?,
             url: u.arbitrary()?,
+        },
+        16 => Frame::ListenSocks {
+            forward: u.arbitrary()?,
+            bind: u.arbitrary()?,
+            port: u.arbitrary()?,
+            username: u.arbitrary()?,
+            password: u.arbitrary()?,
+        },
+        17 => Frame::Connect {
+            conn: u.arbitrary()?,
+            forward: u.arbitrary()?,
+            host: u.arbitrary()?,
+            port: u.arbitrary()?,
+            peer: u.arbitrary()?,
+        },
+        18 => Frame::RemoteForward {
+            forward: u.arbitrary()?,
+            host: u.arbitrary()?,
+            port: u.arbitrary()?,
+        },
+        19 => Frame::Dial {
+            conn: u.arbitrary()?,
+            forward: u.arbitrary()?,
+            peer: u.arbitrary()?,
+        },
+        20 => Frame::OpenFailed {
+            conn: u.arbitrary()?,
+            failure: *u.choose(OpenFailure::ALL)?,
+            message: u.arbitrary()?,
         },
         _ => Frame::Close {
             conn: u.arbitrary()?,

@@ -1,14 +1,15 @@
 //! `parse_ssh_command` on arbitrary text.
 //!
 //! Properties: it returns (never panics); a command it accepts names a non-empty host,
-//! an SSH port (if any) in 1-65535, and only `-L` specs that `parse_forward` accepts; and
-//! the command rebuilt from what it found (`ssh -l USER -p PORT -L SPEC... HOST`, shell-
-//! quoted) parses to the same user, host, port and forwards, with nothing ignored.
+//! an SSH port (if any) in 1-65535, and only `-L` specs that `parse_forward` accepts (and
+//! `-D` specs that `parse_dynamic` accepts); and the command rebuilt from what it found
+//! (`ssh -l USER -p PORT -L SPEC... -D SPEC... HOST`, shell-quoted) parses to the same
+//! user, host, port and forwards, with nothing ignored.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tabtunnel_spec::{parse_forward, parse_ssh_command};
+use tabtunnel_spec::{parse_dynamic, parse_forward, parse_ssh_command};
 
 fuzz_target!(|input: &[u8]| {
     let text = valid_utf8_prefix(input);
@@ -19,6 +20,9 @@ fuzz_target!(|input: &[u8]| {
     assert_ne!(cmd.port, Some(0), "{text:?} gave {cmd:?}");
     for spec in &cmd.forwards {
         assert!(parse_forward(spec).is_ok(), "{text:?} gave {cmd:?}");
+    }
+    for spec in &cmd.dynamic {
+        assert!(parse_dynamic(spec).is_ok(), "{text:?} gave {cmd:?}");
     }
 
     let mut words = vec!["ssh".to_owned()];
@@ -31,6 +35,9 @@ fuzz_target!(|input: &[u8]| {
     for spec in &cmd.forwards {
         words.extend(["-L".to_owned(), spec.clone()]);
     }
+    for spec in &cmd.dynamic {
+        words.extend(["-D".to_owned(), spec.clone()]);
+    }
     // An IPv6 address needs brackets, or its last group would read as a port.
     words.push(if cmd.host.contains(':') {
         format!("[{}]", cmd.host)
@@ -41,8 +48,14 @@ fuzz_target!(|input: &[u8]| {
     let again = parse_ssh_command(&rebuilt)
         .unwrap_or_else(|e| panic!("{text:?} gave {cmd:?}, rebuilt as {rebuilt:?}: {e}"));
     assert_eq!(
-        (&again.user, &again.host, again.port, &again.forwards),
-        (&cmd.user, &cmd.host, cmd.port, &cmd.forwards),
+        (
+            &again.user,
+            &again.host,
+            again.port,
+            &again.forwards,
+            &again.dynamic
+        ),
+        (&cmd.user, &cmd.host, cmd.port, &cmd.forwards, &cmd.dynamic),
         "{text:?} gave {cmd:?}, rebuilt as {rebuilt:?}"
     );
     assert!(again.ignored.is_empty(), "{rebuilt:?} gave {again:?}");

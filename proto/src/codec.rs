@@ -3,8 +3,10 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::frame::{ErrorCode, Frame, Kind, RESUME_SECRET_LEN, ResumeSecret};
-use crate::{HEADER_LEN, MAX_DATA, MAX_FRAME, MAX_PINNED_KEYS, MAX_TEXT, STREAM_SESSION};
+use crate::frame::{ErrorCode, Frame, Kind, OpenFailure, RESUME_SECRET_LEN, ResumeSecret};
+use crate::{
+    HEADER_LEN, MAX_CREDENTIAL, MAX_DATA, MAX_FRAME, MAX_PINNED_KEYS, MAX_TEXT, STREAM_SESSION,
+};
 
 /// Why a buffer is not a valid frame. Each variant says enough to find the sender's bug.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +45,8 @@ pub enum DecodeError {
         "{frame} frame's resume secret is {len} bytes; it must be 0 (none) or {RESUME_SECRET_LEN}"
     )]
     BadResumeLength { frame: &'static str, len: u8 },
+    #[error("OpenFailed frame's failure is {number}; it must be 1-6")]
+    UnknownFailure { number: u8 },
     #[error("{frame} frame's {field} is {value}; it must be 0 or 1")]
     BadFlag {
         frame: &'static str,
@@ -68,8 +72,13 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
         | Frame::Listening { forward, .. }
         | Frame::WebForward { forward, .. }
         | Frame::ListenFailed { forward, .. }
+        | Frame::ListenSocks { forward, .. }
+        | Frame::RemoteForward { forward, .. }
         | Frame::Unlisten { forward } => *forward,
         Frame::Accept { conn, .. }
+        | Frame::Connect { conn, .. }
+        | Frame::Dial { conn, .. }
+        | Frame::OpenFailed { conn, .. }
         | Frame::Data { conn, .. }
         | Frame::Credit { conn, .. }
         | Frame::Eof { conn }
@@ -135,6 +144,44 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
         }
         Frame::Credit { bytes, .. } => out.put_u32(*bytes),
         Frame::Close { reason, .. } => put_text(out, reason),
+        Frame::ListenSocks {
+            bind,
+            port,
+            username,
+            password,
+            ..
+        } => {
+            out.put_u16(*port);
+            put_sized_text(out, bind);
+            put_credential(out, username);
+            put_credential(out, password);
+        }
+        Frame::Connect {
+            forward,
+            host,
+            port,
+            peer,
+            ..
+        } => {
+            out.put_u32(*forward);
+            out.put_u16(*port);
+            put_sized_text(out, host);
+            put_text(out, peer);
+        }
+        Frame::RemoteForward { host, port, .. } => {
+            out.put_u16(*port);
+            put_text(out, host);
+        }
+        Frame::Dial { forward, peer, .. } => {
+            out.put_u32(*forward);
+            put_text(out, peer);
+        }
+        Frame::OpenFailed {
+            failure, message, ..
+        } => {
+            out.put_u8(failure.number());
+            put_text(out, message);
+        }
     }
 }
 
@@ -163,6 +210,21 @@ fn put_secret(out: &mut BytesMut, secret: Option<&ResumeSecret>) {
     }
 }
 
+/// A text field before others: its length (u16), then its bytes.
+fn put_sized_text(out: &mut BytesMut, text: &str) {
+    let text = truncate(text);
+    out.put_u16(text.len() as u16);
+    out.put_slice(text.as_bytes());
+}
+
+/// A SOCKS5 username or password: its length (u8), then its bytes. RFC 1929 allows at
+/// most 255 bytes; the tab refuses longer ones before they reach a frame.
+fn put_credential(out: &mut BytesMut, text: &str) {
+    let text = truncate_to(text, MAX_CREDENTIAL);
+    out.put_u8(text.len() as u8);
+    out.put_slice(text.as_bytes());
+}
+
 /// Text fields run to the end of the frame; their length is implied.
 fn put_text(out: &mut BytesMut, text: &str) {
     out.put_slice(truncate(text).as_bytes());
@@ -170,10 +232,15 @@ fn put_text(out: &mut BytesMut, text: &str) {
 
 /// `text` cut to at most [`MAX_TEXT`] bytes at a character boundary.
 pub fn truncate(text: &str) -> &str {
-    if text.len() <= MAX_TEXT {
+    truncate_to(text, MAX_TEXT)
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+pub fn truncate_to(text: &str, max: usize) -> &str {
+    if text.len() <= max {
         return text;
     }
-    let mut end = MAX_TEXT;
+    let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
@@ -317,6 +384,67 @@ pub fn decode(message: Bytes) -> Result<Frame, DecodeError> {
             Frame::Close {
                 conn,
                 reason: r.rest_text("reason")?,
+            }
+        }
+        Kind::ListenSocks => {
+            let forward = r.stream(stream)?;
+            let port = r.u16("port")?;
+            let bind_len = usize::from(r.u16("bind address length")?);
+            let bind = r.text(bind_len, "bind address")?;
+            let username_len = usize::from(r.u8("username length")?);
+            let username = r.text(username_len, "username")?;
+            let password_len = usize::from(r.u8("password length")?);
+            let password = r.text(password_len, "password")?;
+            r.end()?;
+            Frame::ListenSocks {
+                forward,
+                bind,
+                port,
+                username,
+                password,
+            }
+        }
+        Kind::Connect => {
+            let conn = r.stream(stream)?;
+            let forward = r.u32("forward id")?;
+            let port = r.u16("port")?;
+            let host_len = usize::from(r.u16("host length")?);
+            let host = r.text(host_len, "host")?;
+            Frame::Connect {
+                conn,
+                forward,
+                host,
+                port,
+                peer: r.rest_text("peer address")?,
+            }
+        }
+        Kind::RemoteForward => {
+            let forward = r.stream(stream)?;
+            let port = r.u16("port")?;
+            Frame::RemoteForward {
+                forward,
+                port,
+                host: r.rest_text("host")?,
+            }
+        }
+        Kind::Dial => {
+            let conn = r.stream(stream)?;
+            let forward = r.u32("forward id")?;
+            Frame::Dial {
+                conn,
+                forward,
+                peer: r.rest_text("peer address")?,
+            }
+        }
+        Kind::OpenFailed => {
+            let conn = r.stream(stream)?;
+            let number = r.u8("failure")?;
+            let failure =
+                OpenFailure::from_u8(number).ok_or(DecodeError::UnknownFailure { number })?;
+            Frame::OpenFailed {
+                conn,
+                failure,
+                message: r.rest_text("message")?,
             }
         }
     };

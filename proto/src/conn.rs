@@ -10,8 +10,10 @@
 //! use the same table, each with its [`Side`], so the two copies cannot drift.
 //!
 //! The rules:
-//! - **Ids.** The relay opens every connection and numbers them 1, 2, 3 ...; the tab
-//!   checks that the relay's ids only grow, so an id is never reused. An id never opened
+//! - **Ids.** Each side numbers the connections it opens in its own half of the id
+//!   space, so the two never collide: the relay (Accept, Connect) from 1 upwards below
+//!   [`TAB_OPENED`], the tab (Dial, for `ssh -R`) from `TAB_OPENED + 1` upwards. Each side
+//!   checks that the peer's ids only grow, so an id is never reused. An id never opened
 //!   is the peer's error; an id already forgotten is ignored, since frames cross a Close
 //!   on the wire (and the tab forgets at once the connections of a forward it closed).
 //! - **Data.** A Data frame carries at least one byte (an empty one would queue without
@@ -19,8 +21,12 @@
 //!   ([`crate::credit`]): it is checked before the caller queues it, and the queue gets
 //!   a copy, so what a connection holds is bounded by its window in bytes and in frames.
 //! - **Credit.** A grant may not put the sender beyond its largest credit. The first
-//!   grant says the peer took the connection (the tab opened its SSH channel): the relay
-//!   counts connections still waiting for one ([`ConnTable::unanswered`]).
+//!   grant says the peer took the connection (the tab opened its SSH channel, or the
+//!   relay connected a Dial): the opener counts connections still waiting for one
+//!   ([`ConnTable::unanswered`]).
+//! - **OpenFailed** is the peer refusing a connection this side opened, before it took
+//!   it (granted credit): both forget it. For a connection the peer opened, or one it
+//!   already took, it is the peer's error.
 //! - **Blocked** says the peer spent all its credit for the connection: its window
 //!   may grow ([`crate::credit`]); the table answers with the Credit to send. After the
 //!   peer's Eof it means nothing and is ignored.
@@ -48,16 +54,33 @@ use bytes::Bytes;
 use crate::credit::{CreditError, CreditGate, RecvWindow, WindowBudget};
 use crate::{CONNECTION_WINDOW, MAX_CONNECTION_WINDOW, SESSION_WINDOW_GROWTH};
 
+/// The top bit of a connection id the tab opened; ids without it are the relay's.
+pub const TAB_OPENED: u32 = 1 << 31;
+
 /// The side of the wire a table runs on; its peer is the other side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// The relay: it opens connections, and the tab is its peer.
+    /// The relay: it opens the connections of `-L` and `-D` forwards; the tab is its
+    /// peer.
     Relay,
-    /// The tab: the relay opens its connections.
+    /// The tab: it opens the connections of `-R` forwards; the relay is its peer.
     Tab,
 }
 
 impl Side {
+    /// The other side.
+    pub fn peer_side(self) -> Side {
+        match self {
+            Side::Relay => Side::Tab,
+            Side::Tab => Side::Relay,
+        }
+    }
+
+    /// This side, as error messages name it.
+    fn name(self) -> &'static str {
+        self.peer_side().peer()
+    }
+
     /// The peer, as error messages name it.
     pub fn peer(self) -> &'static str {
         match self {
@@ -66,11 +89,29 @@ impl Side {
         }
     }
 
-    /// Who opens connections, as seen from this side.
-    fn opener(self) -> &'static str {
+    /// The side that opens connection `conn` (the id's half says which).
+    pub fn opener_of(conn: u32) -> Side {
+        if conn & TAB_OPENED == 0 {
+            Side::Relay
+        } else {
+            Side::Tab
+        }
+    }
+
+    /// The first and last id this side opens.
+    fn ids(self) -> (u32, u32) {
         match self {
-            Side::Relay => "the relay",
-            Side::Tab => "it",
+            Side::Relay => (1, TAB_OPENED - 1),
+            Side::Tab => (TAB_OPENED + 1, u32::MAX),
+        }
+    }
+
+    /// Who opened `conn`, as this side's messages about the peer's frames name it.
+    fn opener(self, conn: u32) -> &'static str {
+        match (self, Side::opener_of(conn)) {
+            (Side::Relay, Side::Relay) => "the relay",
+            (Side::Tab, Side::Tab) => "the tab",
+            _ => "it",
         }
     }
 
@@ -89,7 +130,7 @@ impl Side {
 pub enum ConnError {
     #[error(
         "{peer} sent a {frame} frame for connection {conn}, which {opener} never opened{advice}",
-        peer = .side.peer(), opener = .side.opener(), advice = .side.advice()
+        peer = .side.peer(), opener = .side.opener(*.conn), advice = .side.advice()
     )]
     NeverOpened {
         side: Side,
@@ -125,7 +166,22 @@ pub enum ConnError {
         peer = .side.peer(), advice = .side.advice()
     )]
     ReusedId { side: Side, conn: u32 },
-    /// The relay has opened 2^32 - 1 connections in one session.
+    #[error(
+        "{peer} sent OpenFailed for connection {conn}, which it opened itself{advice}",
+        peer = .side.peer(), advice = .side.advice()
+    )]
+    RefusedOwn { side: Side, conn: u32 },
+    #[error(
+        "{peer} opened connection {conn}, an id only {own} opens{advice}",
+        peer = .side.peer(), own = .side.name(), advice = .side.advice()
+    )]
+    NotTheirs { side: Side, conn: u32 },
+    #[error(
+        "{peer} sent OpenFailed for connection {conn}, which it had already taken{advice}",
+        peer = .side.peer(), advice = .side.advice()
+    )]
+    RefusedTaken { side: Side, conn: u32 },
+    /// This side has opened all the ids of its half (2^31 - 1) in one session.
     #[error("connection ids exhausted")]
     IdsExhausted,
 }
@@ -226,6 +282,9 @@ pub enum Action<'a, T> {
     /// The peer aborted the connection with this reason and the table forgot it: stop
     /// the handle now. Send no Close back.
     Abort(T, String),
+    /// The peer could not open the connection (OpenFailed) and the table forgot it:
+    /// tell whoever waits for it why, then stop the handle. Send no Close back.
+    Refused(T, crate::OpenFailure, String),
 }
 
 struct Entry<T> {
@@ -244,8 +303,11 @@ pub struct ConnTable<T> {
     side: Side,
     windows: Windows,
     conns: HashMap<u32, Entry<T>>,
-    /// Every id below this has been opened (and may be forgotten); none from it up has.
-    next_id: u64,
+    /// The next id this side opens: every one of its ids below it was opened (and may
+    /// be forgotten), none from it up.
+    next_own: u64,
+    /// The same for the peer's ids: the lowest the peer may open next.
+    next_peer: u64,
 }
 
 impl<T> std::fmt::Debug for ConnTable<T> {
@@ -253,7 +315,8 @@ impl<T> std::fmt::Debug for ConnTable<T> {
         f.debug_struct("ConnTable")
             .field("side", &self.side)
             .field("open", &self.conns.len())
-            .field("next_id", &self.next_id)
+            .field("next_own", &self.next_own)
+            .field("next_peer", &self.next_peer)
             .finish()
     }
 }
@@ -297,7 +360,8 @@ impl<T> ConnTable<T> {
                 budget: Arc::new(WindowBudget::new(growth)),
             },
             conns: HashMap::new(),
-            next_id: 1,
+            next_own: u64::from(side.ids().0),
+            next_peer: u64::from(side.peer_side().ids().0),
         }
     }
 
@@ -310,27 +374,38 @@ impl<T> ConnTable<T> {
         self.side
     }
 
-    /// Relay side: takes the next connection id for a TCP client of `forward`. Send the
-    /// peer Accept and a Credit of [`ConnFlow::initial_grant`], then insert it.
+    /// Takes the next id of this side's half for a new connection of `forward` (the
+    /// relay: a TCP client of a `-L` or `-D` forward; the tab: a connection sshd
+    /// forwarded for `-R`). Send the peer its Accept, Connect or Dial and a Credit of
+    /// [`ConnFlow::initial_grant`], then insert it.
     pub fn open(&mut self, forward: u32) -> Result<Opening, ConnError> {
-        debug_assert_eq!(self.side, Side::Relay, "only the relay opens connections");
-        let conn = u32::try_from(self.next_id).map_err(|_| ConnError::IdsExhausted)?;
-        self.next_id += 1;
+        let last = self.side.ids().1;
+        let conn = u32::try_from(self.next_own)
+            .ok()
+            .filter(|&conn| conn <= last)
+            .ok_or(ConnError::IdsExhausted)?;
+        self.next_own += 1;
         Ok(self.opening(conn, forward))
     }
 
-    /// Tab side: the relay's Accept of `conn`. An error if the id is not new (the
-    /// relay's ids only grow). Insert the opening to take the connection, or drop it
-    /// (its forward is gone: the id then counts as forgotten).
+    /// The peer opened `conn` (an Accept, Connect or Dial). An error if the id is not
+    /// new, or not in the peer's half (the peer's ids only grow). Insert the opening to
+    /// take the connection, or drop it (its forward is gone: the id then counts as
+    /// forgotten).
     pub fn accept(&mut self, conn: u32, forward: u32) -> Result<Opening, ConnError> {
-        debug_assert_eq!(self.side, Side::Tab, "only the tab accepts connections");
-        if u64::from(conn) < self.next_id {
+        if Side::opener_of(conn) == self.side {
+            return Err(ConnError::NotTheirs {
+                side: self.side,
+                conn,
+            });
+        }
+        if u64::from(conn) < self.next_peer {
             return Err(ConnError::ReusedId {
                 side: self.side,
                 conn,
             });
         }
-        self.next_id = u64::from(conn) + 1;
+        self.next_peer = u64::from(conn) + 1;
         Ok(self.opening(conn, forward))
     }
 
@@ -367,9 +442,14 @@ impl<T> ConnTable<T> {
         conn: u32,
         frame: &'static str,
     ) -> Result<Option<&mut Entry<T>>, ConnError> {
+        let next = if Side::opener_of(conn) == self.side {
+            self.next_own
+        } else {
+            self.next_peer
+        };
         match self.conns.get_mut(&conn) {
             Some(entry) => Ok(Some(entry)),
-            None if u64::from(conn) < self.next_id => Ok(None),
+            None if u64::from(conn) < next => Ok(None),
             None => Err(ConnError::NeverOpened {
                 side: self.side,
                 frame,
@@ -460,6 +540,27 @@ impl<T> ConnTable<T> {
         } else {
             Action::Abort(entry.handle, reason)
         })
+    }
+
+    /// The peer's OpenFailed frame: it could not open a connection this side opened.
+    pub fn handle_open_failed(
+        &mut self,
+        conn: u32,
+        failure: crate::OpenFailure,
+        message: String,
+    ) -> Result<Action<'_, T>, ConnError> {
+        let side = self.side;
+        let Some(entry) = self.known(conn, "OpenFailed")? else {
+            return Ok(Action::Ignore);
+        };
+        if Side::opener_of(conn) != side {
+            return Err(ConnError::RefusedOwn { side, conn });
+        }
+        if entry.answered {
+            return Err(ConnError::RefusedTaken { side, conn });
+        }
+        let entry = self.conns.remove(&conn).expect("known above");
+        Ok(Action::Refused(entry.handle, failure, message))
     }
 
     /// This side ended the connection: the table forgets it, and later frames for it
@@ -562,11 +663,123 @@ mod tests {
     }
 
     #[test]
-    fn the_relay_runs_out_of_ids_after_the_largest() {
+    fn the_relay_runs_out_of_ids_at_the_end_of_its_half() {
         let mut table = relay();
-        table.next_id = u64::from(u32::MAX);
-        assert_eq!(table.open(1).unwrap().conn, u32::MAX);
+        table.next_own = u64::from(TAB_OPENED - 1);
+        assert_eq!(table.open(1).unwrap().conn, TAB_OPENED - 1);
         assert_eq!(table.open(1).unwrap_err(), ConnError::IdsExhausted);
+    }
+
+    #[test]
+    fn the_tab_numbers_its_connections_in_the_upper_half_to_the_last_id() {
+        let mut tab = ConnTable::<()>::new(Side::Tab);
+        let ids: Vec<u32> = (0..2).map(|_| tab.open(1).unwrap().conn).collect();
+        assert_eq!(ids, [TAB_OPENED + 1, TAB_OPENED + 2]);
+        tab.next_own = u64::from(u32::MAX);
+        assert_eq!(tab.open(1).unwrap().conn, u32::MAX);
+        assert_eq!(tab.open(1).unwrap_err(), ConnError::IdsExhausted);
+    }
+
+    #[test]
+    fn each_side_accepts_only_growing_ids_of_the_peers_half() {
+        let mut relay = relay();
+        let dial = relay.accept(TAB_OPENED + 1, 4).unwrap();
+        relay.insert(dial, "dialed");
+        let err = relay.accept(TAB_OPENED + 1, 4).unwrap_err();
+        assert_eq!(
+            message(err),
+            format!(
+                "the tab reused connection id {}; reload the page",
+                TAB_OPENED + 1
+            )
+        );
+        let err = relay.accept(3, 4).unwrap_err();
+        assert_eq!(
+            message(err),
+            "the tab opened connection 3, an id only the relay opens; reload the page"
+        );
+        let mut tab = ConnTable::<()>::new(Side::Tab);
+        let err = tab.accept(TAB_OPENED + 9, 1).unwrap_err();
+        assert_eq!(
+            message(err),
+            format!(
+                "the relay opened connection {}, an id only the tab opens",
+                TAB_OPENED + 9
+            )
+        );
+        // The relay's own ids and the tab's do not collide.
+        let own = relay.open(4).unwrap();
+        assert_eq!(own.conn, 1);
+        relay.insert(own, "own");
+        assert_eq!(relay.len(), 2);
+    }
+
+    #[test]
+    fn a_frame_for_a_tab_id_never_opened_is_an_error_on_both_sides() {
+        let mut relay = relay();
+        let err = relay.handle_eof(TAB_OPENED + 1).unwrap_err();
+        assert_eq!(
+            message(err),
+            format!(
+                "the tab sent a Eof frame for connection {}, which it never opened; reload the page",
+                TAB_OPENED + 1
+            )
+        );
+        let mut tab = ConnTable::<()>::new(Side::Tab);
+        let err = tab.handle_eof(TAB_OPENED + 1).unwrap_err();
+        assert_eq!(
+            message(err),
+            format!(
+                "the relay sent a Eof frame for connection {}, which the tab never opened",
+                TAB_OPENED + 1
+            )
+        );
+    }
+
+    #[test]
+    fn open_failed_ends_an_unanswered_connection_this_side_opened_and_nothing_else() {
+        use crate::OpenFailure;
+        // The relay opened a Connect; the tab's sshd refused the channel.
+        let (mut table, conn) = relay_with_one();
+        match table
+            .handle_open_failed(conn, OpenFailure::NotAllowed, "prohibited".into())
+            .unwrap()
+        {
+            Action::Refused(handle, OpenFailure::NotAllowed, why) => {
+                assert_eq!((handle, why.as_str()), ("one", "prohibited"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(table.is_empty());
+        // Crossing frames: a second one for the forgotten id is ignored.
+        assert!(matches!(
+            table.handle_open_failed(conn, OpenFailure::General, String::new()),
+            Ok(Action::Ignore)
+        ));
+        // Once the peer took it (granted credit), refusing it is the peer's error.
+        let (mut table, conn) = relay_with_one();
+        table.handle_credit(conn, 10).unwrap();
+        let err = table
+            .handle_open_failed(conn, OpenFailure::Refused, String::new())
+            .unwrap_err();
+        assert_eq!(
+            message(err),
+            "the tab sent OpenFailed for connection 1, which it had already taken; reload the page"
+        );
+        // The peer may not refuse a connection it opened itself.
+        let mut relay = relay();
+        let dial = relay.accept(TAB_OPENED + 1, 2).unwrap();
+        relay.insert(dial, "dial");
+        let err = relay
+            .handle_open_failed(TAB_OPENED + 1, OpenFailure::Refused, String::new())
+            .unwrap_err();
+        assert_eq!(
+            message(err),
+            format!(
+                "the tab sent OpenFailed for connection {}, which it opened itself; reload the page",
+                TAB_OPENED + 1
+            )
+        );
     }
 
     #[test]

@@ -74,6 +74,138 @@ pub enum Frame {
     /// by the time the forward is open. The URL carries the forward's capability: only
     /// the tab that opened the forward learns it (see the relay's `web_forward`).
     WebForward { forward: u32, url: String },
+    /// Ask the relay to run a SOCKS proxy on `bind:port` for dynamic forward `forward`
+    /// (`ssh -D`). Empty `username`: SOCKS clients need no credentials, which the relay
+    /// allows on loopback binds only; else SOCKS5 clients must give these (RFC 1929)
+    /// and SOCKS4 clients are refused. Answered like Listen: Listening or ListenFailed.
+    ListenSocks {
+        forward: u32,
+        bind: String,
+        port: u16,
+        username: String,
+        password: String,
+    },
+    /// A SOCKS client of dynamic forward `forward` asks for `host:port` (a name is the
+    /// SSH server's to resolve). Opens connection `conn` like Accept: the tab answers
+    /// with a Credit once its SSH channel is open (the relay then tells the client it
+    /// succeeded), or with OpenFailed.
+    Connect {
+        conn: u32,
+        forward: u32,
+        host: String,
+        port: u16,
+        peer: String,
+    },
+    /// Register remote forward `forward` (`ssh -R`): the relay dials `host:port` for
+    /// each connection the SSH server forwards to the tab. Answered with Listening (its
+    /// `address` is the destination) or ListenFailed (the operator does not allow it).
+    RemoteForward {
+        forward: u32,
+        host: String,
+        port: u16,
+    },
+    /// The SSH server forwarded a connection from `peer` to remote forward `forward`:
+    /// the tab opens connection `conn` (an id in the tab's space, see [`crate::conn`])
+    /// and asks the relay to dial the forward's destination. The relay answers with a
+    /// Credit once connected, or with OpenFailed.
+    Dial {
+        conn: u32,
+        forward: u32,
+        peer: String,
+    },
+    /// The receiver of a Connect or Dial could not open connection `conn`: both sides
+    /// forget it. `failure` says why in terms a SOCKS reply can carry.
+    OpenFailed {
+        conn: u32,
+        failure: OpenFailure,
+        message: String,
+    },
+}
+
+/// Why a connection could not be opened: the SOCKS5 reply codes (RFC 1928) that an SSH
+/// channel's open failure or a relay's dial can map to. The wire number is the SOCKS5
+/// code, so the relay's reply to a SOCKS client is the number itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpenFailure {
+    /// Anything else.
+    General = 1,
+    /// A rule forbids it: sshd's PermitOpen or AllowTcpForwarding, the relay's allowlist.
+    NotAllowed = 2,
+    NetworkUnreachable = 3,
+    /// Unreachable, or its name did not resolve.
+    HostUnreachable = 4,
+    Refused = 5,
+    TimedOut = 6,
+}
+
+impl OpenFailure {
+    /// Every failure, in wire order.
+    pub const ALL: &'static [OpenFailure] = &[
+        OpenFailure::General,
+        OpenFailure::NotAllowed,
+        OpenFailure::NetworkUnreachable,
+        OpenFailure::HostUnreachable,
+        OpenFailure::Refused,
+        OpenFailure::TimedOut,
+    ];
+
+    /// Its wire number, which is also its SOCKS5 reply code.
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+
+    /// The failure with wire number `number`, if there is one.
+    pub fn from_u8(number: u8) -> Option<Self> {
+        Self::ALL.iter().copied().find(|f| f.number() == number)
+    }
+
+    /// The failure an SSH server meant by a channel open failure (RFC 4254 section
+    /// 5.1): its reason code, and for "connect failed" the description, which OpenSSH
+    /// fills with the connect(2) or name-lookup error.
+    pub fn from_ssh(reason: u32, description: &str) -> Self {
+        const ADMINISTRATIVELY_PROHIBITED: u32 = 1;
+        const CONNECT_FAILED: u32 = 2;
+        match reason {
+            ADMINISTRATIVELY_PROHIBITED => OpenFailure::NotAllowed,
+            CONNECT_FAILED => {
+                let text = description.to_ascii_lowercase();
+                let says = |words: &[&str]| words.iter().any(|w| text.contains(w));
+                if says(&["refused"]) {
+                    OpenFailure::Refused
+                } else if says(&["timed out", "timeout"]) {
+                    OpenFailure::TimedOut
+                } else if says(&["network is unreachable", "network unreachable"]) {
+                    OpenFailure::NetworkUnreachable
+                } else if says(&[
+                    "no route",
+                    "host is unreachable",
+                    "host unreachable",
+                    "name or service not known",
+                    "not known",
+                    "name resolution",
+                    "lookup",
+                    "nodename nor servname",
+                ]) {
+                    OpenFailure::HostUnreachable
+                } else {
+                    OpenFailure::General
+                }
+            }
+            _ => OpenFailure::General,
+        }
+    }
+
+    /// What the page shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpenFailure::General => "failed",
+            OpenFailure::NotAllowed => "not allowed",
+            OpenFailure::NetworkUnreachable => "network unreachable",
+            OpenFailure::HostUnreachable => "host unreachable",
+            OpenFailure::Refused => "connection refused",
+            OpenFailure::TimedOut => "timed out",
+        }
+    }
 }
 
 impl std::fmt::Debug for Frame {
@@ -169,6 +301,64 @@ impl std::fmt::Debug for Frame {
                 .field("forward", forward)
                 .field("url", &redacted(url))
                 .finish(),
+            Frame::ListenSocks {
+                forward,
+                bind,
+                port,
+                username,
+                password,
+            } => f
+                .debug_struct("ListenSocks")
+                .field("forward", forward)
+                .field("bind", bind)
+                .field("port", port)
+                .field("username", username)
+                .field("password", &redacted(password))
+                .finish(),
+            Frame::Connect {
+                conn,
+                forward,
+                host,
+                port,
+                peer,
+            } => f
+                .debug_struct("Connect")
+                .field("conn", conn)
+                .field("forward", forward)
+                .field("host", host)
+                .field("port", port)
+                .field("peer", peer)
+                .finish(),
+            Frame::RemoteForward {
+                forward,
+                host,
+                port,
+            } => f
+                .debug_struct("RemoteForward")
+                .field("forward", forward)
+                .field("host", host)
+                .field("port", port)
+                .finish(),
+            Frame::Dial {
+                conn,
+                forward,
+                peer,
+            } => f
+                .debug_struct("Dial")
+                .field("conn", conn)
+                .field("forward", forward)
+                .field("peer", peer)
+                .finish(),
+            Frame::OpenFailed {
+                conn,
+                failure,
+                message,
+            } => f
+                .debug_struct("OpenFailed")
+                .field("conn", conn)
+                .field("failure", failure)
+                .field("message", message)
+                .finish(),
         }
     }
 }
@@ -252,6 +442,11 @@ frame_kinds! {
     (13, Close);
     (14, Blocked);
     (15, WebForward);
+    (16, ListenSocks);
+    (17, Connect);
+    (18, RemoteForward);
+    (19, Dial);
+    (20, OpenFailed);
 }
 
 impl Frame {
@@ -392,7 +587,7 @@ mod tests {
             assert_eq!(Kind::from_u8(kind.number()), Some(kind));
         }
         assert_eq!(Kind::from_u8(0), None);
-        assert_eq!(Kind::from_u8(16), None);
+        assert_eq!(Kind::from_u8(21), None);
     }
 
     #[test]

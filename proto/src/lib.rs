@@ -24,13 +24,30 @@
 //! | 13   | Close         | both         | conn id    | reason (UTF-8), empty when orderly        |
 //! | 14   | Blocked       | both         | conn id    | empty: the sender spent all its credit    |
 //! | 15   | WebForward    | relay → tab  | forward id | the forward's web URL (UTF-8), before its Listening |
+//! | 16   | ListenSocks   | tab → relay  | forward id | port u16, bind (u16 len), username (u8 len), password (u8 len) |
+//! | 17   | Connect       | relay → tab  | conn id    | forward id u32, port u16, host (u16 len), peer address (UTF-8) |
+//! | 18   | RemoteForward | tab → relay  | forward id | port u16, host to dial (UTF-8)            |
+//! | 19   | Dial          | tab → relay  | conn id    | forward id u32, peer address (UTF-8)      |
+//! | 20   | OpenFailed    | both         | conn id    | failure u8 (a SOCKS5 reply code, 1-6), message (UTF-8) |
+//!
+//! The three kinds of forward, as `ssh` names them:
+//! - `-L` (Listen): the relay listens; each TCP client is an Accept, and the tab opens
+//!   an SSH `direct-tcpip` channel to the forward's destination.
+//! - `-D` (ListenSocks): the relay listens and speaks SOCKS with each client; the
+//!   destination the client names is a Connect, and the tab opens the channel to it. The
+//!   tab's Credit or OpenFailed becomes the relay's SOCKS reply. The relay never
+//!   resolves a name the client asked for: the SSH server does.
+//! - `-R` (RemoteForward): the SSH server listens; each connection it forwards to the tab
+//!   is a Dial, and the relay connects to the forward's destination, which its operator
+//!   must allow.
 //!
 //! A ListenFailed for a forward that is already listening reports one TCP client the
 //! relay refused (its source address is not allowed, or too many wait for the tab); the
 //! listener stays open. Older tabs ignore it.
 //!
-//! Forward ids are chosen by the tab, connection ids by the relay; the frame kind says
-//! which space a stream number belongs to. Data for a connection may only be sent
+//! Forward ids are chosen by the tab; connection ids by whoever opens the connection,
+//! each side in its own half (see [`conn`]); the frame kind says which space a stream
+//! number belongs to. Data for a connection may only be sent
 //! within the credit its receiver granted (see [`credit`]); each Data frame costs its
 //! bytes plus [`DATA_FRAME_OVERHEAD`], so that even one-byte frames cannot queue more
 //! than a window's worth of memory. That is what keeps every hop's memory bounded,
@@ -48,12 +65,12 @@ pub mod credit;
 pub mod frame;
 
 pub use codec::{DecodeError, decode, encode, encode_to_bytes};
-pub use conn::{Action, ConnError, ConnFlow, ConnTable, Opening, Side};
+pub use conn::{Action, ConnError, ConnFlow, ConnTable, Opening, Side, TAB_OPENED};
 pub use credit::{
     CreditError, CreditGate, DATA_FRAME_OVERHEAD, RecvWindow, SendCredit, UrgentGrants,
     WindowBudget, frame_cost,
 };
-pub use frame::{ErrorCode, Frame, Kind, RESUME_SECRET_LEN, ResumeSecret};
+pub use frame::{ErrorCode, Frame, Kind, OpenFailure, RESUME_SECRET_LEN, ResumeSecret};
 
 /// Protocol version sent in Hello and Welcome. A relay refuses any other version.
 ///
@@ -66,7 +83,10 @@ pub use frame::{ErrorCode, Frame, Kind, RESUME_SECRET_LEN, ResumeSecret};
 ///   and Welcome carry a resume secret, Welcome whether the session resumed a parked one
 ///   (a reconnecting tab gets its forwards back on the same ports). A version-3 peer
 ///   would misread a Hello or Welcome and refuse a WebForward as unknown.
-pub const VERSION: u16 = 4;
+/// - 5: dynamic (`-D`: ListenSocks, Connect) and remote (`-R`: RemoteForward, Dial)
+///   forwards, OpenFailed, and connection ids in two halves (the tab opens Dials). A
+///   version-4 peer would refuse the new kinds as unknown.
+pub const VERSION: u16 = 5;
 
 /// Size of the frame header: kind (1 byte) and stream (4 bytes).
 pub const HEADER_LEN: usize = 5;
@@ -90,6 +110,9 @@ pub const MAX_FRAME: usize = HEADER_LEN + MAX_DATA;
 
 /// Largest text field (target names, addresses, reasons) in bytes.
 pub const MAX_TEXT: usize = 1024;
+
+/// Longest SOCKS5 username or password in bytes (RFC 1929's one-byte lengths).
+pub const MAX_CREDENTIAL: usize = 255;
 
 /// Most pinned host keys a Welcome carries; a receiver refuses a Welcome with more.
 pub const MAX_PINNED_KEYS: usize = 64;

@@ -4,13 +4,18 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use tabtunnel_proto::{
-    ErrorCode, Frame, MAX_DATA, RecvWindow, ResumeSecret, SendCredit, WindowBudget, decode,
-    encode_to_bytes, frame_cost,
+    ErrorCode, Frame, MAX_DATA, OpenFailure, RecvWindow, ResumeSecret, SendCredit, WindowBudget,
+    decode, encode_to_bytes, frame_cost,
 };
 
 fn text() -> impl Strategy<Value = String> {
     // Up to 1024 bytes even with 4-byte characters: within MAX_TEXT.
     proptest::collection::vec(any::<char>(), 0..256).prop_map(|c| c.into_iter().collect())
+}
+
+fn credential() -> impl Strategy<Value = String> {
+    // Up to 252 bytes even with 4-byte characters: within MAX_CREDENTIAL.
+    proptest::collection::vec(any::<char>(), 0..64).prop_map(|c| c.into_iter().collect())
 }
 
 fn data() -> impl Strategy<Value = Bytes> {
@@ -79,6 +84,41 @@ fn frame() -> impl Strategy<Value = Frame> {
         id().prop_map(|conn| Frame::Eof { conn }),
         id().prop_map(|conn| Frame::Blocked { conn }),
         (id(), text()).prop_map(|(conn, reason)| Frame::Close { conn, reason }),
+        (id(), text(), any::<u16>(), credential(), credential()).prop_map(
+            |(forward, bind, port, username, password)| Frame::ListenSocks {
+                forward,
+                bind,
+                port,
+                username,
+                password
+            }
+        ),
+        (id(), any::<u32>(), text(), any::<u16>(), text()).prop_map(
+            |(conn, forward, host, port, peer)| Frame::Connect {
+                conn,
+                forward,
+                host,
+                port,
+                peer
+            }
+        ),
+        (id(), text(), any::<u16>()).prop_map(|(forward, host, port)| Frame::RemoteForward {
+            forward,
+            host,
+            port
+        }),
+        (id(), any::<u32>(), text()).prop_map(|(conn, forward, peer)| Frame::Dial {
+            conn,
+            forward,
+            peer
+        }),
+        (id(), proptest::sample::select(OpenFailure::ALL), text()).prop_map(
+            |(conn, failure, message)| Frame::OpenFailed {
+                conn,
+                failure,
+                message
+            }
+        ),
     ]
 }
 

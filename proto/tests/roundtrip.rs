@@ -1,6 +1,7 @@
 use bytes::Bytes;
 use tabtunnel_proto::{
-    DecodeError, ErrorCode, Frame, MAX_DATA, MAX_FRAME, ResumeSecret, decode, encode_to_bytes,
+    DecodeError, ErrorCode, Frame, MAX_DATA, MAX_FRAME, OpenFailure, ResumeSecret, decode,
+    encode_to_bytes,
 };
 
 fn every_variant() -> Vec<Frame> {
@@ -89,6 +90,54 @@ fn every_variant() -> Vec<Frame> {
         Frame::Close {
             conn: 9,
             reason: "connection reset".into(),
+        },
+        Frame::ListenSocks {
+            forward: 4,
+            bind: String::new(),
+            port: 1080,
+            username: String::new(),
+            password: String::new(),
+        },
+        Frame::ListenSocks {
+            forward: 4,
+            bind: "[::1]".into(),
+            port: 0,
+            username: "ann".into(),
+            password: "pä ss".into(),
+        },
+        Frame::Connect {
+            conn: 10,
+            forward: 4,
+            host: "db.internal".into(),
+            port: 5432,
+            peer: "127.0.0.1:50000".into(),
+        },
+        Frame::Connect {
+            conn: 11,
+            forward: 4,
+            host: "2001:db8::1".into(),
+            port: 443,
+            peer: String::new(),
+        },
+        Frame::RemoteForward {
+            forward: 5,
+            host: "127.0.0.1".into(),
+            port: 3000,
+        },
+        Frame::Dial {
+            conn: 0x8000_0001,
+            forward: 5,
+            peer: "10.0.0.7:41000".into(),
+        },
+        Frame::OpenFailed {
+            conn: 10,
+            failure: OpenFailure::NotAllowed,
+            message: "administratively prohibited: open failed".into(),
+        },
+        Frame::OpenFailed {
+            conn: 0x8000_0001,
+            failure: OpenFailure::Refused,
+            message: String::new(),
         },
     ]
 }
@@ -331,4 +380,114 @@ fn resume_secrets_are_none_or_32_bytes_and_flags_0_or_1() {
     // The secret never shows in logs.
     let debug = format!("{:?}", ResumeSecret([0xAB; 32]));
     assert!(!debug.contains("171") && !debug.contains("ab"), "{debug}");
+}
+
+#[test]
+fn the_new_frames_of_version_5_refuse_what_they_cannot_mean() {
+    // OpenFailed with a failure code that is not a SOCKS5 one.
+    let err = decode(Bytes::from(vec![20, 0, 0, 0, 1, 9, b'x'])).unwrap_err();
+    assert_eq!(err, DecodeError::UnknownFailure { number: 9 });
+    assert_eq!(
+        err.to_string(),
+        "OpenFailed frame's failure is 9; it must be 1-6"
+    );
+    // ListenSocks: port, bind (u16 length), username and password (u8 lengths), nothing
+    // after.
+    let socks = |rest: &[u8]| {
+        let mut wire = vec![16, 0, 0, 0, 1, 0x04, 0x38];
+        wire.extend_from_slice(rest);
+        decode(Bytes::from(wire))
+    };
+    assert_eq!(
+        socks(&[0, 0, 1, b'u', 1, b'p']),
+        Ok(Frame::ListenSocks {
+            forward: 1,
+            bind: String::new(),
+            port: 1080,
+            username: "u".into(),
+            password: "p".into(),
+        })
+    );
+    assert_eq!(
+        socks(&[0, 0, 1, b'u']),
+        Err(DecodeError::Truncated {
+            frame: "ListenSocks",
+            field: "password length"
+        })
+    );
+    assert_eq!(
+        socks(&[0, 0, 0, 0, 7]),
+        Err(DecodeError::TrailingBytes {
+            frame: "ListenSocks",
+            extra: 1
+        })
+    );
+    // A connection frame on stream 0 is refused, as for the others.
+    assert_eq!(
+        decode(Bytes::from(vec![19, 0, 0, 0, 0, 0, 0, 0, 1])),
+        Err(DecodeError::ZeroStream { frame: "Dial" })
+    );
+    // Credentials longer than RFC 1929 allows are cut by the encoder (the tab refuses
+    // them first), never wrapped around a one-byte length.
+    let long = Frame::ListenSocks {
+        forward: 1,
+        bind: String::new(),
+        port: 1,
+        username: "u".repeat(300),
+        password: "p".into(),
+    };
+    let Ok(Frame::ListenSocks { username, .. }) = decode(encode_to_bytes(&long)) else {
+        panic!("a cut ListenSocks still decodes");
+    };
+    assert_eq!(username.len(), 255);
+    // The password never shows in logs.
+    let debug = format!(
+        "{:?}",
+        Frame::ListenSocks {
+            forward: 1,
+            bind: String::new(),
+            port: 1,
+            username: "ann".into(),
+            password: "hunter2".into(),
+        }
+    );
+    assert!(
+        !debug.contains("hunter2") && debug.contains("ann"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn ssh_open_failures_map_to_socks_reasons() {
+    let cases = [
+        (1, "open failed", OpenFailure::NotAllowed),
+        (2, "Connection refused", OpenFailure::Refused),
+        (
+            2,
+            "connect failed: Connection timed out",
+            OpenFailure::TimedOut,
+        ),
+        (2, "Network is unreachable", OpenFailure::NetworkUnreachable),
+        (2, "No route to host", OpenFailure::HostUnreachable),
+        (
+            2,
+            "getaddrinfo: Name or service not known",
+            OpenFailure::HostUnreachable,
+        ),
+        (2, "something else", OpenFailure::General),
+        (3, "unknown channel type", OpenFailure::General),
+        (4, "resource shortage", OpenFailure::General),
+    ];
+    for (reason, description, want) in cases {
+        assert_eq!(
+            OpenFailure::from_ssh(reason, description),
+            want,
+            "{reason} {description:?}"
+        );
+    }
+    for &failure in OpenFailure::ALL {
+        assert_eq!(OpenFailure::from_u8(failure.number()), Some(failure));
+    }
+    assert_eq!(OpenFailure::from_u8(0), None);
+    assert_eq!(OpenFailure::from_u8(7), None);
 }

@@ -1,14 +1,16 @@
 //! One accepted connection of a forward: its bytes go to the tab within the credit the
 //! tab granted; the tab's bytes go to it, and credit flows back as they are written. The
-//! client is a TCP client of the forward's listener or a web forward's request (an
-//! in-memory pipe to the relay's HTTP proxy); both are pumped alike.
+//! client is a TCP client of the forward's listener, a web forward's request (an
+//! in-memory pipe to the relay's HTTP proxy), or a SOCKS client of a dynamic forward
+//! that has asked for its destination; all are pumped alike, the SOCKS one once the
+//! tab's answer became its reply.
 //! What the tab's frames mean is the session's `ConnTable`'s to decide; this task only
 //! moves the bytes and reports how the connection ended.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tabtunnel_proto::{ConnFlow, DATA_CHUNK, Frame, UrgentGrants};
+use tabtunnel_proto::{ConnFlow, DATA_CHUNK, Frame, OpenFailure, UrgentGrants};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -25,6 +27,18 @@ pub(crate) enum Client {
     Tcp(TcpStream),
     /// The relay's web proxy, through an in-memory pipe (see `web_forward`).
     Web(DuplexStream),
+    /// A SOCKS client of a dynamic forward, past its handshake: its reply waits for the
+    /// tab's answer to the Connect.
+    Socks(Box<SocksClient>),
+}
+
+/// A SOCKS client that asked for a destination, and what it sent after asking.
+#[derive(Debug)]
+pub(crate) struct SocksClient {
+    pub stream: TcpStream,
+    pub request: tabtunnel_socks::Request,
+    /// Bytes the client sent after its request, before any reply: its first bytes.
+    pub rest: Vec<u8>,
 }
 
 /// What the session loop passes to a connection, in wire order.
@@ -35,6 +49,9 @@ pub(crate) enum ToTcp {
     /// The tab closed the connection in order: write what is queued, then close.
     /// (A Close with a reason aborts the task instead.)
     Close,
+    /// The tab could not open the connection (OpenFailed): a SOCKS client is told why,
+    /// then the connection closes.
+    Refused(OpenFailure),
 }
 
 /// The session loop's handle to a live connection, kept in its `ConnTable`.
@@ -89,6 +106,9 @@ pub(crate) fn spawn(
         Client::Web(pipe) => {
             let (read, write) = tokio::io::split(pipe);
             tasks.spawn(run(conn, read, write, input, flow, outlets).instrument(span))
+        }
+        Client::Socks(client) => {
+            tasks.spawn(answer_socks(conn, *client, input, flow, outlets).instrument(span))
         }
     };
     ConnHandle { to_tcp, task }
@@ -161,6 +181,9 @@ where
                     let _ = tcp_write.shutdown().await;
                     return Ok(());
                 }
+                // Only a connection not yet answered can be refused: a SOCKS one, which
+                // waits for its answer before it is pumped.
+                ToTcp::Refused(_) => return Ok(()),
             }
         }
         Err(gone()) // the session dropped us
@@ -191,6 +214,60 @@ where
         conn,
         close: close_reason,
     }
+}
+
+/// A SOCKS client's connection: waits for the tab's answer to its Connect, replies
+/// with it, and then is pumped like any other. The tab answers with its first Credit
+/// (its SSH channel is open) or an OpenFailed (the reason the SSH server gave); it sends
+/// no Data before its Credit. The bytes the client sent after its request go first.
+async fn answer_socks(
+    conn: u32,
+    client: SocksClient,
+    mut input: mpsc::UnboundedReceiver<ToTcp>,
+    flow: Arc<ConnFlow>,
+    outlets: Outlets,
+) -> Ended {
+    let SocksClient {
+        mut stream,
+        request,
+        rest,
+    } = client;
+    let refused = tokio::select! {
+        // The credit first: the tab's Data may be queued already when the task wakes,
+        // and its Credit, which came before it, is the answer.
+        biased;
+        // `available` takes nothing: the pump spends the credit.
+        _ = flow.credit().available() => None,
+        item = input.recv() => Some(match item {
+            Some(ToTcp::Refused(failure)) => failure,
+            // Anything else before the answer breaks the rule above; the tab's table has
+            // not forgotten it, so the Close goes back.
+            Some(ToTcp::Data(_) | ToTcp::Eof) => {
+                let _ = stream.write_all(&request.failure_reply(OpenFailure::General)).await;
+                return Ended {
+                    conn,
+                    close: Some("the tab sent data before it opened the connection".into()),
+                };
+            }
+            // Closed by the tab before its answer (it forgot the connection).
+            Some(ToTcp::Close) | None => OpenFailure::General,
+        }),
+    };
+    if let Some(failure) = refused {
+        // Best effort: the client may be gone already. The tab forgot the connection.
+        let _ = stream.write_all(&request.failure_reply(failure)).await;
+        let _ = stream.shutdown().await;
+        return Ended { conn, close: None };
+    }
+    if let Err(err) = stream.write_all(&request.success_reply()).await {
+        return Ended {
+            conn,
+            close: Some(describe(&err)),
+        };
+    }
+    let (read, write) = stream.into_split();
+    let read = std::io::Cursor::new(rest).chain(read);
+    run(conn, read, write, input, flow, outlets).await
 }
 
 fn gone() -> std::io::Error {

@@ -20,6 +20,7 @@ mod proxy_protocol;
 mod rate;
 mod serve;
 mod session;
+mod socks_forward;
 mod ssh_pipe;
 pub mod tls;
 pub mod token_check;

@@ -318,6 +318,9 @@ struct ForwardEntry {
     /// Its entry among the web forwards: dropping it revokes the forward's URL; a
     /// parked forward keeps it for the session that resumes it.
     web: Option<crate::web_forward::Registration>,
+    /// A dynamic forward's SOCKS side (`None`: a `-L` forward). Dropping it stops its
+    /// handshakes.
+    socks: Option<crate::socks_forward::SocksForward>,
 }
 
 impl ForwardEntry {
@@ -777,6 +780,10 @@ impl Session {
                     self.last_activity = tokio::time::Instant::now();
                 }
             }
+            frame @ (Frame::ListenSocks { .. }
+            | Frame::OpenFailed { .. }
+            | Frame::RemoteForward { .. }
+            | Frame::Dial { .. }) => self.on_dynamic_frame(frame).await?,
             other => {
                 return Err(SessionError::protocol(format!(
                     "the tab sent a {} frame, which only the relay may send",
@@ -905,6 +912,7 @@ impl Session {
                 lease,
                 active,
                 web: web.map(|(registration, _)| registration),
+                socks: None,
             },
         );
         self.last_activity = tokio::time::Instant::now();
@@ -978,6 +986,9 @@ impl Session {
     /// Admits a forward's new TCP client (see `limits::admit_connection`) and starts its
     /// connection; a refused one is closed at once.
     async fn on_accepted(&mut self, accepted: Accepted) -> Result<(), SessionError> {
+        let Some(accepted) = self.socks_client(accepted).await? else {
+            return Ok(());
+        };
         let Accepted {
             forward,
             stream,
@@ -1115,6 +1126,12 @@ fn deliver(conn: u32, action: Action<'_, ConnHandle>) -> bool {
             handle.task.abort();
             true
         }
+        Action::Refused(handle, failure, message) => {
+            debug!(conn, ?failure, %message, "tab could not open connection");
+            // A SOCKS client is told why; the task then ends by itself.
+            let _ = handle.to_tcp.send(ToTcp::Refused(failure));
+            true
+        }
     }
 }
 
@@ -1221,5 +1238,6 @@ fn tab_fault(err: &tungstenite::Error) -> Option<String> {
     }
 }
 
+mod socks;
 #[cfg(test)]
 mod tests;

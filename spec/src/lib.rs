@@ -1,4 +1,5 @@
-//! Parsing what users type: `ssh -L` forward specs and whole `ssh` command lines.
+//! Parsing what users type: `ssh -L` and `ssh -D` forward specs and whole `ssh` command
+//! lines.
 //!
 //! Its own crate, with no I/O and no SSH: the client re-exports it as
 //! `tabtunnel_client::spec`, and the fuzz targets build it without the SSH stack.
@@ -57,6 +58,49 @@ impl std::str::FromStr for ForwardSpec {
     }
 }
 
+/// A dynamic forward (a SOCKS proxy) as `ssh -D [bind_address:]port` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicSpec {
+    /// Where the relay listens; empty means the default (loopback). `*` means all.
+    pub bind: String,
+    /// Port the relay listens on; 0 asks for any free port in the relay's range.
+    pub port: u16,
+}
+
+impl fmt::Display for DynamicSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.bind.as_str() {
+            "" => write!(f, "{}", self.port),
+            bind if bind.contains(':') => write!(f, "[{bind}]:{}", self.port),
+            bind => write!(f, "{bind}:{}", self.port),
+        }
+    }
+}
+
+impl std::str::FromStr for DynamicSpec {
+    type Err = ParseError;
+
+    fn from_str(spec: &str) -> Result<Self, ParseError> {
+        parse_dynamic(spec)
+    }
+}
+
+/// A forward of either kind, as an `ssh` option names it: `-L spec` or `-D spec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnySpec {
+    Local(ForwardSpec),
+    Dynamic(DynamicSpec),
+}
+
+impl fmt::Display for AnySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AnySpec::Local(spec) => write!(f, "-L {spec}"),
+            AnySpec::Dynamic(spec) => write!(f, "-D {spec}"),
+        }
+    }
+}
+
 /// Longest host name DNS allows.
 const MAX_HOST: usize = 253;
 
@@ -107,7 +151,73 @@ pub fn parse_forward(spec: &str) -> Result<ForwardSpec, ParseError> {
             host.len()
         ));
     }
-    let bind = unbracket(bind);
+    let bind = check_bind(unbracket(bind))?;
+    Ok(ForwardSpec {
+        bind: bind.to_owned(),
+        port,
+        host: host.to_owned(),
+        host_port,
+    })
+}
+
+const DYNAMIC_HELP: &str = "write it as [bind_address:]port, e.g. 1080 or 127.0.0.1:1080";
+
+/// Parses `[bind_address:]port`, the argument of `ssh -D`. An IPv6 bind address goes
+/// in brackets.
+pub fn parse_dynamic(spec: &str) -> Result<DynamicSpec, ParseError> {
+    let spec = spec.trim();
+    if spec.is_empty() {
+        return err(format!("the SOCKS forward is empty; {DYNAMIC_HELP}"));
+    }
+    let parts = split_colons(spec)
+        .ok_or_else(|| ParseError(format!("{spec:?} has an unclosed '['; {DYNAMIC_HELP}")))?;
+    let (bind, port) = match parts.as_slice() {
+        [port] => ("", *port),
+        [bind, port] => (*bind, *port),
+        [_, _, _] | [_, _, _, _] => {
+            return err(format!(
+                "{spec:?} names a destination, which a SOCKS forward (-D) does not: each client names its own; {DYNAMIC_HELP}, or use -L for a fixed destination"
+            ));
+        }
+        _ => {
+            return err(format!(
+                "{spec:?} has {} parts separated by ':'; {DYNAMIC_HELP} (IPv6 addresses go in [brackets])",
+                parts.len()
+            ));
+        }
+    };
+    let port = match port.parse::<u16>() {
+        Ok(port) => port,
+        Err(_) if port.is_empty() => {
+            return err(format!("the listen port is missing; {DYNAMIC_HELP}"));
+        }
+        Err(_) => {
+            return err(format!(
+                "the listen port {port:?} is not a number from 0-65535; {DYNAMIC_HELP}"
+            ));
+        }
+    };
+    let bind = check_bind(unbracket(bind))?;
+    Ok(DynamicSpec {
+        bind: bind.to_owned(),
+        port,
+    })
+}
+
+/// Parses a forward as an `ssh` option writes it: `-L [bind_address:]port:host:hostport`
+/// or `-D [bind_address:]port` (the space after the letter is optional). Text without
+/// either is a `-L` spec, read as [`parse_forward`] reads it.
+pub fn parse_any(text: &str) -> Result<AnySpec, ParseError> {
+    let text = text.trim();
+    if let Some(rest) = text.strip_prefix("-D") {
+        return parse_dynamic(rest).map(AnySpec::Dynamic);
+    }
+    let local = text.strip_prefix("-L").unwrap_or(text);
+    parse_forward(local).map(AnySpec::Local)
+}
+
+/// The checks every bind address gets, with the messages `-L` has always given.
+fn check_bind(bind: &str) -> Result<&str, ParseError> {
     if bind.len() > MAX_HOST {
         return err(format!(
             "the bind address is {} characters; an address has at most {MAX_HOST}",
@@ -124,12 +234,7 @@ pub fn parse_forward(spec: &str) -> Result<ForwardSpec, ParseError> {
             "bind address {bind:?} has a stray '[' or ']'; {BRACKET_HELP}"
         ));
     }
-    Ok(ForwardSpec {
-        bind: bind.to_owned(),
-        port,
-        host: host.to_owned(),
-        host_port,
-    })
+    Ok(bind)
 }
 
 /// Splits on ':' outside brackets; `None` if a bracket is left open.
@@ -179,6 +284,8 @@ pub struct SshCommand {
     pub port: Option<u16>,
     /// Every `-L` spec, validated, in order.
     pub forwards: Vec<String>,
+    /// Every `-D` spec, validated, in order.
+    pub dynamic: Vec<String>,
     /// Options and words tabtunnel does not use, as typed, so the page can say so.
     pub ignored: Vec<String>,
 }
@@ -189,7 +296,7 @@ const OPTIONS_WITH_ARG: &str = "BbcDEeFIiJLlmOoPpQRSWw";
 const FLAGS: &str = "46AaCfGgKkMNnqsTtVvXxYy";
 
 /// Parses `ssh [options] [user@]host [command]`, as a user would paste it. The leading
-/// `ssh` is optional. `-L`, `-p`, `-l` and the destination are used; the rest is listed
+/// `ssh` is optional. `-L`, `-D`, `-p`, `-l` and the destination are used; the rest is listed
 /// in `ignored`.
 pub fn parse_ssh_command(line: &str) -> Result<SshCommand, ParseError> {
     let words = shell_words::split(line)
@@ -232,6 +339,10 @@ pub fn parse_ssh_command(line: &str) -> Result<SshCommand, ParseError> {
                     'L' => {
                         parse_forward(&arg).map_err(|e| ParseError(format!("-L {arg}: {e}")))?;
                         cmd.forwards.push(arg);
+                    }
+                    'D' => {
+                        parse_dynamic(&arg).map_err(|e| ParseError(format!("-D {arg}: {e}")))?;
+                        cmd.dynamic.push(arg);
                     }
                     'p' => cmd.port = Some(parse_port(&arg, "SSH port", false)?),
                     'l' => cmd.user = Some(arg),
@@ -446,6 +557,107 @@ mod tests {
                 .unwrap_err()
                 .0
                 .contains("unclosed quote")
+        );
+    }
+
+    #[test]
+    fn dynamic_specs_like_ssh_d() {
+        let dynamic = |bind: &str, port| DynamicSpec {
+            bind: bind.into(),
+            port,
+        };
+        assert_eq!(parse_dynamic("1080"), Ok(dynamic("", 1080)));
+        assert_eq!(parse_dynamic(" 0 "), Ok(dynamic("", 0)));
+        assert_eq!(
+            parse_dynamic("127.0.0.1:1080"),
+            Ok(dynamic("127.0.0.1", 1080))
+        );
+        assert_eq!(parse_dynamic("*:1080"), Ok(dynamic("*", 1080)));
+        assert_eq!(parse_dynamic("[::1]:1080"), Ok(dynamic("::1", 1080)));
+        for spec in ["1080", "localhost:1080", "[::1]:1080", "*:0"] {
+            let parsed = parse_dynamic(spec).unwrap();
+            assert_eq!(parsed.to_string(), spec);
+            assert_eq!(spec.parse::<DynamicSpec>(), Ok(parsed));
+        }
+    }
+
+    #[test]
+    fn bad_dynamic_specs_say_how_to_fix_them() {
+        let e = parse_dynamic("").unwrap_err().0;
+        assert!(e.contains("e.g. 1080"), "{e}");
+        let e = parse_dynamic("1080:localhost:80").unwrap_err().0;
+        assert!(
+            e.contains("names a destination") && e.contains("use -L"),
+            "{e}"
+        );
+        let e = parse_dynamic("socks").unwrap_err().0;
+        assert!(
+            e.contains("listen port \"socks\" is not a number")
+                && e.contains("[bind_address:]port"),
+            "{e}"
+        );
+        let e = parse_dynamic("70000").unwrap_err().0;
+        assert!(e.contains("70000"), "{e}");
+        let e = parse_dynamic("127.0.0.1:").unwrap_err().0;
+        assert!(e.contains("listen port is missing"), "{e}");
+        let e = parse_dynamic("[::1:1080").unwrap_err().0;
+        assert!(e.contains("unclosed '['"), "{e}");
+        let e = parse_dynamic("a b:1080").unwrap_err().0;
+        assert!(e.contains("spaces or control characters"), "{e}");
+        let e = parse_dynamic("[a][b]:1080").unwrap_err().0;
+        assert!(e.contains("stray"), "{e}");
+        let e = parse_dynamic(&format!("{}:1", "a".repeat(300)))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("at most 253"), "{e}");
+    }
+
+    #[test]
+    fn either_kind_by_its_option() {
+        assert_eq!(
+            parse_any("-D 1080"),
+            Ok(AnySpec::Dynamic(DynamicSpec {
+                bind: String::new(),
+                port: 1080
+            }))
+        );
+        assert_eq!(
+            parse_any("-D127.0.0.1:0").unwrap().to_string(),
+            "-D 127.0.0.1:0"
+        );
+        assert_eq!(
+            parse_any("-L 1100:mail:110"),
+            Ok(AnySpec::Local(spec("", 1100, "mail", 110)))
+        );
+        assert_eq!(
+            parse_any("1100:mail:110"),
+            Ok(AnySpec::Local(spec("", 1100, "mail", 110)))
+        );
+        // Without an option, a spec is read as -L always read it, messages and all.
+        assert_eq!(parse_any("1080"), parse_forward("1080").map(AnySpec::Local));
+        assert!(parse_any("-D 1:mail:2").is_err());
+    }
+
+    #[test]
+    fn pasted_commands_keep_their_dynamic_forwards() {
+        let cmd =
+            parse_ssh_command("ssh -N -D 1080 -D127.0.0.1:1081 -L 1:mail:110 alice@host").unwrap();
+        assert_eq!(cmd.dynamic, vec!["1080", "127.0.0.1:1081"]);
+        assert_eq!(cmd.forwards, vec!["1:mail:110"]);
+        assert_eq!(cmd.ignored, vec!["-N"]);
+        let cmd = parse_ssh_command("ssh -fND 1080 host").unwrap();
+        assert_eq!(cmd.dynamic, vec!["1080"]);
+        let e = parse_ssh_command("ssh -D 1080:mail:80 host").unwrap_err().0;
+        assert!(
+            e.starts_with("-D 1080:mail:80: ") && e.contains("use -L"),
+            "{e}"
+        );
+        assert!(
+            parse_ssh_command("ssh host -D")
+                .unwrap()
+                .ignored
+                .contains(&"-D".to_owned()),
+            "after the host it is the remote command's"
         );
     }
 

@@ -17,6 +17,8 @@ const SSH: usize = 3;
 const ROWS: &[(&str, usize)] = &[
     ("upload MiB/s", TAB),
     ("download MiB/s", TAB),
+    ("SOCKS (-D) upload MiB/s", NATIVE),
+    ("SOCKS (-D) download MiB/s", NATIVE),
     ("download / upload", TAB),
     ("connect -> first echoed byte p50 (ms)", TAB),
     ("connect -> first echoed byte p99 (ms)", TAB),

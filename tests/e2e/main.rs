@@ -34,6 +34,8 @@ mod reconnect_native;
 mod redteam;
 mod scale_out;
 mod semantics_native;
+mod socks_browser;
+mod socks_native;
 mod tls;
 mod web_forward_browser;
 mod web_forward_native;

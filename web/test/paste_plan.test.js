@@ -52,3 +52,15 @@ test("while connecting, forwards are queued and the login is left alone", () => 
   assert.equal(plan.addNow, false);
   assert.deepEqual(plan.lines[1], ["1 forward queued (0:h:22); added right after connecting", "info"]);
 });
+
+test("-D forwards are queued as -D specs after the -L ones", () => {
+  const plan = planPaste({ host: "lab", forwards: ["0:h:22"], dynamic: ["1080", "127.0.0.1:0"] }, page("disconnected"));
+  assert.deepEqual(plan.specs, ["0:h:22", "-D 1080", "-D 127.0.0.1:0"]);
+  assert.deepEqual(plan.lines.at(-1), [
+    "3 forwards queued (0:h:22, -D 1080, -D 127.0.0.1:0); added right after connecting",
+    "info",
+  ]);
+  const only = planPaste({ host: "lab", forwards: [], dynamic: ["1080"] }, page("connected"));
+  assert.equal(only.addNow, true);
+  assert.deepEqual(only.specs, ["-D 1080"]);
+});

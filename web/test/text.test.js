@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { formatBytes, forwardsWord, linkStateText, messageOf, statsView } from "../text.js";
+import { formatBytes, forwardsWord, linkStateText, liveText, messageOf, statsView } from "../text.js";
 
 test("messageOf reads Errors, wasm error objects and strings", () => {
   assert.equal(messageOf(new Error("boom")), "boom");
@@ -55,4 +55,10 @@ test("linkStateText says the attempt, the wait and why, and keeps why once resto
   assert.equal(linkStateText({ state: "live" }, "ann", "lab"), null);
   assert.equal(linkStateText({ state: "gave-up", reason: "x" }, "ann", "lab"), null);
   assert.equal(linkStateText(undefined, "ann", "lab"), null);
+});
+
+test("liveText names the first destinations and counts the rest", () => {
+  assert.equal(liveText(["localhost:80"]), "to localhost:80");
+  assert.equal(liveText(["a:1", "b:2", "[::1]:3"]), "to a:1, b:2, [::1]:3");
+  assert.equal(liveText(["a:1", "b:2", "c:3", "d:4", "e:5", "f:6"]), "to a:1, b:2, c:3, d:4 and 2 more");
 });

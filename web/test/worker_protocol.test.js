@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
-  InFlight, KNOWN_HOSTS_KEY, applyKnownHostsWrite, connectFields, errorFromWire, errorToWire, snapshotStore,
+  InFlight, KNOWN_HOSTS_KEY, applyKnownHostsWrite, connectFields, errorFromWire, errorToWire, forwardOptions,
+  snapshotStore,
 } from "../worker_protocol.js";
 
 test("errors cross with their message, code and host-key fields", () => {
@@ -74,4 +75,12 @@ test("connect's options cross without callbacks or the store", () => {
     onHostKey: () => true, onPrompt: () => null, onClose: () => {}, knownHosts: true,
   });
   assert.deepEqual(structuredClone(fields), { target: "t", username: "u", password: "p", serverAliveInterval: 0 });
+});
+
+test("forward options cross as plain data: check, and dynamic as true or a SOCKS login", () => {
+  assert.deepEqual(forwardOptions(undefined), { check: false, dynamic: false });
+  assert.deepEqual(forwardOptions({ check: 1, dynamic: true }), { check: true, dynamic: true });
+  const login = forwardOptions({ dynamic: { username: "alice", password: "s3cret", extra: () => {} } });
+  assert.deepEqual(structuredClone(login), { check: false, dynamic: { username: "alice", password: "s3cret" } });
+  assert.deepEqual(forwardOptions({ dynamic: { username: "bob" } }).dynamic, { username: "bob", password: "" });
 });

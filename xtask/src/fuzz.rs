@@ -48,6 +48,12 @@ pub const TARGETS: &[Target] = &[
         // Each step takes a few bytes; a few thousand steps make long exchanges.
         max_len: 8192,
     },
+    Target {
+        name: "socks_handshake",
+        step: "fuzz socks_handshake",
+        // The longest SOCKS message is 520 bytes; a few of them, pipelined, and junk after.
+        max_len: 4096,
+    },
 ];
 
 /// Largest resident memory a target may use before libFuzzer calls it a failure.

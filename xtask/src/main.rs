@@ -89,7 +89,8 @@ enum Task {
         /// Run the target once on this input instead of fuzzing (to see why it fails).
         #[arg(long, value_name = "FILE", requires = "targets")]
         input: Option<PathBuf>,
-        /// Targets to run (default: all): frame_decode, forward_spec, ssh_command, conn_table.
+        /// Targets to run (default: all): frame_decode, forward_spec, ssh_command, conn_table,
+        /// socks_handshake.
         #[arg(value_name = "TARGET")]
         targets: Vec<String>,
     },

@@ -67,7 +67,8 @@ pub struct Config {
     /// How often the relay pings each tab's WebSocket. A tab silent for three
     /// intervals (a closed laptop, a lost network) is ended with its listeners.
     pub ping_interval: std::time::Duration,
-    /// How long a tab has to send its Hello after its WebSocket opens.
+    /// How long a tab has to send its Hello after its WebSocket opens, and a SOCKS
+    /// forward's client to name its destination after it connects.
     pub handshake_timeout: std::time::Duration,
     /// A session with no forwarded connection for this long is ended; `None`: never
     /// (like `ssh -L`). Open connections keep a session alive, however quiet.

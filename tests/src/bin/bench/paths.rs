@@ -3,6 +3,8 @@
 //!
 //! - the tab: the relay's page in headless Chromium, through the relay process;
 //! - native: the client core (in this process) over tokio-tungstenite, through the relay;
+//!   it also opens a `-D` forward, through which the bulk measure moves the same bytes by
+//!   SOCKS5 (the SOCKS rows beside the `-L` ones);
 //! - `ssh -L`: OpenSSH's own client, no relay, no WebSocket: the reference.
 //!
 //! A path knows its forwards' listen addresses and which processes do its work, so every
@@ -152,6 +154,8 @@ pub struct Path {
     pub browser: Option<Browser>,
     /// The relay's pid (tab and native paths).
     pub relay: Option<u32>,
+    /// Where a `-D` forward of the path listens (native path only).
+    pub socks: Option<String>,
     session: Option<(Session, Vec<Forward>)>,
     _ssh: Option<OpenSsh>,
 }
@@ -182,6 +186,7 @@ impl Path {
             ],
             browser: Some(browser),
             relay: Some(relay.pid()?),
+            socks: None,
             session: None,
             _ssh: None,
         })
@@ -200,6 +205,9 @@ impl Path {
             forwards.push(session.forward(&spec).await?);
         }
         let listens = forwards.iter().map(|f| f.listen().to_owned()).collect();
+        let socks = session.forward("-D 0").await?;
+        let socks_listen = socks.listen().to_owned();
+        forwards.push(socks);
         Ok(Self {
             column: Column::Native,
             forwards: Forwards::from(listens)?,
@@ -210,6 +218,7 @@ impl Path {
             ],
             browser: None,
             relay: Some(relay.pid()?),
+            socks: Some(socks_listen),
             session: Some((session, forwards)),
             _ssh: None,
         })
@@ -230,6 +239,7 @@ impl Path {
             ],
             browser: None,
             relay: None,
+            socks: None,
             session: None,
             _ssh: Some(ssh),
         })

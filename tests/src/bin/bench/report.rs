@@ -106,6 +106,19 @@ impl Table {
             let met = tab_and_ssh(&speed).map(|(tab, ssh)| tab >= 0.35 * ssh);
             rows.push(Row::numbers(name, speed, mib_s).target(">= 0.35x", met));
         }
+        // The native client's -D forward moves the same bytes by SOCKS5: beside its -L.
+        for (name, speed) in [
+            (
+                "SOCKS (-D) upload MiB/s",
+                each(&|f| f.bulk.socks.map(|s| s.upload)),
+            ),
+            (
+                "SOCKS (-D) download MiB/s",
+                each(&|f| f.bulk.socks.map(|s| s.download)),
+            ),
+        ] {
+            rows.push(Row::numbers(name, speed, mib_s));
+        }
         let balance = each(&|f| Some(f.bulk.download / f.bulk.upload));
         let mut row = Row::numbers("download / upload", balance, two);
         // A ratio of ratios says nothing; the target is the tab's own balance.

@@ -763,6 +763,19 @@ impl<H: Handler> Handle<H> {
     /// Wait for confirmation that a channel is open
     async fn wait_channel_confirmation(
         &self,
+        receiver: Receiver<ChannelMsg>,
+        window_size_ref: WindowSizeRef,
+        flow: Arc<ReceiveFlow>,
+    ) -> Result<Channel<Msg>, crate::Error> {
+        self.wait_channel_confirmation_described(receiver, window_size_ref, flow)
+            .await
+            .map_err(undescribed)
+    }
+
+    /// tabtunnel: [`Self::wait_channel_confirmation`], keeping the server's description
+    /// of an open failure ([`crate::Error::ChannelOpenFailed`]).
+    async fn wait_channel_confirmation_described(
+        &self,
         mut receiver: Receiver<ChannelMsg>,
         window_size_ref: WindowSizeRef,
         flow: Arc<ReceiveFlow>,
@@ -791,6 +804,15 @@ impl<H: Handler> Handle<H> {
                 }
                 Some(ChannelMsg::OpenFailure(reason)) => {
                     return Err(crate::Error::ChannelOpenFailure(reason));
+                }
+                Some(ChannelMsg::OpenFailureDescribed {
+                    reason,
+                    description,
+                }) => {
+                    return Err(crate::Error::ChannelOpenFailed {
+                        reason,
+                        description,
+                    });
                 }
                 None => {
                     debug!("channel confirmation sender was dropped");
@@ -920,6 +942,26 @@ impl<H: Handler> Handle<H> {
         originator_address: B,
         originator_port: u32,
     ) -> Result<Channel<Msg>, crate::Error> {
+        self.channel_open_direct_tcpip_described(
+            host_to_connect,
+            port_to_connect,
+            originator_address,
+            originator_port,
+        )
+        .await
+        .map_err(undescribed)
+    }
+
+    /// tabtunnel: [`Self::channel_open_direct_tcpip`], whose open failure keeps the
+    /// server's description ([`crate::Error::ChannelOpenFailed`]): OpenSSH puts the
+    /// connect(2) or name-lookup error there.
+    pub async fn channel_open_direct_tcpip_described<A: Into<String>, B: Into<String>>(
+        &self,
+        host_to_connect: A,
+        port_to_connect: u32,
+        originator_address: B,
+        originator_port: u32,
+    ) -> Result<Channel<Msg>, crate::Error> {
         let (sender, receiver) = channel(self.channel_buffer_size);
         let flow = self.new_flow();
         let channel_ref = ChannelRef::with_flow(sender, flow.clone());
@@ -935,7 +977,7 @@ impl<H: Handler> Handle<H> {
             })
             .await
             .map_err(|_| crate::Error::SendError)?;
-        self.wait_channel_confirmation(receiver, window_size_ref, flow)
+        self.wait_channel_confirmation_described(receiver, window_size_ref, flow)
             .await
     }
 
@@ -3357,5 +3399,13 @@ pub trait Handler: Sized + Send {
                 DisconnectReason::Error(e) => Err(e),
             }
         }
+    }
+}
+
+/// tabtunnel: an open failure as upstream russh reports it, without the description.
+fn undescribed(err: crate::Error) -> crate::Error {
+    match err {
+        crate::Error::ChannelOpenFailed { reason, .. } => crate::Error::ChannelOpenFailure(reason),
+        other => other,
     }
 }
