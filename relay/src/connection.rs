@@ -233,6 +233,9 @@ async fn answer_socks(
         rest,
     } = client;
     let refused = tokio::select! {
+        // The credit first: the tab's Data may be queued already when the task wakes,
+        // and its Credit, which came before it, is the answer.
+        biased;
         // `available` takes nothing: the pump spends the credit.
         _ = flow.credit().available() => None,
         item = input.recv() => Some(match item {

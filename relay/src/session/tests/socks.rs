@@ -5,6 +5,24 @@ use tabtunnel_proto::OpenFailure;
 
 use super::*;
 
+/// A session past its Welcome whose forwards listen in a range of their own: the other
+/// session tests check that ports they free are free at once, and these must not take
+/// them meanwhile.
+async fn welcomed_socks(extra_toml: &str, adjust: impl FnOnce(&mut Config)) -> (Lab, TcpStream) {
+    let mut lab = lab(extra_toml, |config| {
+        config.forward_ports = 43000..=43999;
+        adjust(config);
+    })
+    .await;
+    let welcome = lab.tab.hello("lab").await;
+    assert!(matches!(welcome, Frame::Welcome { .. }), "{welcome:?}");
+    let (ssh, _) = tokio::time::timeout(DEADLINE, lab.sshd.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    (lab, ssh)
+}
+
 /// Opens dynamic forward 1 on a free loopback port; returns its address.
 async fn listen_socks(tab: &mut Tab, username: &str, password: &str) -> SocketAddr {
     tab.send(Frame::ListenSocks {
@@ -66,7 +84,7 @@ const SUCCESS: [u8; 10] = [5, 0, 0, 1, 0, 0, 0, 0, 0, 0];
 
 #[tokio::test]
 async fn a_socks5_client_names_its_destination_and_is_answered_when_the_tab_opens_it() {
-    let (mut lab, _ssh) = welcomed("").await;
+    let (mut lab, _ssh) = welcomed_socks("", |_| {}).await;
     let address = listen_socks(&mut lab.tab, "", "").await;
     let mut client = greeted(address).await;
     // A name no resolver knows: the relay passes it on as it came, for the SSH server.
@@ -115,7 +133,7 @@ async fn a_socks5_client_names_its_destination_and_is_answered_when_the_tab_open
 
 #[tokio::test]
 async fn the_tabs_open_failure_is_the_clients_reply_code() {
-    let (mut lab, _ssh) = welcomed("").await;
+    let (mut lab, _ssh) = welcomed_socks("", |_| {}).await;
     let address = listen_socks(&mut lab.tab, "", "").await;
     for (failure, code) in [
         (OpenFailure::NotAllowed, 2),
@@ -181,7 +199,7 @@ async fn the_tabs_open_failure_is_the_clients_reply_code() {
 
 #[tokio::test]
 async fn a_malformed_handshake_gets_its_error_reply_and_costs_the_session_nothing() {
-    let (mut lab, _ssh) = welcomed("").await;
+    let (mut lab, _ssh) = welcomed_socks("", |_| {}).await;
     let address = listen_socks(&mut lab.tab, "", "").await;
     let mut bad = greeted(address).await;
     bad.write_all(&[5, 2, 0, 1, 1, 2, 3, 4, 0, 80])
@@ -205,7 +223,7 @@ async fn a_malformed_handshake_gets_its_error_reply_and_costs_the_session_nothin
 
 #[tokio::test]
 async fn a_wide_bind_needs_credentials_and_its_clients_must_give_them() {
-    let (mut lab, _ssh) = welcomed("allowed_binds = [\"0.0.0.0\"]").await;
+    let (mut lab, _ssh) = welcomed_socks("allowed_binds = [\"0.0.0.0\"]", |_| {}).await;
     lab.tab
         .send(Frame::ListenSocks {
             forward: 1,
@@ -290,12 +308,10 @@ async fn a_wide_bind_needs_credentials_and_its_clients_must_give_them() {
 
 #[tokio::test]
 async fn a_silent_client_is_dropped_at_the_deadline_and_counts_as_waiting_meanwhile() {
-    let mut lab = lab("[limits]\npending_accepts_per_forward = 1", |config| {
+    let (mut lab, _ssh) = welcomed_socks("[limits]\npending_accepts_per_forward = 1", |config| {
         config.handshake_timeout = Duration::from_millis(300);
     })
     .await;
-    assert!(matches!(lab.tab.hello("lab").await, Frame::Welcome { .. }));
-    let _ssh = lab.sshd.accept().await.unwrap();
     let address = listen_socks(&mut lab.tab, "", "").await;
     let mut silent = TcpStream::connect(address).await.unwrap();
     // Wait until the relay took it into its handshake: a greeting answered proves it.
@@ -331,7 +347,7 @@ async fn a_silent_client_is_dropped_at_the_deadline_and_counts_as_waiting_meanwh
 
 #[tokio::test]
 async fn remote_forwards_are_refused_until_the_relay_serves_them() {
-    let (mut lab, _ssh) = welcomed("").await;
+    let (mut lab, _ssh) = welcomed_socks("", |_| {}).await;
     lab.tab
         .send(Frame::RemoteForward {
             forward: 3,
