@@ -1,18 +1,19 @@
 //! One accepted connection's pump between the relay and a direct-tcpip channel
-//! through the SSH server, with EOF passed on in each direction.
+//! through the SSH server, with EOF passed on in each direction. A SOCKS client's
+//! connection (a `-D` forward's) is pumped alike; if its channel cannot be opened, the
+//! relay is told why in an OpenFailed, which becomes the client's SOCKS reply.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures::channel::oneshot;
 use russh::ChannelMsg;
-use tabtunnel_proto::{ConnFlow, Frame, SSH_PACKET_DATA};
+use tabtunnel_proto::{ConnFlow, Frame, OpenFailure, SSH_PACKET_DATA};
 use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::error::ClientError;
 use crate::mux::{Accepted, ConnInput, Mux};
-use crate::spec::ForwardSpec;
 use crate::ssh::SshHandle;
 use crate::stats::ForwardStats;
 
@@ -30,7 +31,9 @@ pub(crate) async fn serve(
     while let Some(accepted) = accepted.recv().await {
         let Accepted {
             conn,
-            spec,
+            host,
+            port,
+            socks,
             peer,
             stats,
             flow,
@@ -41,7 +44,9 @@ pub(crate) async fn serve(
             mux: mux.clone(),
             ssh: ssh.clone(),
             conn,
-            spec,
+            host,
+            port,
+            socks,
             peer,
             stats,
             flow,
@@ -55,7 +60,11 @@ struct ConnPump {
     mux: Arc<Mux>,
     ssh: Arc<SshHandle>,
     conn: u32,
-    spec: Arc<ForwardSpec>,
+    /// Where its channel goes.
+    host: String,
+    port: u16,
+    /// A SOCKS client's connection: a failed open is an OpenFailed.
+    socks: bool,
     peer: String,
     stats: Arc<ForwardStats>,
     flow: Arc<ConnFlow>,
@@ -67,6 +76,8 @@ enum Ending {
     /// The relay closed the connection: it has forgotten it already.
     RelayClosed,
     Failed(String),
+    /// Its channel could not be opened, for a SOCKS client: tell the relay why.
+    Refused(OpenFailure, String),
 }
 
 impl ConnPump {
@@ -76,22 +87,37 @@ impl ConnPump {
         let conn = self.conn;
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .open(conn, format!("{}:{}", bracketed(&self.host), self.port));
         let ending = self.pump(input, abort).await;
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
-        let reason = match ending {
+        self.stats.closed(conn);
+        let last_word = match ending {
             Ending::RelayClosed => None,
-            Ending::Orderly => Some(String::new()),
+            Ending::Orderly => Some(Frame::Close {
+                conn,
+                reason: String::new(),
+            }),
             Ending::Failed(reason) => {
                 debug!(conn, %reason, "connection failed");
                 self.stats.fail(reason.clone());
-                Some(reason)
+                Some(Frame::Close { conn, reason })
+            }
+            Ending::Refused(failure, message) => {
+                debug!(conn, ?failure, %message, "connection refused");
+                self.stats.fail(message.clone());
+                Some(Frame::OpenFailed {
+                    conn,
+                    failure,
+                    message,
+                })
             }
         };
         // Forget the id first, so frames still on the wire are ignored; then tell the
         // relay, unless it already forgot the connection (it closed it, or Unlisten).
         let still_known = self.mux.forget_conn(conn);
-        if let (true, Some(reason)) = (still_known, reason) {
-            let _ = self.mux.send(Frame::Close { conn, reason }).await;
+        if let (true, Some(frame)) = (still_known, last_word) {
+            let _ = self.mux.send(frame).await;
         }
     }
 
@@ -102,10 +128,10 @@ impl ConnPump {
     ) -> Ending {
         let ssh = &self.ssh;
         let (peer_host, peer_port) = split_peer(&self.peer);
-        let destination = format!("{}:{}", self.spec.host, self.spec.host_port);
+        let destination = format!("{}:{}", bracketed(&self.host), self.port);
         let open = ssh.channel_open_direct_tcpip(
-            self.spec.host.as_str(),
-            u32::from(self.spec.host_port),
+            self.host.as_str(),
+            u32::from(self.port),
             peer_host,
             peer_port,
         );
@@ -119,22 +145,22 @@ impl ConnPump {
         let opened = match opened {
             futures::future::Either::Left((opened, _)) => opened,
             futures::future::Either::Right(_) => {
-                return Ending::Failed(format!(
+                let reason = format!(
                     "the SSH server did not open a channel to {destination} within {} s; check that it can reach that address",
                     CHANNEL_OPEN_TIMEOUT.as_secs()
-                ));
+                );
+                return self.open_failed(OpenFailure::TimedOut, reason);
             }
         };
         let channel = match opened {
             Ok(channel) => channel,
             Err(err) => {
-                return Ending::Failed(
-                    ClientError::ChannelRefused {
-                        destination,
-                        reason: describe_open_failure(&err),
-                    }
-                    .to_string(),
-                );
+                let reason = ClientError::ChannelRefused {
+                    destination,
+                    reason: describe_open_failure(&err),
+                }
+                .to_string();
+                return self.open_failed(open_failure(&err), reason);
             }
         };
         let (mut reader, writer) = channel.split();
@@ -250,6 +276,39 @@ impl ConnPump {
     }
 }
 
+impl ConnPump {
+    /// How a connection whose channel could not be opened ends: a SOCKS client is
+    /// answered with `failure`; a `-L` client's connection closes with the reason.
+    fn open_failed(&self, failure: OpenFailure, reason: String) -> Ending {
+        if self.socks {
+            Ending::Refused(failure, reason)
+        } else {
+            Ending::Failed(reason)
+        }
+    }
+}
+
+/// An IPv6 address in brackets, as `host:port` needs it.
+fn bracketed(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// What an SSH server meant by refusing a channel, in SOCKS terms.
+fn open_failure(err: &russh::Error) -> OpenFailure {
+    match err {
+        russh::Error::ChannelOpenFailed {
+            reason,
+            description,
+        } => OpenFailure::from_ssh(reason.code(), description),
+        russh::Error::ChannelOpenFailure(reason) => OpenFailure::from_ssh(reason.code(), ""),
+        _ => OpenFailure::General,
+    }
+}
+
 /// `127.0.0.1:5555` or `[::1]:5555` into originator host and port.
 fn split_peer(peer: &str) -> (String, u32) {
     match peer.rsplit_once(':') {
@@ -265,6 +324,15 @@ fn split_peer(peer: &str) -> (String, u32) {
 
 pub(crate) fn describe_open_failure(err: &russh::Error) -> String {
     use russh::ChannelOpenFailure as F;
+    let reason;
+    let err = match err {
+        // The server's own words are for the SOCKS reply code; the reason's are kept.
+        russh::Error::ChannelOpenFailed { reason: why, .. } => {
+            reason = russh::Error::ChannelOpenFailure(why.clone());
+            &reason
+        }
+        other => other,
+    };
     match err {
         russh::Error::ChannelOpenFailure(F::AdministrativelyProhibited) => {
             "the SSH server does not allow forwarding to that destination (AllowTcpForwarding / PermitOpen)".into()

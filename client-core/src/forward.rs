@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use crate::error::ClientError;
+use crate::kind::ForwardKind;
 use crate::link::Link;
 use crate::mux::Listened;
-use crate::spec::ForwardSpec;
 use crate::stats::{ForwardStats, StatsSnapshot};
 
 /// A forward the relay listens for. After a reconnect it listens at the same address,
@@ -14,7 +14,7 @@ use crate::stats::{ForwardStats, StatsSnapshot};
 pub struct Forward {
     link: Arc<Link>,
     id: u32,
-    spec: Arc<ForwardSpec>,
+    kind: Arc<ForwardKind>,
     listen: String,
     stats: Arc<ForwardStats>,
 }
@@ -23,7 +23,7 @@ impl std::fmt::Debug for Forward {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forward")
             .field("id", &self.id)
-            .field("spec", &self.spec)
+            .field("kind", &self.kind)
             .field("listen", &self.listen)
             .finish()
     }
@@ -33,13 +33,13 @@ impl Forward {
     pub(crate) fn new(
         link: Arc<Link>,
         id: u32,
-        spec: Arc<ForwardSpec>,
+        kind: Arc<ForwardKind>,
         listened: Listened,
     ) -> Self {
         Self {
             link,
             id,
-            spec,
+            kind,
             listen: listened.address,
             stats: listened.stats,
         }
@@ -61,8 +61,9 @@ impl Forward {
         self.link.web_url(self.id)
     }
 
-    pub fn spec(&self) -> &ForwardSpec {
-        &self.spec
+    /// What was asked for: a `-L` spec, or a `-D` one.
+    pub fn kind(&self) -> &ForwardKind {
+        &self.kind
     }
 
     pub fn stats(&self) -> StatsSnapshot {

@@ -1,4 +1,4 @@
-//! The tabtunnel client: `ssh -L` over a relay's WebSocket, the same code in the
+//! The tabtunnel client: `ssh -L` and `ssh -D` over a relay's WebSocket, the same code in the
 //! browser (wasm32) and natively (tests). Platform glue supplies a [`Transport`] and,
 //! in the browser, a host-key prompt; everything else lives here.
 //!
@@ -13,7 +13,8 @@
 //! forward's handle) -> `link` (the session's current link, establishing one, the
 //! forwards to listen for again) -> `conn` (a connection's pump), `keepalive` -> `mux`
 //! (demultiplexer, write loop, stream-0 pumps) -> `ssh` -> `known_hosts` (the host-key
-//! rules), `stats`, `end` (the one end signal), `reconnect` (when and how often to try
+//! rules), `kind` (a forward as asked for: `-L` or `-D`), `stats`, `end` (the one end
+//! signal), `reconnect` (when and how often to try
 //! again: the rules alone). `spec` (what users type) is the `tabtunnel-spec` crate,
 //! re-exported: it has no I/O, so the fuzz targets build it without russh.
 
@@ -23,6 +24,7 @@ mod error;
 mod forward;
 mod keepalive;
 mod keys;
+mod kind;
 pub mod known_hosts;
 mod link;
 mod mux;
@@ -41,6 +43,7 @@ pub mod native;
 pub use error::ClientError;
 pub use forward::Forward;
 pub use keepalive::Keepalive;
+pub use kind::{ForwardKind, SocksLogin};
 pub use known_hosts::{
     KnownHostId, KnownHosts, KnownHostsCheck, KnownHostsError, MemoryKnownHosts,
 };
@@ -49,7 +52,10 @@ pub use redial::Dial;
 pub use session::{
     ConnectOptions, ForwardOptions, ReconnectOptions, Session, connect, connect_resilient,
 };
-pub use spec::{ForwardSpec, SshCommand, parse_forward, parse_ssh_command};
+pub use spec::{
+    AnySpec, DynamicSpec, ForwardSpec, SshCommand, parse_any, parse_dynamic, parse_forward,
+    parse_ssh_command,
+};
 pub use ssh::{
     Auth, Credentials, HostKeyCallback, HostKeyInfo, HostKeyPolicy, PromptCallback, PromptField,
     PromptRequest,

@@ -13,9 +13,9 @@ use crate::conn;
 use crate::end::End;
 use crate::error::ClientError;
 use crate::keepalive::{self, Keepalive};
+use crate::kind::ForwardKind;
 use crate::mux::{self, Listened, Opened, Owner};
 use crate::rt;
-use crate::spec::ForwardSpec;
 use crate::ssh::{
     Credentials, HostKeyInfo, HostKeyPolicy, HostKeyVerdict, SshHandle, SshHandler, authenticate,
 };
@@ -32,7 +32,7 @@ pub(crate) struct Live {
 /// A forward to listen for again on a new link: where it listened (the spec with the
 /// port the relay gave it), and its counters, which carry on.
 struct Kept {
-    spec: Arc<ForwardSpec>,
+    kind: Arc<ForwardKind>,
     stats: Arc<ForwardStats>,
     /// Its web URL on the current link: a resumed session keeps it, a fresh one (the
     /// relay restarted) gets a new one.
@@ -76,26 +76,23 @@ impl Link {
         drop(old);
     }
 
-    /// Asks the relay to listen for `spec`, and keeps the forward for a reconnect.
+    /// Asks the relay to listen for `kind`, and keeps the forward for a reconnect.
     pub(crate) async fn listen(
         &self,
-        spec: Arc<ForwardSpec>,
+        kind: Arc<ForwardKind>,
     ) -> Result<(u32, Listened), ClientError> {
-        let (id, listened) = self.owner().listen(spec.clone()).await?;
+        let (id, listened) = self.owner().listen(kind.clone()).await?;
         let address = &listened.address;
         // The same port next time, also for a forward that asked for any (port 0).
         let port = address
             .rsplit_once(':')
             .and_then(|(_, port)| port.parse().ok())
-            .unwrap_or(spec.port);
-        let again = Arc::new(ForwardSpec {
-            port,
-            ..(*spec).clone()
-        });
+            .unwrap_or(kind.port());
+        let again = Arc::new(kind.on_port(port));
         self.kept.lock().expect("kept lock").insert(
             id,
             Kept {
-                spec: again,
+                kind: again,
                 stats: listened.stats.clone(),
                 web_url: listened.web_url.clone(),
             },
@@ -119,17 +116,17 @@ impl Link {
     /// and counters. A forward the relay refuses now (its port was taken meanwhile) is
     /// dropped, and its counters say why. Returns how many came back.
     pub(crate) async fn restore(&self) -> usize {
-        let kept: Vec<(u32, Arc<ForwardSpec>, Arc<ForwardStats>)> = self
+        let kept: Vec<(u32, Arc<ForwardKind>, Arc<ForwardStats>)> = self
             .kept
             .lock()
             .expect("kept lock")
             .iter()
-            .map(|(id, kept)| (*id, kept.spec.clone(), kept.stats.clone()))
+            .map(|(id, kept)| (*id, kept.kind.clone(), kept.stats.clone()))
             .collect();
         let owner = self.owner();
         let mut restored = 0;
-        for (id, spec, stats) in kept {
-            match owner.listen_as(Some(id), spec, Some(stats.clone())).await {
+        for (id, kind, stats) in kept {
+            match owner.listen_as(Some(id), kind, Some(stats.clone())).await {
                 Ok((_, listened)) => {
                     if let Some(kept) = self.kept.lock().expect("kept lock").get_mut(&id) {
                         kept.web_url = listened.web_url;

@@ -23,8 +23,8 @@ use tracing::debug;
 
 use crate::end::End;
 use crate::error::ClientError;
+use crate::kind::ForwardKind;
 use crate::rt;
-use crate::spec::ForwardSpec;
 use crate::stats::ForwardStats;
 use crate::transport::{Transport, TransportError};
 
@@ -93,7 +93,7 @@ pub(crate) struct Listened {
 }
 
 struct PendingListen {
-    spec: Arc<ForwardSpec>,
+    kind: Arc<ForwardKind>,
     /// The counters of a forward listening again after a reconnect; `None`: new ones.
     stats: Option<Arc<ForwardStats>>,
     reply: oneshot::Sender<ListenReply>,
@@ -102,7 +102,7 @@ struct PendingListen {
 }
 
 struct ForwardEntry {
-    spec: Arc<ForwardSpec>,
+    kind: Arc<ForwardKind>,
     stats: Arc<ForwardStats>,
 }
 
@@ -126,10 +126,17 @@ pub(crate) enum ConnInput {
     Close(oneshot::Sender<()>),
 }
 
-/// A connection the relay accepted, for whoever pumps it to an SSH channel.
+/// A connection the relay opened (a `-L` forward's Accept, a `-D` forward's Connect),
+/// for whoever pumps it to an SSH channel.
 pub(crate) struct Accepted {
     pub(crate) conn: u32,
-    pub(crate) spec: Arc<ForwardSpec>,
+    /// Where its SSH channel goes: the forward's destination, or the one a SOCKS client
+    /// named.
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    /// A SOCKS client's: if its channel cannot be opened, the relay is told why with an
+    /// OpenFailed (it becomes the client's reply), not a Close.
+    pub(crate) socks: bool,
     pub(crate) peer: String,
     pub(crate) stats: Arc<ForwardStats>,
     /// The receive window the pump refills and the credit it spends.
@@ -256,13 +263,13 @@ impl Mux {
         )
     }
 
-    /// Asks the relay to listen for `spec`; returns the forward's id and what the relay
+    /// Asks the relay to listen for `kind`; returns the forward's id and what the relay
     /// answered.
     pub(crate) async fn listen(
         &self,
-        spec: Arc<ForwardSpec>,
+        kind: Arc<ForwardKind>,
     ) -> Result<(u32, Listened), ClientError> {
-        self.listen_as(None, spec, None).await
+        self.listen_as(None, kind, None).await
     }
 
     /// [`Mux::listen`], for a forward that listened before the session reconnected when
@@ -270,7 +277,7 @@ impl Mux {
     pub(crate) async fn listen_as(
         &self,
         id: Option<u32>,
-        spec: Arc<ForwardSpec>,
+        kind: Arc<ForwardKind>,
         stats: Option<Arc<ForwardStats>>,
     ) -> Result<(u32, Listened), ClientError> {
         let (reply, answer) = oneshot::channel();
@@ -284,7 +291,7 @@ impl Mux {
             state.pending.insert(
                 id,
                 PendingListen {
-                    spec: spec.clone(),
+                    kind: kind.clone(),
                     stats,
                     reply,
                     web_url: None,
@@ -292,12 +299,7 @@ impl Mux {
             );
             id
         };
-        self.send(Frame::Listen {
-            forward,
-            bind: spec.bind.clone(),
-            port: spec.port,
-        })
-        .await?;
+        self.send(kind.listen_frame(forward)).await?;
         let listened = answer.await.map_err(|_| self.closed_error())??;
         Ok((forward, listened))
     }
@@ -488,7 +490,7 @@ fn route(mux: &Mux, links: &Links, frame: Frame) -> Result<(), ClientError> {
                 state.forwards.insert(
                     forward,
                     ForwardEntry {
-                        spec: pending.spec,
+                        kind: pending.kind,
                         stats: stats.clone(),
                     },
                 );
@@ -531,20 +533,44 @@ fn route(mux: &Mux, links: &Links, frame: Frame) -> Result<(), ClientError> {
                 // Closed while the relay accepted; the relay forgets it on Unlisten.
                 return Ok(());
             };
-            let (input, input_rx) = mpsc::unbounded_channel();
-            let (abort, abort_rx) = oneshot::channel();
-            let accepted = Accepted {
-                conn,
-                spec: entry.spec.clone(),
-                peer,
-                stats: entry.stats.clone(),
-                flow: opening.flow().clone(),
-                input: input_rx,
-                abort: abort_rx,
+            let Some(spec) = entry.kind.local() else {
+                return Err(ClientError::Protocol(format!(
+                    "the relay sent an Accept for forward {forward}, a dynamic forward, which takes Connects"
+                )));
             };
-            state.conns.insert(opening, ConnHandle { input, abort });
-            let _ = links.accepted.send(accepted);
+            let (host, port) = (spec.host.clone(), spec.host_port);
+            let stats = entry.stats.clone();
+            hand_out(&mut state, links, opening, (host, port, false), peer, stats);
         }
+        Frame::Connect {
+            conn,
+            forward,
+            host,
+            port,
+            peer,
+        } => {
+            let opening = state.conns.accept(conn, forward).map_err(broken)?;
+            let Some(entry) = state.forwards.get(&forward) else {
+                return Ok(());
+            };
+            if entry.kind.local().is_some() {
+                return Err(ClientError::Protocol(format!(
+                    "the relay sent a Connect for forward {forward}, a local forward, which takes Accepts"
+                )));
+            }
+            let stats = entry.stats.clone();
+            hand_out(&mut state, links, opening, (host, port, true), peer, stats);
+        }
+        Frame::OpenFailed {
+            conn,
+            failure,
+            message,
+        } => apply(
+            state
+                .conns
+                .handle_open_failed(conn, failure, message)
+                .map_err(broken)?,
+        ),
         Frame::Data { conn, data } => apply(state.conns.handle_data(conn, &data).map_err(broken)?),
         Frame::Credit { conn, bytes } => state.conns.handle_credit(conn, bytes).map_err(broken)?,
         Frame::Blocked { conn } => {
@@ -565,6 +591,34 @@ fn route(mux: &Mux, links: &Links, frame: Frame) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// Starts a connection the relay opened: its entry in the table, and its pump's end on
+/// the queue. `destination`: host, port, and whether a SOCKS client asked for it.
+fn hand_out(
+    state: &mut MuxState,
+    links: &Links,
+    opening: tabtunnel_proto::Opening,
+    destination: (String, u16, bool),
+    peer: String,
+    stats: Arc<ForwardStats>,
+) {
+    let (host, port, socks) = destination;
+    let (input, input_rx) = mpsc::unbounded_channel();
+    let (abort, abort_rx) = oneshot::channel();
+    let accepted = Accepted {
+        conn: opening.conn,
+        host,
+        port,
+        socks,
+        peer,
+        stats,
+        flow: opening.flow().clone(),
+        input: input_rx,
+        abort: abort_rx,
+    };
+    state.conns.insert(opening, ConnHandle { input, abort });
+    let _ = links.accepted.send(accepted);
 }
 
 /// Does what the connection table answered to a frame.

@@ -9,11 +9,12 @@ use crate::end::End;
 use crate::error::ClientError;
 use crate::forward::Forward;
 use crate::keepalive::Keepalive;
+use crate::kind::{ForwardKind, SocksLogin};
 use crate::link::{Established, Link, Login, establish};
 use crate::reconnect::{ConnectionState, Reconnect, StateCallback};
 use crate::redial::{self, Dial, Redial};
 use crate::rt;
-use crate::spec::{ForwardSpec, parse_forward};
+use crate::spec::{AnySpec, ForwardSpec, parse_any};
 use crate::ssh::{Credentials, HostKeyInfo, HostKeyPolicy};
 use crate::transport::Transport;
 
@@ -54,7 +55,11 @@ pub struct ForwardOptions {
     /// Open one test channel to the destination before listening, and fail the forward
     /// if the SSH server refuses it or cannot connect (like ssh's ExitOnForwardFailure,
     /// for the destination). The destination sees one connection open and close.
+    /// A dynamic forward has no destination of its own: nothing is checked.
     pub check_destination: bool,
+    /// For a dynamic forward (`-D`): the SOCKS username and password its clients must
+    /// give. Without them, the relay lets it listen on loopback only.
+    pub socks_login: Option<SocksLogin>,
 }
 
 /// A live session. Cheap to clone; the session ends when `close` is called or the
@@ -155,6 +160,9 @@ impl Session {
 
     /// Opens a local forward like `ssh -L spec`: the relay listens, and each TCP client
     /// that connects is carried through a direct-tcpip channel to the destination.
+    /// `-D [bind:]port` opens a dynamic forward like `ssh -D`: the relay runs a SOCKS
+    /// proxy (SOCKS5, 4 and 4a), and each client's connection goes where it asks,
+    /// resolved and reached by the SSH server. `-L spec` is the same as `spec`.
     pub async fn forward(&self, spec: &str) -> Result<Forward, ClientError> {
         self.forward_with(spec, ForwardOptions::default()).await
     }
@@ -165,12 +173,21 @@ impl Session {
         spec: &str,
         options: ForwardOptions,
     ) -> Result<Forward, ClientError> {
-        let spec = Arc::new(parse_forward(spec)?);
-        if options.check_destination {
-            self.check_destination(&spec).await?;
-        }
-        let (id, listened) = self.link.listen(spec.clone()).await?;
-        Ok(Forward::new(self.link.clone(), id, spec, listened))
+        let kind = match parse_any(spec)? {
+            AnySpec::Local(spec) => {
+                if options.check_destination {
+                    self.check_destination(&spec).await?;
+                }
+                ForwardKind::Local(spec)
+            }
+            AnySpec::Dynamic(spec) => ForwardKind::Dynamic {
+                spec,
+                login: options.socks_login,
+            },
+        };
+        let kind = Arc::new(kind);
+        let (id, listened) = self.link.listen(kind.clone()).await?;
+        Ok(Forward::new(self.link.clone(), id, kind, listened))
     }
 
     /// Opens and closes one channel to the spec's destination, so a destination the

@@ -1,6 +1,7 @@
 //! A forward's live counters. Their own leaf: the demultiplexer counts refused clients,
 //! connections count bytes, and the forward handle reads them.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,6 +21,10 @@ pub struct ForwardStats {
     pub failures: AtomicU64,
     /// The last such failure, for the page's row.
     pub last_error: Mutex<Option<String>>,
+    /// The connections open now, by id, with where each goes (`host:port`): a dynamic
+    /// forward's clients each name their own. Bounded by the relay's cap on a forward's
+    /// connections.
+    pub live: Mutex<BTreeMap<u32, String>>,
 }
 
 /// A snapshot of [`ForwardStats`].
@@ -31,6 +36,8 @@ pub struct StatsSnapshot {
     pub bytes_down: u64,
     pub failures: u64,
     pub last_error: Option<String>,
+    /// Where each open connection goes (`host:port`), oldest first.
+    pub live: Vec<String>,
 }
 
 impl ForwardStats {
@@ -42,7 +49,27 @@ impl ForwardStats {
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             last_error: self.last_error.lock().expect("stats lock").clone(),
+            live: self
+                .live
+                .lock()
+                .expect("stats lock")
+                .values()
+                .cloned()
+                .collect(),
         }
+    }
+
+    /// Connection `conn` to `destination` opens.
+    pub(crate) fn open(&self, conn: u32, destination: String) {
+        self.live
+            .lock()
+            .expect("stats lock")
+            .insert(conn, destination);
+    }
+
+    /// Connection `conn` ended.
+    pub(crate) fn closed(&self, conn: u32) {
+        self.live.lock().expect("stats lock").remove(&conn);
     }
 
     /// Counts one failed connection and keeps its reason for the page's row.

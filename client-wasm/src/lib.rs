@@ -8,6 +8,7 @@
 //!                                 hostKey, onHostKey, knownHosts, onClose, relay,
 //!                                 onStateChange, reconnect });
 //! const fwd = await session.forward("127.0.0.1:10080:mail.example.com:110");
+//! const socks = await session.forward("-D 1080"); // a SOCKS proxy, as ssh -D
 //! fwd.listen; fwd.stats(); await fwd.close(); await session.close();
 //! ```
 
@@ -403,16 +404,36 @@ impl Session {
         self.inner.host_key().algorithm.clone()
     }
 
-    /// Opens a forward in `ssh -L` syntax: `[bind:]port:host:hostport`. Options:
-    /// `{ check: true }` first opens one test channel to the destination and fails
-    /// the forward at once if the SSH server refuses it or cannot connect.
+    /// Opens a forward in `ssh -L` syntax (`[bind:]port:host:hostport`, or with `-L `
+    /// before it), or a dynamic one in `ssh -D` syntax (`-D [bind:]port`): a SOCKS proxy
+    /// (SOCKS5, 4 and 4a) whose clients name their destinations, which the SSH server
+    /// resolves and reaches. Options: `{ check: true }` first opens one test channel to
+    /// a `-L` destination and fails the forward at once if the SSH server refuses it or
+    /// cannot connect; `{ dynamic: true }` reads the spec as `-D`'s, and `{ dynamic: {
+    /// username, password } }` also sets the SOCKS5 login its clients must give (the
+    /// relay lets a forward without one listen on loopback only).
     pub async fn forward(&self, spec: String, options: Option<Object>) -> Result<Forward, JsValue> {
-        let check = match &options {
-            Some(options) => Reflect::get(options, &"check".into())?.is_truthy(),
-            None => false,
+        let get = |key: &str| match &options {
+            Some(options) => Reflect::get(options, &key.into()),
+            None => Ok(JsValue::UNDEFINED),
+        };
+        let check = get("check")?.is_truthy();
+        let dynamic = get("dynamic")?;
+        let socks_login = if dynamic.is_object() {
+            let username = required_string(&dynamic, "username")?;
+            let password = optional_string(&dynamic, "password")?.unwrap_or_default();
+            Some(tabtunnel_client::SocksLogin { username, password })
+        } else {
+            None
+        };
+        let spec = if dynamic.is_truthy() && !spec.trim_start().starts_with("-D") {
+            format!("-D {}", spec.trim())
+        } else {
+            spec
         };
         let options = tabtunnel_client::ForwardOptions {
             check_destination: check,
+            socks_login,
         };
         let inner = self
             .inner
@@ -456,6 +477,15 @@ impl Forward {
         self.spec.clone()
     }
 
+    /// `"local"` (`ssh -L`) or `"dynamic"` (`ssh -D`, a SOCKS proxy).
+    #[wasm_bindgen(getter)]
+    pub fn kind(&self) -> String {
+        match self.inner.kind() {
+            tabtunnel_client::ForwardKind::Local(_) => "local".into(),
+            tabtunnel_client::ForwardKind::Dynamic { .. } => "dynamic".into(),
+        }
+    }
+
     /// Where a browser opens this forward as a web app (its first link, which carries
     /// the forward's key), or `null` when the relay offers no web forwards.
     #[wasm_bindgen(getter, js_name = webUrl)]
@@ -463,7 +493,8 @@ impl Forward {
         self.inner.web_url()
     }
 
-    /// `{ connections, active, bytesUp, bytesDown, failures, lastError }`.
+    /// `{ connections, active, bytesUp, bytesDown, failures, lastError, live }`; `live`
+    /// lists where each open connection goes (`host:port`), oldest first.
     pub fn stats(&self) -> Result<Object, JsValue> {
         let s = self.inner.stats();
         let out = Object::new();
@@ -477,6 +508,8 @@ impl Forward {
             &"lastError".into(),
             &s.last_error.map(JsValue::from).unwrap_or(JsValue::NULL),
         )?;
+        let live: Array = s.live.into_iter().map(JsValue::from).collect();
+        Reflect::set(&out, &"live".into(), &live)?;
         Ok(out)
     }
 
@@ -498,7 +531,18 @@ pub fn parse_forward_spec(spec: &str) -> Result<Object, JsValue> {
     Ok(out)
 }
 
-/// Parses a pasted `ssh ...` line into `{ user, host, port, forwards, ignored }`.
+/// Parses `[bind:]port`, an `ssh -D` spec, into `{ bind, port }`.
+#[wasm_bindgen(js_name = parseDynamicSpec)]
+pub fn parse_dynamic_spec(spec: &str) -> Result<Object, JsValue> {
+    let spec = tabtunnel_client::parse_dynamic(spec).map_err(|e| error("bad-spec", &e.0))?;
+    let out = Object::new();
+    Reflect::set(&out, &"bind".into(), &spec.bind.into())?;
+    set(&out, "port", f64::from(spec.port))?;
+    Ok(out)
+}
+
+/// Parses a pasted `ssh ...` line into `{ user, host, port, forwards, dynamic, ignored }`
+/// (`forwards`: the `-L` specs; `dynamic`: the `-D` ones).
 #[wasm_bindgen(js_name = parseSshCommand)]
 pub fn parse_ssh_command(line: &str) -> Result<Object, JsValue> {
     let cmd = tabtunnel_client::parse_ssh_command(line).map_err(|e| error("bad-command", &e.0))?;
@@ -516,6 +560,7 @@ pub fn parse_ssh_command(line: &str) -> Result<Object, JsValue> {
     Reflect::set(&out, &"port".into(), &port)?;
     let strings = |items: Vec<String>| items.into_iter().map(JsValue::from).collect::<Array>();
     Reflect::set(&out, &"forwards".into(), &strings(cmd.forwards))?;
+    Reflect::set(&out, &"dynamic".into(), &strings(cmd.dynamic))?;
     Reflect::set(&out, &"ignored".into(), &strings(cmd.ignored))?;
     Ok(out)
 }

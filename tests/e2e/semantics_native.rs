@@ -216,6 +216,7 @@ async fn a_server_that_forbids_forwarding_says_so_and_closes_the_client_at_once(
             &spec,
             ForwardOptions {
                 check_destination: true,
+                ..Default::default()
             },
         )
         .await
@@ -256,6 +257,7 @@ async fn check_on_add_reports_an_unreachable_destination_before_listening() -> R
             &format!("0:127.0.0.1:{closed}"),
             ForwardOptions {
                 check_destination: true,
+                ..Default::default()
             },
         )
         .await
@@ -276,6 +278,7 @@ async fn check_on_add_reports_an_unreachable_destination_before_listening() -> R
             &format!("0:127.0.0.1:{}", echo.addr.port()),
             ForwardOptions {
                 check_destination: true,
+                ..Default::default()
             },
         )
         .await?;

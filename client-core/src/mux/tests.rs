@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{Opened, open};
 use crate::end::Ended;
 use crate::error::ClientError;
+use crate::kind::ForwardKind;
 use crate::spec::parse_forward;
 use crate::transport::TransportError;
 
@@ -380,7 +381,9 @@ async fn listening(
     opened: &Opened,
     relay: &mut FakeRelay,
 ) -> (u32, String, Arc<crate::stats::ForwardStats>) {
-    let spec = Arc::new(parse_forward("127.0.0.1:0:db.internal:5432").expect("spec"));
+    let spec = Arc::new(ForwardKind::Local(
+        parse_forward("127.0.0.1:0:db.internal:5432").expect("spec"),
+    ));
     let owner = opened.owner.clone();
     let listen = tokio::spawn(async move { owner.listen(spec).await });
     assert_eq!(
@@ -407,7 +410,9 @@ async fn listening(
 #[tokio::test]
 async fn a_web_forwards_url_comes_with_its_listening() {
     let (opened, mut relay) = welcomed().await;
-    let spec = Arc::new(parse_forward("0:localhost:8888").expect("spec"));
+    let spec = Arc::new(ForwardKind::Local(
+        parse_forward("0:localhost:8888").expect("spec"),
+    ));
     let owner = opened.owner.clone();
     let listen = tokio::spawn(async move { owner.listen(spec).await });
     assert!(matches!(
@@ -456,7 +461,7 @@ async fn a_forward_listens_accepts_and_closes_through_the_mux() {
         (accepted.conn, accepted.peer.as_str()),
         (1, "127.0.0.1:5555")
     );
-    assert_eq!(accepted.spec.host, "db.internal");
+    assert_eq!(accepted.host, "db.internal");
     assert!(Arc::ptr_eq(&accepted.stats, &stats));
 
     // The relay's bytes reach the connection's input, in order.
@@ -538,7 +543,9 @@ async fn a_connection_the_pump_forgets_is_forgotten_once() {
 #[tokio::test]
 async fn a_refused_listen_answers_its_caller_with_the_relays_code() {
     let (opened, mut relay) = welcomed().await;
-    let spec = Arc::new(parse_forward("10080:localhost:22").expect("spec"));
+    let spec = Arc::new(ForwardKind::Local(
+        parse_forward("10080:localhost:22").expect("spec"),
+    ));
     let owner = opened.owner.clone();
     let listen = tokio::spawn(async move { owner.listen(spec).await });
     let Some(Frame::Listen { forward, .. }) = relay.recv().await else {
@@ -563,7 +570,9 @@ async fn a_refused_listen_answers_its_caller_with_the_relays_code() {
 #[tokio::test]
 async fn a_listen_waiting_when_the_session_ends_fails_with_the_reason() {
     let (opened, mut relay) = welcomed().await;
-    let spec = Arc::new(parse_forward("10080:localhost:22").expect("spec"));
+    let spec = Arc::new(ForwardKind::Local(
+        parse_forward("10080:localhost:22").expect("spec"),
+    ));
     let owner = opened.owner.clone();
     let listen = tokio::spawn(async move { owner.listen(spec).await });
     assert!(matches!(relay.recv().await, Some(Frame::Listen { .. })));
@@ -685,4 +694,101 @@ async fn a_blocked_relay_whose_data_was_written_out_gets_a_window_twice_as_large
     }
     assert_eq!(granted, 2 * u64::from(CONNECTION_WINDOW));
     assert_eq!(accepted.flow.window(), 2 * CONNECTION_WINDOW);
+}
+
+/// Opens dynamic forward 1 (with a SOCKS login) on a welcomed mux.
+async fn listening_socks(opened: &Opened, relay: &mut FakeRelay) {
+    let kind = Arc::new(ForwardKind::Dynamic {
+        spec: crate::spec::parse_dynamic("0").expect("spec"),
+        login: Some(crate::kind::SocksLogin {
+            username: "alice".into(),
+            password: "s3cret".into(),
+        }),
+    });
+    let owner = opened.owner.clone();
+    let listen = tokio::spawn(async move { owner.listen(kind).await });
+    assert_eq!(
+        relay.recv().await,
+        Some(Frame::ListenSocks {
+            forward: 1,
+            bind: String::new(),
+            port: 0,
+            username: "alice".into(),
+            password: "s3cret".into(),
+        })
+    );
+    relay.send(Frame::Listening {
+        forward: 1,
+        address: "127.0.0.1:1080".into(),
+    });
+    tokio::time::timeout(DEADLINE, listen)
+        .await
+        .expect("in time")
+        .expect("no panic")
+        .expect("listening");
+}
+
+#[tokio::test]
+async fn a_dynamic_forwards_connect_goes_where_its_client_asked() {
+    let (mut opened, mut relay) = welcomed().await;
+    listening_socks(&opened, &mut relay).await;
+    relay.send(Frame::Connect {
+        conn: 1,
+        forward: 1,
+        host: "intranet.example".into(),
+        port: 8443,
+        peer: "127.0.0.1:5555".into(),
+    });
+    let accepted = tokio::time::timeout(DEADLINE, opened.accepted.recv())
+        .await
+        .expect("in time")
+        .expect("accepted");
+    assert_eq!(
+        (accepted.host.as_str(), accepted.port, accepted.socks),
+        ("intranet.example", 8443, true)
+    );
+    // A dynamic forward takes no Accept: the relay broke the protocol.
+    relay.send(Frame::Accept {
+        conn: 2,
+        forward: 1,
+        peer: "127.0.0.1:5556".into(),
+    });
+    let end = ended(&opened).await;
+    assert!(
+        end.reason
+            .contains("Accept for forward 1, a dynamic forward"),
+        "{}",
+        end.reason
+    );
+}
+
+#[tokio::test]
+async fn a_local_forward_takes_no_connect_and_the_relay_refuses_none_of_its_own() {
+    let (opened, mut relay) = welcomed().await;
+    listening(&opened, &mut relay).await;
+    relay.send(Frame::Connect {
+        conn: 1,
+        forward: 1,
+        host: "elsewhere".into(),
+        port: 1,
+        peer: "127.0.0.1:5555".into(),
+    });
+    let end = ended(&opened).await;
+    assert!(end.reason.contains("a local forward"), "{}", end.reason);
+
+    // OpenFailed from the relay is for connections the tab opened (-R) only.
+    let (opened, mut relay) = welcomed().await;
+    listening(&opened, &mut relay).await;
+    relay.send(Frame::Accept {
+        conn: 1,
+        forward: 1,
+        peer: "127.0.0.1:5555".into(),
+    });
+    relay.send(Frame::OpenFailed {
+        conn: 1,
+        failure: tabtunnel_proto::OpenFailure::Refused,
+        message: String::new(),
+    });
+    let end = ended(&opened).await;
+    assert!(end.reason.contains("OpenFailed"), "{}", end.reason);
 }

@@ -151,6 +151,13 @@ pub enum Error {
     #[error("Failed to open channel ({0:?})")]
     ChannelOpenFailure(ChannelOpenFailure),
 
+    /// tabtunnel: the server refused to open a channel the client asked for, saying why.
+    #[error("Failed to open channel ({reason:?}: {description})")]
+    ChannelOpenFailed {
+        reason: ChannelOpenFailure,
+        description: String,
+    },
+
     /// Disconnected
     #[error("Disconnected")]
     Disconnect,

@@ -183,6 +183,12 @@ pub enum ChannelMsg {
     /// (server only)
     Failure,
     OpenFailure(ChannelOpenFailure),
+    /// (client only) tabtunnel: the server's channel open failure with its description,
+    /// which OpenSSH fills with the connect(2) or name-lookup error.
+    OpenFailureDescribed {
+        reason: ChannelOpenFailure,
+        description: String,
+    },
 }
 
 #[derive(Clone, Debug)]

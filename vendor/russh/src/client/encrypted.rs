@@ -573,7 +573,10 @@ impl Session {
 
                 if let Some(sender) = self.channels.remove(&channel_num) {
                     let _ = sender
-                        .send(ChannelMsg::OpenFailure(reason_code.clone()))
+                        .send(ChannelMsg::OpenFailureDescribed {
+                            reason: reason_code.clone(),
+                            description: descr.clone(),
+                        })
                         .await;
                 }
 

@@ -792,6 +792,15 @@ impl<H: Handler> Handle<H> {
                 Some(ChannelMsg::OpenFailure(reason)) => {
                     return Err(crate::Error::ChannelOpenFailure(reason));
                 }
+                Some(ChannelMsg::OpenFailureDescribed {
+                    reason,
+                    description,
+                }) => {
+                    return Err(crate::Error::ChannelOpenFailed {
+                        reason,
+                        description,
+                    });
+                }
                 None => {
                     debug!("channel confirmation sender was dropped");
                     return Err(crate::Error::Disconnect);
