@@ -53,8 +53,8 @@ pub use session::{
     ConnectOptions, ForwardOptions, ReconnectOptions, Session, connect, connect_resilient,
 };
 pub use spec::{
-    AnySpec, DynamicSpec, ForwardSpec, SshCommand, parse_any, parse_dynamic, parse_forward,
-    parse_ssh_command,
+    AnySpec, DynamicSpec, ForwardSpec, RemoteSpec, SshCommand, parse_any, parse_dynamic,
+    parse_forward, parse_remote, parse_ssh_command,
 };
 pub use ssh::{
     Auth, Credentials, HostKeyCallback, HostKeyInfo, HostKeyPolicy, PromptCallback, PromptField,

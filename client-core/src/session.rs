@@ -184,6 +184,11 @@ impl Session {
                 spec,
                 login: options.socks_login,
             },
+            AnySpec::Remote(_) => {
+                return Err(ClientError::BadSpec(crate::spec::ParseError(
+                    "remote forwards (-R) are not supported yet".into(),
+                )));
+            }
         };
         let kind = Arc::new(kind);
         let (id, listened) = self.link.listen(kind.clone()).await?;
