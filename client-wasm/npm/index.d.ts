@@ -180,6 +180,7 @@ export type RelayErrorCode =
   | "source-not-allowed"
   | "idle"
   | "ssh-closed"
+  | "destination-not-allowed"
   | "unknown";
 
 export type ErrorCode = ClientErrorCode | RelayErrorCode;
