@@ -157,6 +157,7 @@ export type ClientErrorCode =
   | "bad-command"
   | "bad-options"
   | "channel-refused"
+  | "remote-listen-refused"
   | "ssh"
   | "protocol"
   | "closed"

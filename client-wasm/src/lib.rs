@@ -477,12 +477,14 @@ impl Forward {
         self.spec.clone()
     }
 
-    /// `"local"` (`ssh -L`) or `"dynamic"` (`ssh -D`, a SOCKS proxy).
+    /// `"local"` (`ssh -L`), `"dynamic"` (`ssh -D`, a SOCKS proxy) or `"remote"`
+    /// (`ssh -R`: the SSH server listens).
     #[wasm_bindgen(getter)]
     pub fn kind(&self) -> String {
         match self.inner.kind() {
             tabtunnel_client::ForwardKind::Local(_) => "local".into(),
             tabtunnel_client::ForwardKind::Dynamic { .. } => "dynamic".into(),
+            tabtunnel_client::ForwardKind::Remote(_) => "remote".into(),
         }
     }
 
