@@ -4,7 +4,8 @@
 import { forwardsWord } from "./text.js";
 
 /**
- * From `parsed` (the wasm module's parseSshCommand: { user, host, port, forwards, ignored })
+ * From `parsed` (the wasm module's parseSshCommand: { user, host, port, forwards, remote,
+ * ignored })
  * and the page as it is ({ state, username, target, targetNames }), what to do:
  * { user, target } to fill in (null: leave the field), `lines` to show as [text, kind]
  * ("info" or "warn"), `specs` to queue, and `addNow` when they are added at once
@@ -46,6 +47,8 @@ export function planPaste(parsed, page) {
   if (ignored.length > 0) say(`ignored: ${ignored.join(" ")}`, "warn");
 
   const specs = Array.isArray(parsed.forwards) ? parsed.forwards.map(String) : [];
+  // -R specs go in the same queue, marked as such (the session reads the option).
+  if (Array.isArray(parsed.remote)) specs.push(...parsed.remote.map((spec) => `-R ${spec}`));
   plan.specs = specs;
   if (specs.length === 0) {
     say("no -L forwards in the command");

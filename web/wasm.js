@@ -228,8 +228,8 @@ class SessionProxy {
   }
 
   async forward(spec, options) {
-    const check = Boolean(options?.check);
-    const value = await this.client.request("forward", { session: this.id, spec: String(spec), options: { check } });
+    const flags = { check: Boolean(options?.check), remote: Boolean(options?.remote) };
+    const value = await this.client.request("forward", { session: this.id, spec: String(spec), options: flags });
     return new ForwardProxy(this, value);
   }
 

@@ -96,13 +96,20 @@ export interface Session {
   /**
    * Listens on the relay for `[bind:]port:host:hostport` (port 0: the relay picks one).
    * `check: true` first tries one connection to the target and fails if it cannot.
+   * `-R [bind:]port:host:hostport` (or `remote: true` with the spec alone) opens a remote
+   * forward: the SSH server listens (port 0: it picks one, shown in `listen`), and the
+   * relay connects to `host:hostport` if its operator allows it (else code
+   * "destination-not-allowed"; a server that will not listen: "remote-listen-refused").
    */
-  forward(spec: string, options?: { check?: boolean }): Promise<Forward>;
+  forward(spec: string, options?: { check?: boolean; remote?: boolean }): Promise<Forward>;
   close(): Promise<void>;
 }
 
 export interface Forward {
-  /** Where the relay listens for this forward (`host:port`). */
+  /**
+   * Where the relay listens for this forward (`host:port`); for a remote forward, where
+   * the SSH server listens (`localhost:8080`).
+   */
   readonly listen: string;
   readonly spec: string;
   /** Where a browser opens the forward as a web app, or null. */
@@ -138,6 +145,8 @@ export interface SshCommand {
   host: string;
   port?: number;
   forwards: string[];
+  /** The `-R` specs. */
+  remote: string[];
   ignored: string[];
 }
 

@@ -52,3 +52,12 @@ test("while connecting, forwards are queued and the login is left alone", () => 
   assert.equal(plan.addNow, false);
   assert.deepEqual(plan.lines[1], ["1 forward queued (0:h:22); added right after connecting", "info"]);
 });
+
+test("-R forwards are queued after the -L ones, marked as remote", () => {
+  const plan = planPaste({ host: "demo", forwards: ["0:h:22"], remote: ["0:127.0.0.1:3000"] }, page("disconnected"));
+  assert.deepEqual(plan.specs, ["0:h:22", "-R 0:127.0.0.1:3000"]);
+  assert.deepEqual(plan.lines.at(-1), [
+    "2 forwards queued (0:h:22, -R 0:127.0.0.1:3000); added right after connecting",
+    "info",
+  ]);
+});
