@@ -32,6 +32,7 @@ mod operator_cli;
 mod reconnect_browser;
 mod reconnect_native;
 mod redteam;
+mod remote_browser;
 mod remote_native;
 mod semantics_native;
 mod tls;
