@@ -2,9 +2,9 @@
 //! tab granted; the tab's bytes go to it, and credit flows back as they are written. The
 //! client is a TCP client of the forward's listener, a web forward's request (an
 //! in-memory pipe to the relay's HTTP proxy), or a SOCKS client of a dynamic forward
-//! that has asked for its destination, or a remote forward's destination the relay
-//! dialled for the tab; all are pumped alike, the SOCKS one once the tab's answer became
-//! its reply, the dialled one once it connected.
+//! that has asked for its destination; all are pumped alike, the SOCKS one once the tab's
+//! answer became its reply. A remote forward's connection, which the relay dials for the
+//! tab, is pumped by `run` too, once it connected (see `dial`).
 //! What the tab's frames mean is the session's `ConnTable`'s to decide; this task only
 //! moves the bytes and reports how the connection ended.
 
@@ -31,9 +31,6 @@ pub(crate) enum Client {
     /// A SOCKS client of a dynamic forward, past its handshake: its reply waits for the
     /// tab's answer to the Connect.
     Socks(Box<SocksClient>),
-    /// A remote forward's destination, which the relay connects to for the tab's Dial
-    /// (see `dial`).
-    Dial(Box<crate::dial::DialClient>),
 }
 
 /// A SOCKS client that asked for a destination, and what it sent after asking.
@@ -114,9 +111,6 @@ pub(crate) fn spawn(
         Client::Socks(client) => {
             tasks.spawn(answer_socks(conn, *client, input, flow, outlets).instrument(span))
         }
-        Client::Dial(client) => tasks.spawn(
-            crate::dial::connect_then_run(conn, *client, input, flow, outlets).instrument(span),
-        ),
     };
     ConnHandle { to_tcp, task }
 }

@@ -12,9 +12,61 @@ use std::time::Duration;
 use tabtunnel_proto::{ConnFlow, Frame, OpenFailure};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug_span};
 
-use crate::connection::{Ended, Outlets, ToTcp};
+use crate::config::values::RemoteDestination;
+use crate::connection::{ConnHandle, Ended, Outlets, ToTcp};
+use crate::metrics::GaugeGuard;
 use crate::outgoing::Outgoing;
+
+/// A remote forward the relay agreed to dial for: its destination and its dials in
+/// progress.
+pub(crate) struct RemoteForward {
+    pub destination: RemoteDestination,
+    pending: Arc<AtomicUsize>,
+    _active: GaugeGuard,
+}
+
+impl RemoteForward {
+    /// `active` counts it among the relay's open forwards while it lives.
+    pub fn new(destination: RemoteDestination, active: GaugeGuard) -> Self {
+        Self {
+            destination,
+            pending: Arc::default(),
+            _active: active,
+        }
+    }
+
+    /// Its dials still connecting.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// A dial of its destination, counted as pending until it connects or fails.
+    pub fn dial(&self, timeout: Duration) -> DialClient {
+        DialClient {
+            address: self.destination.address(),
+            timeout,
+            pending: PendingDial::new(&self.pending),
+        }
+    }
+}
+
+/// Starts a dial's task in the session's set of connections.
+pub(crate) fn spawn(
+    tasks: &mut JoinSet<Ended>,
+    conn: u32,
+    forward: u32,
+    client: DialClient,
+    flow: Arc<ConnFlow>,
+    outlets: Outlets,
+) -> ConnHandle {
+    let (to_tcp, input) = mpsc::unbounded_channel();
+    let span = debug_span!("conn", conn, forward);
+    let task = tasks.spawn(connect_then_run(conn, client, input, flow, outlets).instrument(span));
+    ConnHandle { to_tcp, task }
+}
 
 /// What a Dial connects to.
 #[derive(Debug)]

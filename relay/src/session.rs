@@ -223,7 +223,7 @@ struct Session {
     ssh: SshPipe,
     forwards: HashMap<u32, ForwardEntry>,
     /// Remote forwards (`ssh -R`): the destinations the relay dials for them.
-    remote: HashMap<u32, remote::RemoteEntry>,
+    remote: HashMap<u32, crate::dial::RemoteForward>,
     /// The forwarded connections and their rules: ids, Eof, windows, credit.
     conns: ConnTable<ConnHandle>,
     /// Where the forwards' listeners hand over their TCP clients.

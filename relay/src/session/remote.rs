@@ -11,28 +11,16 @@
 //! OpenFailed. A refused Dial is answered with an OpenFailed too: the tab closes the SSH
 //! channel it holds for it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use tabtunnel_proto::{ErrorCode, Frame, OpenFailure};
 use tracing::debug;
 
 use super::{CONNECT_TIMEOUT, Session, SessionError};
-use crate::config::values::RemoteDestination;
-use crate::connection::{self, Client};
-use crate::dial::{DialClient, PendingDial};
+use crate::connection;
+use crate::dial::{self, RemoteForward};
 use crate::metrics::GaugeGuard;
 
 /// Most destinations a refusal lists.
 const LISTED: usize = 8;
-
-/// A remote forward the relay agreed to dial for.
-pub(super) struct RemoteEntry {
-    destination: RemoteDestination,
-    /// Its dials in progress.
-    pending: Arc<AtomicUsize>,
-    _active: GaugeGuard,
-}
 
 impl Session {
     /// The frames of remote forwards.
@@ -111,14 +99,9 @@ impl Session {
         };
         let address = destination.to_string();
         debug!(forward, %address, "remote forward registered");
-        self.remote.insert(
-            forward,
-            RemoteEntry {
-                destination,
-                pending: Arc::default(),
-                _active: GaugeGuard::new(&self.metrics.forwards_active),
-            },
-        );
+        let active = GaugeGuard::new(&self.metrics.forwards_active);
+        self.remote
+            .insert(forward, RemoteForward::new(destination, active));
         self.last_activity = tokio::time::Instant::now();
         // As for a Listen: the page asks only once the SSH login succeeded.
         self.login = None;
@@ -148,10 +131,7 @@ impl Session {
             return self.refuse_dial(conn, OpenFailure::General, message).await;
         };
         let limits = &self.config.limits;
-        let (open, pending) = (
-            self.conns.count(forward),
-            entry.pending.load(Ordering::Relaxed),
-        );
+        let (open, pending) = (self.conns.count(forward), entry.pending());
         let refusal = if open >= limits.connections_per_forward {
             Some((
                 ErrorCode::Limit.as_str(),
@@ -176,19 +156,15 @@ impl Session {
             self.metrics.refused(reason);
             return self.refuse_dial(conn, OpenFailure::General, message).await;
         }
-        let client = DialClient {
-            address: entry.destination.address(),
-            timeout: CONNECT_TIMEOUT,
-            pending: PendingDial::new(&entry.pending),
-        };
+        let client = entry.dial(CONNECT_TIMEOUT);
         self.last_activity = tokio::time::Instant::now();
         self.metrics.connections_total.inc();
         debug!(conn, forward, peer = %crate::log_limit::clip(peer), "dialling for the tab");
-        let handle = connection::spawn(
+        let handle = dial::spawn(
             &mut self.connections,
             conn,
             forward,
-            Client::Dial(Box::new(client)),
+            client,
             opening.flow().clone(),
             connection::Outlets {
                 out: self.out.clone(),
