@@ -6,10 +6,13 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use tabtunnel_client::{ClientError, ErrorCode, Forward, Session};
+use tabtunnel_client::{
+    ClientError, ErrorCode, Forward, Reconnect, ReconnectOptions, Session, connect_resilient,
+};
 use tabtunnel_e2e::lab::Lab;
+use tabtunnel_e2e::proxy::CutProxy;
 use tabtunnel_e2e::services::{EchoServer, exchange};
-use tabtunnel_e2e::{pattern, wait_for};
+use tabtunnel_e2e::{dial, pattern, wait_for};
 
 /// A lab whose relay lets remote forwards reach an echo service on 127.0.0.1, with
 /// `sshd_config` lines added.
@@ -213,5 +216,50 @@ async fn a_destination_that_is_down_closes_the_servers_client_and_says_why() -> 
         "{last}"
     );
     assert_eq!(stats.active, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_websocket_brings_the_remote_forward_back_on_the_same_sshd_port() -> Result<()> {
+    let (lab, echo) = lab_with_echo(&[]).await?;
+    let proxy = CutProxy::start(lab.relay.addr).await?;
+    let reconnect = ReconnectOptions {
+        policy: Reconnect {
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            give_up_after: Duration::from_secs(60),
+        },
+        on_state: None,
+    };
+    let session = connect_resilient(dial(&proxy.ws_url()), lab.login(), reconnect).await?;
+    let forward = remote_forward(&session, &format!("0:{}", echo.addr)).await?;
+    let port = sshd_port(&forward);
+    let at_sshd = format!("127.0.0.1:{port}");
+    assert_eq!(exchange(&at_sshd, b"before").await?, b"before");
+    assert_eq!(
+        proxy.cut(),
+        1,
+        "the session's WebSocket went through the proxy"
+    );
+    // The old SSH session ends with its WebSocket, and sshd frees the port; the new one
+    // asks for the same port again.
+    wait_for(
+        "the remote forward to carry data again",
+        Duration::from_secs(30),
+        || async {
+            let back = exchange(&at_sshd, b"after").await.ok()?;
+            (back == b"after").then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(forward.listen(), format!("localhost:{port}"));
+    assert_eq!(session.closed_reason(), None);
+    let stats = forward.stats();
+    assert_eq!(stats.failures, 0, "{stats:?}");
+    session.close().await;
+    wait_for("sshd to free the port", Duration::from_secs(10), || async {
+        refused(port).await.then_some(())
+    })
+    .await?;
     Ok(())
 }
