@@ -170,6 +170,26 @@ async fn a_pasted_ssh_r_line_opens_a_row_that_says_where_sshd_listens() -> Resul
     )
     .await?;
     screenshots(c, "remote_browser", "remote-row").await?;
+    // A destination the operator did not list: the form says so, naming the setting.
+    c.find(Locator::Id("forward-spec"))
+        .await?
+        .send_keys("-R 0:127.0.0.1:1")
+        .await?;
+    c.find(Locator::Id("add-forward")).await?.click().await?;
+    let error = c.find(Locator::Id("forward-error")).await?;
+    let said = wait_for("the form's error", Duration::from_secs(20), || async {
+        let text = error.text().await.ok()?;
+        (!text.is_empty()).then_some(text)
+    })
+    .await?;
+    assert_eq!(
+        said,
+        format!(
+            "this relay does not connect remote forwards (ssh -R) to 127.0.0.1:1; its operator allows only {} (remote_destinations)",
+            echo.addr
+        )
+    );
+    screenshots(c, "remote_browser", "refused").await?;
     browser.stop().await;
     Ok(())
 }
