@@ -193,3 +193,48 @@ async fn a_pasted_ssh_r_line_opens_a_row_that_says_where_sshd_listens() -> Resul
     browser.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_worker_client_takes_the_remote_option() -> Result<()> {
+    let _one = browser_turn().await?;
+    let echo = EchoServer::start("127.0.0.1").await?;
+    let lab = Lab::builder()
+        .relay_toml(&format!("remote_destinations = [\"{}\"]", echo.addr))
+        .start()
+        .await?;
+    let browser = open(&lab.relay.http_url()).await?;
+    let sshd = &lab.sshd;
+    let script = r#"
+        const done = arguments[arguments.length - 1];
+        const [user, key, fingerprint, spec] = arguments;
+        (async () => {
+            await window.tabtunnelPage.ready;
+            const client = await window.tabtunnelPage.client.get();
+            const session = await client.connect({ target: "sshd", username: user, privateKey: key, hostKey: fingerprint });
+            const fwd = await session.forward(spec, { remote: true });
+            return fwd.listen;
+        })().then((ok) => done({ ok }), (e) => done({ error: String(e && e.message || e) }));
+    "#;
+    let result = browser
+        .client
+        .execute_async(
+            script,
+            vec![
+                json!(sshd.user),
+                json!(sshd.client_key),
+                json!(sshd.host_key_fingerprint),
+                json!(format!("0:{}", echo.addr)),
+            ],
+        )
+        .await?;
+    let listen = result["ok"]
+        .as_str()
+        .with_context(|| format!("the worker's client opened no forward: {result}"))?;
+    let at_sshd = format!("127.0.0.1:{}", sshd_port(listen)?);
+    assert_eq!(
+        exchange(&at_sshd, b"via the worker").await?,
+        b"via the worker"
+    );
+    browser.stop().await;
+    Ok(())
+}
