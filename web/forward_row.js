@@ -1,7 +1,7 @@
 // One forward's row in the Active list: its spec and state, where to connect and who
 // else can, its live numbers, Open (when the relay serves it as a web app) and Remove.
 
-import { reachOf } from "./reach.js";
+import { reachOf, remoteOf } from "./reach.js";
 import { liveText, statsView } from "./text.js";
 
 function element(tag, className, text) {
@@ -30,15 +30,19 @@ export class ForwardRow {
     head.append(element("code", "spec", spec), this.stateEl);
 
     const listen = String(fwd.listen ?? "");
-    const lines = [addressLine("listen-line", "Listening on ", "listen", listen, "Copy listen address")];
-    // Where users connect and who else can: a forward bound beyond loopback is open to
-    // everyone who can reach the relay host, which the user should know before sharing it.
-    const reachable = reachOf(listen, relay, location.hostname);
-    if (reachable.connect) {
-      lines.unshift(addressLine("listen-line connect-line", "Connect to ", "connect", reachable.connect,
-        "Copy address"));
+    const remote = remoteOf(spec, listen);
+    const lines = remote ? remoteLines(remote) : [];
+    if (!remote) {
+      lines.push(addressLine("listen-line", "Listening on ", "listen", listen, "Copy listen address"));
+      // Where users connect and who else can: a forward bound beyond loopback is open to
+      // everyone who can reach the relay host, which the user should know before sharing it.
+      const reachable = reachOf(listen, relay, location.hostname);
+      if (reachable.connect) {
+        lines.unshift(addressLine("listen-line connect-line", "Connect to ", "connect", reachable.connect,
+          "Copy address"));
+      }
+      lines.push(element("p", "reach", reachable.sentence));
     }
-    lines.push(element("p", "reach", reachable.sentence));
 
     this.statsEl = element("div", "stats");
     const actions = element("div", "row-actions");
@@ -142,6 +146,16 @@ function stat(label, value) {
   const span = element("span", "stat");
   span.append(element("span", "stat-label", `${label} `), element("span", "stat-value", value));
   return span;
+}
+
+/** A remote forward's lines: where the SSH server listens, where the relay connects, who. */
+function remoteLines({ listen, destination, sentence }) {
+  return [
+    addressLine("listen-line", "SSH server listens on ", "listen", listen, "Copy SSH server address"),
+    addressLine("listen-line destination-line", "Relay connects to ", "destination", destination,
+      "Copy destination"),
+    element("p", "reach", sentence),
+  ];
 }
 
 /** A line "LABEL <code>ADDRESS</code> [Copy]" of a forward's row. */

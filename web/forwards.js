@@ -95,16 +95,19 @@ export class ForwardList {
 
   /** Validates and opens one forward. Returns true on success; errors go to #forward-error. */
   async add(spec) {
+    // A remote forward (-R) listens on the SSH server, not in the relay's port block;
+    // the session checks its spec.
+    const remote = spec.startsWith("-R");
     let parsed;
     try {
       const mod = await this.wasm.get();
-      parsed = await parseAnySpec(mod, spec);
+      parsed = remote ? null : await parseAnySpec(mod, spec);
     } catch (err) {
       this.showError(messageOf(err));
       return false;
     }
     // Said here rather than by the relay: the user sees their block and a clear reason.
-    const outside = outsideBlock(Number(parsed.port), this.relay.portBlock);
+    const outside = parsed && outsideBlock(Number(parsed.port), this.relay.portBlock);
     if (outside) {
       this.showError(`${spec}: ${outside}`);
       return false;

@@ -5,7 +5,8 @@ import { forwardsWord } from "./text.js";
 
 /**
  * From `parsed` (the wasm module's parseSshCommand: { user, host, port, forwards, dynamic,
- * ignored }: `forwards` are the -L specs, `dynamic` the -D ones, queued as "-D spec")
+ * remote, ignored }: `forwards` are the -L specs, `dynamic` the -D ones, queued as
+ * "-D spec", `remote` the -R ones, queued as "-R spec")
  * and the page as it is ({ state, username, target, targetNames }), what to do:
  * { user, target } to fill in (null: leave the field), `lines` to show as [text, kind]
  * ("info" or "warn"), `specs` to queue, and `addNow` when they are added at once
@@ -48,6 +49,8 @@ export function planPaste(parsed, page) {
 
   const specs = Array.isArray(parsed.forwards) ? parsed.forwards.map(String) : [];
   if (Array.isArray(parsed.dynamic)) specs.push(...parsed.dynamic.map((spec) => `-D ${spec}`));
+  // -R specs go in the same queue, marked as such (the session reads the option).
+  if (Array.isArray(parsed.remote)) specs.push(...parsed.remote.map((spec) => `-R ${spec}`));
   plan.specs = specs;
   if (specs.length === 0) {
     say("no -L forwards in the command");

@@ -43,3 +43,30 @@ export function reachOf(listen, relay, pageHost) {
     : `Anyone who can reach ${connect}`;
   return { connect, sentence: `${who} can use this forward${only}.` };
 }
+
+/**
+ * A remote forward's row (`-R [bind:]port:host:hostport`): where the SSH server listens
+ * (`listen`, as the forward reports it: "localhost:8080", "*:8080"), where the relay
+ * connects (`destination`, from the spec), and who can use it. Null for any other spec.
+ */
+export function remoteOf(spec, listen) {
+  const text = String(spec).trim();
+  if (!text.startsWith("-R")) return null;
+  // host:hostport are the last two fields; a host in brackets may hold colons.
+  const match = /(\[[^\]]*\]|[^:]*):(\d+)$/.exec(text.slice(2).trim());
+  const destination = match ? `${match[1]}:${match[2]}` : "";
+  const colon = listen.lastIndexOf(":");
+  const host = listen.slice(0, colon).replace(/^\[|\]$/g, "");
+  const port = listen.slice(colon + 1);
+  const local = host === "localhost" || host === "::1" || host.startsWith("127.");
+  const who = local
+    ? "Programs on the SSH server"
+    : host === "*"
+      ? `Anyone who can reach the SSH server on port ${port} (if its GatewayPorts allows it)`
+      : `Anyone who can reach ${listen} on the SSH server`;
+  return {
+    listen,
+    destination,
+    sentence: `${who} reach ${destination} through the relay host.`,
+  };
+}

@@ -246,7 +246,7 @@ class SessionProxy {
  */
 class ForwardProxy {
   constructor(session, { forward, listen, spec, kind, webUrl }) {
-    // webUrl: where a browser opens the forward as a web app, or null. kind: "local" or "dynamic".
+    // webUrl: where a browser opens the forward as a web app, or null. kind: "local", "dynamic" or "remote".
     Object.assign(this, { session, id: forward, listen, spec, kind, webUrl: webUrl ?? null });
     this.latest = NO_STATS;
     this.polling = false;

@@ -146,13 +146,14 @@ export function connectFields(options) {
 }
 
 /**
- * The options of forward() that cross to the worker: `check`, and `dynamic` (true, or the
- * SOCKS login { username, password } a -D forward asks of its clients) as plain data.
+ * The options of forward() that cross to the worker: `check`, `dynamic` (true, or the
+ * SOCKS login { username, password } a -D forward asks of its clients) and `remote` (the
+ * spec is -R's) as plain data.
  */
 export function forwardOptions(options) {
   const login = options?.dynamic;
   const dynamic = login && typeof login === "object"
     ? { username: String(login.username ?? ""), password: String(login.password ?? "") }
     : Boolean(login);
-  return { check: Boolean(options?.check), dynamic };
+  return { check: Boolean(options?.check), dynamic, remote: Boolean(options?.remote) };
 }

@@ -1,7 +1,9 @@
 //! One accepted connection's pump between the relay and a direct-tcpip channel
 //! through the SSH server, with EOF passed on in each direction. A SOCKS client's
 //! connection (a `-D` forward's) is pumped alike; if its channel cannot be opened, the
-//! relay is told why in an OpenFailed, which becomes the client's SOCKS reply.
+//! relay is told why in an OpenFailed, which becomes the client's SOCKS reply. A remote
+//! forward's connection (`-R`) comes the other way: the SSH server's forwarded channel,
+//! accepted once the relay connected to the destination, and pumped alike.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +16,7 @@ use tracing::debug;
 
 use crate::error::ClientError;
 use crate::mux::{Accepted, ConnInput, Mux};
-use crate::ssh::SshHandle;
+use crate::ssh::{ForwardedChannel, SshHandle};
 use crate::stats::ForwardStats;
 
 /// How long the SSH server may take to open a connection's channel (sshd's own connect
@@ -51,23 +53,33 @@ pub(crate) async fn serve(
             stats,
             flow,
         };
-        crate::rt::spawn(pump.run(input, abort));
+        crate::rt::spawn(pump.run(Opener::DirectTcpip, input, abort));
     }
 }
 
-/// One accepted connection's pump between the relay and an SSH channel.
-struct ConnPump {
-    mux: Arc<Mux>,
-    ssh: Arc<SshHandle>,
-    conn: u32,
-    /// Where its channel goes.
-    host: String,
-    port: u16,
+/// One connection's pump between the relay and an SSH channel.
+pub(crate) struct ConnPump {
+    pub(crate) mux: Arc<Mux>,
+    pub(crate) ssh: Arc<SshHandle>,
+    pub(crate) conn: u32,
+    /// Where its channel goes (for a remote forward: where the relay connects).
+    pub(crate) host: String,
+    pub(crate) port: u16,
     /// A SOCKS client's connection: a failed open is an OpenFailed.
-    socks: bool,
-    peer: String,
-    stats: Arc<ForwardStats>,
-    flow: Arc<ConnFlow>,
+    pub(crate) socks: bool,
+    pub(crate) peer: String,
+    pub(crate) stats: Arc<ForwardStats>,
+    pub(crate) flow: Arc<ConnFlow>,
+}
+
+/// Where a connection's SSH channel comes from.
+pub(crate) enum Opener {
+    /// The tab opens a direct-tcpip channel to the destination, then grants the relay
+    /// its first credit (`-L`, `-D`).
+    DirectTcpip,
+    /// The SSH server opened a forwarded-tcpip channel (`-R`): accepted once the relay
+    /// connected (its first Credit), rejected if it could not (its OpenFailed).
+    Forwarded(Box<ForwardedChannel>),
 }
 
 enum Ending {
@@ -78,22 +90,34 @@ enum Ending {
     Failed(String),
     /// Its channel could not be opened, for a SOCKS client: tell the relay why.
     Refused(OpenFailure, String),
+    /// The relay could not connect a remote forward's connection: it forgot it already.
+    RelayRefused(String),
 }
 
 impl ConnPump {
     /// Runs until the connection ends. `abort` resolves when the mux drops the
     /// connection's entry: the relay aborted it, or its forward or session closed.
-    async fn run(self, input: mpsc::UnboundedReceiver<ConnInput>, abort: oneshot::Receiver<()>) {
+    pub(crate) async fn run(
+        self,
+        opener: Opener,
+        input: mpsc::UnboundedReceiver<ConnInput>,
+        abort: oneshot::Receiver<()>,
+    ) {
         let conn = self.conn;
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         self.stats
             .open(conn, format!("{}:{}", bracketed(&self.host), self.port));
-        let ending = self.pump(input, abort).await;
+        let ending = self.pump(opener, input, abort).await;
         self.stats.active.fetch_sub(1, Ordering::Relaxed);
         self.stats.closed(conn);
         let last_word = match ending {
             Ending::RelayClosed => None,
+            Ending::RelayRefused(reason) => {
+                debug!(conn, %reason, "the relay could not connect");
+                self.stats.fail(reason);
+                None
+            }
             Ending::Orderly => Some(Frame::Close {
                 conn,
                 reason: String::new(),
@@ -123,9 +147,60 @@ impl ConnPump {
 
     async fn pump(
         &self,
+        opener: Opener,
         mut input: mpsc::UnboundedReceiver<ConnInput>,
         mut abort: oneshot::Receiver<()>,
     ) -> Ending {
+        let channel = match opener {
+            Opener::DirectTcpip => self.open_direct().await,
+            Opener::Forwarded(forwarded) => {
+                self.answer_forwarded(*forwarded, &mut input, &mut abort)
+                    .await
+            }
+        };
+        let channel = match channel {
+            Ok(channel) => channel,
+            Err(ending) => return ending,
+        };
+        self.pump_channel(channel, input, abort).await
+    }
+
+    /// Waits for the relay's answer to a remote forward's Dial: its first Credit (it
+    /// connected) accepts the SSH server's channel; its OpenFailed, or the connection's
+    /// end, rejects it.
+    async fn answer_forwarded(
+        &self,
+        forwarded: ForwardedChannel,
+        input: &mut mpsc::UnboundedReceiver<ConnInput>,
+        abort: &mut oneshot::Receiver<()>,
+    ) -> Result<russh::Channel<russh::client::Msg>, Ending> {
+        let ForwardedChannel { channel, reply, .. } = forwarded;
+        let refused = tokio::select! {
+            // The credit first: the relay's Data may be queued already when the pump
+            // wakes, and its Credit, which came before it, is the answer.
+            biased;
+            // `available` takes nothing: the pump spends the credit.
+            _ = self.flow.credit().available() => None,
+            item = input.recv() => Some(match item {
+                Some(ConnInput::Refused(reason)) => Ending::RelayRefused(reason),
+                Some(ConnInput::Data(_) | ConnInput::Eof) => Ending::Failed(
+                    "the relay sent data before it connected".into(),
+                ),
+                Some(ConnInput::Close(_)) | None => Ending::RelayClosed,
+            }),
+            _ = &mut *abort => Some(Ending::RelayClosed),
+        };
+        if let Some(ending) = refused {
+            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            return Err(ending);
+        }
+        reply.accept().await;
+        Ok(channel)
+    }
+
+    /// Opens the direct-tcpip channel to the destination and grants the relay its first
+    /// credit.
+    async fn open_direct(&self) -> Result<russh::Channel<russh::client::Msg>, Ending> {
         let ssh = &self.ssh;
         let (peer_host, peer_port) = split_peer(&self.peer);
         let destination = format!("{}:{}", bracketed(&self.host), self.port);
@@ -149,7 +224,7 @@ impl ConnPump {
                     "the SSH server did not open a channel to {destination} within {} s; check that it can reach that address",
                     CHANNEL_OPEN_TIMEOUT.as_secs()
                 );
-                return self.open_failed(OpenFailure::TimedOut, reason);
+                return Err(self.open_failed(OpenFailure::TimedOut, reason));
             }
         };
         let channel = match opened {
@@ -160,10 +235,9 @@ impl ConnPump {
                     reason: describe_open_failure(&err),
                 }
                 .to_string();
-                return self.open_failed(open_failure(&err), reason);
+                return Err(self.open_failed(open_failure(&err), reason));
             }
         };
-        let (mut reader, writer) = channel.split();
         let grant = self.flow.initial_grant();
         if self
             .mux
@@ -174,8 +248,19 @@ impl ConnPump {
             .await
             .is_err()
         {
-            return Ending::RelayClosed;
+            return Err(Ending::RelayClosed);
         }
+        Ok(channel)
+    }
+
+    /// Pumps an open channel both ways until the connection ends.
+    async fn pump_channel(
+        &self,
+        channel: russh::Channel<russh::client::Msg>,
+        mut input: mpsc::UnboundedReceiver<ConnInput>,
+        mut abort: oneshot::Receiver<()>,
+    ) -> Ending {
+        let (mut reader, writer) = channel.split();
 
         // relay -> SSH channel; credit returns to the relay as russh takes the bytes.
         let to_ssh = async {
@@ -201,6 +286,8 @@ impl ConnPump {
                         let _ = writer.eof().await;
                     }
                     ConnInput::Close(_guard) => return Ok(()),
+                    // Only a connection the relay has not taken is refused.
+                    ConnInput::Refused(_) => return Ok(()),
                 }
             }
             Ok(())

@@ -62,6 +62,9 @@ pub enum ClientError {
     BadSpec(#[from] crate::spec::ParseError),
     #[error("the SSH server refused the channel to {destination}: {reason}")]
     ChannelRefused { destination: String, reason: String },
+    /// The SSH server would not listen for a remote forward (`ssh -R`).
+    #[error("the SSH server refused to listen on {listen} for the remote forward: {reason}")]
+    RemoteListenRefused { listen: String, reason: String },
     #[error("SSH error: {0}")]
     Ssh(String),
     #[error("protocol error: {0}")]
@@ -87,6 +90,7 @@ impl ClientError {
             ClientError::HostKeyChanged { .. } => "host-key-changed",
             ClientError::BadSpec(_) => "bad-spec",
             ClientError::ChannelRefused { .. } => "channel-refused",
+            ClientError::RemoteListenRefused { .. } => "remote-listen-refused",
             ClientError::Ssh(_) => "ssh",
             ClientError::Protocol(_) => "protocol",
             ClientError::Closed(_) => "closed",

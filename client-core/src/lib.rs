@@ -1,4 +1,4 @@
-//! The tabtunnel client: `ssh -L` and `ssh -D` over a relay's WebSocket, the same code in the
+//! The tabtunnel client: `ssh -L`, `ssh -D` and `ssh -R` over a relay's WebSocket, the same code in the
 //! browser (wasm32) and natively (tests). Platform glue supplies a [`Transport`] and,
 //! in the browser, a host-key prompt; everything else lives here.
 //!
@@ -11,9 +11,10 @@
 //! Modules, each importing only those after it: `session` (the handle, `connect` and
 //! `connect_resilient`) -> `redial` (the supervisor that reconnects) -> `forward` (a
 //! forward's handle) -> `link` (the session's current link, establishing one, the
-//! forwards to listen for again) -> `conn` (a connection's pump), `keepalive` -> `mux`
+//! forwards to listen for again) -> `remote` (`-R`: the SSH server's listener and its
+//! forwarded channels) -> `conn` (a connection's pump), `keepalive` -> `mux`
 //! (demultiplexer, write loop, stream-0 pumps) -> `ssh` -> `known_hosts` (the host-key
-//! rules), `kind` (a forward as asked for: `-L` or `-D`), `stats`, `end` (the one end
+//! rules), `kind` (a forward as asked for: `-L`, `-D` or `-R`), `stats`, `end` (the one end
 //! signal), `reconnect` (when and how often to try
 //! again: the rules alone). `spec` (what users type) is the `tabtunnel-spec` crate,
 //! re-exported: it has no I/O, so the fuzz targets build it without russh.
@@ -30,6 +31,7 @@ mod link;
 mod mux;
 pub mod reconnect;
 mod redial;
+mod remote;
 mod rt;
 mod session;
 pub use tabtunnel_spec as spec;
@@ -53,8 +55,8 @@ pub use session::{
     ConnectOptions, ForwardOptions, ReconnectOptions, Session, connect, connect_resilient,
 };
 pub use spec::{
-    AnySpec, DynamicSpec, ForwardSpec, SshCommand, parse_any, parse_dynamic, parse_forward,
-    parse_ssh_command,
+    AnySpec, DynamicSpec, ForwardSpec, RemoteSpec, SshCommand, parse_any, parse_dynamic,
+    parse_forward, parse_remote, parse_ssh_command,
 };
 pub use ssh::{
     Auth, Credentials, HostKeyCallback, HostKeyInfo, HostKeyPolicy, PromptCallback, PromptField,

@@ -81,7 +81,11 @@ impl Link {
         &self,
         kind: Arc<ForwardKind>,
     ) -> Result<(u32, Listened), ClientError> {
-        let (id, listened) = self.owner().listen(kind.clone()).await?;
+        let (id, listened) = if kind.remote().is_some() {
+            self.listen_as(None, kind.clone(), None).await?
+        } else {
+            self.owner().listen(kind.clone()).await?
+        };
         let address = &listened.address;
         // The same port next time, also for a forward that asked for any (port 0).
         let port = address
@@ -100,6 +104,22 @@ impl Link {
         Ok((id, listened))
     }
 
+    /// Listens for `kind` on the current link (for a remote forward, the SSH server
+    /// does), as forward `id` again when given, with its counters.
+    async fn listen_as(
+        &self,
+        id: Option<u32>,
+        kind: Arc<ForwardKind>,
+        stats: Option<Arc<ForwardStats>>,
+    ) -> Result<(u32, Listened), ClientError> {
+        let owner = self.owner();
+        if kind.remote().is_some() {
+            let ssh = self.ssh();
+            return crate::remote::listen(&owner, &ssh, id, kind, stats).await;
+        }
+        owner.listen_as(id, kind, stats).await
+    }
+
     /// Forward `id`'s web URL on the current link, while it is open.
     pub(crate) fn web_url(&self, id: u32) -> Option<String> {
         let kept = self.kept.lock().expect("kept lock");
@@ -108,7 +128,12 @@ impl Link {
 
     /// Stops the forward, now and after any reconnect.
     pub(crate) async fn close_forward(&self, id: u32) -> Result<(), ClientError> {
-        self.kept.lock().expect("kept lock").remove(&id);
+        let kept = self.kept.lock().expect("kept lock").remove(&id);
+        if let Some(kept) = kept
+            && kept.kind.remote().is_some()
+        {
+            crate::remote::cancel(&self.ssh(), &kept.kind).await;
+        }
         self.owner().close_forward(id).await
     }
 
@@ -123,10 +148,9 @@ impl Link {
             .iter()
             .map(|(id, kept)| (*id, kept.kind.clone(), kept.stats.clone()))
             .collect();
-        let owner = self.owner();
         let mut restored = 0;
         for (id, kind, stats) in kept {
-            match owner.listen_as(Some(id), kind, Some(stats.clone())).await {
+            match self.listen_as(Some(id), kind, Some(stats.clone())).await {
                 Ok((_, listened)) => {
                     if let Some(kept) = self.kept.lock().expect("kept lock").get_mut(&id) {
                         kept.web_url = listened.web_url;
@@ -197,6 +221,7 @@ pub(crate) async fn establish<T: Transport>(
         known_hosts,
         ..
     } = host_key;
+    let (forwarded_tx, forwarded) = tokio::sync::mpsc::channel(crate::remote::FORWARDED_QUEUE);
     let handler = SshHandler::new(
         HostKeyPolicy {
             pinned,
@@ -206,7 +231,8 @@ pub(crate) async fn establish<T: Transport>(
         },
         login.target.clone(),
         end.clone(),
-    );
+    )
+    .forwarding_to(forwarded_tx);
     let verdict = handler.verdict.clone();
     let mut handle = client::connect_stream(Arc::new(ssh_config()), ssh_stream, handler)
         .await
@@ -228,6 +254,7 @@ pub(crate) async fn establish<T: Transport>(
         .map_err(|err| login_failure(err, end.ended()))?;
     let ssh = Arc::new(handle);
     rt::spawn(conn::serve(owner.mux(), ssh.clone(), accepted));
+    rt::spawn(crate::remote::serve(owner.mux(), ssh.clone(), forwarded));
     if let Some(keepalive) = login.keepalive {
         rt::spawn(keepalive::run(
             keepalive,

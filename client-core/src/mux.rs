@@ -79,6 +79,8 @@ struct MuxState {
     /// The connections' rules (ids, Eof, windows) live in the table; the mux only
     /// applies what it answers.
     conns: ConnTable<ConnHandle>,
+    /// Where the SSH server listens for each remote forward (see `remote`).
+    sshd_listens: HashMap<u32, (String, u32)>,
 }
 
 /// What a Listen waits for.
@@ -124,6 +126,9 @@ pub(crate) enum ConnInput {
     /// The relay closed the connection in order: finish what is queued, then stop.
     /// Carries the connection's abort guard, so it fires only once this is processed.
     Close(oneshot::Sender<()>),
+    /// The relay could not open a connection the tab opened (a remote forward's Dial):
+    /// why, in its words.
+    Refused(String),
 }
 
 /// A connection the relay opened (a `-L` forward's Accept, a `-D` forward's Connect),
@@ -214,6 +219,7 @@ pub(crate) async fn open<T: Transport>(transport: T, hello: Frame) -> Result<Ope
             pending: HashMap::new(),
             forwards: HashMap::new(),
             conns: ConnTable::new(Side::Tab),
+            sshd_listens: HashMap::new(),
         }),
         end,
         ssh_frames: Arc::default(),
@@ -533,6 +539,11 @@ fn route(mux: &Mux, links: &Links, frame: Frame) -> Result<(), ClientError> {
                 // Closed while the relay accepted; the relay forgets it on Unlisten.
                 return Ok(());
             };
+            if entry.kind.remote().is_some() {
+                return Err(ClientError::Protocol(format!(
+                    "the relay sent an Accept for forward {forward}, a remote forward, whose connections the tab opens"
+                )));
+            }
             let Some(spec) = entry.kind.local() else {
                 return Err(ClientError::Protocol(format!(
                     "the relay sent an Accept for forward {forward}, a dynamic forward, which takes Connects"
@@ -556,6 +567,11 @@ fn route(mux: &Mux, links: &Links, frame: Frame) -> Result<(), ClientError> {
             if entry.kind.local().is_some() {
                 return Err(ClientError::Protocol(format!(
                     "the relay sent a Connect for forward {forward}, a local forward, which takes Accepts"
+                )));
+            }
+            if !entry.kind.is_dynamic() {
+                return Err(ClientError::Protocol(format!(
+                    "the relay sent a Connect for forward {forward}, a remote forward, whose connections the tab opens"
                 )));
             }
             let stats = entry.stats.clone();
@@ -642,6 +658,8 @@ fn apply(action: Action<'_, ConnHandle>) {
         }
         Action::Refused(conn, failure, message) => {
             debug!(?failure, %message, "relay could not open a connection");
+            // Its pump reads why before it sees the abort.
+            let _ = conn.input.send(ConnInput::Refused(message));
             drop(conn);
         }
     }
@@ -651,6 +669,9 @@ fn apply(action: Action<'_, ConnHandle>) {
 fn broken(err: ConnError) -> ClientError {
     ClientError::Protocol(err.to_string())
 }
+
+mod remote;
+pub(crate) use remote::Dialled;
 
 #[cfg(test)]
 mod tests;

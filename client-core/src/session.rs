@@ -162,7 +162,11 @@ impl Session {
     /// that connects is carried through a direct-tcpip channel to the destination.
     /// `-D [bind:]port` opens a dynamic forward like `ssh -D`: the relay runs a SOCKS
     /// proxy (SOCKS5, 4 and 4a), and each client's connection goes where it asks,
-    /// resolved and reached by the SSH server. `-L spec` is the same as `spec`.
+    /// resolved and reached by the SSH server. `-R [bind:]port:host:hostport` opens a
+    /// remote forward like `ssh -R`: the SSH server listens, and the relay connects each
+    /// connection to `host:hostport` (if its operator allows that destination); the
+    /// forward's `listen()` is where the server listens (`-R 0:...`: the port it picked).
+    /// `-L spec` is the same as `spec`.
     pub async fn forward(&self, spec: &str) -> Result<Forward, ClientError> {
         self.forward_with(spec, ForwardOptions::default()).await
     }
@@ -184,6 +188,7 @@ impl Session {
                 spec,
                 login: options.socks_login,
             },
+            AnySpec::Remote(spec) => ForwardKind::Remote(spec),
         };
         let kind = Arc::new(kind);
         let (id, listened) = self.link.listen(kind.clone()).await?;

@@ -69,6 +69,22 @@ pub(crate) struct SshHandler {
     /// The session's end: a host-key question still open then is refused.
     closed: End,
     pub(crate) verdict: Arc<Mutex<Option<HostKeyVerdict>>>,
+    /// Where channels the server forwards for remote forwards (`ssh -R`) go; `None`:
+    /// they are refused.
+    forwarded: Option<tokio::sync::mpsc::Sender<ForwardedChannel>>,
+}
+
+/// A connection the SSH server took on a port it listens on for us (`tcpip-forward`):
+/// its channel, not yet accepted, and where the server says it arrived. Accepting or
+/// rejecting it is the remote forward's business (see `remote`).
+pub(crate) struct ForwardedChannel {
+    pub(crate) channel: russh::Channel<client::Msg>,
+    pub(crate) reply: client::ChannelOpenHandle,
+    /// The address and port the server listened on, as it reports them.
+    pub(crate) address: String,
+    pub(crate) port: u32,
+    /// Who connected to it, as `host:port`.
+    pub(crate) originator: String,
 }
 
 impl SshHandler {
@@ -78,7 +94,19 @@ impl SshHandler {
             target,
             closed,
             verdict: Arc::default(),
+            forwarded: None,
         }
+    }
+
+    /// Hands the channels the server forwards to `forwarded`. A channel that finds the
+    /// queue full is refused: the queue bounds what a server's flood of connections
+    /// can make the tab hold.
+    pub(crate) fn forwarding_to(
+        mut self,
+        forwarded: tokio::sync::mpsc::Sender<ForwardedChannel>,
+    ) -> Self {
+        self.forwarded = Some(forwarded);
+        self
     }
 
     /// Applies [`decide`] to the offered key, asks when it says so, and remembers what
@@ -184,6 +212,39 @@ impl client::Handler for SshHandler {
         let accepted = matches!(verdict, HostKeyVerdict::Accepted(_));
         *self.verdict.lock().expect("verdict lock") = Some(verdict);
         Ok(accepted)
+    }
+
+    /// Passed on without waiting: the answer (accept once the relay connected, or
+    /// reject) comes later from the remote forward, and russh's loop must not wait for
+    /// it. Dropping `reply` rejects the channel.
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let originator = if originator_address.contains(':') {
+            format!("[{originator_address}]:{originator_port}")
+        } else {
+            format!("{originator_address}:{originator_port}")
+        };
+        let forwarded = ForwardedChannel {
+            channel,
+            reply,
+            address: connected_address.to_owned(),
+            port: connected_port,
+            originator,
+        };
+        if let Some(queue) = &self.forwarded
+            && let Err(full) = queue.try_send(forwarded)
+        {
+            tracing::debug!("refused a forwarded connection: {full}");
+        }
+        Ok(())
     }
 }
 

@@ -100,6 +100,10 @@ export interface Session {
    * or, for `-D [bind:]port`, runs a SOCKS proxy there (SOCKS5, 4 and 4a; names are
    * resolved by the SSH server) like `ssh -D`. `check: true` first tries one connection
    * to a `-L` destination and fails if it cannot.
+   * `-R [bind:]port:host:hostport` (or `remote: true` with the spec alone) opens a remote
+   * forward: the SSH server listens (port 0: it picks one, shown in `listen`), and the
+   * relay connects to `host:hostport` if its operator allows it (else code
+   * "destination-not-allowed"; a server that will not listen: "remote-listen-refused").
    */
   forward(spec: string, options?: ForwardOptions): Promise<Forward>;
   close(): Promise<void>;
@@ -113,14 +117,19 @@ export interface ForwardOptions {
    * listen on loopback only.
    */
   dynamic?: boolean | { username: string; password?: string };
+  /** Read the spec as `-R`'s (`[bind:]port:host:hostport`). */
+  remote?: boolean;
 }
 
 export interface Forward {
-  /** Where the relay listens for this forward (`host:port`). */
+  /**
+   * Where the relay listens for this forward (`host:port`); for a remote forward, where
+   * the SSH server listens (`localhost:8080`).
+   */
   readonly listen: string;
   readonly spec: string;
-  /** `"local"` (`ssh -L`) or `"dynamic"` (`ssh -D`, a SOCKS proxy). */
-  readonly kind: "local" | "dynamic";
+  /** `"local"` (`ssh -L`), `"dynamic"` (`ssh -D`, a SOCKS proxy) or `"remote"` (`ssh -R`). */
+  readonly kind: "local" | "dynamic" | "remote";
   /** Where a browser opens the forward as a web app, or null. */
   readonly webUrl: string | null;
   /**
@@ -164,6 +173,8 @@ export interface SshCommand {
   forwards: string[];
   /** The `-D` specs. */
   dynamic: string[];
+  /** The `-R` specs. */
+  remote: string[];
   ignored: string[];
 }
 
@@ -183,6 +194,7 @@ export type ClientErrorCode =
   | "bad-command"
   | "bad-options"
   | "channel-refused"
+  | "remote-listen-refused"
   | "ssh"
   | "protocol"
   | "closed"
@@ -206,6 +218,7 @@ export type RelayErrorCode =
   | "source-not-allowed"
   | "idle"
   | "ssh-closed"
+  | "destination-not-allowed"
   | "unknown";
 
 export type ErrorCode = ClientErrorCode | RelayErrorCode;

@@ -411,7 +411,11 @@ impl Session {
     /// a `-L` destination and fails the forward at once if the SSH server refuses it or
     /// cannot connect; `{ dynamic: true }` reads the spec as `-D`'s, and `{ dynamic: {
     /// username, password } }` also sets the SOCKS5 login its clients must give (the
-    /// relay lets a forward without one listen on loopback only).
+    /// relay lets a forward without one listen on loopback only). A remote forward in
+    /// `ssh -R` syntax (`-R [bind:]port:host:hostport`, or `{ remote: true }` with the spec
+    /// alone): the SSH server listens on `bind:port` (port 0: it picks one, which `listen`
+    /// then shows), and the relay connects each connection to `host:hostport`, if its
+    /// operator allows that destination.
     pub async fn forward(&self, spec: String, options: Option<Object>) -> Result<Forward, JsValue> {
         let get = |key: &str| match &options {
             Some(options) => Reflect::get(options, &key.into()),
@@ -426,8 +430,11 @@ impl Session {
         } else {
             None
         };
+        let remote = get("remote")?.is_truthy();
         let spec = if dynamic.is_truthy() && !spec.trim_start().starts_with("-D") {
             format!("-D {}", spec.trim())
+        } else if remote && !spec.trim_start().starts_with("-R") {
+            format!("-R {}", spec.trim())
         } else {
             spec
         };
@@ -465,7 +472,8 @@ pub struct Forward {
 
 #[wasm_bindgen]
 impl Forward {
-    /// The address TCP clients connect to, on the relay host.
+    /// The address TCP clients connect to, on the relay host; for a remote forward,
+    /// where the SSH server listens (`localhost:8080`).
     #[wasm_bindgen(getter)]
     pub fn listen(&self) -> String {
         self.inner.listen().to_owned()
@@ -477,12 +485,14 @@ impl Forward {
         self.spec.clone()
     }
 
-    /// `"local"` (`ssh -L`) or `"dynamic"` (`ssh -D`, a SOCKS proxy).
+    /// `"local"` (`ssh -L`), `"dynamic"` (`ssh -D`, a SOCKS proxy) or `"remote"`
+    /// (`ssh -R`: the SSH server listens).
     #[wasm_bindgen(getter)]
     pub fn kind(&self) -> String {
         match self.inner.kind() {
             tabtunnel_client::ForwardKind::Local(_) => "local".into(),
             tabtunnel_client::ForwardKind::Dynamic { .. } => "dynamic".into(),
+            tabtunnel_client::ForwardKind::Remote(_) => "remote".into(),
         }
     }
 
@@ -541,8 +551,22 @@ pub fn parse_dynamic_spec(spec: &str) -> Result<Object, JsValue> {
     Ok(out)
 }
 
-/// Parses a pasted `ssh ...` line into `{ user, host, port, forwards, dynamic, ignored }`
-/// (`forwards`: the `-L` specs; `dynamic`: the `-D` ones).
+/// Parses `[bind:]port:host:hostport`, an `ssh -R` spec, into `{ bind, port, host,
+/// hostPort }`: the SSH server listens on `bind:port`, the relay connects to `host:hostPort`.
+#[wasm_bindgen(js_name = parseRemoteSpec)]
+pub fn parse_remote_spec(spec: &str) -> Result<Object, JsValue> {
+    let spec = tabtunnel_client::parse_remote(spec).map_err(|e| error("bad-spec", &e.0))?;
+    let out = Object::new();
+    Reflect::set(&out, &"bind".into(), &spec.bind.into())?;
+    set(&out, "port", f64::from(spec.port))?;
+    Reflect::set(&out, &"host".into(), &spec.host.into())?;
+    set(&out, "hostPort", f64::from(spec.host_port))?;
+    Ok(out)
+}
+
+/// Parses a pasted `ssh ...` line into `{ user, host, port, forwards, dynamic, remote,
+/// ignored }` (`forwards`: the `-L` specs; `dynamic`: the `-D` ones; `remote`: the `-R`
+/// ones).
 #[wasm_bindgen(js_name = parseSshCommand)]
 pub fn parse_ssh_command(line: &str) -> Result<Object, JsValue> {
     let cmd = tabtunnel_client::parse_ssh_command(line).map_err(|e| error("bad-command", &e.0))?;
@@ -561,6 +585,7 @@ pub fn parse_ssh_command(line: &str) -> Result<Object, JsValue> {
     let strings = |items: Vec<String>| items.into_iter().map(JsValue::from).collect::<Array>();
     Reflect::set(&out, &"forwards".into(), &strings(cmd.forwards))?;
     Reflect::set(&out, &"dynamic".into(), &strings(cmd.dynamic))?;
+    Reflect::set(&out, &"remote".into(), &strings(cmd.remote))?;
     Reflect::set(&out, &"ignored".into(), &strings(cmd.ignored))?;
     Ok(out)
 }

@@ -1,15 +1,17 @@
-//! `parse_forward` and `parse_dynamic` on arbitrary text.
+//! `parse_forward`, `parse_dynamic` and `parse_remote` on arbitrary text.
 //!
 //! Properties: they return (never panic); a spec `parse_forward` accepts has a
 //! destination port in 1-65535, a non-empty destination host of at most 253 bytes, no
 //! spaces or control characters in host or bind address; a `-D` spec has no spaces or
-//! control characters in its bind address; and each one's `Display` form (what the page
-//! shows) parses back to the same spec.
+//! control characters in its bind address; a `-R` spec holds what a `-L` spec does; and
+//! each one's `Display` form (what the page shows) parses back to the same spec.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tabtunnel_spec::{DynamicSpec, ForwardSpec, parse_dynamic, parse_forward};
+use tabtunnel_spec::{
+    DynamicSpec, ForwardSpec, RemoteSpec, parse_dynamic, parse_forward, parse_remote,
+};
 
 fuzz_target!(|input: &[u8]| {
     let text = valid_utf8_prefix(input);
@@ -24,6 +26,25 @@ fuzz_target!(|input: &[u8]| {
         let shown = spec.to_string();
         assert_eq!(
             shown.parse::<DynamicSpec>().as_ref(),
+            Ok(&spec),
+            "{text:?} gave {spec:?}, shown as {shown:?}"
+        );
+    }
+    if let Ok(spec) = parse_remote(text) {
+        assert_ne!(spec.host_port, 0, "{text:?} gave {spec:?}");
+        assert!(
+            !spec.host.is_empty() && spec.host.len() <= 253,
+            "{text:?} gave {spec:?}"
+        );
+        for field in [&spec.host, &spec.bind] {
+            assert!(
+                !field.chars().any(|c| c.is_whitespace() || c.is_control()),
+                "{text:?} gave {spec:?}"
+            );
+        }
+        let shown = spec.to_string();
+        assert_eq!(
+            shown.parse::<RemoteSpec>().as_ref(),
             Ok(&spec),
             "{text:?} gave {spec:?}, shown as {shown:?}"
         );

@@ -2,14 +2,15 @@
 //!
 //! Properties: it returns (never panics); a command it accepts names a non-empty host,
 //! an SSH port (if any) in 1-65535, and only `-L` specs that `parse_forward` accepts (and
-//! `-D` specs that `parse_dynamic` accepts); and the command rebuilt from what it found
-//! (`ssh -l USER -p PORT -L SPEC... -D SPEC... HOST`, shell-quoted) parses to the same
+//! `-D` specs that `parse_dynamic` accepts, `-R` specs that `parse_remote` accepts); and the
+//! command rebuilt from what it found (`ssh -l USER -p PORT -L SPEC... -D SPEC... -R
+//! SPEC... HOST`, shell-quoted) parses to the same
 //! user, host, port and forwards, with nothing ignored.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tabtunnel_spec::{parse_dynamic, parse_forward, parse_ssh_command};
+use tabtunnel_spec::{parse_dynamic, parse_forward, parse_remote, parse_ssh_command};
 
 fuzz_target!(|input: &[u8]| {
     let text = valid_utf8_prefix(input);
@@ -24,6 +25,9 @@ fuzz_target!(|input: &[u8]| {
     for spec in &cmd.dynamic {
         assert!(parse_dynamic(spec).is_ok(), "{text:?} gave {cmd:?}");
     }
+    for spec in &cmd.remote {
+        assert!(parse_remote(spec).is_ok(), "{text:?} gave {cmd:?}");
+    }
 
     let mut words = vec!["ssh".to_owned()];
     if let Some(user) = &cmd.user {
@@ -37,6 +41,9 @@ fuzz_target!(|input: &[u8]| {
     }
     for spec in &cmd.dynamic {
         words.extend(["-D".to_owned(), spec.clone()]);
+    }
+    for spec in &cmd.remote {
+        words.extend(["-R".to_owned(), spec.clone()]);
     }
     // An IPv6 address needs brackets, or its last group would read as a port.
     words.push(if cmd.host.contains(':') {
@@ -53,9 +60,17 @@ fuzz_target!(|input: &[u8]| {
             &again.host,
             again.port,
             &again.forwards,
-            &again.dynamic
+            &again.dynamic,
+            &again.remote
         ),
-        (&cmd.user, &cmd.host, cmd.port, &cmd.forwards, &cmd.dynamic),
+        (
+            &cmd.user,
+            &cmd.host,
+            cmd.port,
+            &cmd.forwards,
+            &cmd.dynamic,
+            &cmd.remote
+        ),
         "{text:?} gave {cmd:?}, rebuilt as {rebuilt:?}"
     );
     assert!(again.ignored.is_empty(), "{rebuilt:?} gave {again:?}");

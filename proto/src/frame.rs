@@ -98,7 +98,8 @@ pub enum Frame {
     },
     /// Register remote forward `forward` (`ssh -R`): the relay dials `host:port` for
     /// each connection the SSH server forwards to the tab. Answered with Listening (its
-    /// `address` is the destination) or ListenFailed (the operator does not allow it).
+    /// `address` is the destination) or ListenFailed (the operator does not allow it:
+    /// [`ErrorCode::DestinationNotAllowed`]).
     RemoteForward {
         forward: u32,
         host: String,
@@ -539,6 +540,9 @@ error_codes! {
     /// The SSH server closed the connection (the session then ends in order): the tab
     /// tells a login cut short by this code, not by the message's words.
     (15, SshClosed, "ssh-closed");
+    /// A remote forward (`ssh -R`) named a destination the relay's operator does not let
+    /// it connect to (`remote_destinations`).
+    (16, DestinationNotAllowed, "destination-not-allowed");
 }
 
 #[cfg(test)]

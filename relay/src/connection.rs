@@ -2,8 +2,9 @@
 //! tab granted; the tab's bytes go to it, and credit flows back as they are written. The
 //! client is a TCP client of the forward's listener, a web forward's request (an
 //! in-memory pipe to the relay's HTTP proxy), or a SOCKS client of a dynamic forward
-//! that has asked for its destination; all are pumped alike, the SOCKS one once the
-//! tab's answer became its reply.
+//! that has asked for its destination; all are pumped alike, the SOCKS one once the tab's
+//! answer became its reply. A remote forward's connection, which the relay dials for the
+//! tab, is pumped by `run` too, once it connected (see `dial`).
 //! What the tab's frames mean is the session's `ConnTable`'s to decide; this task only
 //! moves the bytes and reports how the connection ended.
 
@@ -114,7 +115,8 @@ pub(crate) fn spawn(
     ConnHandle { to_tcp, task }
 }
 
-async fn run<R, W>(
+/// Pumps a connection's bytes both ways until it ends.
+pub(crate) async fn run<R, W>(
     conn: u32,
     mut tcp_read: R,
     mut tcp_write: W,

@@ -7,6 +7,7 @@ pub mod client_addr;
 pub mod config;
 mod connection;
 pub mod demo;
+mod dial;
 pub mod drain;
 mod limits;
 pub mod listen;

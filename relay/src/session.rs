@@ -259,6 +259,8 @@ struct Session {
     /// The socket to the target's SSH server.
     ssh: SshPipe,
     forwards: HashMap<u32, ForwardEntry>,
+    /// Remote forwards (`ssh -R`): the destinations the relay dials for them.
+    remote: HashMap<u32, crate::dial::RemoteForward>,
     /// The forwarded connections and their rules: ids, Eof, windows, credit.
     conns: ConnTable<ConnHandle>,
     /// Where the forwards' listeners hand over their TCP clients.
@@ -550,6 +552,7 @@ impl Session {
             grants,
             config,
             forwards: HashMap::new(),
+            remote: HashMap::new(),
             conns: ConnTable::new(Side::Relay),
             accepted_tx,
             accepted_rx,
@@ -761,6 +764,8 @@ impl Session {
                         handle.task.abort();
                     }
                     debug!(forward, "forward closed by the tab");
+                } else {
+                    self.close_remote(forward);
                 }
             }
             Frame::Data { conn, data } => {
@@ -780,10 +785,12 @@ impl Session {
                     self.last_activity = tokio::time::Instant::now();
                 }
             }
-            frame @ (Frame::ListenSocks { .. }
-            | Frame::OpenFailed { .. }
-            | Frame::RemoteForward { .. }
-            | Frame::Dial { .. }) => self.on_dynamic_frame(frame).await?,
+            frame @ (Frame::ListenSocks { .. } | Frame::OpenFailed { .. }) => {
+                self.on_dynamic_frame(frame).await?
+            }
+            frame @ (Frame::RemoteForward { .. } | Frame::Dial { .. }) => {
+                self.on_remote_frame(frame).await?
+            }
             other => {
                 return Err(SessionError::protocol(format!(
                     "the tab sent a {} frame, which only the relay may send",
@@ -801,7 +808,7 @@ impl Session {
                 .refuse_listen(forward, ErrorCode::ShuttingDown, message)
                 .await;
         }
-        let duplicate = self.forwards.contains_key(&forward);
+        let duplicate = self.has_forward(forward);
         // A forward of the session this one resumed: counted already, the same
         // listeners, no bind().
         if !duplicate && let Some(parked) = self.claim(bind, port) {
@@ -809,8 +816,9 @@ impl Session {
             return self.start_forward(forward, parked).await;
         }
         let most = self.config.limits.forwards_per_session;
-        // Unclaimed forwards of a resumed session count: they hold their ports.
-        if self.forwards.len() + self.unclaimed.len() >= most {
+        // Unclaimed forwards of a resumed session count: they hold their ports. Remote
+        // forwards count too, though they hold none.
+        if self.forwards.len() + self.unclaimed.len() + self.remote.len() >= most {
             let message = format!(
                 "a session may have at most {most} forwards on this relay; remove one before adding another"
             );
@@ -1238,6 +1246,7 @@ fn tab_fault(err: &tungstenite::Error) -> Option<String> {
     }
 }
 
+mod remote;
 mod socks;
 #[cfg(test)]
 mod tests;

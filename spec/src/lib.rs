@@ -1,5 +1,5 @@
-//! Parsing what users type: `ssh -L` and `ssh -D` forward specs and whole `ssh` command
-//! lines.
+//! Parsing what users type: `ssh -L`, `ssh -D` and `ssh -R` forward specs and whole `ssh`
+//! command lines.
 //!
 //! Its own crate, with no I/O and no SSH: the client re-exports it as
 //! `tabtunnel_client::spec`, and the fuzz targets build it without the SSH stack.
@@ -85,11 +85,49 @@ impl std::str::FromStr for DynamicSpec {
     }
 }
 
-/// A forward of either kind, as an `ssh` option names it: `-L spec` or `-D spec`.
+/// A remote forward as `ssh -R [bind_address:]port:host:hostport` describes it: the SSH
+/// server listens on `bind_address:port`, and each connection it takes goes to
+/// `host:hostport`, which the relay connects to from its own host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSpec {
+    /// Where the SSH server listens; empty means its default (loopback, as `ssh -R`
+    /// asks for `localhost`). `*` means all its addresses (sshd's GatewayPorts decides).
+    pub bind: String,
+    /// Port the SSH server listens on; 0 lets it pick one.
+    pub port: u16,
+    /// Destination host, as the relay reaches it (IPv6 without brackets).
+    pub host: String,
+    /// Destination port.
+    pub host_port: u16,
+}
+
+impl fmt::Display for RemoteSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        ForwardSpec {
+            bind: self.bind.clone(),
+            port: self.port,
+            host: self.host.clone(),
+            host_port: self.host_port,
+        }
+        .fmt(f)
+    }
+}
+
+impl std::str::FromStr for RemoteSpec {
+    type Err = ParseError;
+
+    fn from_str(spec: &str) -> Result<Self, ParseError> {
+        parse_remote(spec)
+    }
+}
+
+/// A forward of any kind, as an `ssh` option names it: `-L spec`, `-D spec` or
+/// `-R spec`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnySpec {
     Local(ForwardSpec),
     Dynamic(DynamicSpec),
+    Remote(RemoteSpec),
 }
 
 impl fmt::Display for AnySpec {
@@ -97,6 +135,7 @@ impl fmt::Display for AnySpec {
         match self {
             AnySpec::Local(spec) => write!(f, "-L {spec}"),
             AnySpec::Dynamic(spec) => write!(f, "-D {spec}"),
+            AnySpec::Remote(spec) => write!(f, "-R {spec}"),
         }
     }
 }
@@ -111,27 +150,43 @@ const BRACKET_HELP: &str = "only a whole IPv6 address goes in brackets, e.g. [20
 
 /// Parses `[bind_address:]port:host:hostport`. IPv6 addresses go in brackets.
 pub fn parse_forward(spec: &str) -> Result<ForwardSpec, ParseError> {
+    let (bind, port, host, host_port) = parse_four(spec, SPEC_HELP, "the forward")?;
+    Ok(ForwardSpec {
+        bind,
+        port,
+        host,
+        host_port,
+    })
+}
+
+/// The fields of `[bind_address:]port:host:hostport`, shared by `-L` and `-R`: `help`
+/// says how to write the kind's spec, `empty` names it when nothing was typed.
+fn parse_four(
+    spec: &str,
+    help: &str,
+    empty: &str,
+) -> Result<(String, u16, String, u16), ParseError> {
     let spec = spec.trim();
     if spec.is_empty() {
-        return err(format!("the forward is empty; {SPEC_HELP}"));
+        return err(format!("{empty} is empty; {help}"));
     }
     let parts = split_colons(spec)
-        .ok_or_else(|| ParseError(format!("{spec:?} has an unclosed '['; {SPEC_HELP}")))?;
+        .ok_or_else(|| ParseError(format!("{spec:?} has an unclosed '['; {help}")))?;
     let (bind, port, host, host_port) = match parts.as_slice() {
         [port, host, host_port] => ("", *port, *host, *host_port),
         [bind, port, host, host_port] => (*bind, *port, *host, *host_port),
         _ => {
             return err(format!(
-                "{spec:?} has {} parts separated by ':'; {SPEC_HELP} (IPv6 addresses go in [brackets])",
+                "{spec:?} has {} parts separated by ':'; {help} (IPv6 addresses go in [brackets])",
                 parts.len()
             ));
         }
     };
-    let port = parse_port(port, "listen port", true)?;
-    let host_port = parse_port(host_port, "destination port", false)?;
+    let port = parse_port_with(port, "listen port", true, help)?;
+    let host_port = parse_port_with(host_port, "destination port", false, help)?;
     let host = unbracket(host);
     if host.is_empty() {
-        return err(format!("{spec:?} has no destination host; {SPEC_HELP}"));
+        return err(format!("{spec:?} has no destination host; {help}"));
     }
     if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return err(format!(
@@ -152,12 +207,7 @@ pub fn parse_forward(spec: &str) -> Result<ForwardSpec, ParseError> {
         ));
     }
     let bind = check_bind(unbracket(bind))?;
-    Ok(ForwardSpec {
-        bind: bind.to_owned(),
-        port,
-        host: host.to_owned(),
-        host_port,
-    })
+    Ok((bind.to_owned(), port, host.to_owned(), host_port))
 }
 
 const DYNAMIC_HELP: &str = "write it as [bind_address:]port, e.g. 1080 or 127.0.0.1:1080";
@@ -204,13 +254,42 @@ pub fn parse_dynamic(spec: &str) -> Result<DynamicSpec, ParseError> {
     })
 }
 
-/// Parses a forward as an `ssh` option writes it: `-L [bind_address:]port:host:hostport`
-/// or `-D [bind_address:]port` (the space after the letter is optional). Text without
-/// either is a `-L` spec, read as [`parse_forward`] reads it.
+const REMOTE_HELP: &str = "write it as [bind_address:]port:host:hostport, e.g. 8080:127.0.0.1:3000 (the SSH server listens on port; the relay connects to host:hostport)";
+
+/// Parses `[bind_address:]port:host:hostport`, the argument of `ssh -R`: the SSH server
+/// listens on `bind_address:port` (port 0: it picks one), and the relay connects to
+/// `host:hostport`. IPv6 addresses go in brackets.
+pub fn parse_remote(spec: &str) -> Result<RemoteSpec, ParseError> {
+    let trimmed = spec.trim();
+    // `ssh -R [bind_address:]port` alone asks the server's side for a SOCKS proxy.
+    if let Some(parts) = split_colons(trimmed)
+        && (1..=2).contains(&parts.len())
+        && !trimmed.is_empty()
+    {
+        return err(format!(
+            "{trimmed:?} names no destination: a remote forward (-R) here carries each connection the SSH server takes to one host:hostport (a SOCKS proxy on the server's side, -R with a port alone, is not supported); {REMOTE_HELP}"
+        ));
+    }
+    let (bind, port, host, host_port) = parse_four(spec, REMOTE_HELP, "the remote forward")?;
+    Ok(RemoteSpec {
+        bind,
+        port,
+        host,
+        host_port,
+    })
+}
+
+/// Parses a forward as an `ssh` option writes it: `-L [bind_address:]port:host:hostport`,
+/// `-D [bind_address:]port` or `-R [bind_address:]port:host:hostport` (the space after
+/// the letter is optional). Text without any is a `-L` spec, read as [`parse_forward`]
+/// reads it.
 pub fn parse_any(text: &str) -> Result<AnySpec, ParseError> {
     let text = text.trim();
     if let Some(rest) = text.strip_prefix("-D") {
         return parse_dynamic(rest).map(AnySpec::Dynamic);
+    }
+    if let Some(rest) = text.strip_prefix("-R") {
+        return parse_remote(rest).map(AnySpec::Remote);
     }
     let local = text.strip_prefix("-L").unwrap_or(text);
     parse_forward(local).map(AnySpec::Local)
@@ -265,10 +344,14 @@ fn unbracket(s: &str) -> &str {
 }
 
 fn parse_port(text: &str, what: &str, zero_ok: bool) -> Result<u16, ParseError> {
+    parse_port_with(text, what, zero_ok, SPEC_HELP)
+}
+
+fn parse_port_with(text: &str, what: &str, zero_ok: bool, help: &str) -> Result<u16, ParseError> {
     match text.parse::<u16>() {
         Ok(0) if !zero_ok => err(format!("the {what} must be 1-65535, not 0")),
         Ok(port) => Ok(port),
-        Err(_) if text.is_empty() => err(format!("the {what} is missing; {SPEC_HELP}")),
+        Err(_) if text.is_empty() => err(format!("the {what} is missing; {help}")),
         Err(_) => err(format!(
             "the {what} {text:?} is not a number from {}-65535",
             u16::from(!zero_ok)
@@ -286,6 +369,8 @@ pub struct SshCommand {
     pub forwards: Vec<String>,
     /// Every `-D` spec, validated, in order.
     pub dynamic: Vec<String>,
+    /// Every `-R` spec, validated, in order.
+    pub remote: Vec<String>,
     /// Options and words tabtunnel does not use, as typed, so the page can say so.
     pub ignored: Vec<String>,
 }
@@ -296,7 +381,7 @@ const OPTIONS_WITH_ARG: &str = "BbcDEeFIiJLlmOoPpQRSWw";
 const FLAGS: &str = "46AaCfGgKkMNnqsTtVvXxYy";
 
 /// Parses `ssh [options] [user@]host [command]`, as a user would paste it. The leading
-/// `ssh` is optional. `-L`, `-D`, `-p`, `-l` and the destination are used; the rest is listed
+/// `ssh` is optional. `-L`, `-D`, `-R`, `-p`, `-l` and the destination are used; the rest is listed
 /// in `ignored`.
 pub fn parse_ssh_command(line: &str) -> Result<SshCommand, ParseError> {
     let words = shell_words::split(line)
@@ -343,6 +428,10 @@ pub fn parse_ssh_command(line: &str) -> Result<SshCommand, ParseError> {
                     'D' => {
                         parse_dynamic(&arg).map_err(|e| ParseError(format!("-D {arg}: {e}")))?;
                         cmd.dynamic.push(arg);
+                    }
+                    'R' => {
+                        parse_remote(&arg).map_err(|e| ParseError(format!("-R {arg}: {e}")))?;
+                        cmd.remote.push(arg);
                     }
                     'p' => cmd.port = Some(parse_port(&arg, "SSH port", false)?),
                     'l' => cmd.user = Some(arg),
@@ -658,6 +747,104 @@ mod tests {
                 .ignored
                 .contains(&"-D".to_owned()),
             "after the host it is the remote command's"
+        );
+    }
+
+    #[test]
+    fn remote_specs_like_ssh_r() {
+        let remote = |bind: &str, port, host: &str, host_port| RemoteSpec {
+            bind: bind.into(),
+            port,
+            host: host.into(),
+            host_port,
+        };
+        assert_eq!(
+            parse_remote("8080:127.0.0.1:3000"),
+            Ok(remote("", 8080, "127.0.0.1", 3000))
+        );
+        assert_eq!(
+            parse_remote(" 0:localhost:3000 "),
+            Ok(remote("", 0, "localhost", 3000)),
+            "-R 0: the SSH server picks the port"
+        );
+        assert_eq!(
+            parse_remote("*:8080:[::1]:3000"),
+            Ok(remote("*", 8080, "::1", 3000))
+        );
+        assert_eq!(
+            parse_remote("[::1]:8080:db:5432"),
+            Ok(remote("::1", 8080, "db", 5432))
+        );
+        for spec in [
+            "8080:127.0.0.1:3000",
+            "*:0:[::1]:3000",
+            "10.0.0.1:80:web:8080",
+        ] {
+            let parsed = parse_remote(spec).unwrap();
+            assert_eq!(parsed.to_string(), spec);
+            assert_eq!(spec.parse::<RemoteSpec>(), Ok(parsed));
+        }
+    }
+
+    #[test]
+    fn bad_remote_specs_say_how_to_fix_them() {
+        let e = parse_remote("").unwrap_err().0;
+        assert!(
+            e.starts_with("the remote forward is empty") && e.contains("8080:127.0.0.1:3000"),
+            "{e}"
+        );
+        for spec in ["8080", "127.0.0.1:8080"] {
+            let e = parse_remote(spec).unwrap_err().0;
+            assert!(
+                e.contains("names no destination") && e.contains("not supported"),
+                "{e}"
+            );
+        }
+        let e = parse_remote("8080:web:0").unwrap_err().0;
+        assert!(e.contains("destination port must be 1-65535"), "{e}");
+        let e = parse_remote("8080:web:").unwrap_err().0;
+        assert!(
+            e.contains("destination port is missing") && e.contains("the relay connects"),
+            "{e}"
+        );
+        let e = parse_remote("x:web:80").unwrap_err().0;
+        assert!(e.contains("listen port \"x\""), "{e}");
+        let e = parse_remote("1:2:3:4:5").unwrap_err().0;
+        assert!(e.contains("5 parts"), "{e}");
+        let e = parse_remote("[::1:8080:a:1").unwrap_err().0;
+        assert!(e.contains("unclosed '['"), "{e}");
+        let e = parse_remote("1:[a][b]:2").unwrap_err().0;
+        assert!(e.contains("stray"), "{e}");
+        // -L's messages are its own still.
+        let e = parse_forward("").unwrap_err().0;
+        assert_eq!(
+            e,
+            "the forward is empty; write it as [bind_address:]port:host:hostport, e.g. 1100:mail.example.com:110"
+        );
+    }
+
+    #[test]
+    fn remote_by_its_option_and_in_pasted_commands() {
+        assert_eq!(
+            parse_any("-R 8080:127.0.0.1:3000").unwrap().to_string(),
+            "-R 8080:127.0.0.1:3000"
+        );
+        assert!(matches!(parse_any("-R0:db:1"), Ok(AnySpec::Remote(_))));
+        assert!(parse_any("-R 8080").is_err());
+        let cmd = parse_ssh_command(
+            "ssh -N -R 8080:127.0.0.1:3000 -R0:db:5432 -L 1:mail:110 -D 1080 alice@host",
+        )
+        .unwrap();
+        assert_eq!(cmd.remote, vec!["8080:127.0.0.1:3000", "0:db:5432"]);
+        assert_eq!(cmd.forwards, vec!["1:mail:110"]);
+        assert_eq!(cmd.dynamic, vec!["1080"]);
+        assert_eq!(cmd.ignored, vec!["-N"]);
+        let cmd = parse_ssh_command("ssh -fNR 80:web:8080 host").unwrap();
+        assert_eq!(cmd.remote, vec!["80:web:8080"]);
+        let e = parse_ssh_command("ssh -R 8080 host").unwrap_err().0;
+        assert!(
+            e.starts_with("-R 8080: ") && e.contains("names no destination"),
+            "{e}"
         );
     }
 

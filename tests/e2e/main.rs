@@ -32,6 +32,8 @@ mod operator_cli;
 mod reconnect_browser;
 mod reconnect_native;
 mod redteam;
+mod remote_browser;
+mod remote_native;
 mod scale_out;
 mod semantics_native;
 mod socks_browser;

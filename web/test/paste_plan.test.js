@@ -64,3 +64,20 @@ test("-D forwards are queued as -D specs after the -L ones", () => {
   assert.equal(only.addNow, true);
   assert.deepEqual(only.specs, ["-D 1080"]);
 });
+
+test("-R forwards are queued after the -L ones, marked as remote", () => {
+  const plan = planPaste({ host: "demo", forwards: ["0:h:22"], remote: ["0:127.0.0.1:3000"] }, page("disconnected"));
+  assert.deepEqual(plan.specs, ["0:h:22", "-R 0:127.0.0.1:3000"]);
+  assert.deepEqual(plan.lines.at(-1), [
+    "2 forwards queued (0:h:22, -R 0:127.0.0.1:3000); added right after connecting",
+    "info",
+  ]);
+});
+
+test("-L, -D and -R forwards from one line are queued in that order", () => {
+  const plan = planPaste(
+    { host: "lab", forwards: ["0:h:22"], dynamic: ["1080"], remote: ["0:127.0.0.1:3000"] },
+    page("disconnected"),
+  );
+  assert.deepEqual(plan.specs, ["0:h:22", "-D 1080", "-R 0:127.0.0.1:3000"]);
+});

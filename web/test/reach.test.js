@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { bracketIfV6, reachOf, specFromFields } from "../reach.js";
+import { bracketIfV6, reachOf, remoteOf, specFromFields } from "../reach.js";
 
 const open = { publicHost: null, allowedSources: [] };
 
@@ -58,4 +58,19 @@ test("the fields make a spec, IPv6 addresses in brackets", () => {
   assert.equal(specFromFields({ bind: "", port: "", host: "h", hostport: "" }), ":h:");
   assert.equal(bracketIfV6("[::1]"), "[::1]");
   assert.equal(bracketIfV6("example.com"), "example.com");
+});
+
+test("a remote forward's row says where the SSH server listens and where the relay connects", () => {
+  assert.deepEqual(remoteOf("-R 0:127.0.0.1:3000", "localhost:41234"), {
+    listen: "localhost:41234",
+    destination: "127.0.0.1:3000",
+    sentence: "Programs on the SSH server reach 127.0.0.1:3000 through the relay host.",
+  });
+  assert.equal(
+    remoteOf("-R *:8080:[::1]:3000", "*:8080").sentence,
+    "Anyone who can reach the SSH server on port 8080 (if its GatewayPorts allows it) reach [::1]:3000 through the relay host.",
+  );
+  assert.equal(remoteOf("-R10.0.0.1:80:db:5432", "10.0.0.1:80").destination, "db:5432");
+  assert.equal(remoteOf("0:127.0.0.1:3000", "127.0.0.1:20001"), null);
+  assert.equal(remoteOf("-D 1080", "127.0.0.1:1080"), null);
 });

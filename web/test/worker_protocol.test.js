@@ -77,10 +77,11 @@ test("connect's options cross without callbacks or the store", () => {
   assert.deepEqual(structuredClone(fields), { target: "t", username: "u", password: "p", serverAliveInterval: 0 });
 });
 
-test("forward options cross as plain data: check, and dynamic as true or a SOCKS login", () => {
-  assert.deepEqual(forwardOptions(undefined), { check: false, dynamic: false });
-  assert.deepEqual(forwardOptions({ check: 1, dynamic: true }), { check: true, dynamic: true });
+test("forward options cross as plain data: check, dynamic as true or a SOCKS login, and remote", () => {
+  assert.deepEqual(forwardOptions(undefined), { check: false, dynamic: false, remote: false });
+  assert.deepEqual(forwardOptions({ check: 1, dynamic: true }), { check: true, dynamic: true, remote: false });
+  assert.deepEqual(forwardOptions({ remote: "yes" }), { check: false, dynamic: false, remote: true });
   const login = forwardOptions({ dynamic: { username: "alice", password: "s3cret", extra: () => {} } });
-  assert.deepEqual(structuredClone(login), { check: false, dynamic: { username: "alice", password: "s3cret" } });
+  assert.deepEqual(structuredClone(login), { check: false, dynamic: { username: "alice", password: "s3cret" }, remote: false });
   assert.deepEqual(forwardOptions({ dynamic: { username: "bob" } }).dynamic, { username: "bob", password: "" });
 });

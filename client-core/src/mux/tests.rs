@@ -792,3 +792,100 @@ async fn a_local_forward_takes_no_connect_and_the_relay_refuses_none_of_its_own(
     let end = ended(&opened).await;
     assert!(end.reason.contains("OpenFailed"), "{}", end.reason);
 }
+
+/// Opens remote forward `-R spec` on the relay's side, as forward 1 or the next.
+async fn remote_listening(opened: &Opened, relay: &mut FakeRelay, spec: &str) -> u32 {
+    let kind = Arc::new(ForwardKind::Remote(
+        crate::spec::parse_remote(spec).expect("spec"),
+    ));
+    let owner = opened.owner.clone();
+    let listen = tokio::spawn(async move { owner.listen(kind).await });
+    let Some(Frame::RemoteForward { forward, .. }) = relay.recv().await else {
+        panic!("expected RemoteForward");
+    };
+    relay.send(Frame::Listening {
+        forward,
+        address: "127.0.0.1:3000".into(),
+    });
+    let (id, _) = tokio::time::timeout(DEADLINE, listen)
+        .await
+        .expect("in time")
+        .expect("no panic")
+        .expect("listening");
+    id
+}
+
+#[tokio::test]
+async fn a_forwarded_connection_finds_its_remote_forward_by_where_the_server_listens() {
+    let (opened, mut relay) = welcomed().await;
+    let owner = &opened.owner;
+    let first = remote_listening(&opened, &mut relay, "8080:127.0.0.1:3000").await;
+    let second = remote_listening(&opened, &mut relay, "10.0.0.1:8080:127.0.0.1:3000").await;
+    let third = remote_listening(&opened, &mut relay, "0:127.0.0.1:3000").await;
+    owner.sshd_listening(first, "localhost".into(), 8080);
+    owner.sshd_listening(second, "10.0.0.1".into(), 8080);
+    owner.sshd_listening(third, "localhost".into(), 41234);
+    let found = |address: &str, port| owner.sshd_forward(address, port).map(|(f, _, _)| f);
+    assert_eq!(found("localhost", 8080), Some(first));
+    assert_eq!(found("10.0.0.1", 8080), Some(second));
+    // Reported in another form: the one forward on that port, if there is only one.
+    assert_eq!(found("127.0.0.1", 41234), Some(third));
+    assert_eq!(found("127.0.0.1", 8080), None, "two listen on 8080");
+    assert_eq!(found("localhost", 9999), None);
+    // A closed forward takes no more connections.
+    owner.close_forward(third).await.unwrap();
+    assert_eq!(found("localhost", 41234), None);
+}
+
+#[tokio::test]
+async fn a_dial_opens_an_id_in_the_tabs_half_and_a_refusal_reaches_its_pump() {
+    let (opened, mut relay) = welcomed().await;
+    let forward = remote_listening(&opened, &mut relay, "8080:127.0.0.1:3000").await;
+    let mut dialled = opened
+        .owner
+        .dial(forward, "127.0.0.1:5555".into())
+        .await
+        .unwrap();
+    let conn = dialled.conn;
+    assert_eq!(conn, tabtunnel_proto::TAB_OPENED + 1);
+    assert_eq!(
+        relay.recv().await,
+        Some(Frame::Dial {
+            conn,
+            forward,
+            peer: "127.0.0.1:5555".into()
+        })
+    );
+    assert_eq!(
+        relay.recv().await,
+        Some(Frame::Credit {
+            conn,
+            bytes: tabtunnel_proto::CONNECTION_WINDOW
+        })
+    );
+    relay.send(Frame::OpenFailed {
+        conn,
+        failure: tabtunnel_proto::OpenFailure::Refused,
+        message: "the relay could not connect to 127.0.0.1:3000: refused".into(),
+    });
+    let input = tokio::time::timeout(DEADLINE, dialled.input.recv())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&input, Some(super::ConnInput::Refused(why)) if why.ends_with("refused")),
+        "{input:?}"
+    );
+    assert!(
+        tokio::time::timeout(DEADLINE, &mut dialled.abort)
+            .await
+            .is_ok()
+    );
+    // An Accept for a remote forward breaks the protocol.
+    relay.send(Frame::Accept {
+        conn: 1,
+        forward,
+        peer: "127.0.0.1:1".into(),
+    });
+    let end = ended(&opened).await;
+    assert!(end.reason.contains("a remote forward"), "{}", end.reason);
+}

@@ -42,6 +42,11 @@ impl Config {
         )?;
         writeln!(
             out,
+            "remote_destinations = {}",
+            list(self.remote_destinations.iter().map(ToString::to_string))
+        )?;
+        writeln!(
+            out,
             "allow_privileged_ports = {}",
             self.allow_privileged_ports
         )?;
@@ -230,5 +235,20 @@ mod tests {
             parsed["targets"]["lab"]["address"].as_str(),
             Some("10.0.0.5:22")
         );
+    }
+
+    #[test]
+    fn effective_settings_show_remote_destinations_off_by_default() {
+        let off = Config::from_toml("").unwrap().effective_settings();
+        assert!(off.contains("\nremote_destinations = []\n"), "{off}");
+        let on = Config::from_toml("remote_destinations = [\"127.0.0.1:3000\", \"[::1]:80\"]")
+            .unwrap()
+            .effective_settings();
+        assert!(
+            on.contains("remote_destinations = [\"127.0.0.1:3000\", \"[::1]:80\"]"),
+            "{on}"
+        );
+        let parsed: toml::Table = on.parse().unwrap();
+        assert_eq!(parsed["remote_destinations"][1].as_str(), Some("[::1]:80"));
     }
 }

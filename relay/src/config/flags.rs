@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use super::policy::LogFormat;
 
 use super::values::{
-    BindAddr, DrainTimeout, HostName, IdleTimeout, Origin, PortRange, PublicHost, ResumeGrace,
-    SourceNet, TargetSpec,
+    BindAddr, DrainTimeout, HostName, IdleTimeout, Origin, PortRange, PublicHost,
+    RemoteDestination, ResumeGrace, SourceNet, TargetSpec,
 };
 
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -46,6 +46,15 @@ pub struct Flags {
         value_delimiter = ','
     )]
     pub forward_allowed_sources: Vec<SourceNet>,
+    /// Let remote forwards (`ssh -R`) connect to this HOST:PORT from the relay host, e.g.
+    /// 127.0.0.1:3000 (repeatable; adds to remote_destinations; without any, -R is off).
+    #[arg(
+        long,
+        visible_alias = "allow-remote-destination",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub remote_destinations: Vec<RemoteDestination>,
     /// Trust this reverse proxy's Forwarded / X-Forwarded-For headers to name the real
     /// client, e.g. 127.0.0.1 or 10.0.0.0/24 (repeatable; adds to trusted_proxies).
     #[arg(

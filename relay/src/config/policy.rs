@@ -59,6 +59,9 @@ pub struct Config {
     /// Networks whose TCP clients may connect to forwards; empty: anyone who can reach
     /// the listener. Others are closed at accept, before the tab hears of them.
     pub forward_allowed_sources: Vec<IpNet>,
+    /// What remote forwards (`ssh -R`) may connect to from the relay host; empty (the
+    /// default): remote forwards are refused.
+    pub remote_destinations: Vec<values::RemoteDestination>,
     /// Whether ports below 1024 may be used (needs CAP_NET_BIND_SERVICE).
     pub allow_privileged_ports: bool,
     /// Folder served at `/` instead of the page built into the binary: the page and its
@@ -409,6 +412,7 @@ impl Default for Config {
             forward_ports_per_user: None,
             allowed_binds: Vec::new(),
             forward_allowed_sources: Vec::new(),
+            remote_destinations: Vec::new(),
             allow_privileged_ports: false,
             web_dir: None,
             ping_interval: std::time::Duration::from_secs(20),

@@ -10,8 +10,8 @@ use super::flags::Flags;
 use super::policy::{Config, ConfigError, Limits, LogFormat, Target, invalid};
 use super::values::{
     BindAddr, DrainTimeout, HandshakeTimeout, HostKeyFingerprint, HostName, HttpTimeout,
-    IdleTimeout, LoginGrace, Origin, PingInterval, PortRange, PublicHost, ResumeGrace, SourceNet,
-    TargetAddr, TargetName, TlsFirstByteTimeout,
+    IdleTimeout, LoginGrace, Origin, PingInterval, PortRange, PublicHost, RemoteDestination,
+    ResumeGrace, SourceNet, TargetAddr, TargetName, TlsFirstByteTimeout,
 };
 
 /// The config file's shape; every key is documented in `relay.example.toml`. A flag of
@@ -27,6 +27,8 @@ pub struct Settings {
     allowed_binds: Vec<BindAddr>,
     #[serde(default)]
     forward_allowed_sources: Vec<SourceNet>,
+    #[serde(default)]
+    remote_destinations: Vec<RemoteDestination>,
     allow_privileged_ports: Option<bool>,
     web_dir: Option<PathBuf>,
     ping_interval: Option<PingInterval>,
@@ -139,6 +141,7 @@ impl Settings {
             allowed_binds,
             allow_privileged_ports,
             forward_allowed_sources,
+            remote_destinations,
             trusted_proxies,
             idle_timeout,
             resume_grace,
@@ -169,6 +172,7 @@ impl Settings {
             self.allow_privileged_ports = Some(true);
         }
         self.forward_allowed_sources.extend(forward_allowed_sources);
+        self.remote_destinations.extend(remote_destinations);
         self.trusted_proxies.extend(trusted_proxies);
         replace(&mut self.idle_timeout, idle_timeout);
         replace(&mut self.resume_grace, resume_grace);
@@ -212,6 +216,7 @@ impl Settings {
             forward_ports_per_user: self.forward_ports_per_user,
             allowed_binds: self.allowed_binds.into_iter().map(BindAddr::ip).collect(),
             forward_allowed_sources: nets(self.forward_allowed_sources),
+            remote_destinations: self.remote_destinations,
             allow_privileged_ports: self
                 .allow_privileged_ports
                 .unwrap_or(default.allow_privileged_ports),
@@ -401,6 +406,25 @@ mod tests {
             ["https://a.example", "https://b.example"]
         );
         assert_eq!(config.allowed_hosts, ["a.example", "b.example"]);
+        let remote = overlaid(
+            "remote_destinations = [\"127.0.0.1:3000\"]",
+            &["--remote-destinations", "[::1]:80,db.lab:5432"],
+        );
+        assert_eq!(
+            remote
+                .remote_destinations
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["127.0.0.1:3000", "[::1]:80", "db.lab:5432"]
+        );
+        let err = Settings::from_toml("remote_destinations = [\"127.0.0.1\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("remote_destinations[0]: remote destination \"127.0.0.1\" has no port"),
+            "{err}"
+        );
         // A flag's target replaces the file's of the same name, pins and all.
         assert_eq!(config.targets["lab"].address, "10.0.0.9:2222");
         assert!(config.targets["lab"].pinned_host_keys.is_empty());

@@ -58,6 +58,7 @@ deserialize_from_str! {
     Origin => "an origin like \"https://lab.example.com\"",
     HostName => "a host name like \"relay.lab.example.com\"",
     PublicHost => "a host name or IP address like \"relay.lab.example.com\"",
+    RemoteDestination => "a destination like \"127.0.0.1:3000\"",
 }
 
 /// Ports forwards may listen on: `LOW-HIGH`, or a single port.
@@ -386,6 +387,88 @@ impl FromStr for PublicHost {
     }
 }
 
+/// A destination remote forwards (`ssh -R`) may reach from the relay host
+/// (`remote_destinations`): `IP:PORT` (IPv6 in brackets) or `NAME:PORT`. A name is the
+/// operator's, resolved by the relay when it connects; a tab's request matches it only
+/// by that name (as an IP matches only that IP), so the list says exactly what tabs may
+/// ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDestination {
+    /// An IP address (IPv6 without brackets) or a name in lower case without a
+    /// trailing dot.
+    pub host: String,
+    pub port: u16,
+}
+
+impl RemoteDestination {
+    /// Whether a tab's `host:port` (as its `-R` spec gave it) is this destination.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        if port != self.port {
+            return false;
+        }
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        match (bare.parse::<IpAddr>(), self.host.parse::<IpAddr>()) {
+            (Ok(asked), Ok(allowed)) => asked == allowed,
+            (Err(_), Err(_)) => {
+                let name = bare.strip_suffix('.').unwrap_or(bare);
+                name.eq_ignore_ascii_case(&self.host)
+            }
+            _ => false,
+        }
+    }
+
+    /// `host:port` as the relay connects to it (IPv6 in brackets).
+    pub fn address(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for RemoteDestination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for RemoteDestination {
+    type Err = InvalidValue;
+    fn from_str(text: &str) -> Result<Self, InvalidValue> {
+        let err = |why: &str| {
+            InvalidValue(format!(
+                "remote destination {text:?} {why}; write it as HOST:PORT, e.g. 127.0.0.1:3000, [::1]:3000 or db.internal:5432"
+            ))
+        };
+        let (host, port) = text
+            .trim()
+            .rsplit_once(':')
+            .ok_or_else(|| err("has no port"))?;
+        let port = match port.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(err("has no port from 1-65535")),
+            Ok(port) => port,
+        };
+        let host = if let Some(inner) = host.strip_prefix('[') {
+            let ip = inner
+                .strip_suffix(']')
+                .and_then(|ip| ip.parse::<std::net::Ipv6Addr>().ok())
+                .ok_or_else(|| err("has brackets around something other than an IPv6 address"))?;
+            ip.to_string()
+        } else if host.contains(':') {
+            return Err(err("is an IPv6 address without brackets"));
+        } else if let Ok(ip) = host.parse::<IpAddr>() {
+            ip.to_string()
+        } else {
+            let PublicHost(name) = host
+                .parse()
+                .map_err(|_| err("does not start with an IP address or host name"))?;
+            name.to_ascii_lowercase()
+        };
+        Ok(Self { host, port })
+    }
+}
+
 /// A DNS name the relay answers to (`allowed_hosts`), in lower case without a trailing
 /// dot. An IP address is always allowed, so listing one is a mistake worth saying.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -461,6 +544,40 @@ mod tests {
     /// The message `text` is refused with, as `T`.
     fn refusal<T: FromStr<Err = InvalidValue> + fmt::Debug>(text: &str) -> String {
         text.parse::<T>().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn remote_destinations_are_host_and_port_and_match_exactly() {
+        let dest = |text: &str| text.parse::<RemoteDestination>().unwrap();
+        assert_eq!(dest("127.0.0.1:3000").to_string(), "127.0.0.1:3000");
+        assert_eq!(dest("[::1]:3000").to_string(), "[::1]:3000");
+        assert_eq!(dest("[0:0::1]:3000").host, "::1");
+        assert_eq!(dest("DB.Internal.:5432").to_string(), "db.internal:5432");
+        assert!(dest("127.0.0.1:3000").matches("127.0.0.1", 3000));
+        assert!(!dest("127.0.0.1:3000").matches("127.0.0.1", 3001));
+        assert!(dest("[::1]:3000").matches("::1", 3000));
+        assert!(dest("[::1]:3000").matches("[0::1]", 3000));
+        assert!(dest("db.internal:5432").matches("DB.internal.", 5432));
+        // A name is not its address, nor an address a name: the list says exactly what
+        // may be asked for.
+        assert!(!dest("localhost:3000").matches("127.0.0.1", 3000));
+        assert!(!dest("127.0.0.1:3000").matches("localhost", 3000));
+        assert!(!dest("db.internal:5432").matches("db.internal.evil", 5432));
+        for (bad, why) in [
+            ("127.0.0.1", "has no port"),
+            ("127.0.0.1:0", "has no port from 1-65535"),
+            ("127.0.0.1:http", "has no port from 1-65535"),
+            ("::1:3000", "IPv6 address without brackets"),
+            ("[db]:3000", "brackets around something other"),
+            ("a b:80", "does not start with an IP address or host name"),
+            (":80", "does not start with an IP address or host name"),
+        ] {
+            let err = refusal::<RemoteDestination>(bad);
+            assert!(
+                err.contains(why) && err.contains("HOST:PORT"),
+                "{bad:?}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -11,8 +11,7 @@
 //! (see `connection::answer_socks`).
 //!
 //! A forward without SOCKS credentials would be an open proxy for every host that can
-//! reach its port, so it may listen on loopback only. Remote forwards (`-R`) are not
-//! served yet: a RemoteForward is refused, and a Dial is a protocol error.
+//! reach its port, so it may listen on loopback only.
 
 use std::net::SocketAddr;
 
@@ -28,7 +27,7 @@ use crate::listen::Accepted;
 use crate::socks_forward::SocksForward;
 
 impl Session {
-    /// The frames of dynamic and remote forwards.
+    /// The frames of dynamic forwards.
     pub(super) async fn on_dynamic_frame(&mut self, frame: Frame) -> Result<(), SessionError> {
         match frame {
             Frame::ListenSocks {
@@ -56,16 +55,6 @@ impl Session {
                 }
                 Ok(())
             }
-            Frame::RemoteForward { forward, .. } => {
-                let message =
-                    "this relay does not support remote forwards (ssh -R) yet; use -L or -D"
-                        .to_owned();
-                self.refuse_listen(forward, ErrorCode::Internal, message)
-                    .await
-            }
-            Frame::Dial { conn, forward, .. } => Err(SessionError::protocol(format!(
-                "the tab sent a Dial frame (connection {conn} of forward {forward}), but this relay has no remote forwards (ssh -R): it does not support them yet; reload the page"
-            ))),
             other => Err(SessionError::protocol(format!(
                 "the tab sent a {} frame where none was expected",
                 other.name()

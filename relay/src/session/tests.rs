@@ -22,6 +22,7 @@ use crate::limits::{Admission, HelloSlot};
 use crate::metrics::Metrics;
 use crate::ports::{Holder, PortBook};
 
+mod remote;
 mod socks;
 
 /// Long enough for a loaded 2-core machine; every wait below ends at the first answer.

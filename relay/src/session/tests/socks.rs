@@ -346,40 +346,6 @@ async fn a_silent_client_is_dropped_at_the_deadline_and_counts_as_waiting_meanwh
 }
 
 #[tokio::test]
-async fn remote_forwards_are_refused_until_the_relay_serves_them() {
-    let (mut lab, _ssh) = welcomed_socks("", |_| {}).await;
-    lab.tab
-        .send(Frame::RemoteForward {
-            forward: 3,
-            host: "127.0.0.1".into(),
-            port: 3000,
-        })
-        .await;
-    let Frame::ListenFailed {
-        forward: 3,
-        message,
-        ..
-    } = lab.tab.frame().await
-    else {
-        panic!("expected ListenFailed");
-    };
-    assert!(
-        message.contains("-R") && message.contains("not support"),
-        "{message}"
-    );
-    lab.tab
-        .send(Frame::Dial {
-            conn: tabtunnel_proto::TAB_OPENED + 1,
-            forward: 3,
-            peer: "192.0.2.1:5000".into(),
-        })
-        .await;
-    let (code, message, close) = lab.tab.error().await;
-    assert_eq!((code, close), (ErrorCode::Protocol, 1002));
-    assert!(message.contains("Dial"), "{message}");
-}
-
-#[tokio::test]
 async fn a_lost_tab_gets_its_socks_forward_back_on_the_same_listener() {
     let relay = Relay::with(Duration::from_secs(60), |config| {
         config.forward_ports = 43000..=43999;
