@@ -10,6 +10,10 @@
 //! (`dial::connect_then_run`), which answers with the relay's first Credit or an
 //! OpenFailed. A refused Dial is answered with an OpenFailed too: the tab closes the SSH
 //! channel it holds for it.
+//!
+//! While the relay drains, a session opens no forward and takes no new client (see
+//! `crate::drain`): a RemoteForward is refused with `ShuttingDown` and a Dial with an
+//! OpenFailed, so only the connections already open keep the session.
 
 use tabtunnel_proto::{ErrorCode, Frame, OpenFailure};
 use tracing::debug;
@@ -54,6 +58,12 @@ impl Session {
         host: &str,
         port: u16,
     ) -> Result<(), SessionError> {
+        if self.draining {
+            let message = "the relay is shutting down and opens no new forwards".to_owned();
+            return self
+                .refuse_listen(forward, ErrorCode::ShuttingDown, message)
+                .await;
+        }
         if self.has_forward(forward) {
             let message = format!("forward id {forward} is already listening");
             return self
@@ -130,6 +140,11 @@ impl Session {
             let message = format!("remote forward {forward} is closed");
             return self.refuse_dial(conn, OpenFailure::General, message).await;
         };
+        if self.draining {
+            drop(opening);
+            let message = "the relay is shutting down".to_owned();
+            return self.refuse_dial(conn, OpenFailure::General, message).await;
+        }
         let limits = &self.config.limits;
         let (open, pending) = (self.conns.count(forward), entry.pending());
         let refusal = if open >= limits.connections_per_forward {

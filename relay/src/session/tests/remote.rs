@@ -298,3 +298,64 @@ async fn dials_still_connecting_are_capped_per_forward() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn a_draining_session_opens_no_remote_forward_and_dials_nothing_new() {
+    let service = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let destination = service.local_addr().unwrap();
+    let mut lab = welcomed_remote(&[destination.to_string()], |_| {}).await;
+    remote_forward(&mut lab.tab, 1, "127.0.0.1", destination.port()).await;
+    // An open connection keeps the session through the drain.
+    let first = TAB_OPENED + 1;
+    dial(&mut lab.tab, first, 1).await;
+    let (mut server, _) = tokio::time::timeout(DEADLINE, service.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(lab.tab.frame().await, Frame::Credit { conn, .. } if conn == first));
+    lab.shutdown.drain();
+    // The drain has reached the session once a new forward is refused for it.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut forward = 2;
+    loop {
+        match remote_forward(&mut lab.tab, forward, "127.0.0.1", destination.port()).await {
+            Frame::ListenFailed { code, message, .. } => {
+                assert_eq!(code, ErrorCode::ShuttingDown);
+                assert_eq!(
+                    message,
+                    "the relay is shutting down and opens no new forwards"
+                );
+                break;
+            }
+            Frame::Listening { .. } => {
+                assert!(tokio::time::Instant::now() < deadline, "still opening");
+                lab.tab.send(Frame::Unlisten { forward }).await;
+                forward += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => panic!("expected ListenFailed, got {other:?}"),
+        }
+    }
+    // The forward's next connection is refused, and the relay connects to nothing.
+    dial(&mut lab.tab, first + 1, 1).await;
+    let Frame::OpenFailed { conn, message, .. } = lab.tab.frame().await else {
+        panic!("expected OpenFailed");
+    };
+    assert_eq!(
+        (conn, message.as_str()),
+        (first + 1, "the relay is shutting down")
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), service.accept())
+            .await
+            .is_err()
+    );
+    // The open one still carries bytes.
+    lab.tab
+        .send(Frame::Data {
+            conn: first,
+            data: Bytes::from_static(b"still flowing"),
+        })
+        .await;
+    assert_eq!(read_exactly(&mut server, 13).await, b"still flowing");
+}
