@@ -107,6 +107,7 @@ fn preflight(config: &Config, demo: bool) -> Result<Vec<String>> {
     }
     let mut notes = tabtunnel_relay::ports::sizing_warnings(config);
     notes.extend(tabtunnel_relay::web_forward::shared_site_warnings(config));
+    notes.extend(config.open_remote_destinations_warning());
     notes.extend(page::Source::of(config.web_dir.as_deref()).warning());
     Ok(notes)
 }

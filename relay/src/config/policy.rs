@@ -586,11 +586,53 @@ impl Config {
                 *allowed == ip || (allowed.is_unspecified() && allowed.is_ipv4() == ip.is_ipv4())
             })
     }
+
+    /// The warning a start gives when `-R` destinations are open to anyone: the relay
+    /// cannot see whether a tab logged in to its SSH server, so with no access token any
+    /// visitor of the page can have the relay connect to them.
+    pub fn open_remote_destinations_warning(&self) -> Option<String> {
+        if self.remote_destinations.is_empty() || !self.tokens.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = self
+            .remote_destinations
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        Some(format!(
+            "remote_destinations ({}) with no token_file: anyone who can open the relay's page \
+             can have the relay connect there, logged in to SSH or not; set token_file, or keep \
+             the relay where only its users reach it",
+            list.join(", ")
+        ))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_destinations_without_a_token_are_warned_about() {
+        let mut config = Config::default();
+        assert_eq!(config.open_remote_destinations_warning(), None);
+        config.remote_destinations = vec![values::RemoteDestination {
+            host: "127.0.0.1".into(),
+            port: 3000,
+        }];
+        let warning = config
+            .open_remote_destinations_warning()
+            .expect("a warning");
+        assert!(
+            warning.starts_with("remote_destinations (127.0.0.1:3000) with no token_file"),
+            "{warning}"
+        );
+        config.tokens = vec![values::AccessToken {
+            name: "ann".into(),
+            secret: "a-long-enough-token-value".into(),
+        }];
+        assert_eq!(config.open_remote_destinations_warning(), None);
+    }
 
     #[test]
     fn a_full_file_parses() {
