@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::extract::ws::Message;
 use futures::{Sink, Stream, StreamExt};
 use tabtunnel_proto::{
-    Action, ConnError, ConnTable, ErrorCode, Frame, Side, UrgentGrants, VERSION, decode,
+    Action, ConnError, ConnTable, ErrorCode, Frame, Opening, Side, UrgentGrants, VERSION, decode,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -1037,16 +1037,28 @@ impl Session {
         if let Some(admitted) = admitted {
             let _ = admitted.send(Ok(()));
         }
+        debug!(conn = opening.conn, forward, %peer, "accepted");
+        let accept = Frame::Accept {
+            conn: opening.conn,
+            forward,
+            peer: peer.to_string(),
+        };
+        self.start_connection(opening, accept, stream).await
+    }
+
+    /// Starts a connection this side opened for a listening forward: tells the tab
+    /// (`announce`: an Accept for a `-L` client, a Connect for a SOCKS one), grants the
+    /// connection's first window, and runs its task.
+    pub(super) async fn start_connection(
+        &mut self,
+        opening: Opening,
+        announce: Frame,
+        client: connection::Client,
+    ) -> Result<(), SessionError> {
         let conn = opening.conn;
         self.last_activity = tokio::time::Instant::now();
         self.metrics.connections_total.inc();
-        debug!(conn, forward, %peer, "accepted");
-        self.send(Frame::Accept {
-            conn,
-            forward,
-            peer: peer.to_string(),
-        })
-        .await?;
+        self.send(announce).await?;
         self.send(Frame::Credit {
             conn,
             bytes: opening.flow().initial_grant(),
@@ -1055,8 +1067,8 @@ impl Session {
         let handle = connection::spawn(
             &mut self.connections,
             conn,
-            forward,
-            stream,
+            opening.forward,
+            client,
             opening.flow().clone(),
             connection::Outlets {
                 out: self.out.clone(),

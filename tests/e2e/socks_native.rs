@@ -324,7 +324,7 @@ async fn a_reconnecting_session_gets_its_socks_forward_back_on_the_same_port() -
     use std::sync::{Arc, Mutex};
     use tabtunnel_client::{ConnectionState, Reconnect, ReconnectOptions, connect_resilient};
 
-    let mut lab = Lab::start().await?;
+    let lab = Lab::start().await?;
     let restored = Arc::new(Mutex::new(0usize));
     let options = ReconnectOptions {
         policy: Reconnect {
@@ -341,22 +341,26 @@ async fn a_reconnecting_session_gets_its_socks_forward_back_on_the_same_port() -
             }
         })),
     };
-    let session = connect_resilient(
-        tabtunnel_e2e::dial(&lab.relay.ws_url()),
-        lab.login(),
-        options,
-    )
-    .await?;
+    // Through a proxy the test cuts, as a network drop would: the session's WebSocket
+    // is lost, the relay parks the forward, and the client resumes it.
+    let proxy = tabtunnel_e2e::proxy::CutProxy::start(lab.relay.addr).await?;
+    let session =
+        connect_resilient(tabtunnel_e2e::dial(&proxy.ws_url()), lab.login(), options).await?;
     let socks = session.forward("-D 0").await?;
-    let web = Web::start("after the restart").await?;
+    let listen = socks.listen().to_owned();
+    let web = Web::start("after the drop").await?;
     let url = format!("http://127.0.0.1:{}/", web.port);
 
-    lab.sshd.restart().await?;
+    ensure!(
+        proxy.cut() > 0,
+        "the session's WebSocket went through the proxy"
+    );
     tabtunnel_e2e::wait_for("the session to be restored", DEADLINE, || async {
         (*restored.lock().expect("count") > 0).then_some(())
     })
     .await?;
+    ensure!(socks.listen() == listen, "the SOCKS forward moved");
     let got = curl("--socks5-hostname", socks.listen(), &url, &[]).await?;
-    ensure!(got.ok && got.body == "after the restart", "{got:?}");
+    ensure!(got.ok && got.body == "after the drop", "{got:?}");
     Ok(())
 }

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 use super::{Session, SessionError, deliver};
 use crate::config::values::BindAddr;
-use crate::connection::{self, Client, SocksClient};
+use crate::connection::{Client, SocksClient};
 use crate::listen::Accepted;
 use crate::socks_forward::SocksForward;
 
@@ -180,37 +180,16 @@ impl Session {
                 return Ok(());
             }
         };
-        let conn = opening.conn;
         let (host, port) = (client.request.host.to_string(), client.request.port);
-        self.last_activity = tokio::time::Instant::now();
-        self.metrics.connections_total.inc();
-        debug!(conn, forward, %peer, %host, port, "SOCKS client asked for a destination");
-        self.send(Frame::Connect {
-            conn,
+        debug!(conn = opening.conn, forward, %peer, %host, port, "SOCKS client asked for a destination");
+        let connect = Frame::Connect {
+            conn: opening.conn,
             forward,
             host,
             port,
             peer: peer.to_string(),
-        })
-        .await?;
-        self.send(Frame::Credit {
-            conn,
-            bytes: opening.flow().initial_grant(),
-        })
-        .await?;
-        let handle = connection::spawn(
-            &mut self.connections,
-            conn,
-            forward,
-            Client::Socks(client),
-            opening.flow().clone(),
-            connection::Outlets {
-                out: self.out.clone(),
-                grants: self.grants.clone(),
-                metrics: self.metrics.clone(),
-            },
-        );
-        self.conns.insert(opening, handle);
-        Ok(())
+        };
+        self.start_connection(opening, connect, Client::Socks(client))
+            .await
     }
 }
